@@ -1,0 +1,133 @@
+"""Instruction data: loading (local JSON/JSONL, shipped assets, Hugging Face datasets), validation, templates.
+
+A data source is one of
+  - "pkg:<file>"                      a file shipped in pipeline/assets/
+  - "hf:<dataset>[:<config>][@<split>]"  a Hugging Face dataset (split defaults to train)
+  - any other string                  a local .json (list of records) or .jsonl path
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ASSETS = Path(__file__).parent / "assets"
+
+# Stanford Alpaca templates. Training prompts end with "### Response:" and the response follows
+# directly; the paper's evaluation prompts end with "### Response:\n".
+PROMPT_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
+)
+PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:"
+)
+
+
+class DataError(ValueError):
+    """A dataset file or row that cannot be used; the message names file, row and field."""
+
+
+def format_prompt(record: dict, for_training: bool) -> str:
+    """Alpaca prompt for `record`; evaluation prompts get the trailing newline the paper used."""
+    template = PROMPT_INPUT if record.get("input") else PROMPT_NO_INPUT
+    prompt = template.format(instruction=record["instruction"], input=record.get("input", ""))
+    return prompt if for_training else prompt + "\n"
+
+
+def _read_rows(source: str) -> tuple[str, list]:
+    if source.startswith("pkg:"):
+        path = ASSETS / source[len("pkg:"):]
+    elif source.startswith("hf:"):
+        return source, _read_hub(source[len("hf:"):])
+    else:
+        path = Path(source).expanduser()
+    if not path.is_file():
+        raise DataError(f"{source}: no such file ({path.resolve()}); give a local .json/.jsonl path, pkg:<file> or hf:<dataset>")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".jsonl":
+            rows = []
+            for lineno, line in enumerate(text.splitlines(), start=1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        raise DataError(f"{path}: line {lineno} is not valid JSON ({err.msg}); fix or remove that line") from err
+        else:
+            rows = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); expected a list of records") from err
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: top level is {type(rows).__name__}; expected a JSON list of records (or use .jsonl)")
+    return str(path), rows
+
+
+def _read_hub(spec: str) -> list:
+    name, _, split = spec.partition("@")
+    name, _, config = name.partition(":")
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, config or None, split=split or "train")
+    except Exception as err:  # the hub is unreachable offline; say so plainly
+        raise DataError(
+            f"hf:{spec}: could not load the Hugging Face dataset ({type(err).__name__}: {err}). "
+            "Offline? Download it elsewhere and point data.train / generate.prompts at a local JSON file."
+        ) from err
+    return [dict(r) for r in ds]
+
+
+def _check_str(where: str, row: dict, field: str, required: bool, nonempty: bool) -> None:
+    if field not in row:
+        if required:
+            raise DataError(f"{where}: missing field '{field}'; every record needs it")
+        return
+    value = row[field]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field '{field}' is {type(value).__name__}, expected a string")
+    if nonempty and not value.strip():
+        raise DataError(f"{where}: field '{field}' is empty; fill it in or drop the row")
+
+
+def load_train(source: str, limit: int | None = None) -> list[dict]:
+    """Alpaca-format training records {instruction, input, output}, validated; first `limit` rows if set."""
+    name, rows = _read_rows(source)
+    if limit is not None:
+        rows = rows[:limit]
+    if not rows:
+        raise DataError(f"{name}: no training records")
+    records = []
+    for i, row in enumerate(rows):
+        where = f"{name}: row {i}"
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: is {type(row).__name__}, expected an object with instruction/input/output")
+        _check_str(where, row, "instruction", required=True, nonempty=True)
+        _check_str(where, row, "input", required=False, nonempty=False)
+        _check_str(where, row, "output", required=True, nonempty=True)
+        records.append({"instruction": row["instruction"], "input": row.get("input", ""), "output": row["output"]})
+    return records
+
+
+def load_prompts(source: str, default_dataset: str, limit: int | None = None) -> list[dict]:
+    """Evaluation prompts {instruction, input, dataset} (AlpacaEval format), validated."""
+    name, rows = _read_rows(source)
+    if limit is not None:
+        rows = rows[:limit]
+    if not rows:
+        raise DataError(f"{name}: no evaluation prompts")
+    records = []
+    for i, row in enumerate(rows):
+        where = f"{name}: row {i}"
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: is {type(row).__name__}, expected an object with an instruction")
+        _check_str(where, row, "instruction", required=True, nonempty=True)
+        _check_str(where, row, "input", required=False, nonempty=False)
+        _check_str(where, row, "dataset", required=False, nonempty=True)
+        records.append(
+            {"instruction": row["instruction"], "input": row.get("input", ""), "dataset": row.get("dataset", default_dataset)}
+        )
+    return records

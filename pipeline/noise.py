@@ -1,0 +1,123 @@
+"""NEFTune noise on the input embeddings of any Hugging Face causal LM (PEFT-wrapped included).
+
+X + (alpha / sqrt(L * d)) * eps, eps ~ Uniform(-1, 1) (or N(0, 1) for `gaussian`), training mode only.
+
+- length="per_example": L is each sequence's real length from the attention mask, padding gets no
+  noise, and when position_ids restart inside a row (packing) each segment uses its own length.
+  This is what the paper's own training code does.
+- length="padded": L is the padded batch length and padding is noised too, exactly as the
+  transformers `neftune_noise_alpha` hook does (same RNG draws, see transformers issue 34659).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+KINDS = ("none", "uniform", "gaussian")
+LENGTHS = ("per_example", "padded")
+
+
+def validate_noise(kind: str, alpha: float, length: str) -> None:
+    """Reject a bad noise config before any model is loaded."""
+    if kind not in KINDS:
+        raise ValueError(f"noise.kind={kind!r} is unknown; use one of {KINDS}")
+    if length not in LENGTHS:
+        raise ValueError(f"noise.length={length!r} is unknown; use one of {LENGTHS}")
+    if not isinstance(alpha, (int, float)) or alpha < 0:
+        raise ValueError(f"noise.alpha={alpha!r} must be a number >= 0 (the paper uses 5, 10 or 15)")
+    if kind != "none" and alpha == 0:
+        raise ValueError(f"noise.kind={kind} with alpha=0 adds nothing; use noise=off for the baseline")
+
+
+def token_lengths(attention_mask: torch.Tensor, position_ids: torch.Tensor | None) -> torch.Tensor:
+    """Per-token length L of the sequence (or packed segment) each token belongs to; 0 on padding."""
+    mask = attention_mask.to(torch.long)
+    if position_ids is None:
+        return mask * mask.sum(dim=1, keepdim=True)
+    # A segment starts at column 0 and wherever the position counter restarts.
+    starts = torch.zeros_like(mask)
+    starts[:, 0] = 1
+    starts[:, 1:] = (position_ids[:, 1:] <= position_ids[:, :-1]).to(torch.long)
+    seg = torch.cumsum(starts, dim=1) - 1  # segment index within the row
+    n_seg = int(seg.max().item()) + 1
+    counts = torch.zeros(mask.shape[0], n_seg, dtype=torch.long, device=mask.device)
+    counts.scatter_add_(1, seg, mask)
+    return mask * torch.gather(counts, 1, seg)
+
+
+def neftune_noise(
+    embeds: torch.Tensor,
+    alpha: float,
+    kind: str = "uniform",
+    length: str = "per_example",
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The noise tensor NEFTune adds to `embeds` (B, L, d)."""
+    _, seq_len, dim = embeds.shape
+    if kind == "none" or alpha == 0:
+        return torch.zeros_like(embeds)
+    if length == "padded" or attention_mask is None:
+        mag = alpha / torch.sqrt(torch.tensor(seq_len * dim))
+        if kind == "uniform":
+            # Same call as transformers' hook, so equal seeds give equal noise.
+            return torch.zeros_like(embeds).uniform_(-mag, mag)
+        return torch.zeros_like(embeds).normal_(0.0, 1.0) * mag
+    eps = torch.zeros_like(embeds)
+    eps = eps.uniform_(-1.0, 1.0) if kind == "uniform" else eps.normal_(0.0, 1.0)
+    lengths = token_lengths(attention_mask, position_ids).to(embeds.dtype)
+    scale = torch.where(lengths > 0, alpha / torch.sqrt(lengths.clamp(min=1) * dim), torch.zeros_like(lengths))
+    return eps * scale.unsqueeze(-1)
+
+
+@dataclass
+class NEFTuneHandle:
+    """Attached noise hooks; call `remove()` to detach them."""
+
+    alpha: float
+    kind: str
+    length: str
+    _batch: dict = field(default_factory=dict)
+    _handles: list = field(default_factory=list)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+def attach_neftune(model: torch.nn.Module, alpha: float, kind: str = "uniform", length: str = "per_example") -> NEFTuneHandle:
+    """Add NEFTune noise to `model`'s input embeddings whenever the embedding module is in training mode.
+
+    `model` is the object whose forward receives the batch (a PreTrainedModel or a PeftModel):
+    a pre-hook captures attention_mask/position_ids so the embedding hook can use real lengths.
+    """
+    validate_noise(kind, alpha, length)
+    handle = NEFTuneHandle(alpha=alpha, kind=kind, length=length)
+    if kind == "none":
+        return handle
+    embedding = model.get_input_embeddings()
+
+    def capture(_module, args, kwargs):
+        handle._batch["attention_mask"] = kwargs.get("attention_mask")
+        handle._batch["position_ids"] = kwargs.get("position_ids")
+
+    def add_noise(module, _inputs, output):
+        if not module.training:
+            return output
+        # Taken, not peeked: a later direct call of the embedding must not reuse this batch's mask.
+        mask = handle._batch.pop("attention_mask", None)
+        pos = handle._batch.pop("position_ids", None)
+        if pos is not None and pos.shape != output.shape[:2]:
+            pos = None
+        if mask is not None and mask.shape != output.shape[:2]:
+            mask = None
+        if mask is None and pos is not None:
+            mask = torch.ones(output.shape[:2], dtype=torch.long, device=output.device)  # packed, no padding
+        return output + neftune_noise(output, alpha, kind, length, mask, pos)
+
+    handle._handles.append(model.register_forward_pre_hook(capture, with_kwargs=True))
+    handle._handles.append(embedding.register_forward_hook(add_noise))
+    return handle

@@ -1,0 +1,165 @@
+"""NEFTune noise: scale, padding, eval mode, per_example vs padded, agreement with transformers' hook."""
+
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.integrations.neftune import neftune_post_forward_hook
+
+from pipeline.noise import attach_neftune, neftune_noise, token_lengths, validate_noise
+
+D = 64
+
+
+def tiny_llama() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=100, hidden_size=D, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128, pad_token_id=0)
+    return LlamaForCausalLM(cfg)
+
+
+def captured_noise(model, forward_model, **batch) -> torch.Tensor:
+    """Run one forward and return what the hook added to the embeddings."""
+    emb = model.get_input_embeddings()
+    seen = {}
+
+    def grab(_m, _i, out):
+        seen["out"] = out.detach().clone()
+
+    # Registered after attach_neftune, so it sees the noised output.
+    h = emb.register_forward_hook(grab)
+    with torch.no_grad():
+        forward_model(**batch)
+    h.remove()
+    clean = emb.weight[batch["input_ids"]]
+    return seen["out"] - clean
+
+
+def test_noise_norm_is_alpha_over_sqrt3():
+    torch.manual_seed(1)
+    alpha, n, length = 5.0, 4000, 37
+    x = torch.zeros(n, length, D)
+    noise = neftune_noise(x, alpha, "uniform", "per_example", torch.ones(n, length, dtype=torch.long))
+    norms = noise.flatten(1).norm(dim=1)
+    # ||noise||^2 = alpha^2/(L d) * sum U^2, E[U^2] = 1/3 -> E||noise||^2 = alpha^2/3.
+    assert math.isclose(norms.pow(2).mean().item(), alpha**2 / 3, rel_tol=0.01)
+    assert math.isclose(norms.mean().item(), alpha / math.sqrt(3), rel_tol=0.01)
+
+
+def test_gaussian_norm_is_alpha():
+    torch.manual_seed(2)
+    noise = neftune_noise(torch.zeros(3000, 20, D), 5.0, "gaussian", "per_example", torch.ones(3000, 20, dtype=torch.long))
+    assert math.isclose(noise.flatten(1).norm(dim=1).pow(2).mean().item(), 25.0, rel_tol=0.01)
+
+
+def test_padding_gets_exactly_zero_noise_and_real_tokens_are_scaled_by_their_length():
+    model = tiny_llama()
+    attach_neftune(model, alpha=10.0)
+    model.train()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [5, 6, 7, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    noise = captured_noise(model, model, input_ids=ids, attention_mask=mask)
+    assert torch.count_nonzero(noise[1, 3:]) == 0
+    assert torch.all(noise[1, :3] != 0)
+    # Uniform(-m, m) with m = alpha / sqrt(L_i d): bounded by each row's own magnitude.
+    assert noise[0].abs().max() <= 10.0 / math.sqrt(6 * D) + 1e-6
+    assert noise[1].abs().max() <= 10.0 / math.sqrt(3 * D) + 1e-6
+    assert noise[1].abs().max() > 10.0 / math.sqrt(6 * D)  # would be impossible with the padded length
+
+
+def test_no_noise_in_eval_mode():
+    model = tiny_llama()
+    attach_neftune(model, alpha=15.0)
+    model.eval()
+    ids = torch.tensor([[5, 6, 7]])
+    noise = captured_noise(model, model, input_ids=ids, attention_mask=torch.ones_like(ids))
+    assert torch.count_nonzero(noise) == 0
+
+
+def test_remove_detaches_the_hook():
+    model = tiny_llama()
+    handle = attach_neftune(model, alpha=15.0)
+    handle.remove()
+    model.train()
+    ids = torch.tensor([[5, 6, 7]])
+    assert torch.count_nonzero(captured_noise(model, model, input_ids=ids, attention_mask=torch.ones_like(ids))) == 0
+
+
+def test_per_example_and_padded_differ_by_sqrt_length_ratio():
+    x = torch.zeros(2, 8, D)
+    mask = torch.tensor([[1] * 8, [1] * 5 + [0] * 3])
+    torch.manual_seed(3)
+    padded = neftune_noise(x, 5.0, "uniform", "padded", mask)
+    torch.manual_seed(3)
+    per_ex = neftune_noise(x, 5.0, "uniform", "per_example", mask)
+    torch.testing.assert_close(per_ex[0], padded[0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(per_ex[1, :5], padded[1, :5] * math.sqrt(8 / 5), rtol=1e-5, atol=1e-7)
+    assert torch.count_nonzero(per_ex[1, 5:]) == 0 and torch.count_nonzero(padded[1, 5:]) == 3 * D
+
+
+def test_padded_matches_transformers_hook_under_same_seed():
+    ours, theirs = tiny_llama(), tiny_llama()
+    attach_neftune(ours, alpha=5.0, length="padded")
+    emb = theirs.get_input_embeddings()
+    emb.neftune_noise_alpha = 5.0
+    emb.register_forward_hook(neftune_post_forward_hook)
+    ours.train(), theirs.train()
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    torch.manual_seed(123)
+    a = captured_noise(ours, ours, input_ids=ids, attention_mask=mask)
+    torch.manual_seed(123)
+    b = captured_noise(theirs, theirs, input_ids=ids, attention_mask=mask)
+    assert torch.count_nonzero(a) == a.numel()
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_packed_segments_use_their_own_length():
+    pos = torch.tensor([[0, 1, 2, 3, 0, 1, 0, 1]])
+    mask = torch.ones_like(pos)
+    assert token_lengths(mask, pos).tolist() == [[4, 4, 4, 4, 2, 2, 2, 2]]
+    torch.manual_seed(4)
+    packed = neftune_noise(torch.zeros(1, 8, D), 5.0, "uniform", "per_example", mask, pos)
+    torch.manual_seed(4)
+    whole = neftune_noise(torch.zeros(1, 8, D), 5.0, "uniform", "per_example", mask)
+    torch.testing.assert_close(packed[0, :4], whole[0, :4] * math.sqrt(8 / 4), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(packed[0, 4:], whole[0, 4:] * math.sqrt(8 / 2), rtol=1e-5, atol=1e-7)
+
+
+def test_hook_reads_position_ids_for_packed_batches():
+    model = tiny_llama()
+    attach_neftune(model, alpha=5.0)
+    model.train()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    pos = torch.tensor([[0, 1, 2, 0, 1, 2]])
+    torch.manual_seed(5)
+    noise = captured_noise(model, model, input_ids=ids, position_ids=pos)
+    torch.manual_seed(5)
+    expected = neftune_noise(torch.zeros(1, 6, D), 5.0, "uniform", "per_example", torch.ones_like(ids), pos)
+    torch.testing.assert_close(noise, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_works_through_a_peft_wrapper():
+    from peft import LoraConfig, get_peft_model
+
+    base = tiny_llama()
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    attach_neftune(peft_model, alpha=10.0)
+    peft_model.train()
+    ids = torch.tensor([[5, 6, 7, 8], [5, 6, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    noise = captured_noise(peft_model, peft_model, input_ids=ids, attention_mask=mask)
+    assert torch.count_nonzero(noise[1, 2:]) == 0
+    assert torch.all(noise[0] != 0)
+    assert noise[1].abs().max() <= 10.0 / math.sqrt(2 * D) + 1e-6
+
+
+@pytest.mark.parametrize(
+    "kind,alpha,length,match",
+    [("uniform", -1.0, "per_example", "alpha"), ("laplace", 5.0, "per_example", "kind"),
+     ("uniform", 5.0, "batch", "length"), ("uniform", 0.0, "per_example", "noise=off")],
+)
+def test_bad_noise_config_is_rejected(kind, alpha, length, match):
+    with pytest.raises(ValueError, match=match):
+        validate_noise(kind, alpha, length)

@@ -1,0 +1,108 @@
+"""End-to-end runs of `python -m pipeline.run` on the tiny model: finetune -> generate, reuse, kill + resume."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.data import load_prompts
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model=tiny", "finetune=tiny", "generate=tiny"]
+pytestmark = pytest.mark.e2e
+
+
+def run_pipeline(store: Path, *overrides: str, prelude: str = "") -> subprocess.CompletedProcess:
+    """Run the pipeline in a fresh interpreter (prelude: Python run before it, e.g. a kill switch)."""
+    code = f"{prelude}\nimport sys\nfrom pipeline.run import main\nsys.argv = ['pipeline.run', *{list(overrides)!r}, 'paths.store={store}']\nmain()\n"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def stage_dirs(store: Path, stage: str) -> list[Path]:
+    return sorted(p for p in store.glob(f"{stage}-*") if p.is_dir() and not p.name.endswith(".partial"))
+
+
+def test_tiny_run_trains_both_arms_generates_in_order_and_reruns_from_the_store(tmp_path):
+    store = tmp_path / "store"
+    first = run_pipeline(store, *TINY)
+    assert first.returncode == 0, first.stderr[-3000:]
+    finetunes, generates = stage_dirs(store, "finetune"), stage_dirs(store, "generate")
+    assert [p.name.split("_")[-1].rsplit("-", 1)[0] for p in finetunes] == ["base", "neft-uniform5"]
+    assert len(generates) == 2
+
+    expected = [p["instruction"] for p in load_prompts("pkg:default_eval.json", "x", limit=6)]
+    generators = set()
+    for gen in generates:
+        records = json.loads((gen / "outputs.json").read_text())
+        assert [r["instruction"] for r in records] == expected  # one record per prompt, input order
+        assert all(set(r) == {"instruction", "output", "generator", "dataset"} for r in records)
+        assert all(isinstance(r["output"], str) and r["output"] for r in records)
+        generators |= {r["generator"] for r in records}
+    assert len(generators) == 2
+
+    for ft in finetunes:
+        metrics = json.loads((ft / "metrics.json").read_text())
+        assert metrics["train_steps"] == 24 and metrics["resumed_from_step"] == 0
+        assert 0 < metrics["train_loss"] < 10 and metrics["train_tokens_per_s"] > 0
+        assert (ft / "model" / "model.safetensors").is_file() and (ft / "model" / "tokenizer.json").is_file()
+        assert len(json.loads((ft / "loss_log.json").read_text())) == 12
+        assert not (ft / "checkpoints").exists()
+    base, neft = (json.loads((p / "metrics.json").read_text()) for p in finetunes)
+    assert (base["noise_alpha"], neft["noise_alpha"]) == (0.0, 5.0)
+    assert base["train_loss"] != neft["train_loss"]  # noise changed training
+
+    mtimes = {p: (p / "COMPLETE").stat().st_mtime for p in finetunes + generates}
+    second = run_pipeline(store, *TINY)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count(": reused ->") == 4 and "computed" not in second.stdout
+    assert {p: (p / "COMPLETE").stat().st_mtime for p in finetunes + generates} == mtimes
+
+
+KILL_AT_STEP_12 = """
+import os, signal, transformers
+_step = transformers.Trainer.training_step
+def _killing_step(self, *args, **kwargs):
+    if self.state.global_step >= 12:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _step(self, *args, **kwargs)
+transformers.Trainer.training_step = _killing_step
+"""
+
+
+def test_sigkilled_finetune_resumes_from_its_checkpoint(tmp_path):
+    store = tmp_path / "store"
+    killed = run_pipeline(store, *TINY, "noise=off", prelude=KILL_AT_STEP_12)
+    assert killed.returncode == -9
+    partial = [p for p in store.glob("finetune-*.partial")]
+    assert len(partial) == 1 and (partial[0] / "checkpoints" / "checkpoint-8" / "trainer_state.json").is_file()
+    assert stage_dirs(store, "finetune") == []  # nothing marked done
+
+    resumed = run_pipeline(store, *TINY, "noise=off")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (ft,) = stage_dirs(store, "finetune")
+    metrics = json.loads((ft / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] == 8 and metrics["train_steps"] == 24
+    assert not partial[0].exists() and not list(store.glob("*.lock"))
+
+    # The resumed run ends where an uninterrupted one does.
+    fresh = run_pipeline(tmp_path / "fresh", *TINY, "noise=off")
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    (ft_fresh,) = stage_dirs(tmp_path / "fresh", "finetune")
+    log_resumed = json.loads((ft / "loss_log.json").read_text())
+    log_fresh = json.loads((ft_fresh / "loss_log.json").read_text())
+    assert [e["step"] for e in log_resumed] == [e["step"] for e in log_fresh]
+    assert log_resumed[-1]["loss"] == pytest.approx(log_fresh[-1]["loss"], rel=1e-4)
+
+
+def test_bad_training_row_fails_before_training_and_marks_nothing_done(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"instruction": "a", "input": "", "output": "b"}, {"instruction": "c", "input": "", "output": ""}]))
+    store = tmp_path / "store"
+    result = run_pipeline(store, *TINY, f"data.train={bad}")
+    assert result.returncode != 0
+    assert f"{bad}: row 1: field 'output' is empty" in result.stderr
+    assert not list(store.glob("finetune-*")) and not list(store.glob("generate-*"))
