@@ -25,7 +25,8 @@ VERSION = 1
 def generate(finetuned: StageResult, gen_cfg, dtype: str, store: Store) -> StageResult:
     """Generate answers to `gen_cfg.prompts` with the model of the `finetuned` stage."""
     prompts = load_prompts(gen_cfg.prompts, gen_cfg.dataset_name, gen_cfg.limit)
-    params = OmegaConf.to_container(gen_cfg, resolve=True) | {"dtype": dtype}
+    # The reference is for judging; it does not change what is generated.
+    params = {k: v for k, v in OmegaConf.to_container(gen_cfg, resolve=True).items() if k != "reference"} | {"dtype": dtype}
     generator = finetuned.key.removeprefix("finetune-")
     key = stage_key("generate", generator.rsplit("-", 1)[0], params, [finetuned.key], VERSION)
     return store.materialize(key, lambda work: _generate(finetuned.path / "model", prompts, gen_cfg, dtype, generator, work))

@@ -1,13 +1,14 @@
 """Entry point: `python -m pipeline.run [group=option ...] [key=value ...]`.
 
 Runs, for the configured noise setting and for its noise-off baseline, the chain
-finetune -> generate through the stage store (paths.store): every stage already computed with
-the same config and inputs is reused, not recomputed.
+finetune -> generate -> alpaca_eval -> analysis through the stage store (paths.store), then
+writes the paper-shaped tables to results/<experiment>/. Every stage already computed with the
+same config and inputs is reused, not recomputed.
 
   python -m pipeline.run                 the embedded default (SmolLM2-135M, base vs NEFT alpha 5)
   python -m pipeline.run --help          config groups
   python -m pipeline.run --cfg job       the composed config
-  python -m pipeline.run model=tiny finetune=tiny generate=tiny     a seconds-long smoke run
+  python -m pipeline.run model=tiny finetune=tiny generate=tiny judge=local_tiny   a seconds-long smoke run
 """
 
 from __future__ import annotations
@@ -33,13 +34,18 @@ def arms(noise_cfg) -> list:
 
 
 def run_experiment(cfg: DictConfig) -> dict:
-    """Run every stage of one experiment point; returns {arm label: {stage: StageResult}}."""
+    """Run every stage of one experiment point; returns {arm label: {stage: StageResult}} plus the point summary."""
+    from pipeline.alpaca_eval_stage import alpaca_eval_stage, load_reference, reference_from_stage, validate_judge
+    from pipeline.analysis import analysis, read_outputs
+    from pipeline.data import load_train
     from pipeline.finetune import finetune, noise_label, noise_params
     from pipeline.generate import generate
     from pipeline.models import validate_model
 
-    # Cheap checks first: a typo must not cost a training run.
+    # Cheap checks first: a typo or a missing API key must not cost a training run.
     validate_model(cfg.model)
+    validate_judge(cfg.judge)
+    reference = load_reference(cfg.generate.reference)
     plan = [(noise_label(noise_params(n)), n) for n in arms(cfg.noise)]
     store = Store(Path(cfg.paths.store), cfg.paths.lock_stale_after_s, cfg.paths.lock_heartbeat_s)
     cache = Store(Path(cfg.paths.cache), cfg.paths.lock_stale_after_s, cfg.paths.lock_heartbeat_s)
@@ -59,8 +65,34 @@ def run_experiment(cfg: DictConfig) -> dict:
         _say("finetune", label, ft)
         gen = generate(ft, cfg.generate, cfg.model.dtype, store)
         _say("generate", label, gen)
-        results[label] = {"finetune": ft, "generate": gen}
-    return results
+        judged = alpaca_eval_stage(gen, reference, cfg.judge, store, cache)
+        _say("alpaca_eval", label, judged)
+        texts = read_outputs(gen.path / "outputs.json")
+        analysed = analysis(texts, gen.key.removeprefix("generate-").rsplit("-", 1)[0], cfg.data.diversity_cutoff, [gen.key], store)
+        _say("analysis", label, analysed)
+        results[label] = {"finetune": ft, "generate": gen, "alpaca_eval": judged, "analysis": analysed, "lengths": [len(t) for t in texts]}
+
+    base_label, neft_label = plan[0][0], (plan[1][0] if len(plan) > 1 else None)
+    head_to_head = None
+    if neft_label:
+        head_to_head = alpaca_eval_stage(results[neft_label]["generate"], reference_from_stage(results[base_label]["generate"], "base"),
+                                         cfg.judge, store, cache)
+        _say("alpaca_eval", f"{neft_label} vs base", head_to_head)
+    train_texts = [r["output"] for r in load_train(cfg.data.train, cfg.data.train_limit)]
+    train_analysis = analysis(train_texts, f"{cfg.data.name}_train", cfg.data.diversity_cutoff,
+                              [results[base_label]["finetune"].key], store)
+
+    neft = results[neft_label] if neft_label else None
+    point = {
+        "dataset": cfg.data.name, "model": cfg.model.name, "judge": cfg.judge.name, "reference": reference.label,
+        "alpha": float(cfg.noise.alpha), "cutoff": cfg.data.diversity_cutoff,
+        "base": results[base_label]["alpaca_eval"].metrics, "neft": neft["alpaca_eval"].metrics if neft else None,
+        "head_to_head": head_to_head.metrics if head_to_head else None,
+        "train": train_analysis.metrics,
+        "base_analysis": results[base_label]["analysis"].metrics, "neft_analysis": neft["analysis"].metrics if neft else None,
+        "base_lengths": results[base_label]["lengths"], "neft_lengths": neft["lengths"] if neft else None,
+    }
+    return {"arms": results, "point": point}
 
 
 def _say(stage: str, label: str, result) -> None:
@@ -70,17 +102,25 @@ def _say(stage: str, label: str, result) -> None:
 
 def print_summary(results: dict) -> None:
     print("\n== outputs ==")
-    print(f"{'arm':<24} {'train loss':>10} {'mean chars':>10}  outputs.json")
-    for label, stages in results.items():
-        ft, gen = stages["finetune"].metrics, stages["generate"].metrics
-        print(f"{label:<24} {ft['train_loss']:>10.4f} {gen['gen_mean_output_chars']:>10.1f}  {stages['generate'].path / 'outputs.json'}")
+    print(f"{'arm':<16} {'train loss':>10} {'win rate':>9} {'mean chars':>10}  outputs.json")
+    for label, stages in results["arms"].items():
+        ft, gen, ae = stages["finetune"].metrics, stages["generate"].metrics, stages["alpaca_eval"].metrics
+        print(f"{label:<16} {ft['train_loss']:>10.4f} {ae['win_rate']:>9.2f} {gen['gen_mean_output_chars']:>10.1f}  "
+              f"{stages['generate'].path / 'outputs.json'}")
+    h2h = results["point"]["head_to_head"]
+    if h2h:
+        print(f"+NEFT vs base, head to head: {h2h['win_rate']:.2f}% ± {h2h['standard_error']:.2f}")
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     started = time.time()
+    from pipeline.tables import tables
+
     results = run_experiment(cfg)
     print_summary(results)
+    out = tables([results["point"]], cfg.experiment.name, Path(cfg.paths.results), Path(cfg.paths.paper_numbers))
+    print(f"tables and figures: {out.resolve()}")
     print(f"\ndone in {time.time() - started:.1f} s; stage store: {Path(cfg.paths.store).resolve()}")
 
 

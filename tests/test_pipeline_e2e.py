@@ -11,13 +11,13 @@ import pytest
 from pipeline.data import load_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model=tiny", "finetune=tiny", "generate=tiny"]
+TINY = ["model=tiny", "finetune=tiny", "generate=tiny", "judge=local_tiny"]
 pytestmark = pytest.mark.e2e
 
 
 def run_pipeline(store: Path, *overrides: str, prelude: str = "") -> subprocess.CompletedProcess:
     """Run the pipeline in a fresh interpreter (prelude: Python run before it, e.g. a kill switch)."""
-    code = f"{prelude}\nimport sys\nfrom pipeline.run import main\nsys.argv = ['pipeline.run', *{list(overrides)!r}, 'paths.store={store}']\nmain()\n"
+    code = f"{prelude}\nimport sys\nfrom pipeline.run import main\nsys.argv = ['pipeline.run', *{list(overrides)!r}, 'paths.store={store}', 'paths.results={store}/results']\nmain()\n"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -55,11 +55,25 @@ def test_tiny_run_trains_both_arms_generates_in_order_and_reruns_from_the_store(
     assert (base["noise_alpha"], neft["noise_alpha"]) == (0.0, 5.0)
     assert base["train_loss"] != neft["train_loss"]  # noise changed training
 
-    mtimes = {p: (p / "COMPLETE").stat().st_mtime for p in finetunes + generates}
+    judged = stage_dirs(store, "alpaca_eval")
+    assert len(judged) == 3  # base and +NEFT vs the reference, +NEFT vs base
+    for stage in judged:
+        metrics = json.loads((stage / "metrics.json").read_text())
+        assert metrics["n_total"] == 6 and 0 <= metrics["win_rate"] <= 100
+        if "_vs_neftune_repro_reference_" in stage.name:  # (identical pairs, as tiny models make, are one entry)
+            assert len(json.loads((stage / "annotations.json").read_text())) == 12  # every verdict, both orders
+    results = store / "results" / "default"
+    table1 = (results / "table1.md").read_text()
+    assert "| default | tiny-llama | local-tiny / neftune_repro_reference |" in table1 and "29.79" in table1
+    table4 = (results / "table4.md").read_text()
+    assert "| +NEFT, characters |" in table4 and "1061.89" in table4
+    assert (results / "winrate.png").stat().st_size > 1000 and (results / "lengths.png").stat().st_size > 1000
+
+    mtimes = {p: (p / "COMPLETE").stat().st_mtime for p in finetunes + generates + judged}
     second = run_pipeline(store, *TINY)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stdout.count(": reused ->") == 4 and "computed" not in second.stdout
-    assert {p: (p / "COMPLETE").stat().st_mtime for p in finetunes + generates} == mtimes
+    assert second.stdout.count(": reused ->") == 9 and ": computed ->" not in second.stdout
+    assert {p: (p / "COMPLETE").stat().st_mtime for p in finetunes + generates + judged} == mtimes
 
 
 KILL_AT_STEP_12 = """
