@@ -252,7 +252,7 @@ def alpaca_eval_stage(generated: StageResult, reference: Reference, judge_cfg, s
         pd.DataFrame([row]).to_csv(work / "leaderboard.csv", index=False)
         return metrics
 
-    return store.materialize(key, compute, resumable=True)  # resumable: the verdict cache survives a crash
+    return store.materialize(key, compute, resumable=True, config=params)  # resumable: the verdict cache survives a crash
 
 
 def _length_controlled(scored: list[dict]) -> dict:

@@ -70,4 +70,4 @@ def analysis(texts: list[str], label: str, cutoff: int, input_keys: list[str], s
     def compute(work: Path) -> dict:
         return length_diversity(texts, cutoff)
 
-    return store.materialize(key, compute)
+    return store.materialize(key, compute, config={"cutoff": cutoff, "inputs": input_keys})

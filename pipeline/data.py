@@ -93,41 +93,31 @@ def _check_str(where: str, row: dict, field: str, required: bool, nonempty: bool
         raise DataError(f"{where}: field '{field}' is empty; fill it in or drop the row")
 
 
-def load_train(source: str, limit: int | None = None) -> list[dict]:
-    """Alpaca-format training records {instruction, input, output}, validated; first `limit` rows if set."""
+def _validated_rows(source: str, limit: int | None, what: str, fields: tuple) -> list[dict]:
+    """Rows of `source` (first `limit`), each checked against `fields`: (name, required, nonempty)."""
     name, rows = _read_rows(source)
     if limit is not None:
         rows = rows[:limit]
     if not rows:
-        raise DataError(f"{name}: no training records")
-    records = []
+        raise DataError(f"{name}: no {what}")
     for i, row in enumerate(rows):
         where = f"{name}: row {i}"
         if not isinstance(row, dict):
-            raise DataError(f"{where}: is {type(row).__name__}, expected an object with instruction/input/output")
-        _check_str(where, row, "instruction", required=True, nonempty=True)
-        _check_str(where, row, "input", required=False, nonempty=False)
-        _check_str(where, row, "output", required=True, nonempty=True)
-        records.append({"instruction": row["instruction"], "input": row.get("input", ""), "output": row["output"]})
-    return records
+            raise DataError(f"{where}: is {type(row).__name__}, expected an object with {'/'.join(f[0] for f in fields)}")
+        for field, required, nonempty in fields:
+            _check_str(where, row, field, required, nonempty)
+    return rows
+
+
+def load_train(source: str, limit: int | None = None) -> list[dict]:
+    """Alpaca-format training records {instruction, input, output}, validated; first `limit` rows if set."""
+    rows = _validated_rows(source, limit, "training records",
+                           (("instruction", True, True), ("input", False, False), ("output", True, True)))
+    return [{"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"]} for r in rows]
 
 
 def load_prompts(source: str, default_dataset: str, limit: int | None = None) -> list[dict]:
     """Evaluation prompts {instruction, input, dataset} (AlpacaEval format), validated."""
-    name, rows = _read_rows(source)
-    if limit is not None:
-        rows = rows[:limit]
-    if not rows:
-        raise DataError(f"{name}: no evaluation prompts")
-    records = []
-    for i, row in enumerate(rows):
-        where = f"{name}: row {i}"
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: is {type(row).__name__}, expected an object with an instruction")
-        _check_str(where, row, "instruction", required=True, nonempty=True)
-        _check_str(where, row, "input", required=False, nonempty=False)
-        _check_str(where, row, "dataset", required=False, nonempty=True)
-        records.append(
-            {"instruction": row["instruction"], "input": row.get("input", ""), "dataset": row.get("dataset", default_dataset)}
-        )
-    return records
+    rows = _validated_rows(source, limit, "evaluation prompts",
+                           (("instruction", True, True), ("input", False, False), ("dataset", False, True)))
+    return [{"instruction": r["instruction"], "input": r.get("input", ""), "dataset": r.get("dataset", default_dataset)} for r in rows]

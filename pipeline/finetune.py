@@ -29,7 +29,7 @@ VERSION = 1
 def noise_params(noise_cfg) -> dict:
     """The part of the noise config that changes training; every 'off' setting hashes alike."""
     validate_noise(noise_cfg.kind, noise_cfg.alpha, noise_cfg.length)
-    if noise_cfg.kind == "none":
+    if noise_cfg.kind == "none" or noise_cfg.alpha == 0:  # alpha 0 is the baseline, whatever the kind
         return {"kind": "none"}
     return {"kind": noise_cfg.kind, "alpha": float(noise_cfg.alpha), "length": noise_cfg.length}
 
@@ -101,7 +101,7 @@ def finetune(model_cfg, data_cfg, noise_cfg, train_cfg, store: Store, cache: Sto
     def compute(work: Path) -> dict:
         return _train(model_cfg, records, noise, train_cfg, work, cache, report_to)
 
-    return store.materialize(key, compute, resumable=True)
+    return store.materialize(key, compute, resumable=True, config=params)
 
 
 def _train(model_cfg, records, noise, cfg, work: Path, cache: Store, report_to: list[str]) -> dict:

@@ -29,7 +29,7 @@ def generate(finetuned: StageResult, gen_cfg, dtype: str, store: Store) -> Stage
     params = {k: v for k, v in OmegaConf.to_container(gen_cfg, resolve=True).items() if k != "reference"} | {"dtype": dtype}
     generator = finetuned.key.removeprefix("finetune-")
     key = stage_key("generate", generator.rsplit("-", 1)[0], params, [finetuned.key], VERSION)
-    return store.materialize(key, lambda work: _generate(finetuned.path / "model", prompts, gen_cfg, dtype, generator, work))
+    return store.materialize(key, lambda work: _generate(finetuned.path / "model", prompts, gen_cfg, dtype, generator, work), config=params)
 
 
 def _generate(model_dir: Path, prompts: list[dict], cfg, dtype: str, generator: str, work: Path) -> dict:

@@ -27,8 +27,6 @@ def validate_noise(kind: str, alpha: float, length: str) -> None:
         raise ValueError(f"noise.length={length!r} is unknown; use one of {LENGTHS}")
     if not isinstance(alpha, (int, float)) or alpha < 0:
         raise ValueError(f"noise.alpha={alpha!r} must be a number >= 0 (the paper uses 5, 10 or 15)")
-    if kind != "none" and alpha == 0:
-        raise ValueError(f"noise.kind={kind} with alpha=0 adds nothing; use noise=off for the baseline")
 
 
 def token_lengths(attention_mask: torch.Tensor, position_ids: torch.Tensor | None) -> torch.Tensor:

@@ -13,7 +13,6 @@ same config and inputs is reused, not recomputed.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.store import Store
+from pipeline.store import Store, stage_key
+from pipeline.tracking import Tracker
 
 # Absolute, so the app finds its configs however it is started (python -m, python -c, submitit).
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -30,7 +30,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 def arms(noise_cfg) -> list:
     """The noise settings to train: the baseline (noise off) and, unless it is the baseline, `noise_cfg`."""
     off = OmegaConf.create({"kind": "none", "alpha": 0.0, "length": noise_cfg.length})
-    return [off] if noise_cfg.kind == "none" else [off, noise_cfg]
+    return [off] if noise_cfg.kind == "none" or noise_cfg.alpha == 0 else [off, noise_cfg]
 
 
 def run_experiment(cfg: DictConfig) -> dict:
@@ -41,23 +41,18 @@ def run_experiment(cfg: DictConfig) -> dict:
     from pipeline.finetune import finetune, noise_label, noise_params
     from pipeline.generate import generate
     from pipeline.models import validate_model
+    from pipeline.openllm import openllm, validate_openllm
 
     # Cheap checks first: a typo or a missing API key must not cost a training run.
     validate_model(cfg.model)
     validate_judge(cfg.judge)
+    validate_openllm(cfg.openllm)
     reference = load_reference(cfg.generate.reference)
     plan = [(noise_label(noise_params(n)), n) for n in arms(cfg.noise)]
-    store = Store(Path(cfg.paths.store), cfg.paths.lock_stale_after_s, cfg.paths.lock_heartbeat_s)
+    tracker = Tracker.from_config(cfg.logger, cfg.experiment.name)
+    store = Store(Path(cfg.paths.store), cfg.paths.lock_stale_after_s, cfg.paths.lock_heartbeat_s, tracker)
     cache = Store(Path(cfg.paths.cache), cfg.paths.lock_stale_after_s, cfg.paths.lock_heartbeat_s)
-    report_to = [] if cfg.logger.mode == "disabled" else ["wandb"]
-    if report_to:
-        os.environ.update(
-            WANDB_MODE=cfg.logger.mode,
-            WANDB_PROJECT=cfg.logger.project,
-            WANDB_RUN_GROUP=cfg.experiment.name,
-            WANDB_DIR=str(Path(cfg.logger.dir).resolve()),
-        )
-        Path(cfg.logger.dir).mkdir(parents=True, exist_ok=True)
+    report_to = ["wandb"] if tracker.enabled else []  # the Trainer logs its curves into the stage's open run
 
     results: dict[str, dict] = {}
     for label, noise in plan:
@@ -70,7 +65,10 @@ def run_experiment(cfg: DictConfig) -> dict:
         texts = read_outputs(gen.path / "outputs.json")
         analysed = analysis(texts, gen.key.removeprefix("generate-").rsplit("-", 1)[0], cfg.data.diversity_cutoff, [gen.key], store)
         _say("analysis", label, analysed)
-        results[label] = {"finetune": ft, "generate": gen, "alpaca_eval": judged, "analysis": analysed, "lengths": [len(t) for t in texts]}
+        scored = openllm(ft, cfg.openllm, cfg.model.dtype, store)
+        _say("openllm", label, scored)
+        results[label] = {"finetune": ft, "generate": gen, "alpaca_eval": judged, "analysis": analysed, "openllm": scored,
+                          "lengths": [len(t) for t in texts]}
 
     base_label, neft_label = plan[0][0], (plan[1][0] if len(plan) > 1 else None)
     head_to_head = None
@@ -85,13 +83,18 @@ def run_experiment(cfg: DictConfig) -> dict:
     neft = results[neft_label] if neft_label else None
     point = {
         "dataset": cfg.data.name, "model": cfg.model.name, "judge": cfg.judge.name, "reference": reference.label,
-        "alpha": float(cfg.noise.alpha), "cutoff": cfg.data.diversity_cutoff,
+        "alpha": float(cfg.noise.alpha) if neft_label else 0.0, "noise": neft_label or "base", "cutoff": cfg.data.diversity_cutoff,
         "base": results[base_label]["alpaca_eval"].metrics, "neft": neft["alpaca_eval"].metrics if neft else None,
         "head_to_head": head_to_head.metrics if head_to_head else None,
         "train": train_analysis.metrics,
         "base_analysis": results[base_label]["analysis"].metrics, "neft_analysis": neft["analysis"].metrics if neft else None,
         "base_lengths": results[base_label]["lengths"], "neft_lengths": neft["lengths"] if neft else None,
+        "openllm_config": cfg.openllm.name, "openllm_task_set": cfg.openllm.task_set,
+        "openllm_shots": {k: t.num_fewshot for k, t in cfg.openllm.tasks.items()}, "openllm_limit": cfg.openllm.limit,
+        "base_openllm": results[base_label]["openllm"].metrics, "neft_openllm": neft["openllm"].metrics if neft else None,
     }
+    point["id"] = stage_key("point", f"{cfg.model.name}_{cfg.data.name}_{point['noise']}", {"judge": cfg.judge.name, "openllm": cfg.openllm.name},
+                            [st.key for arm in results.values() for st in arm.values() if hasattr(st, "key")], 1)
     return {"arms": results, "point": point}
 
 
@@ -102,11 +105,11 @@ def _say(stage: str, label: str, result) -> None:
 
 def print_summary(results: dict) -> None:
     print("\n== outputs ==")
-    print(f"{'arm':<16} {'train loss':>10} {'win rate':>9} {'mean chars':>10}  outputs.json")
+    print(f"{'arm':<16} {'train loss':>10} {'win rate':>9} {'mean chars':>10} {'openllm avg':>11}  outputs.json")
     for label, stages in results["arms"].items():
         ft, gen, ae = stages["finetune"].metrics, stages["generate"].metrics, stages["alpaca_eval"].metrics
-        print(f"{label:<16} {ft['train_loss']:>10.4f} {ae['win_rate']:>9.2f} {gen['gen_mean_output_chars']:>10.1f}  "
-              f"{stages['generate'].path / 'outputs.json'}")
+        print(f"{label:<16} {ft['train_loss']:>10.4f} {ae['win_rate']:>9.2f} {gen['gen_mean_output_chars']:>10.1f} "
+              f"{stages['openllm'].metrics['openllm_average']:>11.3f}  {stages['generate'].path / 'outputs.json'}")
     h2h = results["point"]["head_to_head"]
     if h2h:
         print(f"+NEFT vs base, head to head: {h2h['win_rate']:.2f}% ± {h2h['standard_error']:.2f}")
@@ -119,7 +122,8 @@ def main(cfg: DictConfig) -> None:
 
     results = run_experiment(cfg)
     print_summary(results)
-    out = tables([results["point"]], cfg.experiment.name, Path(cfg.paths.results), Path(cfg.paths.paper_numbers))
+    out = tables(results["point"], cfg.experiment.name, Path(cfg.paths.results), Path(cfg.paths.paper_numbers))
+    Tracker.from_config(cfg.logger, cfg.experiment.name).log_tables(out)
     print(f"tables and figures: {out.resolve()}")
     print(f"\ndone in {time.time() - started:.1f} s; stage store: {Path(cfg.paths.store).resolve()}")
 

@@ -159,6 +159,7 @@ class Store:
     root: Path
     lock_stale_after_s: float = 300.0
     lock_heartbeat_s: float = 15.0
+    tracker: Any = None  # pipeline.tracking.Tracker: a W&B run around every stage that is computed
 
     def path(self, key: str) -> Path:
         return Path(self.root) / key
@@ -175,11 +176,13 @@ class Store:
         key: str,
         compute: Callable[[Path], dict],
         resumable: bool = False,
+        config: dict | None = None,
     ) -> StageResult:
         """Return the finished stage `key`, computing it with `compute(workdir) -> metrics` if needed.
 
         `compute` writes only into `workdir`. With `resumable`, a workdir left by a killed run is
         handed to the next attempt (finetune resumes from its checkpoints); otherwise it is wiped.
+        `config` (the stage's own config) is what the tracker records for the run.
         """
         hit = self.lookup(key)
         if hit is not None:
@@ -200,7 +203,12 @@ class Store:
             if work.exists() and not resumable:
                 shutil.rmtree(work)
             work.mkdir(exist_ok=True)
-            metrics = compute(work)
+            if self.tracker is None:
+                metrics = compute(work)
+            else:
+                with self.tracker.stage_run(key, config) as run:
+                    metrics = compute(work)
+                    self.tracker.record(run, metrics, work)
             write_json_atomic(work / METRICS, metrics)
             os.rename(work, final)
             write_json_atomic(final / MARKER, {"key": key, "finished_at": time.time()})

@@ -1,7 +1,8 @@
-"""tables stage: paper-shaped tables (Table 1 win rates, Table 4 length/diversity) and figures from an
+"""tables stage: paper-shaped tables (Table 1 win rates, Table 4 length/diversity, Figure 3 leaderboard) and figures from an
 experiment's stage outputs, with the paper's figures (../shared/paper_numbers.md) beside ours.
 
-Writes results/<experiment>/table1.{md,csv}, table4.{md,csv}, winrate.png, lengths.png.
+Writes results/<experiment>/table1, table4, figure3, noise_grid (.md + .csv), winrate.png, lengths.png, openllm.png,
+from every point of the experiment (results/<experiment>/points/*.json: one per run or sweep point).
 Run: python -m pipeline.run            (ends by writing results/default/)
 """
 
@@ -12,6 +13,8 @@ import json
 import math
 import re
 from pathlib import Path
+
+from pipeline.store import write_json_atomic
 
 PAPER_DATASETS = {"alpaca": "Alpaca", "evol-instruct": "Evol-Instruct", "sharegpt": "ShareGPT", "open-platypus": "OpenPlatypus"}
 TABLE4_ROWS = [  # (paper row prefix, our arm, our metric)
@@ -82,7 +85,7 @@ def table4(points: list[dict], paper: dict, out_dir: Path) -> None:
     paper_rows = paper.get("Table 4", [])
     paper_cols = paper_rows[0][1:] if paper_rows else []
     by_row = {r[0]: r[1:] for r in paper_rows[1:]}
-    header = ["row"] + [f"ours: {p['dataset']} (K={p['cutoff']})" for p in points] + [f"paper: {c}" for c in paper_cols]
+    header = ["row"] + [f"ours: {p['dataset']}, {p['noise']} (K={p['cutoff']})" for p in points] + [f"paper: {c}" for c in paper_cols]
     rows = []
     for label, metric in TABLE4_ROWS:
         arms = [("training data", "train")] if metric == "chars_mean" else []
@@ -100,6 +103,51 @@ def table4(points: list[dict], paper: dict, out_dir: Path) -> None:
     _write(out_dir, "table4", header, rows, caption)
 
 
+OPENLLM_TASKS = ("arc", "hellaswag", "mmlu", "truthfulqa")
+PAPER_FIG3_MODELS = {"llama2-7b": "LLaMA-2-7B", "llama1-7b": "LLaMA-1-7B"}
+
+
+def figure3_table(points: list[dict], paper: dict, out_dir: Path) -> None:
+    """Leaderboard scores (%) per task and their average, base vs +NEFT; ours then the paper's (Figure 3)."""
+    header = ["source", "model, data", "arm", "ARC", "HellaSwag", "MMLU", "TruthfulQA", "average"]
+    rows = []
+    for p in points:
+        for arm, field in (("base", "base_openllm"), ("+NEFT", "neft_openllm")):
+            m = p[field]
+            if m:
+                scores = [100 * m[f"openllm_{t}"] for t in OPENLLM_TASKS]
+                rows.append(["ours", f"{p['model']}, {p['dataset']}", arm] + [_fmt(x, 1) for x in scores] + [_fmt(100 * m["openllm_average"], 1)])
+    for r in paper.get("Figure 3", [])[1:]:
+        for arm, cell in (("base", r[1]), ("+NEFT", r[2])):
+            scores = [float(x) for x in cell.split("/")]
+            rows.append(["paper (≈, read off a chart)", r[0], arm] + [_fmt(x, 1) for x in scores] + [_fmt(sum(scores) / 4, 1)])
+    settings = "; ".join(
+        f"{p['model']}, {p['dataset']}: {p['openllm_config']} ({p['openllm_task_set']} task set, shots "
+        + ", ".join(f"{t} {n}" for t, n in p["openllm_shots"].items())
+        + (f", at most {p['openllm_limit']} questions per task" if p["openllm_limit"] else "") + ")"
+        for p in points)
+    caption = ("Figure 3 — Open LLM Leaderboard tasks (%), lm-eval. 'ours' computed by this run with " + settings
+               + ". The leaderboard uses ARC 25-shot, HellaSwag 10-shot, MMLU 5-shot, TruthfulQA 0-shot on the full "
+               "datasets; a local task set, fewer shots or a limit make our numbers a smoke test of the same code path, "
+               "not comparable to the paper's. 'paper' rows: Jain et al. 2023, Figure 3.")
+    _write(out_dir, "figure3", header, rows, caption)
+
+
+ARMS = (("base", "#999999"), ("+NEFT", "#d62728"))
+
+
+def _grouped_bars(ax, ticks: list[str], series: list[tuple[str, str, list, list | None]], ylabel: str, title: str) -> None:
+    """Bars of each (label, color, values, errors) series side by side at every tick."""
+    width = 0.8 / len(series)
+    for k, (label, color, values, errors) in enumerate(series):
+        offset = (k - (len(series) - 1) / 2) * width
+        ax.bar([x + offset for x in range(len(ticks))], values, width, yerr=errors, color=color, label=label)
+    ax.set_xticks(list(range(len(ticks))), ticks)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+
+
 def figures(points: list[dict], out_dir: Path) -> None:
     import matplotlib
 
@@ -107,42 +155,77 @@ def figures(points: list[dict], out_dir: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(max(4, 2.2 * len(points)), 3.5))
-    xs = range(len(points))
-    for offset, arm, color in ((-0.2, "base", "#999999"), (0.2, "neft", "#d62728")):
-        vals = [p[arm]["win_rate"] if p[arm] else 0 for p in points]
-        errs = [p[arm]["standard_error"] if p[arm] else 0 for p in points]
-        ax.bar([x + offset for x in xs], vals, 0.4, yerr=errs, color=color, label="base" if arm == "base" else "+NEFT")
-    ax.set_xticks(list(xs), [f"{p['dataset']}\n({p['model']})" for p in points])
-    ax.set_ylabel(f"win rate vs reference (%)")
-    ax.set_title(f"AlpacaEval win rate, judge: {points[0]['judge']}")
+    series = [(label, color, [p[arm]["win_rate"] if p[arm] else 0 for p in points],
+               [p[arm]["standard_error"] if p[arm] else 0 for p in points])
+              for (label, color), arm in zip(ARMS, ("base", "neft"))]
+    _grouped_bars(ax, [f"{p['dataset']}, {p['noise']}\n({p['model']})" for p in points], series,
+                  "win rate vs reference (%)", f"AlpacaEval win rate, judge: {points[0]['judge']}")
     ax.axhline(50, color="black", lw=0.5, ls=":")
-    ax.legend()
     fig.tight_layout()
     fig.savefig(out_dir / "winrate.png", dpi=120)
     plt.close(fig)
 
+    fig, axes = plt.subplots(1, len(points), figsize=(6 * len(points), 3.5), squeeze=False)
+    for ax, p in zip(axes[0], points):
+        series = [(label, color, [100 * p[field][f"openllm_{t}"] for t in OPENLLM_TASKS] + [100 * p[field]["openllm_average"]], None)
+                  for (label, color), field in zip(ARMS, ("base_openllm", "neft_openllm")) if p[field]]
+        _grouped_bars(ax, ["ARC", "HellaSwag", "MMLU", "TruthfulQA", "average"], series, "score (%)",
+                      f"{p['model']}, {p['dataset']} ({p['openllm_config']})")
+    fig.tight_layout()
+    fig.savefig(out_dir / "openllm.png", dpi=120)
+    plt.close(fig)
+
     fig, axes = plt.subplots(1, len(points), figsize=(5 * len(points), 3.5), squeeze=False)
     for ax, p in zip(axes[0], points):
-        for arm, color in (("base", "#999999"), ("neft", "#d62728")):
-            if p[f"{arm}_lengths"]:
-                ax.hist(p[f"{arm}_lengths"], bins=20, alpha=0.6, color=color, label="base" if arm == "base" else "+NEFT")
+        longest = max(p["base_lengths"] + (p["neft_lengths"] or []))
+        bins = [longest * i / 20 for i in range(21)]  # shared bins, so the two histograms compare bar by bar
+        for (label, color), lengths in zip(ARMS, (p["base_lengths"], p["neft_lengths"])):
+            if lengths:
+                ax.hist(lengths, bins=bins, alpha=0.6, color=color, label=label)
         ax.set_xlabel("output length (characters)")
         ax.set_ylabel("outputs")
-        ax.set_title(p["dataset"])
+        ax.set_title(f"{p['dataset']}, {p['noise']}")
         ax.legend()
     fig.tight_layout()
     fig.savefig(out_dir / "lengths.png", dpi=120)
     plt.close(fig)
 
 
-def tables(points: list[dict], experiment: str, results_root: Path, paper_numbers: Path) -> Path:
-    """Write every table and figure of `points` (one dict per dataset/model point) to results/<experiment>/."""
+def noise_grid(points: list[dict], paper: dict, out_dir: Path) -> None:
+    """Every noise setting of the experiment (the baseline once per model/data), Table-6-like."""
+    header = ["model, data", "noise", "win rate vs reference", "vs base (head to head)", "mean characters",
+              "whitespace tokens", "log-diversity", "openllm average (%)"]
+    rows, seen = [], set()
+    for p in sorted(points, key=lambda p: (p["model"], p["dataset"], p["alpha"], p["noise"])):
+        arms = [("base", p["base"], None, p["base_analysis"], p["base_openllm"])]
+        if p["neft"]:
+            arms.append((p["noise"], p["neft"], p["head_to_head"], p["neft_analysis"], p["neft_openllm"]))
+        for label, wr, h2h, an, ol in arms:
+            if (p["model"], p["dataset"], label) in seen:
+                continue
+            seen.add((p["model"], p["dataset"], label))
+            rows.append([f"{p['model']}, {p['dataset']}", label, f"{_fmt(wr['win_rate'])} ± {_fmt(wr['standard_error'])}",
+                         f"{_fmt(h2h['win_rate'])} ± {_fmt(h2h['standard_error'])}" if h2h else "–",
+                         _fmt(an["chars_mean"], 1), _fmt(an["words_mean"], 1), _fmt(an["log_diversity"]),
+                         _fmt(100 * ol["openllm_average"], 1)])
+    paper_rows = paper.get("Table 6", [])[1:]
+    caption = ("Noise settings — every arm of this experiment, computed by this run (judge: "
+               + ", ".join(sorted({p["judge"] for p in points})) + "). Paper, Table 6 (ChatGPT judge, Alpaca / Evol-Instruct / "
+               "OpenPlatypus): " + "; ".join(f"{r[0]}: {r[1]}" for r in paper_rows) + ".")
+    _write(out_dir, "noise_grid", header, rows, caption)
+
+
+def tables(point: dict, experiment: str, results_root: Path, paper_numbers: Path) -> Path:
+    """Add `point` to results/<experiment>/points/ and rewrite every table and figure from all points there."""
     out_dir = Path(results_root) / experiment
-    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "points").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "points" / f"{point['id']}.json", point)
+    points = [json.loads(f.read_text()) for f in sorted((out_dir / "points").glob("*.json"))]
+    points.sort(key=lambda p: (p["model"], p["dataset"], p["alpha"], p["noise"]))
     paper = read_paper_tables(paper_numbers)
     table1(points, paper, out_dir)
     table4(points, paper, out_dir)
+    figure3_table(points, paper, out_dir)
+    noise_grid(points, paper, out_dir)
     figures(points, out_dir)
-    (out_dir / "points.json").write_text(json.dumps(
-        [{k: v for k, v in p.items() if not k.endswith("_lengths")} for p in points], indent=1))
     return out_dir

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-GROUPS = ["model", "data", "noise", "finetune", "generate", "experiment", "paths", "logger"]
+GROUPS = ["model", "data", "noise", "finetune", "generate", "judge", "openllm", "experiment", "sweep", "launcher", "paths", "logger"]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -79,3 +79,48 @@ def test_negative_alpha_fails_before_any_work(tmp_path):
     result = cli("noise.alpha=-1", f"paths.store={tmp_path}")
     assert result.returncode != 0 and "noise.alpha=-1" in result.stderr
     assert not any(tmp_path.glob("finetune-*")) and not (tmp_path / "cache").exists()
+
+
+def sweep_and_experiment_overrides() -> list[list[str]]:
+    """Every experiment and sweep config, expanded to its points (as a SLURM array would run them)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from sweep_points import sweep_points
+
+    configs = [[f"experiment={e}"] for e in options("experiment")] + [[f"sweep={s}"] for s in options("sweep")]
+    return [point for overrides in configs for point in sweep_points(overrides)]
+
+
+def test_every_experiment_and_sweep_point_composes():
+    points = sweep_and_experiment_overrides()
+    assert len(points) >= 1 + 4 + 3 + 12 + 12 + 4 + 4  # default, table1, table2, fig2, table6, alpha_grid, noise_variants
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for overrides in points:
+            cfg = compose("config", overrides=[o for o in overrides if not o.startswith("hydra.")])
+            OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+            assert cfg.noise.alpha >= 0 and cfg.model.name
+
+
+def test_paper_table1_points_have_the_papers_alpha_per_dataset():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        got = {}
+        for point in ("table1_alpaca", "table1_evol_instruct", "table1_sharegpt", "table1_open_platypus"):
+            cfg = compose("config", overrides=["experiment=paper_table1", f"+paper_point={point}"])
+            assert (cfg.model.id, cfg.judge.name, cfg.judge.alpaca_eval_version) == ("meta-llama/Llama-2-7b-hf", "alpaca_eval_gpt4", 1)
+            assert cfg.finetune.learning_rate == 5e-5 and cfg.openllm.name == "leaderboard_v1"
+            got[cfg.data.name] = cfg.noise.alpha
+    assert got == {"alpaca": 5, "evol-instruct": 5, "sharegpt": 10, "open-platypus": 15}
+
+
+def test_alpha_grid_has_the_baseline_and_three_alphas():
+    lines = [" ".join(p) for p in sweep_and_experiment_overrides() if "sweep=alpha_grid" in p]
+    assert [line.split()[-1] for line in lines] == ["noise.alpha=0", "noise.alpha=5", "noise.alpha=10", "noise.alpha=15"]
+
+
+def test_slurm_launcher_selects_submitit_with_arrays():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["launcher=slurm", "sweep=alpha_grid"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.array_parallelism >= 1
+    assert launcher.additional_parameters.requeue is True

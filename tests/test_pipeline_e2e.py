@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.data import load_prompts
+from wandb_offline import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model=tiny", "finetune=tiny", "generate=tiny", "judge=local_tiny"]
@@ -67,12 +68,31 @@ def test_tiny_run_trains_both_arms_generates_in_order_and_reruns_from_the_store(
     assert "| default | tiny-llama | local-tiny / neftune_repro_reference |" in table1 and "29.79" in table1
     table4 = (results / "table4.md").read_text()
     assert "| +NEFT, characters |" in table4 and "1061.89" in table4
-    assert (results / "winrate.png").stat().st_size > 1000 and (results / "lengths.png").stat().st_size > 1000
+    figure3 = (results / "figure3.md").read_text()
+    assert "| ours | tiny-llama, default | +NEFT |" in figure3 and "local_cpu (local task set, shots arc 5" in figure3
+    assert "| paper (≈, read off a chart) | LLaMA-2-7B Alpaca | base | 56.4 | 80.0 | 47.9 | 41.6 |" in figure3
+    for png in ("winrate.png", "lengths.png", "openllm.png"):
+        assert (results / png).stat().st_size > 1000
+
+    # W&B (offline by default): one run per stage execution, read back from the offline run files.
+    runs = {r["name"]: r for r in map(read_run, (store / "wandb" / "wandb").glob("offline-run-*"))}
+    for ft in finetunes:
+        run = runs[ft.name]
+        metrics = json.loads((ft / "metrics.json").read_text())
+        assert (run["job_type"], run["group"]) == ("finetune", "default")
+        assert run["summary"]["train_loss"] == pytest.approx(metrics["train_loss"])
+        assert run["config"]["noise"]["kind"] in ("none", "uniform")
+        assert sum("train/loss" in row for row in run["history"]) == 12  # the Trainer's curve
+    for gen in generates:
+        assert runs[gen.name]["job_type"] == "generate" and runs[gen.name]["artifacts"] == [f"outputs-{gen.name}"]
+    assert {r["job_type"] for r in runs.values()} == {"finetune", "generate", "alpaca_eval", "analysis", "openllm", "tables"}
+    (tables_run,) = [r for r in runs.values() if r["job_type"] == "tables"]
+    assert {"table1", "table4", "figure3", "noise_grid"} <= {row_key for row in tables_run["history"] for row_key in row}
 
     mtimes = {p: (p / "COMPLETE").stat().st_mtime for p in finetunes + generates + judged}
     second = run_pipeline(store, *TINY)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stdout.count(": reused ->") == 9 and ": computed ->" not in second.stdout
+    assert second.stdout.count(": reused ->") == 11 and ": computed ->" not in second.stdout
     assert {p: (p / "COMPLETE").stat().st_mtime for p in finetunes + generates + judged} == mtimes
 
 
@@ -120,3 +140,18 @@ def test_bad_training_row_fails_before_training_and_marks_nothing_done(tmp_path)
     assert result.returncode != 0
     assert f"{bad}: row 1: field 'output' is empty" in result.stderr
     assert not list(store.glob("finetune-*")) and not list(store.glob("generate-*"))
+
+
+def test_alpha_grid_sweep_trains_the_baseline_once_and_tables_every_alpha(tmp_path):
+    store = tmp_path / "store"
+    result = run_pipeline(store, "sweep=alpha_grid", *TINY, "logger=disabled")
+    assert result.returncode == 0, result.stderr[-3000:]
+    finetunes = [p.name for p in stage_dirs(store, "finetune")]
+    assert len(finetunes) == 4 and sum("_base-" in name for name in finetunes) == 1
+    results = store / "results" / "alpha_grid"
+    assert len(list((results / "points").glob("*.json"))) == 4
+    grid = (results / "noise_grid.md").read_text()
+    for label in ("| base |", "| neft-uniform5 |", "| neft-uniform10 |", "| neft-uniform15 |"):
+        assert label in grid
+    table1 = (results / "table1.md").read_text()
+    assert sum(line.startswith("| default | tiny-llama |") for line in table1.splitlines()) == 4

@@ -1,0 +1,106 @@
+"""openllm stage: Open LLM Leaderboard (v1) tasks through lm-eval, in-process (paper Figure 3).
+
+ARC-challenge (acc_norm), HellaSwag (acc_norm), MMLU (acc), TruthfulQA-mc2 (mc2), each with its
+own few-shot count, on an HFLM over the fine-tuned weights. `task_set: hub` runs lm-eval's built-in
+tasks (they download their datasets); `task_set: local` runs the same task definitions (lm-eval
+`include` of the built-in YAML: same prompt, processing and metric) on small files shipped in
+pipeline/assets/openllm/, written for this project, for offline runs and tests.
+
+Writes lm_eval_results.json (lm-eval's results, our fixed filename) and metrics.json
+(openllm_<task> per task and openllm_average).
+
+Run: python -m pipeline.run            (openllm=local_cpu: local tasks, fewer shots, a limit)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from omegaconf import OmegaConf
+
+from pipeline.data import ASSETS
+from pipeline.models import DTYPES
+from pipeline.store import StageResult, Store, stage_key, write_json_atomic
+
+VERSION = 1
+LOCAL_DATA = ASSETS / "openllm"
+# Built-in lm-eval task -> (its YAML inside lm_eval/tasks, the splits our local files provide).
+LOCAL_TASKS = {
+    "arc_challenge": ("arc/arc_challenge.yaml", ("train", "validation", "test")),
+    "hellaswag": ("hellaswag/hellaswag.yaml", ("train", "validation")),
+    # One subject locally (the leaderboard averages 57); its YAML carries the leaderboard's prompt header.
+    "mmlu": ("mmlu/default/mmlu_high_school_geography.yaml", ("dev", "test")),
+    "truthfulqa_mc2": ("truthfulqa/truthfulqa_mc2.yaml", ("validation",)),
+}
+
+
+def validate_openllm(openllm_cfg) -> None:
+    if openllm_cfg.task_set not in ("hub", "local"):
+        raise ValueError(f"openllm.task_set={openllm_cfg.task_set!r}: use hub (lm-eval's datasets) or local (shipped files)")
+    for short, task in openllm_cfg.tasks.items():
+        if openllm_cfg.task_set == "local" and task.task not in LOCAL_TASKS:
+            raise ValueError(f"openllm.tasks.{short}.task={task.task!r} has no local data; local tasks: {sorted(LOCAL_TASKS)}")
+        if task.num_fewshot < 0:
+            raise ValueError(f"openllm.tasks.{short}.num_fewshot must be >= 0")
+
+
+def write_local_tasks(out: Path) -> None:
+    """Task YAMLs named <task>_local that include lm-eval's own task config and read the shipped files."""
+    import lm_eval
+
+    builtin = Path(lm_eval.__file__).parent / "tasks"
+    out.mkdir(parents=True, exist_ok=True)
+    for task, (yaml_path, splits) in LOCAL_TASKS.items():
+        files = {split: str(LOCAL_DATA / f"{task}.{split}.jsonl") for split in splits}
+        config = {
+            "include": str(builtin / yaml_path),
+            "task": f"{task}_local",
+            "task_alias": f"{task}_local",
+            "tag": [],  # inherited tags would shadow the built-in groups (ai2_arc, mmlu_*) in this TaskManager
+            "dataset_path": "json",
+            "dataset_name": None,
+            "dataset_kwargs": {"data_files": files},
+        }
+        (out / f"{task}_local.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def openllm(finetuned: StageResult, openllm_cfg, dtype: str, store: Store) -> StageResult:
+    """lm-eval scores of the `finetuned` stage's model on the configured leaderboard tasks."""
+    validate_openllm(openllm_cfg)
+    params = OmegaConf.to_container(openllm_cfg, resolve=True) | {"dtype": dtype}
+    label = f"{finetuned.key.removeprefix('finetune-').rsplit('-', 1)[0]}_{openllm_cfg.name}"
+    key = stage_key("openllm", label, params, [finetuned.key], VERSION)
+    return store.materialize(key, lambda work: _evaluate(finetuned.path / "model", openllm_cfg, dtype, work), config=params)
+
+
+def _evaluate(model_dir: Path, cfg, dtype: str, work: Path) -> dict:
+    import torch
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    manager = None
+    if cfg.task_set == "local":
+        write_local_tasks(work / "tasks")
+        manager = TaskManager(include_path=str(work / "tasks"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lm = HFLM(pretrained=str(model_dir), dtype=DTYPES[dtype], batch_size=cfg.batch_size, device=device)
+    merged: dict = {"results": {}, "n-shot": {}, "configs": {}, "versions": {}, "n-samples": {}}
+    metrics: dict = {}
+    for short, task in cfg.tasks.items():
+        name = f"{task.task}_local" if cfg.task_set == "local" else task.task
+        # One call per task: the leaderboard uses a different few-shot count for each.
+        out = simple_evaluate(
+            model=lm, tasks=[name], num_fewshot=task.num_fewshot, limit=cfg.limit, task_manager=manager,
+            random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed, fewshot_random_seed=cfg.seed,
+            log_samples=False, bootstrap_iters=0,
+        )
+        for part in merged:
+            merged[part].update(out.get(part, {}))
+        metrics[f"openllm_{short}"] = float(out["results"][name][f"{task.metric},none"])
+        metrics[f"openllm_{short}_n_shot"] = int(out["n-shot"][name])
+    metrics["openllm_average"] = sum(metrics[f"openllm_{s}"] for s in cfg.tasks) / len(cfg.tasks)
+    write_json_atomic(work / "lm_eval_results.json", json.loads(json.dumps(merged, default=str)))
+    return metrics

@@ -1,0 +1,75 @@
+"""W&B tracking: one run per stage execution (job_type = stage, group = experiment, name = stage key),
+the stage's config, its metrics.json as summary, outputs.json as an artifact, and the Trainer's
+curves (the Trainer's W&B callback logs into the run that is open while finetune computes).
+Offline by default (logger=offline): runs are written under logger.dir and uploaded by `wandb sync`.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Tracker:
+    mode: str  # disabled | offline | online
+    project: str
+    group: str
+    dir: str
+
+    @classmethod
+    def from_config(cls, logger_cfg, group: str) -> "Tracker":
+        if logger_cfg.mode not in ("disabled", "offline", "online"):
+            raise ValueError(f"logger.mode={logger_cfg.mode!r}: use disabled, offline or online")
+        if logger_cfg.mode == "online" and not os.environ.get("WANDB_API_KEY"):
+            raise ValueError("logger.mode=online needs WANDB_API_KEY (or use logger=offline and `wandb sync` later)")
+        return cls(logger_cfg.mode, logger_cfg.project, group, str(Path(logger_cfg.dir).resolve()))
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "disabled"
+
+    @contextmanager
+    def stage_run(self, key: str, config: dict | None):
+        """An open W&B run for the stage `key` while it computes (None when disabled)."""
+        if not self.enabled:
+            yield None
+            return
+        import wandb
+
+        Path(self.dir).mkdir(parents=True, exist_ok=True)
+        run = wandb.init(mode=self.mode, project=self.project, group=self.group, job_type=key.split("-", 1)[0],
+                         name=key, config=config or {}, dir=self.dir, reinit="finish_previous")
+        try:
+            yield run
+        finally:
+            run.finish()
+
+    @staticmethod
+    def record(run, metrics: dict, stage_dir: Path) -> None:
+        """Metrics as the run's summary; outputs.json (if the stage wrote one) as an artifact."""
+        if run is None:
+            return
+        import wandb
+
+        run.summary.update(metrics)
+        outputs = Path(stage_dir) / "outputs.json"
+        if outputs.is_file():
+            artifact = wandb.Artifact(name=f"outputs-{run.name}"[:128], type="generations")
+            artifact.add_file(str(outputs))
+            run.log_artifact(artifact)
+
+    def log_tables(self, out_dir: Path) -> None:
+        """The experiment's result tables (results/<experiment>/*.csv) as wandb.Table, in a `tables` run."""
+        if not self.enabled:
+            return
+        import csv
+
+        import wandb
+
+        with self.stage_run(f"tables-{self.group}", {"results_dir": str(out_dir)}) as run:
+            for path in sorted(Path(out_dir).glob("*.csv")):
+                rows = list(csv.reader(path.open(encoding="utf-8")))
+                run.log({path.stem: wandb.Table(columns=rows[0], data=rows[1:])})
