@@ -69,7 +69,7 @@ def test_tiny_run_trains_both_arms_generates_in_order_and_reruns_from_the_store(
     table4 = (results / "table4.md").read_text()
     assert "| +NEFT, characters |" in table4 and "1061.89" in table4
     figure3 = (results / "figure3.md").read_text()
-    assert "| ours | tiny-llama, default | +NEFT |" in figure3 and "local_cpu (local task set, shots arc 5" in figure3
+    assert "| ours | tiny-llama, default | +NEFT |" in figure3 and "local_cpu (local task set, shots arc 3" in figure3
     assert "| paper (≈, read off a chart) | LLaMA-2-7B Alpaca | base | 56.4 | 80.0 | 47.9 | 41.6 |" in figure3
     for png in ("winrate.png", "lengths.png", "openllm.png"):
         assert (results / png).stat().st_size > 1000
@@ -87,7 +87,10 @@ def test_tiny_run_trains_both_arms_generates_in_order_and_reruns_from_the_store(
         assert runs[gen.name]["job_type"] == "generate" and runs[gen.name]["artifacts"] == [f"outputs-{gen.name}"]
     assert {r["job_type"] for r in runs.values()} == {"finetune", "generate", "alpaca_eval", "analysis", "openllm", "tables"}
     (tables_run,) = [r for r in runs.values() if r["job_type"] == "tables"]
-    assert {"table1", "table4", "figure3", "noise_grid"} <= {row_key for row in tables_run["history"] for row_key in row}
+    logged_tables = {k.split("/")[0]: row[f"{k.split('/')[0]}/nrows"] for row in tables_run["history"] for k in row
+                     if k.endswith("/_type") and row[k] == "table-file"}
+    assert logged_tables["table1"] == len((results / "table1.csv").read_text().splitlines()) - 1
+    assert {"table1", "table4", "figure3", "noise_grid"} <= set(logged_tables)
 
     mtimes = {p: (p / "COMPLETE").stat().st_mtime for p in finetunes + generates + judged}
     second = run_pipeline(store, *TINY)
