@@ -8,6 +8,7 @@ A data source is one of
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -121,3 +122,8 @@ def load_prompts(source: str, default_dataset: str, limit: int | None = None) ->
     rows = _validated_rows(source, limit, "evaluation prompts",
                            (("instruction", True, True), ("input", False, False), ("dataset", False, True)))
     return [{"instruction": r["instruction"], "input": r.get("input", ""), "dataset": r.get("dataset", default_dataset)} for r in rows]
+
+
+def records_digest(records: list[dict]) -> str:
+    """Content hash of validated records: a stage keyed by it is recomputed when the data change."""
+    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16]

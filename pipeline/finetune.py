@@ -9,7 +9,7 @@ Run: python -m pipeline.run            (the default trains noise off and uniform
 
 from __future__ import annotations
 
-import hashlib
+import importlib.util
 import json
 import shutil
 import time
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.data import format_prompt, load_train
+from pipeline.data import format_prompt, load_train, records_digest
 from pipeline.models import base_model_dir, load_model_and_tokenizer, validate_model
 from pipeline.noise import attach_neftune, validate_noise
 from pipeline.store import StageResult, Store, stage_key, write_json_atomic
@@ -81,8 +81,35 @@ def last_checkpoint(ckpt_root: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
-def _records_digest(records: list[dict]) -> str:
-    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16]
+def _use_4bit(setting) -> bool:
+    """QLoRA's 4-bit base needs a GPU and bitsandbytes; `auto` falls back to plain LoRA without them."""
+    if setting not in (True, False, "auto"):
+        raise ValueError(f"finetune.lora.quantize_4bit={setting!r}: use true, false or auto")
+    available = torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+    if setting is True and not available:
+        raise ValueError("finetune.lora.quantize_4bit=true needs a CUDA GPU and bitsandbytes (pip install bitsandbytes); "
+                         "use quantize_4bit=auto to run plain LoRA here")
+    return bool(setting) and available
+
+
+def _with_lora(model, lora_cfg, quantized: bool):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(model)
+    config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+                        target_modules=list(lora_cfg.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def _merged(peft_model, base_dir: str, model_cfg, adapter_dir: Path, quantized: bool):
+    """The base with the adapter merged in; a 4-bit base is reloaded in model.dtype first (merging into 4-bit is lossy)."""
+    if not quantized:
+        return peft_model.merge_and_unload()
+    from peft import PeftModel
+
+    base, _ = load_model_and_tokenizer(base_dir, model_cfg.dtype, model_cfg.revision)
+    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
 
 
 def finetune(model_cfg, data_cfg, noise_cfg, train_cfg, store: Store, cache: Store, report_to: list[str]) -> StageResult:
@@ -92,7 +119,7 @@ def finetune(model_cfg, data_cfg, noise_cfg, train_cfg, store: Store, cache: Sto
     records = load_train(data_cfg.train, data_cfg.train_limit)  # bad rows fail here, before any training
     params = {
         "model": OmegaConf.to_container(model_cfg, resolve=True),
-        "data": {"train": data_cfg.train, "train_limit": data_cfg.train_limit, "records": _records_digest(records)},
+        "data": {"train": data_cfg.train, "train_limit": data_cfg.train_limit, "records": records_digest(records)},
         "noise": noise,
         "finetune": OmegaConf.to_container(train_cfg, resolve=True),
     }
@@ -107,10 +134,15 @@ def finetune(model_cfg, data_cfg, noise_cfg, train_cfg, store: Store, cache: Sto
 def _train(model_cfg, records, noise, cfg, work: Path, cache: Store, report_to: list[str]) -> dict:
     from transformers import Trainer, TrainingArguments
 
-    model, tok = load_model_and_tokenizer(base_model_dir(model_cfg, cache), model_cfg.dtype, model_cfg.revision)
+    base_dir = base_model_dir(model_cfg, cache)
+    quantized = cfg.lora is not None and _use_4bit(cfg.lora.quantize_4bit)
+    model, tok = load_model_and_tokenizer(base_dir, model_cfg.dtype, model_cfg.revision, load_in_4bit=quantized)
+    if cfg.lora is not None:
+        model = _with_lora(model, cfg.lora, quantized)
     examples, dropped = tokenize_examples(records, tok, cfg.max_length)
     if not examples:
         raise ValueError(f"no training example has response tokens within finetune.max_length={cfg.max_length}")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     handle = attach_neftune(model, noise.get("alpha", 0.0), noise["kind"], noise.get("length", "per_example"))
 
     ckpt_root = work / "checkpoints"
@@ -154,7 +186,10 @@ def _train(model_cfg, records, noise, cfg, work: Path, cache: Store, report_to: 
     wall = time.time() - started
     handle.remove()
 
-    model.save_pretrained(work / "model")
+    if cfg.lora is not None:
+        model.save_pretrained(work / "adapter")
+        model = _merged(model, base_dir, model_cfg, work / "adapter", quantized)
+    model.save_pretrained(work / "model")  # plain weights: generate and openllm load them like any model
     tok.save_pretrained(work / "model")
     log = [e for e in trainer.state.log_history if "loss" in e]
     write_json_atomic(work / "loss_log.json", log)
@@ -176,4 +211,7 @@ def _train(model_cfg, records, noise, cfg, work: Path, cache: Store, report_to: 
         "noise_kind": noise["kind"],
         "noise_alpha": float(noise.get("alpha", 0.0)),
         "noise_length": noise.get("length", "none"),
+        "lora": cfg.lora is not None,
+        "lora_4bit": quantized,
+        "trainable_params": trainable,
     }

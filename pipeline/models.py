@@ -127,13 +127,20 @@ def base_model_dir(model_cfg, cache: Store) -> str:
     return str(cache.materialize(key, lambda out: _build_tiny(model_cfg.arch, out)).path)
 
 
-def load_model_and_tokenizer(location: str, dtype: str, revision: str | None = None):
-    """from_pretrained for both, with a message that names the model when it cannot be loaded."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_model_and_tokenizer(location: str, dtype: str, revision: str | None = None, load_in_4bit: bool = False):
+    """from_pretrained for both, with a message that names the model when it cannot be loaded.
 
+    `load_in_4bit`: QLoRA's NF4 base (bitsandbytes, GPU), computing in `dtype`.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    quant = None
+    if load_in_4bit:
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=DTYPES[dtype])
     try:
         tok = AutoTokenizer.from_pretrained(location, revision=revision)
-        model = AutoModelForCausalLM.from_pretrained(location, revision=revision, dtype=DTYPES[dtype])
+        model = AutoModelForCausalLM.from_pretrained(location, revision=revision, dtype=DTYPES[dtype], quantization_config=quant)
     except OSError as err:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or not Path(location).exists()
         hint = " The Hugging Face Hub is unreachable here: download the model elsewhere and use model.source=local." if offline else ""

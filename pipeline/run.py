@@ -37,7 +37,7 @@ def run_experiment(cfg: DictConfig) -> dict:
     """Run every stage of one experiment point; returns {arm label: {stage: StageResult}} plus the point summary."""
     from pipeline.alpaca_eval_stage import alpaca_eval_stage, load_reference, reference_from_stage, validate_judge
     from pipeline.analysis import analysis, read_outputs
-    from pipeline.data import load_train
+    from pipeline.data import load_train, records_digest
     from pipeline.finetune import finetune, noise_label, noise_params
     from pipeline.generate import generate
     from pipeline.models import validate_model
@@ -55,6 +55,7 @@ def run_experiment(cfg: DictConfig) -> dict:
     report_to = ["wandb"] if tracker.enabled else []  # the Trainer logs its curves into the stage's open run
 
     results: dict[str, dict] = {}
+    lengths: dict[str, list[int]] = {}
     for label, noise in plan:
         ft = finetune(cfg.model, cfg.data, noise, cfg.finetune, store, cache, report_to)
         _say("finetune", label, ft)
@@ -67,8 +68,8 @@ def run_experiment(cfg: DictConfig) -> dict:
         _say("analysis", label, analysed)
         scored = openllm(ft, cfg.openllm, cfg.model.dtype, store)
         _say("openllm", label, scored)
-        results[label] = {"finetune": ft, "generate": gen, "alpaca_eval": judged, "analysis": analysed, "openllm": scored,
-                          "lengths": [len(t) for t in texts]}
+        results[label] = {"finetune": ft, "generate": gen, "alpaca_eval": judged, "analysis": analysed, "openllm": scored}
+        lengths[label] = [len(t) for t in texts]
 
     base_label, neft_label = plan[0][0], (plan[1][0] if len(plan) > 1 else None)
     head_to_head = None
@@ -76,9 +77,9 @@ def run_experiment(cfg: DictConfig) -> dict:
         head_to_head = alpaca_eval_stage(results[neft_label]["generate"], reference_from_stage(results[base_label]["generate"], "base"),
                                          cfg.judge, store, cache)
         _say("alpaca_eval", f"{neft_label} vs base", head_to_head)
-    train_texts = [r["output"] for r in load_train(cfg.data.train, cfg.data.train_limit)]
-    train_analysis = analysis(train_texts, f"{cfg.data.name}_train", cfg.data.diversity_cutoff,
-                              [results[base_label]["finetune"].key], store)
+    train = load_train(cfg.data.train, cfg.data.train_limit)
+    train_analysis = analysis([r["output"] for r in train], f"{cfg.data.name}_train", cfg.data.diversity_cutoff,
+                              [records_digest(train)], store)
 
     neft = results[neft_label] if neft_label else None
     point = {
@@ -88,13 +89,14 @@ def run_experiment(cfg: DictConfig) -> dict:
         "head_to_head": head_to_head.metrics if head_to_head else None,
         "train": train_analysis.metrics,
         "base_analysis": results[base_label]["analysis"].metrics, "neft_analysis": neft["analysis"].metrics if neft else None,
-        "base_lengths": results[base_label]["lengths"], "neft_lengths": neft["lengths"] if neft else None,
+        "base_lengths": lengths[base_label], "neft_lengths": lengths[neft_label] if neft else None,
         "openllm_config": cfg.openllm.name, "openllm_task_set": cfg.openllm.task_set,
         "openllm_shots": {k: t.num_fewshot for k, t in cfg.openllm.tasks.items()}, "openllm_limit": cfg.openllm.limit,
         "base_openllm": results[base_label]["openllm"].metrics, "neft_openllm": neft["openllm"].metrics if neft else None,
     }
-    point["id"] = stage_key("point", f"{cfg.model.name}_{cfg.data.name}_{point['noise']}", {"judge": cfg.judge.name, "openllm": cfg.openllm.name},
-                            [st.key for arm in results.values() for st in arm.values() if hasattr(st, "key")], 1)
+    # Named by what the point is, not by its stage keys: rerunning it with other settings replaces its row.
+    point["id"] = stage_key("point", f"{cfg.model.name}_{cfg.data.name}_{point['noise']}",
+                            {"judge": cfg.judge.name, "openllm": cfg.openllm.name}, [], 1)
     return {"arms": results, "point": point}
 
 

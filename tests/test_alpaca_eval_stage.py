@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipeline.alpaca_eval_stage import (
-    JudgeError, Reference, _annotator, alpaca_eval_stage, judge_pairs, load_reference, validate_judge, winrate_metrics,
+    JudgeError, _annotator, alpaca_eval_stage, judge_pairs, load_reference, validate_judge, winrate_metrics,
 )
 from pipeline.store import StageResult, Store
 

@@ -158,3 +158,18 @@ def test_alpha_grid_sweep_trains_the_baseline_once_and_tables_every_alpha(tmp_pa
         assert label in grid
     table1 = (results / "table1.md").read_text()
     assert sum(line.startswith("| default | tiny-llama |") for line in table1.splitlines()) == 4
+
+
+def test_lora_finetune_trains_adapters_with_noise_through_the_peft_wrapper(tmp_path):
+    store = tmp_path / "store"
+    result = run_pipeline(store, "model=tiny", "finetune=lora_tiny", "generate=tiny", "judge=local_tiny", "logger=disabled")
+    assert result.returncode == 0, result.stderr[-3000:]
+    base, neft = (json.loads((p / "metrics.json").read_text()) for p in stage_dirs(store, "finetune"))
+    for metrics in (base, neft):
+        assert metrics["lora"] and not metrics["lora_4bit"]  # no GPU here: plain LoRA
+        assert 0 < metrics["trainable_params"] < 20_000  # adapters only (the tiny model has ~37k parameters)
+    assert base["train_loss"] != neft["train_loss"]  # the noise reached the embeddings through the PEFT wrapper
+    for ft in stage_dirs(store, "finetune"):
+        assert (ft / "adapter" / "adapter_config.json").is_file()
+        assert (ft / "model" / "model.safetensors").is_file()  # merged, loadable as a plain model
+    assert len(stage_dirs(store, "generate")) == 2
