@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.data import format_prompt, load_train, records_digest
+from pipeline.data import load_train, pad_batch, records_digest, tokenize_examples
 from pipeline.models import base_model_dir, load_model_and_tokenizer, validate_model
 from pipeline.noise import attach_neftune, validate_noise
 from pipeline.store import StageResult, Store, stage_key, write_json_atomic
@@ -41,36 +41,6 @@ def noise_label(noise: dict) -> str:
     alpha = int(alpha) if float(alpha).is_integer() else alpha
     suffix = "" if noise["length"] == "per_example" else "-padded"
     return f"neft-{noise['kind']}{alpha}{suffix}"
-
-
-def tokenize_examples(records: list[dict], tok, max_length: int) -> tuple[list[dict], int]:
-    """input_ids/labels with the prompt masked (-100) and EOS appended; drops rows with no response left."""
-    examples, dropped = [], 0
-    for rec in records:
-        source = format_prompt(rec, for_training=True)
-        source_ids = tok(source, add_special_tokens=True)["input_ids"]
-        full_ids = tok(source + rec["output"], add_special_tokens=True)["input_ids"] + [tok.eos_token_id]
-        full_ids = full_ids[:max_length]
-        if len(source_ids) >= len(full_ids):
-            dropped += 1
-            continue
-        labels = [-100] * len(source_ids) + full_ids[len(source_ids):]
-        examples.append({"input_ids": full_ids, "labels": labels})
-    return examples, dropped
-
-
-def pad_batch(features: list[dict], pad_id: int) -> dict:
-    """Right-pad a training batch; padding is masked out of attention and loss."""
-    width = max(len(f["input_ids"]) for f in features)
-    ids = torch.full((len(features), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(features), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(features), width), dtype=torch.long)
-    for i, f in enumerate(features):
-        n = len(f["input_ids"])
-        ids[i, :n] = torch.tensor(f["input_ids"])
-        labels[i, :n] = torch.tensor(f["labels"])
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def last_checkpoint(ckpt_root: Path) -> Path | None:

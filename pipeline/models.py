@@ -149,3 +149,41 @@ def load_model_and_tokenizer(location: str, dtype: str, revision: str | None = N
         tok.pad_token = tok.eos_token
     return model, tok
 
+
+
+def generate_batched(model, tok, texts: list[str], batch_size: int, max_new_tokens: int, max_total_length: int,
+                     repetition_penalty: float, min_new_tokens: int = 0, desc: str = "generate") -> tuple[list[str], list[int]]:
+    """Greedy answers to `texts` (in their order) and the number of new tokens of each.
+
+    Batches are formed longest prompt first (memory peaks early) and left padded. EOS is suppressed until
+    `min_new_tokens` new tokens exist.
+    """
+    from tqdm import tqdm
+
+    model.eval()
+    tok.padding_side = "left"
+    lengths = [len(tok(t)["input_ids"]) for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    outputs: list[str] = [""] * len(texts)
+    counts = [0] * len(texts)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
+        idx = order[start:start + batch_size]
+        batch = tok([texts[i] for i in idx], return_tensors="pt", padding=True)
+        room = max_total_length - batch["input_ids"].shape[1]
+        if room < max(min_new_tokens, 1):
+            raise ValueError(f"a prompt of {batch['input_ids'].shape[1]} tokens leaves {room} new tokens within "
+                             f"max_total_length={max_total_length}; at least {max(min_new_tokens, 1)} are needed")
+        with torch.no_grad():
+            out = model.generate(**batch, do_sample=False, max_new_tokens=min(max_new_tokens, room), min_new_tokens=min_new_tokens,
+                                 repetition_penalty=repetition_penalty, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        new = out[:, batch["input_ids"].shape[1]:]
+        for row, i in enumerate(idx):
+            tokens = new[row]
+            counts[i] = int((tokens != tok.pad_token_id).sum()) if tok.pad_token_id != tok.eos_token_id else _until_eos(tokens, tok.eos_token_id)
+            outputs[i] = tok.decode(tokens, skip_special_tokens=True).strip()
+    return outputs, counts
+
+
+def _until_eos(tokens, eos_id: int) -> int:
+    hits = (tokens == eos_id).nonzero()
+    return int(hits[0]) + 1 if len(hits) else len(tokens)

@@ -13,11 +13,14 @@ same config and inputs is reused, not recomputed.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.store import Store, stage_key
@@ -42,11 +45,14 @@ def run_experiment(cfg: DictConfig) -> dict:
     from pipeline.generate import generate
     from pipeline.models import validate_model
     from pipeline.openllm import openllm, validate_openllm
+    from pipeline.overfit import overfit
 
     # Cheap checks first: a typo or a missing API key must not cost a training run.
     validate_model(cfg.model)
     validate_judge(cfg.judge)
-    validate_openllm(cfg.openllm)
+    run_openllm = len(cfg.openllm.tasks) > 0
+    if run_openllm:
+        validate_openllm(cfg.openllm)
     reference = load_reference(cfg.generate.reference)
     plan = [(noise_label(noise_params(n)), n) for n in arms(cfg.noise)]
     tracker = Tracker.from_config(cfg.logger, cfg.experiment.name)
@@ -66,14 +72,35 @@ def run_experiment(cfg: DictConfig) -> dict:
         texts = read_outputs(gen.path / "outputs.json")
         analysed = analysis(texts, gen.key.removeprefix("generate-").rsplit("-", 1)[0], cfg.data.diversity_cutoff, [gen.key], store)
         _say("analysis", label, analysed)
-        scored = openllm(ft, cfg.openllm, cfg.model.dtype, store)
-        _say("openllm", label, scored)
-        results[label] = {"finetune": ft, "generate": gen, "alpaca_eval": judged, "analysis": analysed, "openllm": scored}
+        scored = openllm(ft, cfg.openllm, cfg.model.dtype, store) if run_openllm else None
+        if scored:
+            _say("openllm", label, scored)
+        fitted = overfit(ft, cfg.overfit, cfg.data, cfg.finetune.max_length, cfg.model.dtype, store) if cfg.overfit.enabled else None
+        if fitted:
+            _say("overfit", label, fitted)
+        results[label] = {"finetune": ft, "generate": gen, "alpaca_eval": judged, "analysis": analysed, "openllm": scored,
+                          "overfit": fitted}
         lengths[label] = [len(t) for t in texts]
+
+    length_control = None
+    if cfg.length_control.enabled:  # Table 5: the noise-off model pushed to answer at length
+        length_control = {}
+        base_ft = results[plan[0][0]]["finetune"]
+        for name, v in cfg.length_control.variants.items():
+            variant = {"name": name, **OmegaConf.to_container(v, resolve=True)}
+            gen = generate(base_ft, cfg.generate, cfg.model.dtype, store, variant)
+            _say("generate", f"base, {name}", gen)
+            judged = alpaca_eval_stage(gen, reference, cfg.judge, store, cache)
+            _say("alpaca_eval", f"base, {name}", judged)
+            analysed = analysis(read_outputs(gen.path / "outputs.json"), gen.key.removeprefix("generate-").rsplit("-", 1)[0],
+                                cfg.data.diversity_cutoff, [gen.key], store)
+            length_control[name] = {**variant, **{k: judged.metrics[k] for k in ("win_rate", "standard_error")},
+                                    "chars_mean": analysed.metrics["chars_mean"], "words_mean": analysed.metrics["words_mean"],
+                                    "mean_new_tokens": gen.metrics["gen_mean_new_tokens"]}
 
     base_label, neft_label = plan[0][0], (plan[1][0] if len(plan) > 1 else None)
     head_to_head = None
-    if neft_label:
+    if neft_label and cfg.head_to_head:
         head_to_head = alpaca_eval_stage(results[neft_label]["generate"], reference_from_stage(results[base_label]["generate"], "base"),
                                          cfg.judge, store, cache)
         _say("alpaca_eval", f"{neft_label} vs base", head_to_head)
@@ -82,6 +109,7 @@ def run_experiment(cfg: DictConfig) -> dict:
                               [records_digest(train)], store)
 
     neft = results[neft_label] if neft_label else None
+    ft_metrics = results[base_label]["finetune"].metrics
     point = {
         "dataset": cfg.data.name, "model": cfg.model.name, "judge": cfg.judge.name, "reference": reference.label,
         "alpha": float(cfg.noise.alpha) if neft_label else 0.0, "noise": neft_label or "base", "cutoff": cfg.data.diversity_cutoff,
@@ -90,14 +118,30 @@ def run_experiment(cfg: DictConfig) -> dict:
         "train": train_analysis.metrics,
         "base_analysis": results[base_label]["analysis"].metrics, "neft_analysis": neft["analysis"].metrics if neft else None,
         "base_lengths": lengths[base_label], "neft_lengths": lengths[neft_label] if neft else None,
-        "openllm_config": cfg.openllm.name, "openllm_task_set": cfg.openllm.task_set,
-        "openllm_shots": {k: t.num_fewshot for k, t in cfg.openllm.tasks.items()}, "openllm_limit": cfg.openllm.limit,
-        "base_openllm": results[base_label]["openllm"].metrics, "neft_openllm": neft["openllm"].metrics if neft else None,
+        "openllm_config": cfg.openllm.name, "openllm_task_set": cfg.openllm.task_set if run_openllm else None,
+        "openllm_shots": {k: t.num_fewshot for k, t in cfg.openllm.tasks.items()}, "openllm_limit": cfg.openllm.limit if run_openllm else None,
+        "base_openllm": _metrics(results[base_label]["openllm"]), "neft_openllm": _metrics(neft["openllm"]) if neft else None,
+        "lora": ft_metrics["lora"], "lora_4bit": ft_metrics["lora_4bit"], "n_train": len(train),
+        "n_eval": results[base_label]["generate"].metrics["gen_n_outputs"],
+        "base_overfit": _overfit_point(results[base_label]["overfit"]), "neft_overfit": _overfit_point(neft["overfit"]) if neft else None,
+        "length_control": length_control,
     }
     # Named by what the point is, not by its stage keys: rerunning it with other settings replaces its row.
-    point["id"] = stage_key("point", f"{cfg.model.name}_{cfg.data.name}_{point['noise']}",
-                            {"judge": cfg.judge.name, "openllm": cfg.openllm.name}, [], 1)
+    readable = f"{cfg.point_name}_{point['noise']}" if cfg.point_name else f"{cfg.model.name}_{cfg.data.name}_{point['noise']}"
+    point["id"] = stage_key("point", readable, {"judge": cfg.judge.name, "openllm": cfg.openllm.name}, [], 1)
     return {"arms": results, "point": point}
+
+
+def _metrics(result):
+    return result.metrics if result else None
+
+
+def _overfit_point(result) -> dict | None:
+    """The overfit stage's means plus its per-example values (the histograms of Figs 4-5)."""
+    if result is None:
+        return None
+    per_example = json.loads((result.path / "per_example.json").read_text())
+    return result.metrics | {k: per_example[k] for k in ("train_loss", "heldout_loss", "rougeL", "bleu")}
 
 
 def _say(stage: str, label: str, result) -> None:
@@ -110,8 +154,9 @@ def print_summary(results: dict) -> None:
     print(f"{'arm':<16} {'train loss':>10} {'win rate':>9} {'mean chars':>10} {'openllm avg':>11}  outputs.json")
     for label, stages in results["arms"].items():
         ft, gen, ae = stages["finetune"].metrics, stages["generate"].metrics, stages["alpaca_eval"].metrics
+        avg = f"{stages['openllm'].metrics['openllm_average']:>11.3f}" if stages["openllm"] else f"{'–':>11}"
         print(f"{label:<16} {ft['train_loss']:>10.4f} {ae['win_rate']:>9.2f} {gen['gen_mean_output_chars']:>10.1f} "
-              f"{stages['openllm'].metrics['openllm_average']:>11.3f}  {stages['generate'].path / 'outputs.json'}")
+              f"{avg}  {stages['generate'].path / 'outputs.json'}")
     h2h = results["point"]["head_to_head"]
     if h2h:
         print(f"+NEFT vs base, head to head: {h2h['win_rate']:.2f}% ± {h2h['standard_error']:.2f}")
@@ -124,6 +169,12 @@ def main(cfg: DictConfig) -> None:
 
     results = run_experiment(cfg)
     print_summary(results)
+    hydra_cfg = HydraConfig.get()  # what the report shows: how to rerun this point, and the config it ran
+    overrides = list(hydra_cfg.overrides.task)
+    if hydra_cfg.mode == RunMode.MULTIRUN:  # rerun just this point, not the whole sweep
+        overrides.append("hydra.mode=RUN")
+    results["point"] |= {"overrides": overrides, "choices": dict(hydra_cfg.runtime.choices),
+                         "config": OmegaConf.to_container(cfg, resolve=True)}
     out = tables(results["point"], cfg.experiment.name, Path(cfg.paths.results), Path(cfg.paths.paper_numbers))
     Tracker.from_config(cfg.logger, cfg.experiment.name).log_tables(out)
     print(f"tables and figures: {out.resolve()}")

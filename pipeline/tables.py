@@ -1,8 +1,8 @@
 """tables stage: paper-shaped tables (Table 1 win rates, Table 4 length/diversity, Figure 3 leaderboard) and figures from an
 experiment's stage outputs, with the paper's figures (../shared/paper_numbers.md) beside ours.
 
-Writes results/<experiment>/table1, table4, figure3, noise_grid (.md + .csv), winrate.png, lengths.png, openllm.png,
-from every point of the experiment (results/<experiment>/points/*.json: one per run or sweep point).
+Writes results/<experiment>/table1, table3, table4, table5, table6, figure3, overfit, noise_grid (.md + .csv), winrate.png,
+lengths.png, openllm.png, overfit_loss.png, overfit_overlap.png (each when some point covers it) and REPORT.md, from every point of the experiment (results/<experiment>/points/*.json: one per run or sweep point).
 Run: python -m pipeline.run            (ends by writing results/default/)
 """
 
@@ -14,6 +14,7 @@ import math
 import re
 from pathlib import Path
 
+from pipeline.report import write_report
 from pipeline.store import write_json_atomic
 
 PAPER_DATASETS = {"alpaca": "Alpaca", "evol-instruct": "Evol-Instruct", "sharegpt": "ShareGPT", "open-platypus": "OpenPlatypus"}
@@ -165,8 +166,9 @@ def figures(points: list[dict], out_dir: Path) -> None:
     fig.savefig(out_dir / "winrate.png", dpi=120)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(points), figsize=(6 * len(points), 3.5), squeeze=False)
-    for ax, p in zip(axes[0], points):
+    scored = [p for p in points if p["base_openllm"]]
+    fig, axes = plt.subplots(1, max(1, len(scored)), figsize=(6 * max(1, len(scored)), 3.5), squeeze=False)
+    for ax, p in zip(axes[0], scored):
         series = [(label, color, [100 * p[field][f"openllm_{t}"] for t in OPENLLM_TASKS] + [100 * p[field]["openllm_average"]], None)
                   for (label, color), field in zip(ARMS, ("base_openllm", "neft_openllm")) if p[field]]
         _grouped_bars(ax, ["ARC", "HellaSwag", "MMLU", "TruthfulQA", "average"], series, "score (%)",
@@ -207,13 +209,141 @@ def noise_grid(points: list[dict], paper: dict, out_dir: Path) -> None:
             rows.append([f"{p['model']}, {p['dataset']}", label, f"{_fmt(wr['win_rate'])} ± {_fmt(wr['standard_error'])}",
                          f"{_fmt(h2h['win_rate'])} ± {_fmt(h2h['standard_error'])}" if h2h else "–",
                          _fmt(an["chars_mean"], 1), _fmt(an["words_mean"], 1), _fmt(an["log_diversity"]),
-                         _fmt(100 * ol["openllm_average"], 1)])
+                         _fmt(100 * ol["openllm_average"], 1) if ol else "–"])
     paper_rows = paper.get("Table 6", [])[1:]
     caption = ("Noise settings — every arm of this experiment, computed by this run (judge: "
                + ", ".join(sorted({p["judge"] for p in points})) + "). Paper, Table 6 (ChatGPT judge, Alpaca / Evol-Instruct / "
                "OpenPlatypus): " + "; ".join(f"{r[0]}: {r[1]}" for r in paper_rows) + ".")
     _write(out_dir, "noise_grid", header, rows, caption)
 
+
+
+def _wr(m: dict | None) -> str:
+    return f"{_fmt(m['win_rate'])} ± {_fmt(m['standard_error'])}" if m else "–"
+
+
+PAPER_MODELS = {"llama2-7b": "LLaMA-2-7B", "llama2-13b": "LLaMA-2-13B", "llama1-30b": "LLaMA-1-30B", "llama1-7b": "LLaMA-1-7B"}
+
+
+def table3(points: list[dict], paper: dict, out_dir: Path) -> None:
+    """(Q)LoRA win rates, base and one column per uniform alpha, per model and data; the paper's Table 3 beside."""
+    paper_rows = paper.get("Table 3", [])
+    alphas = [5, 10, 15]
+    cells: dict[tuple, dict] = {}
+    for p in points:
+        row = cells.setdefault((p["model"], p["dataset"]), {"base": p["base"], "4bit": p["lora_4bit"]})
+        if p["neft"] and p["noise"].startswith("neft-uniform") and not p["noise"].endswith("-padded"):
+            row[int(p["alpha"])] = p["neft"]
+    header = ["model / data", "source", "base"] + [f"alpha {a}" for a in alphas]
+    rows = [[f"{m} / {d}", "ours, " + ("QLoRA (4-bit base)" if c["4bit"] else "LoRA (plain base)"), _wr(c["base"])]
+            + [_wr(c.get(a)) for a in alphas] for (m, d), c in cells.items()]
+    rows += [[r[0], "paper, QLoRA"] + r[1:] for r in paper_rows[1:]]
+    caption = ("Table 3 — AlpacaEval win rate (%) of LoRA-finetuned models (1 epoch), noise off and uniform NEFTune at each "
+               "alpha; 'ours' computed by this run (judge " + ", ".join(sorted({p["judge"] for p in points}))
+               + "), 'paper' rows are Jain et al. 2023, Table 3 (QLoRA, ChatGPT judge).")
+    _write(out_dir, "table3", header, rows, caption)
+
+
+TABLE5_PAPER_ROWS = {"base": "base", "long": '"Long" prompt', "comprehensive": '"Comprehensive" prompt',
+                     "long_comprehensive": '"Long + Comprehensive" prompt', "min_250_tokens": "at least 250 new tokens", "+NEFT": "+NEFT"}
+
+
+def table5(points: list[dict], paper: dict, out_dir: Path) -> None:
+    """Noise-off model with length-inducing prompts / forced length vs +NEFT: win rate and mean characters."""
+    paper_rows = {r[0]: r for r in paper.get("Table 5", [])[1:]}
+    header = ["setting", "ours: model, data", "ours: win rate", "ours: mean characters", "ours: change to the prompt / decoding",
+              "paper: win rate", "paper: mean characters"]
+    rows = []
+    for p in points:
+        settings = [("base", p["base"], p["base_analysis"]["chars_mean"], "none")]
+        settings += [(name, v, v["chars_mean"], (f"instruction + {v['instruction_suffix']!r}" if v["instruction_suffix"] else "")
+                      + (f"at least {v['min_new_tokens']} new tokens" if v["min_new_tokens"] else ""))
+                     for name, v in p["length_control"].items()]
+        if p["neft"]:
+            settings.append(("+NEFT", p["neft"], p["neft_analysis"]["chars_mean"], f"{p['noise']} finetune, plain prompt"))
+        for name, wr, chars, change in settings:
+            pr = paper_rows.get(TABLE5_PAPER_ROWS.get(name, ""), ["", "–", "–"])
+            rows.append([name, f"{p['model']}, {p['dataset']}", _wr(wr), _fmt(chars, 1), change, pr[1], pr[2]])
+    caption = ("Table 5 — length is (not) all you need: the noise-off model asked for long answers or forced to write at "
+               "least N new tokens, against the +NEFT model; 'ours' computed by this run (judge "
+               + ", ".join(sorted({p["judge"] for p in points})) + "), 'paper' columns are Jain et al. 2023, Table 5 "
+               "(LLaMA-1-7B on Alpaca, GPT-4 judge).")
+    _write(out_dir, "table5", header, rows, caption)
+
+
+def _paper_noise_row(noise: str) -> str:
+    m = re.fullmatch(r"neft-(uniform|gaussian)([0-9.]+)", noise)
+    return f"{m.group(1)} alpha {m.group(2)}" if m else ""
+
+
+def table6(points: list[dict], paper: dict, out_dir: Path) -> None:
+    """Uniform vs Gaussian noise: one row per noise setting, one column per model/data; the paper's Table 6 beside."""
+    paper_rows = {r[0]: r[1] for r in paper.get("Table 6", [])[1:]}
+    columns = sorted({(p["model"], p["dataset"]) for p in points})
+    by_noise: dict[str, dict] = {}
+    for p in points:
+        by_noise.setdefault("base", {})[(p["model"], p["dataset"])] = (p["base"], p["base_analysis"])
+        if p["neft"]:
+            by_noise.setdefault(p["noise"], {})[(p["model"], p["dataset"])] = (p["neft"], p["neft_analysis"])
+    header = ["noise"] + [f"ours: {m}, {d} — win rate / mean chars" for m, d in columns] + [
+        "paper: win rate Alpaca / Evol-Instruct / OpenPlatypus"]
+    order = sorted(by_noise, key=lambda n: (n != "base", "gaussian" in n, float(re.sub(r"[^0-9.]", "", n) or 0)))
+    rows = []
+    for noise in order:
+        cells = [f"{_wr(by_noise[noise][c][0])} / {_fmt(by_noise[noise][c][1]['chars_mean'], 1)}" if c in by_noise[noise] else "–"
+                 for c in columns]
+        rows.append([noise] + cells + [paper_rows.get(_paper_noise_row(noise), "–")])
+    caption = ("Table 6 — uniform vs Gaussian NEFTune noise, each against the same noise-off baseline; 'ours' computed by "
+               "this run (judge " + ", ".join(sorted({p["judge"] for p in points})) + "), 'paper' column is Jain et al. "
+               "2023, Table 6 (LLaMA-2-7B, ChatGPT judge).")
+    _write(out_dir, "table6", header, rows, caption)
+
+
+OVERFIT_METRICS = (("training loss (noise off)", "overfit_train_loss", 4), ("held-out loss", "overfit_heldout_loss", 4),
+                   ("ROUGE-L vs training responses", "overfit_rougeL", 4), ("BLEU vs training responses", "overfit_bleu", 2))
+
+
+def overfit_table(points: list[dict], out_dir: Path) -> None:
+    """Means of the overfitting measures (Figs 4-5) per arm."""
+    header = ["model, data", "arm"] + [label for label, _, _ in OVERFIT_METRICS] + ["rows (train / held-out / generated)", "held-out set"]
+    rows = []
+    for p in points:
+        for arm, field in (("base", "base_overfit"), (p["noise"], "neft_overfit")):
+            m = p[field]
+            if m:
+                rows.append([f"{p['model']}, {p['dataset']}", arm] + [_fmt(m[k], d) for _, k, d in OVERFIT_METRICS]
+                            + [f"{m['overfit_n_train']} / {m['overfit_n_heldout']} / {m['overfit_n_generated']}", m["overfit_heldout"]])
+    caption = ("Figures 4-5 — overfitting, measured with noise off after training: mean loss per response token on the "
+               "training data and on held-out data; ROUGE-L (F, 0-1) and sentence BLEU (0-100) of greedy answers to training "
+               "instructions against their training responses. Paper (LLaMA-2-7B, Alpaca, held-out Evol-Instruct; histograms "
+               "only): with NEFT the training loss is higher, the held-out loss slightly lower, ROUGE-L and BLEU lower.")
+    _write(out_dir, "overfit", header, rows, caption)
+
+
+def overfit_figures(points: list[dict], out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for stem, panels in (("overfit_loss", (("train_loss", "loss on training data (noise off)"), ("heldout_loss", "loss on held-out data"))),
+                         ("overfit_overlap", (("rougeL", "ROUGE-L vs training response"), ("bleu", "BLEU vs training response")))):
+        fig, axes = plt.subplots(len(points), 2, figsize=(10, 3.3 * len(points)), squeeze=False)
+        for row, p in zip(axes, points):
+            for ax, (key, xlabel) in zip(row, panels):
+                values = [(label, color, p[field][key]) for (label, color), field in zip(ARMS, ("base_overfit", "neft_overfit")) if p[field]]
+                lo = min(min(v) for _, _, v in values)
+                hi = max(max(v) for _, _, v in values)
+                bins = [lo + (hi - lo) * i / 20 for i in range(21)] if hi > lo else 20
+                for label, color, v in values:
+                    ax.hist(v, bins=bins, alpha=0.6, color=color, label=f"{label} (mean {sum(v) / len(v):.3g})")
+                ax.set_xlabel(xlabel)
+                ax.set_ylabel("examples")
+                ax.set_title(f"{p['model']}, {p['dataset']}")
+                ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / f"{stem}.png", dpi=110)
+        plt.close(fig)
 
 def tables(point: dict, experiment: str, results_root: Path, paper_numbers: Path) -> Path:
     """Add `point` to results/<experiment>/points/ and rewrite every table and figure from all points there."""
@@ -223,9 +353,28 @@ def tables(point: dict, experiment: str, results_root: Path, paper_numbers: Path
     points = [json.loads(f.read_text()) for f in sorted((out_dir / "points").glob("*.json"))]
     points.sort(key=lambda p: (p["model"], p["dataset"], p["alpha"], p["noise"]))
     paper = read_paper_tables(paper_numbers)
-    table1(points, paper, out_dir)
-    table4(points, paper, out_dir)
-    figure3_table(points, paper, out_dir)
-    noise_grid(points, paper, out_dir)
-    figures(points, out_dir)
+    full = [p for p in points if not p["lora"]]  # LoRA points have their own table (3)
+    lora = [p for p in points if p["lora"]]
+    with_length_control = [p for p in full if p["length_control"]]
+    with_overfit = [p for p in points if p["base_overfit"]]
+    written = set()
+    if full:
+        table1(full, paper, out_dir)
+        table4(full, paper, out_dir)
+        figure3_table(full, paper, out_dir)
+        noise_grid(full, paper, out_dir)
+        table6(full, paper, out_dir)
+        figures(full, out_dir)
+        written |= {"table1", "table4", "table6"} | ({"figure3"} if any(p["base_openllm"] for p in full) else set())
+    if lora:
+        table3(lora, paper, out_dir)
+        written.add("table3")
+    if with_length_control:
+        table5(with_length_control, paper, out_dir)
+        written.add("table5")
+    if with_overfit:
+        overfit_table(with_overfit, out_dir)
+        overfit_figures(with_overfit, out_dir)
+        written.add("overfit")
+    write_report(points, experiment, out_dir, written)
     return out_dir

@@ -62,7 +62,7 @@ class Tracker:
             run.log_artifact(artifact)
 
     def log_tables(self, out_dir: Path) -> None:
-        """The experiment's result tables (results/<experiment>/*.csv) as wandb.Table, in a `tables` run."""
+        """The experiment's result tables (results/<experiment>/*.csv) as wandb.Table and its figures as images, in a `tables` run."""
         if not self.enabled:
             return
         import csv
@@ -73,3 +73,5 @@ class Tracker:
             for path in sorted(Path(out_dir).glob("*.csv")):
                 rows = list(csv.reader(path.open(encoding="utf-8")))
                 run.log({path.stem: wandb.Table(columns=rows[0], data=rows[1:])})
+            for path in sorted(Path(out_dir).glob("*.png")):
+                run.log({f"figure/{path.stem}": wandb.Image(str(path))})

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-GROUPS = ["model", "data", "noise", "finetune", "generate", "judge", "openllm", "experiment", "sweep", "launcher", "paths", "logger"]
+GROUPS = ["model", "data", "noise", "finetune", "generate", "judge", "openllm", "overfit", "length_control", "experiment", "sweep", "launcher", "paths", "logger"]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

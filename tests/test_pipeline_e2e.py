@@ -91,6 +91,8 @@ def test_tiny_run_trains_both_arms_generates_in_order_and_reruns_from_the_store(
                      if k.endswith("/_type") and row[k] == "table-file"}
     assert logged_tables["table1"] == len((results / "table1.csv").read_text().splitlines()) - 1
     assert {"table1", "table4", "figure3", "noise_grid"} <= set(logged_tables)
+    logged_images = {k.rsplit("/", 1)[0] for row in tables_run["history"] for k in row if k.endswith("/_type") and row[k] == "image-file"}
+    assert logged_images == {"figure/winrate", "figure/lengths", "figure/openllm"}
 
     mtimes = {p: (p / "COMPLETE").stat().st_mtime for p in finetunes + generates + judged}
     second = run_pipeline(store, *TINY)
@@ -173,3 +175,45 @@ def test_lora_finetune_trains_adapters_with_noise_through_the_peft_wrapper(tmp_p
         assert (ft / "adapter" / "adapter_config.json").is_file()
         assert (ft / "model" / "model.safetensors").is_file()  # merged, loadable as a plain model
     assert len(stage_dirs(store, "generate")) == 2
+
+
+def test_report_points_fill_every_section_of_the_report(tmp_path):
+    """The points of experiment=default_all, on the tiny model: main (+ overfit, length control), a noise variant, LoRA."""
+    store = tmp_path / "store"
+    common = [*TINY, "experiment.name=all", "logger=disabled"]
+    for extra in (["+report_point=main", "overfit=tiny", "length_control=tiny"], ["+report_point=gaussian5"],
+                  ["+report_point=lora", "finetune=lora_tiny"]):
+        done = run_pipeline(store, *common, *extra)
+        assert done.returncode == 0, done.stderr[-3000:]
+    out = store / "results" / "all"
+    report = (out / "REPORT.md").read_text()
+    assert "Not covered" not in report
+    for title in ("Table 1", "Table 3", "Table 4", "Table 5", "Table 6", "Figure 3", "Figures 4-5"):
+        assert f"## {title}" in report
+    assert "| transformers |" in report and "![overfit_loss.png](overfit_loss.png)" in report
+    assert (out / "overfit_loss.png").stat().st_size > 0 and (out / "overfit_overlap.png").stat().st_size > 0
+
+    # Table 5: the variants come from the noise-off model; the forced one really is longer, the judge saw plain instructions.
+    plain = json.loads((next(p for p in stage_dirs(store, "generate") if p.name.startswith("generate-tiny-llama_default_base-"))
+                        / "outputs.json").read_text())
+    forced = next(p for p in stage_dirs(store, "generate") if "_min_20_tokens-" in p.name)
+    assert json.loads((forced / "metrics.json").read_text())["gen_min_new_tokens"] >= 20
+    long_prompted = json.loads((next(p for p in stage_dirs(store, "generate") if "_base_long-" in p.name) / "outputs.json").read_text())
+    assert [r["instruction"] for r in long_prompted] == [r["instruction"] for r in plain]
+    table5 = (out / "table5.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in table5[1:]] == ["base", "long", "min_20_tokens", "+NEFT"]
+
+    # Figs 4-5: one overfit stage per arm of the main point, with sane numbers.
+    fitted = stage_dirs(store, "overfit")
+    assert len(fitted) == 2
+    for stage in fitted:
+        m = json.loads((stage / "metrics.json").read_text())
+        assert 0 < m["overfit_train_loss"] < 10 and 0 < m["overfit_heldout_loss"] < 10
+        assert 0 <= m["overfit_rougeL"] <= 1 and 0 <= m["overfit_bleu"] <= 100 and m["overfit_n_generated"] == 6
+
+    # Table 6 has the baseline, uniform 5 and gaussian 5 rows; Table 3 the LoRA base and alpha 5.
+    table6 = [row.split(",")[0] for row in (out / "table6.csv").read_text().splitlines()[1:]]
+    assert table6 == ["base", "neft-uniform5", "neft-gaussian5"]
+    table3 = (out / "table3.csv").read_text().splitlines()
+    assert table3[1].startswith("tiny-llama / default,\"ours, LoRA (plain base)\"")
+    assert len(stage_dirs(store, "openllm")) == 2  # only the main point runs the leaderboard tasks
