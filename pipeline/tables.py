@@ -336,7 +336,7 @@ def overfit_figures(points: list[dict], out_dir: Path) -> None:
                 hi = max(max(v) for _, _, v in values)
                 bins = [lo + (hi - lo) * i / 20 for i in range(21)] if hi > lo else 20
                 for label, color, v in values:
-                    ax.hist(v, bins=bins, alpha=0.6, color=color, label=f"{label} (mean {sum(v) / len(v):.3g})")
+                    ax.hist(v, bins=bins, alpha=0.6, color=color, label=f"{label} (mean {sum(v) / len(v):.4f})")
                 ax.set_xlabel(xlabel)
                 ax.set_ylabel("examples")
                 ax.set_title(f"{p['model']}, {p['dataset']}")
