@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 
 from pipeline.data import ASSETS
 from pipeline.models import DTYPES, base_model_dir, validate_model
-from pipeline.store import StageResult, Store, stage_key, write_json_atomic
+from pipeline.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
 VERSION = 1
 KINDS = ("local", "openai", "openai_compatible")
@@ -233,7 +233,7 @@ def alpaca_eval_stage(generated: StageResult, reference: Reference, judge_cfg, s
     """Win rate of `generated`'s outputs.json against `reference` under `judge_cfg`."""
     validate_judge(judge_cfg)
     params = {"judge": OmegaConf.to_container(judge_cfg, resolve=True)}
-    label = f"{generated.key.removeprefix('generate-').rsplit('-', 1)[0]}_vs_{reference.label}_{judge_cfg.name}"
+    label = f"{readable_of(generated.key)}_vs_{reference.label}_{judge_cfg.name}"
     key = stage_key("alpaca_eval", label, params, [generated.key, reference.key], VERSION)
 
     def compute(work: Path) -> dict:

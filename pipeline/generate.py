@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from pipeline.data import format_prompt, load_prompts
 from pipeline.models import generate_batched, load_model_and_tokenizer
-from pipeline.store import StageResult, Store, stage_key, write_json_atomic
+from pipeline.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
 VERSION = 1
 
@@ -30,7 +30,7 @@ def generate(finetuned: StageResult, gen_cfg, dtype: str, store: Store, variant:
     # The reference is for judging; it does not change what is generated.
     params = {k: v for k, v in OmegaConf.to_container(gen_cfg, resolve=True).items() if k != "reference"} | {"dtype": dtype}
     generator = finetuned.key.removeprefix("finetune-")
-    readable = generator.rsplit("-", 1)[0]
+    readable = readable_of(finetuned.key)
     if variant is not None:
         params |= {"variant": dict(variant)}  # only then: plain generations keep the keys they always had
         if variant["max_new_tokens"] is not None and variant["max_new_tokens"] < variant["min_new_tokens"]:

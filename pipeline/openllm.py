@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from pipeline.data import ASSETS
 from pipeline.models import DTYPES
-from pipeline.store import StageResult, Store, stage_key, write_json_atomic
+from pipeline.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
 VERSION = 1
 LOCAL_DATA = ASSETS / "openllm"
@@ -70,7 +70,7 @@ def openllm(finetuned: StageResult, openllm_cfg, dtype: str, store: Store) -> St
     """lm-eval scores of the `finetuned` stage's model on the configured leaderboard tasks."""
     validate_openllm(openllm_cfg)
     params = OmegaConf.to_container(openllm_cfg, resolve=True) | {"dtype": dtype}
-    label = f"{finetuned.key.removeprefix('finetune-').rsplit('-', 1)[0]}_{openllm_cfg.name}"
+    label = f"{readable_of(finetuned.key)}_{openllm_cfg.name}"
     key = stage_key("openllm", label, params, [finetuned.key], VERSION)
     return store.materialize(key, lambda work: _evaluate(finetuned.path / "model", openllm_cfg, dtype, work), config=params)
 

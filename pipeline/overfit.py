@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from pipeline.data import format_prompt, load_train, pad_batch, records_digest, tokenize_examples
 from pipeline.models import generate_batched, load_model_and_tokenizer
-from pipeline.store import StageResult, Store, stage_key, write_json_atomic
+from pipeline.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
 VERSION = 1
 
@@ -75,8 +75,7 @@ def overfit(finetuned: StageResult, overfit_cfg, data_cfg, max_length: int, dtyp
     gen_rows = random.Random(overfit_cfg.seed).sample(train, min(overfit_cfg.generate_sample, len(train)))
     params = OmegaConf.to_container(overfit_cfg, resolve=True) | {
         "train": records_digest(train), "heldout_records": records_digest(heldout), "max_length": max_length, "dtype": dtype}
-    readable = finetuned.key.removeprefix("finetune-").rsplit("-", 1)[0]
-    key = stage_key("overfit", readable, params, [finetuned.key], VERSION)
+    key = stage_key("overfit", readable_of(finetuned.key), params, [finetuned.key], VERSION)
 
     def compute(work: Path) -> dict:
         model, tok = load_model_and_tokenizer(str(finetuned.path / "model"), dtype)

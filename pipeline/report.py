@@ -74,8 +74,8 @@ def _setting_note(stem: str, points: list[dict]) -> str:
             "Ours: " + "; ".join(lines) + ".")
 
 
-def write_report(points: list[dict], experiment: str, out_dir: Path, written: set[str]) -> Path:
-    """Write out_dir/REPORT.md from the tables in `written` (stems) and the experiment's points."""
+def write_report(points: list[dict], experiment: str, out_dir: Path, covered: dict[str, list[dict]]) -> Path:
+    """Write out_dir/REPORT.md from the experiment's points and the tables written (stem -> the points each covers)."""
     v = versions()
     md = [f"# NEFTune reproduction report — experiment `{experiment}`", "",
           f"Rebuilt {time.strftime('%Y-%m-%d %H:%M')} from {len(points)} point(s) in `points/`; every 'ours' number was "
@@ -90,12 +90,12 @@ def write_report(points: list[dict], experiment: str, out_dir: Path, written: se
         md += [f"- `{p['id']}`: `python -m pipeline.run {' '.join(p['overrides'])}`".rstrip()]
     for stem, title, figures in SECTIONS:
         md += ["", f"## {title}", ""]
-        if stem not in written:
+        if stem not in covered:
             md += ["Not covered by this experiment (no point of it has this analysis)."]
             continue
         md += [(out_dir / f"{stem}.md").read_text(encoding="utf-8").strip(), ""]
         md += [f"![{fig}]({fig})" for fig in figures if (out_dir / fig).is_file()]
-        md += ["", "**Where our setting differs from the paper's.** " + _setting_note(stem, _covering(stem, points))]
+        md += ["", "**Where our setting differs from the paper's.** " + _setting_note(stem, covered[stem])]
     md += ["", "## Composed config of each point", ""]
     for p in points:
         md += [f"<details><summary><code>{p['id']}</code></summary>", "", "```yaml",
@@ -106,14 +106,3 @@ def write_report(points: list[dict], experiment: str, out_dir: Path, written: se
     tmp.replace(path)
     return path
 
-
-def _covering(stem: str, points: list[dict]) -> list[dict]:
-    if stem == "table3":
-        return [p for p in points if p["lora"]]
-    if stem == "table5":
-        return [p for p in points if p["length_control"]]
-    if stem == "overfit":
-        return [p for p in points if p["base_overfit"]]
-    if stem == "figure3":
-        return [p for p in points if not p["lora"] and p["base_openllm"]]
-    return [p for p in points if not p["lora"]]

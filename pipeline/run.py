@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.store import Store, stage_key
+from pipeline.store import Store, readable_of, stage_key
 from pipeline.tracking import Tracker
 
 # Absolute, so the app finds its configs however it is started (python -m, python -c, submitit).
@@ -60,6 +60,15 @@ def run_experiment(cfg: DictConfig) -> dict:
     cache = Store(Path(cfg.paths.cache), cfg.paths.lock_stale_after_s, cfg.paths.lock_heartbeat_s)
     report_to = ["wandb"] if tracker.enabled else []  # the Trainer logs its curves into the stage's open run
 
+    def judge_and_analyse(gen, label: str):
+        """A generate stage's win rate against the reference and its length/diversity; also its texts."""
+        judged = alpaca_eval_stage(gen, reference, cfg.judge, store, cache)
+        _say("alpaca_eval", label, judged)
+        texts = read_outputs(gen.path / "outputs.json")
+        analysed = analysis(texts, readable_of(gen.key), cfg.data.diversity_cutoff, [gen.key], store)
+        _say("analysis", label, analysed)
+        return judged, analysed, texts
+
     results: dict[str, dict] = {}
     lengths: dict[str, list[int]] = {}
     for label, noise in plan:
@@ -67,11 +76,7 @@ def run_experiment(cfg: DictConfig) -> dict:
         _say("finetune", label, ft)
         gen = generate(ft, cfg.generate, cfg.model.dtype, store)
         _say("generate", label, gen)
-        judged = alpaca_eval_stage(gen, reference, cfg.judge, store, cache)
-        _say("alpaca_eval", label, judged)
-        texts = read_outputs(gen.path / "outputs.json")
-        analysed = analysis(texts, gen.key.removeprefix("generate-").rsplit("-", 1)[0], cfg.data.diversity_cutoff, [gen.key], store)
-        _say("analysis", label, analysed)
+        judged, analysed, texts = judge_and_analyse(gen, label)
         scored = openllm(ft, cfg.openllm, cfg.model.dtype, store) if run_openllm else None
         if scored:
             _say("openllm", label, scored)
@@ -90,10 +95,7 @@ def run_experiment(cfg: DictConfig) -> dict:
             variant = {"name": name, **OmegaConf.to_container(v, resolve=True)}
             gen = generate(base_ft, cfg.generate, cfg.model.dtype, store, variant)
             _say("generate", f"base, {name}", gen)
-            judged = alpaca_eval_stage(gen, reference, cfg.judge, store, cache)
-            _say("alpaca_eval", f"base, {name}", judged)
-            analysed = analysis(read_outputs(gen.path / "outputs.json"), gen.key.removeprefix("generate-").rsplit("-", 1)[0],
-                                cfg.data.diversity_cutoff, [gen.key], store)
+            judged, analysed, _ = judge_and_analyse(gen, f"base, {name}")
             length_control[name] = {**variant, **{k: judged.metrics[k] for k in ("win_rate", "standard_error")},
                                     "chars_mean": analysed.metrics["chars_mean"], "words_mean": analysed.metrics["words_mean"],
                                     "mean_new_tokens": gen.metrics["gen_mean_new_tokens"]}

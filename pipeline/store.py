@@ -53,6 +53,11 @@ def stage_key(stage: str, readable: str, params: dict, inputs: list[str], versio
     return f"{stage}-{safe}-{digest}"
 
 
+def readable_of(key: str) -> str:
+    """The readable part of a stage key (`<stage>-<readable>-<hash>` -> `<readable>`)."""
+    return key.split("-", 1)[1].rsplit("-", 1)[0]
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON to a temp file beside `path` and rename it into place."""
     path = Path(path)

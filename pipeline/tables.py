@@ -357,7 +357,7 @@ def tables(point: dict, experiment: str, results_root: Path, paper_numbers: Path
     lora = [p for p in points if p["lora"]]
     with_length_control = [p for p in full if p["length_control"]]
     with_overfit = [p for p in points if p["base_overfit"]]
-    written = set()
+    covered: dict[str, list[dict]] = {}  # table stem -> the points it was built from
     if full:
         table1(full, paper, out_dir)
         table4(full, paper, out_dir)
@@ -365,16 +365,19 @@ def tables(point: dict, experiment: str, results_root: Path, paper_numbers: Path
         noise_grid(full, paper, out_dir)
         table6(full, paper, out_dir)
         figures(full, out_dir)
-        written |= {"table1", "table4", "table6"} | ({"figure3"} if any(p["base_openllm"] for p in full) else set())
+        covered |= {"table1": full, "table4": full, "table6": full}
+        scored = [p for p in full if p["base_openllm"]]
+        if scored:
+            covered["figure3"] = scored
     if lora:
         table3(lora, paper, out_dir)
-        written.add("table3")
+        covered["table3"] = lora
     if with_length_control:
         table5(with_length_control, paper, out_dir)
-        written.add("table5")
+        covered["table5"] = with_length_control
     if with_overfit:
         overfit_table(with_overfit, out_dir)
         overfit_figures(with_overfit, out_dir)
-        written.add("overfit")
-    write_report(points, experiment, out_dir, written)
+        covered["overfit"] = with_overfit
+    write_report(points, experiment, out_dir, covered)
     return out_dir
