@@ -23,8 +23,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.store import Store, readable_of, stage_key
-from pipeline.tracking import Tracker
+from pipeline.core.store import Store, readable_of, stage_key
+from pipeline.core.tracking import Tracker
 
 # Absolute, so the app finds its configs however it is started (python -m, python -c, submitit).
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -38,14 +38,14 @@ def arms(noise_cfg) -> list:
 
 def run_experiment(cfg: DictConfig) -> dict:
     """Run every stage of one experiment point; returns {arm label: {stage: StageResult}} plus the point summary."""
-    from pipeline.alpaca_eval_stage import alpaca_eval_stage, load_reference, reference_from_stage, validate_judge
-    from pipeline.analysis import analysis, read_outputs
-    from pipeline.data import load_train, records_digest
-    from pipeline.finetune import finetune, noise_label, noise_params
-    from pipeline.generate import generate
-    from pipeline.models import validate_model
-    from pipeline.openllm import openllm, validate_openllm
-    from pipeline.overfit import overfit
+    from pipeline.stages.alpaca_eval_stage import alpaca_eval_stage, load_reference, reference_from_stage, validate_judge
+    from pipeline.stages.analysis import analysis, read_outputs
+    from pipeline.core.data import load_train, records_digest
+    from pipeline.stages.finetune import finetune, noise_label, noise_params
+    from pipeline.stages.generate import generate
+    from pipeline.core.models import validate_model
+    from pipeline.stages.openllm import openllm, validate_openllm
+    from pipeline.stages.overfit import overfit
 
     # Cheap checks first: a typo or a missing API key must not cost a training run.
     validate_model(cfg.model)
@@ -167,7 +167,7 @@ def print_summary(results: dict) -> None:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     started = time.time()
-    from pipeline.tables import tables
+    from pipeline.results.tables import tables
 
     results = run_experiment(cfg)
     print_summary(results)

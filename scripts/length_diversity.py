@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.analysis import length_diversity, read_outputs  # noqa: E402
+from pipeline.stages.analysis import length_diversity, read_outputs  # noqa: E402
 
 
 def main() -> None:

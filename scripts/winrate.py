@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("IS_ALPACA_EVAL_2", "False")
 
-from pipeline.alpaca_eval_stage import winrate_metrics  # noqa: E402
+from pipeline.stages.alpaca_eval_stage import winrate_metrics  # noqa: E402
 
 
 def main() -> None:

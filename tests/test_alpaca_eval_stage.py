@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.alpaca_eval_stage import (
+from pipeline.stages.alpaca_eval_stage import (
     JudgeError, _annotator, alpaca_eval_stage, judge_pairs, load_reference, validate_judge, winrate_metrics,
 )
-from pipeline.store import StageResult, Store
+from pipeline.core.store import StageResult, Store
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -56,8 +56,8 @@ class CountingJudge:
 
 @pytest.fixture(scope="module")
 def tiny_judge(tmp_path_factory):
-    from pipeline.alpaca_eval_stage import local_judge_completions
-    from pipeline.models import base_model_dir
+    from pipeline.stages.alpaca_eval_stage import local_judge_completions
+    from pipeline.core.models import base_model_dir
 
     cfg = judge_cfg("local_tiny")
     cache = Store(tmp_path_factory.mktemp("cache"))

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.openllm import LOCAL_DATA, LOCAL_TASKS, openllm, validate_openllm
-from pipeline.store import Store
+from pipeline.stages.openllm import LOCAL_DATA, LOCAL_TASKS, openllm, validate_openllm
+from pipeline.core.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
@@ -23,7 +23,7 @@ def leaderboard_on_local_files(limit: int):
 @pytest.fixture(scope="module")
 def tiny_finetuned(tmp_path_factory):
     """A real (tiny) finetune stage to evaluate."""
-    from pipeline.finetune import finetune
+    from pipeline.stages.finetune import finetune
 
     root = tmp_path_factory.mktemp("store")
     conf = ROOT / "conf"

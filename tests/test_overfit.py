@@ -4,11 +4,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.data import load_train, tokenize_examples
-from pipeline.models import base_model_dir, generate_batched, load_model_and_tokenizer
-from pipeline.noise import attach_neftune
-from pipeline.overfit import overlap_scores, response_losses
-from pipeline.store import Store
+from pipeline.core.data import load_train, tokenize_examples
+from pipeline.core.models import base_model_dir, generate_batched, load_model_and_tokenizer
+from pipeline.core.noise import attach_neftune
+from pipeline.stages.overfit import overlap_scores, response_losses
+from pipeline.core.store import Store
 from test_config import CONF
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.store import MARKER, StageLock, Store, stage_key
+from pipeline.core.store import MARKER, StageLock, Store, stage_key
 
 
 def test_key_is_readable_and_depends_on_params_inputs_and_version():

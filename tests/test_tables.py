@@ -3,7 +3,7 @@
 import csv
 from pathlib import Path
 
-from pipeline.tables import tables
+from pipeline.results.tables import tables
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT.parent / "shared" / "paper_numbers.md"

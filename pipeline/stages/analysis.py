@@ -14,7 +14,7 @@ import json
 import math
 from pathlib import Path
 
-from pipeline.store import StageResult, Store, stage_key
+from pipeline.core.store import StageResult, Store, stage_key
 
 VERSION = 1
 NGRAMS = (2, 3, 4)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.store import Store, stage_key
+from pipeline.core.store import Store, stage_key
 
 SOURCES = ("hub", "local", "gguf_package", "tiny")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -70,7 +70,7 @@ def build_tiny_tokenizer(vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from pipeline.data import ASSETS, format_prompt
+    from pipeline.core.data import ASSETS, format_prompt
 
     texts = []
     for name in ("default_train.json", "default_eval.json"):

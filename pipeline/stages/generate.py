@@ -13,9 +13,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from pipeline.data import format_prompt, load_prompts
-from pipeline.models import generate_batched, load_model_and_tokenizer
-from pipeline.store import StageResult, Store, readable_of, stage_key, write_json_atomic
+from pipeline.core.data import format_prompt, load_prompts
+from pipeline.core.models import generate_batched, load_model_and_tokenizer
+from pipeline.core.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
 VERSION = 1
 

@@ -14,8 +14,8 @@ import math
 import re
 from pathlib import Path
 
-from pipeline.report import write_report
-from pipeline.store import write_json_atomic
+from pipeline.results.report import write_report
+from pipeline.core.store import write_json_atomic
 
 PAPER_DATASETS = {"alpaca": "Alpaca", "evol-instruct": "Evol-Instruct", "sharegpt": "ShareGPT", "open-platypus": "OpenPlatypus"}
 TABLE4_ROWS = [  # (paper row prefix, our arm, our metric)

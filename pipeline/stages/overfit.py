@@ -18,9 +18,9 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from pipeline.data import format_prompt, load_train, pad_batch, records_digest, tokenize_examples
-from pipeline.models import generate_batched, load_model_and_tokenizer
-from pipeline.store import StageResult, Store, readable_of, stage_key, write_json_atomic
+from pipeline.core.data import format_prompt, load_train, pad_batch, records_digest, tokenize_examples
+from pipeline.core.models import generate_batched, load_model_and_tokenizer
+from pipeline.core.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
 VERSION = 1
 

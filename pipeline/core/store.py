@@ -164,7 +164,7 @@ class Store:
     root: Path
     lock_stale_after_s: float = 300.0
     lock_heartbeat_s: float = 15.0
-    tracker: Any = None  # pipeline.tracking.Tracker: a W&B run around every stage that is computed
+    tracker: Any = None  # pipeline.core.tracking.Tracker: a W&B run around every stage that is computed
 
     def path(self, key: str) -> Path:
         return Path(self.root) / key

@@ -12,7 +12,7 @@ import hashlib
 import json
 from pathlib import Path
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 # Stanford Alpaca templates. Training prompts end with "### Response:" and the response follows
 # directly; the paper's evaluation prompts end with "### Response:\n".

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.data import load_train, pad_batch, records_digest, tokenize_examples
-from pipeline.models import base_model_dir, load_model_and_tokenizer, validate_model
-from pipeline.noise import attach_neftune, validate_noise
-from pipeline.store import StageResult, Store, stage_key, write_json_atomic
+from pipeline.core.data import load_train, pad_batch, records_digest, tokenize_examples
+from pipeline.core.models import base_model_dir, load_model_and_tokenizer, validate_model
+from pipeline.core.noise import attach_neftune, validate_noise
+from pipeline.core.store import StageResult, Store, stage_key, write_json_atomic
 
 VERSION = 1
 

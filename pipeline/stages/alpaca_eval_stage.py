@@ -25,9 +25,9 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
-from pipeline.data import ASSETS
-from pipeline.models import DTYPES, base_model_dir, validate_model
-from pipeline.store import StageResult, Store, readable_of, stage_key, write_json_atomic
+from pipeline.core.data import ASSETS
+from pipeline.core.models import DTYPES, base_model_dir, validate_model
+from pipeline.core.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
 VERSION = 1
 KINDS = ("local", "openai", "openai_compatible")
