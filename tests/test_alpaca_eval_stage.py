@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
 
-from pipeline.stages.alpaca_eval_stage import (
-    JudgeError, _annotator, alpaca_eval_stage, judge_pairs, load_reference, validate_judge, winrate_metrics,
-)
+import pipeline.core.config  # noqa: F401  (registers the config schema)
+
+from pipeline.core.judging import JudgeError, annotator, judge_pairs, load_reference, validate_judge
+from pipeline.core.winrate import winrate_metrics
+from pipeline.stages.alpaca_eval_stage import alpaca_eval_stage
 from pipeline.core.store import StageResult, Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +22,9 @@ SHARED = ROOT.parent / "shared" / "data"
 
 
 def judge_cfg(name: str):
-    return OmegaConf.load(ROOT / "conf" / "judge" / f"{name}.yaml")
+    """The judge config as the pipeline composes it (schema defaults + the option's YAML)."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=[f"judge={name}"]).judge
 
 
 def test_winrate_equals_alpaca_evals_get_winrate():
@@ -56,7 +60,7 @@ class CountingJudge:
 
 @pytest.fixture(scope="module")
 def tiny_judge(tmp_path_factory):
-    from pipeline.stages.alpaca_eval_stage import local_judge_completions
+    from pipeline.core.judging import local_judge_completions
     from pipeline.core.models import base_model_dir
 
     cfg = judge_cfg("local_tiny")
@@ -72,7 +76,7 @@ def pairs(n=5):
 def test_local_judge_runs_offline_in_both_orders_and_never_reasks_a_judged_pair(tmp_path, tiny_judge):
     cfg, cache, inner = tiny_judge
     judge = CountingJudge(inner)
-    scored = judge_pairs(_annotator(cfg, tmp_path, cache, fn_completions=judge), pairs(), both_orders=True)
+    scored = judge_pairs(annotator(cfg, tmp_path, cache, fn_completions=judge), pairs(), both_orders=True)
     assert judge.prompts == 10  # 5 pairs x 2 orders
     assert all(r["preference"] in (1.0, 1.5, 2.0) for r in scored)
     for r in scored:  # the combined verdict is the mean of the forward one and the flipped backward one
@@ -81,7 +85,7 @@ def test_local_judge_runs_offline_in_both_orders_and_never_reasks_a_judged_pair(
     assert len(cached) == 10
 
     again = CountingJudge(inner)
-    rescored = judge_pairs(_annotator(cfg, tmp_path, cache, fn_completions=again), pairs() + pairs(7)[5:], both_orders=True)
+    rescored = judge_pairs(annotator(cfg, tmp_path, cache, fn_completions=again), pairs() + pairs(7)[5:], both_orders=True)
     assert again.prompts == 4  # only the 2 new pairs, in 2 orders
     assert [r["preference"] for r in rescored[:5]] == [r["preference"] for r in scored]
 
@@ -90,7 +94,7 @@ def test_identical_outputs_are_draws_without_asking_the_judge(tmp_path, tiny_jud
     cfg, cache, inner = tiny_judge
     judge = CountingJudge(inner)
     same = [{**p, "output_2": p["output_1"]} for p in pairs()]
-    scored = judge_pairs(_annotator(cfg, tmp_path, cache, fn_completions=judge), same, both_orders=True)
+    scored = judge_pairs(annotator(cfg, tmp_path, cache, fn_completions=judge), same, both_orders=True)
     assert judge.prompts == 0 and winrate_metrics(scored)["win_rate"] == 50.0
 
 

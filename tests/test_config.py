@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-GROUPS = ["model", "data", "noise", "finetune", "generate", "judge", "openllm", "overfit", "length_control", "experiment", "sweep", "launcher", "paths", "logger"]
+GROUPS = ["model", "data", "noise", "finetune", "generate", "judge", "openllm", "overfit", "length_control", "experiment", "sweep", "launcher", "paths", "logger", "point"]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -106,7 +106,7 @@ def test_paper_table1_points_have_the_papers_alpha_per_dataset():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         got = {}
         for point in ("table1_alpaca", "table1_evol_instruct", "table1_sharegpt", "table1_open_platypus"):
-            cfg = compose("config", overrides=["experiment=paper_table1", f"+paper_point={point}"])
+            cfg = compose("config", overrides=["experiment=paper_table1", f"+point={point}"])
             assert (cfg.model.id, cfg.judge.name, cfg.judge.alpaca_eval_version) == ("meta-llama/Llama-2-7b-hf", "alpaca_eval_gpt4", 1)
             assert cfg.finetune.learning_rate == 5e-5 and cfg.openllm.name == "leaderboard_v1"
             got[cfg.data.name] = cfg.noise.alpha
@@ -115,7 +115,7 @@ def test_paper_table1_points_have_the_papers_alpha_per_dataset():
 
 def test_alpha_grid_has_the_baseline_and_three_alphas():
     lines = [" ".join(p) for p in sweep_and_experiment_overrides() if "sweep=alpha_grid" in p]
-    assert [line.split()[-1] for line in lines] == ["noise.alpha=0", "noise.alpha=5", "noise.alpha=10", "noise.alpha=15"]
+    assert [line.split()[-1] for line in lines] == ["+point=off", "+point=uniform5", "+point=uniform10", "+point=uniform15"]
 
 
 def test_slurm_launcher_selects_submitit_with_arrays():

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
+from composed import composed
 
 from pipeline.stages.openllm import LOCAL_DATA, LOCAL_TASKS, openllm, validate_openllm
 from pipeline.core.store import Store
@@ -15,9 +15,7 @@ pytestmark = pytest.mark.e2e
 
 
 def leaderboard_on_local_files(limit: int):
-    cfg = OmegaConf.load(ROOT / "conf" / "openllm" / "leaderboard_v1.yaml")
-    cfg.task_set, cfg.limit = "local", limit
-    return cfg
+    return composed("openllm=leaderboard_v1", "openllm.task_set=local", f"openllm.limit={limit}").openllm
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +24,8 @@ def tiny_finetuned(tmp_path_factory):
     from pipeline.stages.finetune import finetune
 
     root = tmp_path_factory.mktemp("store")
-    conf = ROOT / "conf"
-    model, data = OmegaConf.load(conf / "model" / "tiny.yaml"), OmegaConf.load(conf / "data" / "default.yaml")
-    noise, train = OmegaConf.load(conf / "noise" / "off.yaml"), OmegaConf.load(conf / "finetune" / "tiny.yaml")
-    train.max_steps = 4
+    cfg = composed("model=tiny", "noise=off", "finetune=tiny", "finetune.max_steps=4")
+    model, data, noise, train = cfg.model, cfg.data, cfg.noise, cfg.finetune
     return finetune(model, data, noise, train, Store(root), Store(root / "cache"), report_to=[]), Store(root)
 
 

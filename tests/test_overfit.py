@@ -2,19 +2,18 @@
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from pipeline.core.data import load_train, tokenize_examples
 from pipeline.core.models import base_model_dir, generate_batched, load_model_and_tokenizer
 from pipeline.core.noise import attach_neftune
 from pipeline.stages.overfit import overlap_scores, response_losses
 from pipeline.core.store import Store
-from test_config import CONF
+from composed import composed
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    model_cfg = OmegaConf.load(CONF / "model" / "tiny.yaml")
+    model_cfg = composed("model=tiny").model
     model, tok = load_model_and_tokenizer(base_model_dir(model_cfg, Store(tmp_path_factory.mktemp("cache"))), "float32")
     return model, tok
 

@@ -181,8 +181,8 @@ def test_report_points_fill_every_section_of_the_report(tmp_path):
     """The points of experiment=default_all, on the tiny model: main (+ overfit, length control), a noise variant, LoRA."""
     store = tmp_path / "store"
     common = [*TINY, "experiment.name=all", "logger=disabled"]
-    for extra in (["+report_point=main", "overfit=tiny", "length_control=tiny"], ["+report_point=gaussian5"],
-                  ["+report_point=lora", "finetune=lora_tiny"]):
+    for extra in (["+point=all_main", "overfit=tiny", "length_control=tiny"], ["+point=all_gaussian5"],
+                  ["+point=all_lora", "finetune=lora_tiny"]):
         done = run_pipeline(store, *common, *extra)
         assert done.returncode == 0, done.stderr[-3000:]
     out = store / "results" / "all"

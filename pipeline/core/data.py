@@ -39,16 +39,35 @@ def format_prompt(record: dict, for_training: bool) -> str:
     return prompt if for_training else prompt + "\n"
 
 
+def check_source(source: str, key: str) -> None:
+    """Cheap existence check of a data source named by config `key` (hub sources are not checked)."""
+    if source.startswith("hf:"):
+        return
+    path = ASSETS / source[len("pkg:"):] if source.startswith("pkg:") else Path(source).expanduser()
+    if not path.is_file():
+        raise DataError(
+            f"{key}={source!r}: no such file ({path.resolve()}); give a local .json/.jsonl path, "
+            "pkg:<file in pipeline/assets> or hf:<dataset>"
+        )
+
+
 def _read_rows(source: str) -> tuple[str, list]:
     if source.startswith("pkg:"):
-        path = ASSETS / source[len("pkg:"):]
+        path = ASSETS / source[len("pkg:") :]
     elif source.startswith("hf:"):
-        return source, _read_hub(source[len("hf:"):])
+        return source, _read_hub(source[len("hf:") :])
     else:
         path = Path(source).expanduser()
     if not path.is_file():
-        raise DataError(f"{source}: no such file ({path.resolve()}); give a local .json/.jsonl path, pkg:<file> or hf:<dataset>")
-    text = path.read_text(encoding="utf-8")
+        raise DataError(
+            f"{source}: no such file ({path.resolve()}); give a local .json/.jsonl path, pkg:<file> or hf:<dataset>"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); re-save it as UTF-8"
+        ) from err
     try:
         if path.suffix == ".jsonl":
             rows = []
@@ -57,13 +76,19 @@ def _read_rows(source: str) -> tuple[str, list]:
                     try:
                         rows.append(json.loads(line))
                     except json.JSONDecodeError as err:
-                        raise DataError(f"{path}: line {lineno} is not valid JSON ({err.msg}); fix or remove that line") from err
+                        raise DataError(
+                            f"{path}: line {lineno} is not valid JSON ({err.msg}); fix or remove that line"
+                        ) from err
         else:
             rows = json.loads(text)
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); expected a list of records") from err
+        raise DataError(
+            f"{path}: not valid JSON ({err.msg} at line {err.lineno}); expected a list of records"
+        ) from err
     if not isinstance(rows, list):
-        raise DataError(f"{path}: top level is {type(rows).__name__}; expected a JSON list of records (or use .jsonl)")
+        raise DataError(
+            f"{path}: top level is {type(rows).__name__}; expected a JSON list of records (or use .jsonl)"
+        )
     return str(path), rows
 
 
@@ -104,7 +129,9 @@ def _validated_rows(source: str, limit: int | None, what: str, fields: tuple) ->
     for i, row in enumerate(rows):
         where = f"{name}: row {i}"
         if not isinstance(row, dict):
-            raise DataError(f"{where}: is {type(row).__name__}, expected an object with {'/'.join(f[0] for f in fields)}")
+            raise DataError(
+                f"{where}: is {type(row).__name__}, expected an object with {'/'.join(f[0] for f in fields)}"
+            )
         for field, required, nonempty in fields:
             _check_str(where, row, field, required, nonempty)
     return rows
@@ -112,16 +139,34 @@ def _validated_rows(source: str, limit: int | None, what: str, fields: tuple) ->
 
 def load_train(source: str, limit: int | None = None) -> list[dict]:
     """Alpaca-format training records {instruction, input, output}, validated; first `limit` rows if set."""
-    rows = _validated_rows(source, limit, "training records",
-                           (("instruction", True, True), ("input", False, False), ("output", True, True)))
-    return [{"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"]} for r in rows]
+    rows = _validated_rows(
+        source,
+        limit,
+        "training records",
+        (("instruction", True, True), ("input", False, False), ("output", True, True)),
+    )
+    return [
+        {"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"]}
+        for r in rows
+    ]
 
 
 def load_prompts(source: str, default_dataset: str, limit: int | None = None) -> list[dict]:
     """Evaluation prompts {instruction, input, dataset} (AlpacaEval format), validated."""
-    rows = _validated_rows(source, limit, "evaluation prompts",
-                           (("instruction", True, True), ("input", False, False), ("dataset", False, True)))
-    return [{"instruction": r["instruction"], "input": r.get("input", ""), "dataset": r.get("dataset", default_dataset)} for r in rows]
+    rows = _validated_rows(
+        source,
+        limit,
+        "evaluation prompts",
+        (("instruction", True, True), ("input", False, False), ("dataset", False, True)),
+    )
+    return [
+        {
+            "instruction": r["instruction"],
+            "input": r.get("input", ""),
+            "dataset": r.get("dataset", default_dataset),
+        }
+        for r in rows
+    ]
 
 
 def records_digest(records: list[dict]) -> str:
@@ -135,12 +180,14 @@ def tokenize_examples(records: list[dict], tok, max_length: int) -> tuple[list[d
     for rec in records:
         source = format_prompt(rec, for_training=True)
         source_ids = tok(source, add_special_tokens=True)["input_ids"]
-        full_ids = tok(source + rec["output"], add_special_tokens=True)["input_ids"] + [tok.eos_token_id]
+        full_ids = tok(source + rec["output"], add_special_tokens=True)["input_ids"] + [
+            tok.eos_token_id
+        ]
         full_ids = full_ids[:max_length]
         if len(source_ids) >= len(full_ids):
             dropped += 1
             continue
-        labels = [-100] * len(source_ids) + full_ids[len(source_ids):]
+        labels = [-100] * len(source_ids) + full_ids[len(source_ids) :]
         examples.append({"input_ids": full_ids, "labels": labels})
     return examples, dropped
 

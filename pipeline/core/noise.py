@@ -26,7 +26,27 @@ def validate_noise(kind: str, alpha: float, length: str) -> None:
     if length not in LENGTHS:
         raise ValueError(f"noise.length={length!r} is unknown; use one of {LENGTHS}")
     if not isinstance(alpha, (int, float)) or alpha < 0:
-        raise ValueError(f"noise.alpha={alpha!r} must be a number >= 0 (the paper uses 5, 10 or 15)")
+        raise ValueError(
+            f"noise.alpha={alpha!r} must be a number >= 0 (the paper uses 5, 10 or 15)"
+        )
+
+
+def noise_params(noise_cfg) -> dict:
+    """The part of the noise config that changes training; every 'off' setting hashes alike."""
+    validate_noise(noise_cfg.kind, noise_cfg.alpha, noise_cfg.length)
+    if noise_cfg.kind == "none" or noise_cfg.alpha == 0:  # alpha 0 is the baseline, any kind
+        return {"kind": "none"}
+    return {"kind": noise_cfg.kind, "alpha": float(noise_cfg.alpha), "length": noise_cfg.length}
+
+
+def noise_label(noise: dict) -> str:
+    """Display name of a noise setting (an arm's name): base, neft-uniform5, neft-gaussian5-padded."""
+    if noise["kind"] == "none":
+        return "base"
+    alpha = noise["alpha"]
+    alpha = int(alpha) if float(alpha).is_integer() else alpha
+    suffix = "" if noise["length"] == "per_example" else "-padded"
+    return f"neft-{noise['kind']}{alpha}{suffix}"
 
 
 def token_lengths(attention_mask: torch.Tensor, position_ids: torch.Tensor | None) -> torch.Tensor:
@@ -66,7 +86,9 @@ def neftune_noise(
     eps = torch.zeros_like(embeds)
     eps = eps.uniform_(-1.0, 1.0) if kind == "uniform" else eps.normal_(0.0, 1.0)
     lengths = token_lengths(attention_mask, position_ids).to(embeds.dtype)
-    scale = torch.where(lengths > 0, alpha / torch.sqrt(lengths.clamp(min=1) * dim), torch.zeros_like(lengths))
+    scale = torch.where(
+        lengths > 0, alpha / torch.sqrt(lengths.clamp(min=1) * dim), torch.zeros_like(lengths)
+    )
     return eps * scale.unsqueeze(-1)
 
 
@@ -86,7 +108,9 @@ class NEFTuneHandle:
         self._handles.clear()
 
 
-def attach_neftune(model: torch.nn.Module, alpha: float, kind: str = "uniform", length: str = "per_example") -> NEFTuneHandle:
+def attach_neftune(
+    model: torch.nn.Module, alpha: float, kind: str = "uniform", length: str = "per_example"
+) -> NEFTuneHandle:
     """Add NEFTune noise to `model`'s input embeddings whenever the embedding module is in training mode.
 
     `model` is the object whose forward receives the batch (a PreTrainedModel or a PeftModel):
@@ -113,7 +137,9 @@ def attach_neftune(model: torch.nn.Module, alpha: float, kind: str = "uniform", 
         if mask is not None and mask.shape != output.shape[:2]:
             mask = None
         if mask is None and pos is not None:
-            mask = torch.ones(output.shape[:2], dtype=torch.long, device=output.device)  # packed, no padding
+            mask = torch.ones(
+                output.shape[:2], dtype=torch.long, device=output.device
+            )  # packed, no padding
         return output + neftune_noise(output, alpha, kind, length, mask, pos)
 
     handle._handles.append(model.register_forward_pre_hook(capture, with_kwargs=True))

@@ -24,7 +24,9 @@ class Tracker:
         if logger_cfg.mode not in ("disabled", "offline", "online"):
             raise ValueError(f"logger.mode={logger_cfg.mode!r}: use disabled, offline or online")
         if logger_cfg.mode == "online" and not os.environ.get("WANDB_API_KEY"):
-            raise ValueError("logger.mode=online needs WANDB_API_KEY (or use logger=offline and `wandb sync` later)")
+            raise ValueError(
+                "logger.mode=online needs WANDB_API_KEY (or use logger=offline and `wandb sync` later)"
+            )
         return cls(logger_cfg.mode, logger_cfg.project, group, str(Path(logger_cfg.dir).resolve()))
 
     @property
@@ -40,8 +42,16 @@ class Tracker:
         import wandb
 
         Path(self.dir).mkdir(parents=True, exist_ok=True)
-        run = wandb.init(mode=self.mode, project=self.project, group=self.group, job_type=key.split("-", 1)[0],
-                         name=key, config=config or {}, dir=self.dir, reinit="finish_previous")
+        run = wandb.init(
+            mode=self.mode,
+            project=self.project,
+            group=self.group,
+            job_type=key.split("-", 1)[0],
+            name=key,
+            config=config or {},
+            dir=self.dir,
+            reinit="finish_previous",
+        )
         try:
             yield run
         finally:

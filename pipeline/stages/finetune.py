@@ -20,27 +20,28 @@ from omegaconf import OmegaConf
 
 from pipeline.core.data import load_train, pad_batch, records_digest, tokenize_examples
 from pipeline.core.models import base_model_dir, load_model_and_tokenizer, validate_model
-from pipeline.core.noise import attach_neftune, validate_noise
+from pipeline.core.config import config_params
+from pipeline.core.data import check_source
+from pipeline.core.noise import attach_neftune, noise_label, noise_params
 from pipeline.core.store import StageResult, Store, stage_key, write_json_atomic
 
 VERSION = 1
 
 
-def noise_params(noise_cfg) -> dict:
-    """The part of the noise config that changes training; every 'off' setting hashes alike."""
-    validate_noise(noise_cfg.kind, noise_cfg.alpha, noise_cfg.length)
-    if noise_cfg.kind == "none" or noise_cfg.alpha == 0:  # alpha 0 is the baseline, whatever the kind
-        return {"kind": "none"}
-    return {"kind": noise_cfg.kind, "alpha": float(noise_cfg.alpha), "length": noise_cfg.length}
+def check(cfg) -> None:
+    """Cheap: model, noise, optimiser settings and the training file, before any weights load."""
+    validate_model(cfg.model)
+    noise_params(cfg.noise)
+    check_source(cfg.data.train, "data.train")
+    if cfg.finetune.lora is not None:
+        _use_4bit(cfg.finetune.lora.quantize_4bit)
 
 
-def noise_label(noise: dict) -> str:
-    if noise["kind"] == "none":
-        return "base"
-    alpha = noise["alpha"]
-    alpha = int(alpha) if float(alpha).is_integer() else alpha
-    suffix = "" if noise["length"] == "per_example" else "-padded"
-    return f"neft-{noise['kind']}{alpha}{suffix}"
+def run(cfg, ctx, call) -> StageResult:
+    """Plan entry: fine-tune the arm (its noise, its seed)."""
+    train_cfg = OmegaConf.merge(cfg.finetune, {"seed": call.arm.seed})
+    return finetune(cfg.model, cfg.data, call.arm.noise, train_cfg, ctx.store, ctx.cache,
+                    ctx.report_to)
 
 
 def last_checkpoint(ckpt_root: Path) -> Path | None:
@@ -51,15 +52,18 @@ def last_checkpoint(ckpt_root: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
-def _use_4bit(setting) -> bool:
-    """QLoRA's 4-bit base needs a GPU and bitsandbytes; `auto` falls back to plain LoRA without them."""
-    if setting not in (True, False, "auto"):
+def _use_4bit(setting: str) -> bool:
+    """QLoRA's 4-bit base needs a GPU and bitsandbytes; `auto` falls back to plain LoRA without."""
+    setting = str(setting).lower()
+    if setting not in ("true", "false", "auto"):
         raise ValueError(f"finetune.lora.quantize_4bit={setting!r}: use true, false or auto")
     available = torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
-    if setting is True and not available:
-        raise ValueError("finetune.lora.quantize_4bit=true needs a CUDA GPU and bitsandbytes (pip install bitsandbytes); "
-                         "use quantize_4bit=auto to run plain LoRA here")
-    return bool(setting) and available
+    if setting == "true" and not available:
+        raise ValueError(
+            "finetune.lora.quantize_4bit=true needs a CUDA GPU and bitsandbytes "
+            "(pip install bitsandbytes); use quantize_4bit=auto to run plain LoRA here"
+        )
+    return setting != "false" and available
 
 
 def _with_lora(model, lora_cfg, quantized: bool):
@@ -67,8 +71,13 @@ def _with_lora(model, lora_cfg, quantized: bool):
 
     if quantized:
         model = prepare_model_for_kbit_training(model)
-    config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
-                        target_modules=list(lora_cfg.target_modules), task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=lora_cfg.r,
+        lora_alpha=lora_cfg.alpha,
+        lora_dropout=lora_cfg.dropout,
+        target_modules=list(lora_cfg.target_modules),
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, config)
 
 
@@ -82,18 +91,28 @@ def _merged(peft_model, base_dir: str, model_cfg, adapter_dir: Path, quantized: 
     return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
 
 
-def finetune(model_cfg, data_cfg, noise_cfg, train_cfg, store: Store, cache: Store, report_to: list[str]) -> StageResult:
+def finetune(
+    model_cfg, data_cfg, noise_cfg, train_cfg, store: Store, cache: Store, report_to: list[str]
+) -> StageResult:
     """Fine-tune `model_cfg` on `data_cfg.train` with `noise_cfg`; returns the stored stage."""
     validate_model(model_cfg)
     noise = noise_params(noise_cfg)
-    records = load_train(data_cfg.train, data_cfg.train_limit)  # bad rows fail here, before any training
+    records = load_train(
+        data_cfg.train, data_cfg.train_limit
+    )  # bad rows fail here, before any training
     params = {
-        "model": OmegaConf.to_container(model_cfg, resolve=True),
-        "data": {"train": data_cfg.train, "train_limit": data_cfg.train_limit, "records": records_digest(records)},
+        "model": config_params(model_cfg),
+        "data": {
+            "train": data_cfg.train,
+            "train_limit": data_cfg.train_limit,
+            "records": records_digest(records),
+        },
         "noise": noise,
         "finetune": OmegaConf.to_container(train_cfg, resolve=True),
     }
-    key = stage_key("finetune", f"{model_cfg.name}_{data_cfg.name}_{noise_label(noise)}", params, [], VERSION)
+    key = stage_key(
+        "finetune", f"{model_cfg.name}_{data_cfg.name}_{noise_label(noise)}", params, [], VERSION
+    )
 
     def compute(work: Path) -> dict:
         return _train(model_cfg, records, noise, train_cfg, work, cache, report_to)
@@ -106,18 +125,28 @@ def _train(model_cfg, records, noise, cfg, work: Path, cache: Store, report_to: 
 
     base_dir = base_model_dir(model_cfg, cache)
     quantized = cfg.lora is not None and _use_4bit(cfg.lora.quantize_4bit)
-    model, tok = load_model_and_tokenizer(base_dir, model_cfg.dtype, model_cfg.revision, load_in_4bit=quantized)
+    model, tok = load_model_and_tokenizer(
+        base_dir, model_cfg.dtype, model_cfg.revision, load_in_4bit=quantized
+    )
     if cfg.lora is not None:
         model = _with_lora(model, cfg.lora, quantized)
     examples, dropped = tokenize_examples(records, tok, cfg.max_length)
     if not examples:
-        raise ValueError(f"no training example has response tokens within finetune.max_length={cfg.max_length}")
+        raise ValueError(
+            f"no training example has response tokens within finetune.max_length={cfg.max_length}"
+        )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    handle = attach_neftune(model, noise.get("alpha", 0.0), noise["kind"], noise.get("length", "per_example"))
+    handle = attach_neftune(
+        model, noise.get("alpha", 0.0), noise["kind"], noise.get("length", "per_example")
+    )
 
     ckpt_root = work / "checkpoints"
     resume = last_checkpoint(ckpt_root)
-    tokens_before = json.loads((resume / "trainer_state.json").read_text())["num_input_tokens_seen"] if resume else 0
+    tokens_before = (
+        json.loads((resume / "trainer_state.json").read_text())["num_input_tokens_seen"]
+        if resume
+        else 0
+    )
     args = TrainingArguments(
         output_dir=str(ckpt_root),
         num_train_epochs=cfg.epochs,
@@ -159,7 +188,9 @@ def _train(model_cfg, records, noise, cfg, work: Path, cache: Store, report_to: 
     if cfg.lora is not None:
         model.save_pretrained(work / "adapter")
         model = _merged(model, base_dir, model_cfg, work / "adapter", quantized)
-    model.save_pretrained(work / "model")  # plain weights: generate and openllm load them like any model
+    model.save_pretrained(
+        work / "model"
+    )  # plain weights: generate and openllm load them like any model
     tok.save_pretrained(work / "model")
     log = [e for e in trainer.state.log_history if "loss" in e]
     write_json_atomic(work / "loss_log.json", log)

@@ -13,14 +13,45 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from pipeline.core.data import format_prompt, load_prompts
+from pipeline.core.data import check_source, format_prompt, load_prompts
 from pipeline.core.models import generate_batched, load_model_and_tokenizer
 from pipeline.core.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
 VERSION = 1
 
 
-def generate(finetuned: StageResult, gen_cfg, dtype: str, store: Store, variant: dict | None = None) -> StageResult:
+def check(cfg) -> None:
+    """Cheap: the prompt file exists and every length-control variant fits the decoding caps."""
+    check_source(cfg.generate.prompts, "generate.prompts")
+    if cfg.length_control.enabled:
+        for name, v in cfg.length_control.variants.items():
+            _check_variant({"name": name, **OmegaConf.to_container(v, resolve=True)},
+                           cfg.generate)
+
+
+def run(cfg, ctx, call) -> StageResult:
+    """Plan entry: answer the evaluation prompts with the chain's fine-tuned model."""
+    variant = None
+    if call.variant is not None:
+        settings = cfg.length_control.variants[call.variant]
+        variant = {"name": call.variant, **OmegaConf.to_container(settings, resolve=True)}
+    return generate(call.upstream["finetune"], cfg.generate, cfg.model.dtype, ctx.store, variant)
+
+
+def _check_variant(variant: dict, gen_cfg) -> None:
+    name, low, high = variant["name"], variant["min_new_tokens"], variant["max_new_tokens"]
+    if high is not None and high < low:
+        raise ValueError(f"length_control.variants.{name}: max_new_tokens={high} is below "
+                         f"min_new_tokens={low}; raise max_new_tokens")
+    if high is None and gen_cfg.max_new_tokens < low:
+        raise ValueError(f"length_control.variants.{name}: min_new_tokens={low} exceeds "
+                         f"generate.max_new_tokens={gen_cfg.max_new_tokens}; set the variant's "
+                         "max_new_tokens")
+
+
+def generate(
+    finetuned: StageResult, gen_cfg, dtype: str, store: Store, variant: dict | None = None
+) -> StageResult:
     """Generate answers to `gen_cfg.prompts` with the model of the `finetuned` stage.
 
     `variant` (Table 5's length control: name, instruction_suffix, min_new_tokens, max_new_tokens) changes the
@@ -28,36 +59,68 @@ def generate(finetuned: StageResult, gen_cfg, dtype: str, store: Store, variant:
     """
     prompts = load_prompts(gen_cfg.prompts, gen_cfg.dataset_name, gen_cfg.limit)
     # The reference is for judging; it does not change what is generated.
-    params = {k: v for k, v in OmegaConf.to_container(gen_cfg, resolve=True).items() if k != "reference"} | {"dtype": dtype}
+    params = {
+        k: v for k, v in OmegaConf.to_container(gen_cfg, resolve=True).items() if k != "reference"
+    } | {"dtype": dtype}
     generator = finetuned.key.removeprefix("finetune-")
     readable = readable_of(finetuned.key)
     if variant is not None:
-        params |= {"variant": dict(variant)}  # only then: plain generations keep the keys they always had
-        if variant["max_new_tokens"] is not None and variant["max_new_tokens"] < variant["min_new_tokens"]:
-            raise ValueError(f"length_control.variants.{variant['name']}: max_new_tokens={variant['max_new_tokens']} is below "
-                             f"min_new_tokens={variant['min_new_tokens']}; raise max_new_tokens")
-        if variant["max_new_tokens"] is None and gen_cfg.max_new_tokens < variant["min_new_tokens"]:
-            raise ValueError(f"length_control.variants.{variant['name']}: min_new_tokens={variant['min_new_tokens']} exceeds "
-                             f"generate.max_new_tokens={gen_cfg.max_new_tokens}; set the variant's max_new_tokens")
+        params |= {"variant": dict(variant)}  # only then: plain generations keep their keys
+        _check_variant(variant, gen_cfg)
         generator, readable = f"{generator}_{variant['name']}", f"{readable}_{variant['name']}"
     key = stage_key("generate", readable, params, [finetuned.key], VERSION)
-    return store.materialize(key, lambda work: _generate(finetuned.path / "model", prompts, gen_cfg, dtype, generator, variant, work),
-                             config=params)
+    return store.materialize(
+        key,
+        lambda work: _generate(
+            finetuned.path / "model", prompts, gen_cfg, dtype, generator, variant, work
+        ),
+        config=params,
+    )
 
 
-def _generate(model_dir: Path, prompts: list[dict], cfg, dtype: str, generator: str, variant: dict | None, work: Path) -> dict:
+def _generate(
+    model_dir: Path,
+    prompts: list[dict],
+    cfg,
+    dtype: str,
+    generator: str,
+    variant: dict | None,
+    work: Path,
+) -> dict:
     model, tok = load_model_and_tokenizer(str(model_dir), dtype)
     suffix = variant["instruction_suffix"] if variant else ""
     min_new = variant["min_new_tokens"] if variant else 0
-    max_new = variant["max_new_tokens"] if variant and variant["max_new_tokens"] is not None else cfg.max_new_tokens
-    texts = [format_prompt(p | {"instruction": p["instruction"] + suffix}, for_training=False) for p in prompts]
+    max_new = (
+        variant["max_new_tokens"]
+        if variant and variant["max_new_tokens"] is not None
+        else cfg.max_new_tokens
+    )
+    texts = [
+        format_prompt(p | {"instruction": p["instruction"] + suffix}, for_training=False)
+        for p in prompts
+    ]
     started = time.time()
-    outputs, new_token_counts = generate_batched(model, tok, texts, cfg.batch_size, max_new, cfg.max_total_length,
-                                                 cfg.repetition_penalty, min_new, desc=f"generate {generator}")
+    outputs, new_token_counts = generate_batched(
+        model,
+        tok,
+        texts,
+        cfg.batch_size,
+        max_new,
+        cfg.max_total_length,
+        cfg.repetition_penalty,
+        min_new,
+        desc=f"generate {generator}",
+    )
     elapsed = time.time() - started
     records = [
-        {"instruction": p["instruction"] if not p["input"] else f"{p['instruction']}\n\n{p['input']}",
-         "output": o, "generator": generator, "dataset": p["dataset"]}
+        {
+            "instruction": p["instruction"]
+            if not p["input"]
+            else f"{p['instruction']}\n\n{p['input']}",
+            "output": o,
+            "generator": generator,
+            "dataset": p["dataset"],
+        }
         for p, o in zip(prompts, outputs)
     ]
     write_json_atomic(work / "outputs.json", records)

@@ -25,6 +25,16 @@ from pipeline.core.models import DTYPES
 from pipeline.core.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
 VERSION = 1
+
+
+def check(cfg) -> None:
+    """Cheap: task set and few-shot counts are valid."""
+    validate_openllm(cfg.openllm)
+
+
+def run(cfg, ctx, call) -> StageResult:
+    """Plan entry: lm-eval scores of the chain's fine-tuned model."""
+    return openllm(call.upstream["finetune"], cfg.openllm, cfg.model.dtype, ctx.store)
 LOCAL_DATA = ASSETS / "openllm"
 # Built-in lm-eval task -> (its YAML inside lm_eval/tasks, the splits our local files provide).
 LOCAL_TASKS = {
@@ -38,10 +48,14 @@ LOCAL_TASKS = {
 
 def validate_openllm(openllm_cfg) -> None:
     if openllm_cfg.task_set not in ("hub", "local"):
-        raise ValueError(f"openllm.task_set={openllm_cfg.task_set!r}: use hub (lm-eval's datasets) or local (shipped files)")
+        raise ValueError(
+            f"openllm.task_set={openllm_cfg.task_set!r}: use hub (lm-eval's datasets) or local (shipped files)"
+        )
     for short, task in openllm_cfg.tasks.items():
         if openllm_cfg.task_set == "local" and task.task not in LOCAL_TASKS:
-            raise ValueError(f"openllm.tasks.{short}.task={task.task!r} has no local data; local tasks: {sorted(LOCAL_TASKS)}")
+            raise ValueError(
+                f"openllm.tasks.{short}.task={task.task!r} has no local data; local tasks: {sorted(LOCAL_TASKS)}"
+            )
         if task.num_fewshot < 0:
             raise ValueError(f"openllm.tasks.{short}.num_fewshot must be >= 0")
 
@@ -72,7 +86,11 @@ def openllm(finetuned: StageResult, openllm_cfg, dtype: str, store: Store) -> St
     params = OmegaConf.to_container(openllm_cfg, resolve=True) | {"dtype": dtype}
     label = f"{readable_of(finetuned.key)}_{openllm_cfg.name}"
     key = stage_key("openllm", label, params, [finetuned.key], VERSION)
-    return store.materialize(key, lambda work: _evaluate(finetuned.path / "model", openllm_cfg, dtype, work), config=params)
+    return store.materialize(
+        key,
+        lambda work: _evaluate(finetuned.path / "model", openllm_cfg, dtype, work),
+        config=params,
+    )
 
 
 def _evaluate(model_dir: Path, cfg, dtype: str, work: Path) -> dict:
@@ -86,16 +104,26 @@ def _evaluate(model_dir: Path, cfg, dtype: str, work: Path) -> dict:
         write_local_tasks(work / "tasks")
         manager = TaskManager(include_path=str(work / "tasks"))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    lm = HFLM(pretrained=str(model_dir), dtype=DTYPES[dtype], batch_size=cfg.batch_size, device=device)
+    lm = HFLM(
+        pretrained=str(model_dir), dtype=DTYPES[dtype], batch_size=cfg.batch_size, device=device
+    )
     merged: dict = {"results": {}, "n-shot": {}, "configs": {}, "versions": {}, "n-samples": {}}
     metrics: dict = {}
     for short, task in cfg.tasks.items():
         name = f"{task.task}_local" if cfg.task_set == "local" else task.task
         # One call per task: the leaderboard uses a different few-shot count for each.
         out = simple_evaluate(
-            model=lm, tasks=[name], num_fewshot=task.num_fewshot, limit=cfg.limit, task_manager=manager,
-            random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed, fewshot_random_seed=cfg.seed,
-            log_samples=False, bootstrap_iters=0,
+            model=lm,
+            tasks=[name],
+            num_fewshot=task.num_fewshot,
+            limit=cfg.limit,
+            task_manager=manager,
+            random_seed=cfg.seed,
+            numpy_random_seed=cfg.seed,
+            torch_random_seed=cfg.seed,
+            fewshot_random_seed=cfg.seed,
+            log_samples=False,
+            bootstrap_iters=0,
         )
         for part in merged:
             merged[part].update(out.get(part, {}))

@@ -18,14 +18,34 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from pipeline.core.data import format_prompt, load_train, pad_batch, records_digest, tokenize_examples
+from pipeline.core.data import (
+    check_source,
+    format_prompt,
+    load_train,
+    pad_batch,
+    records_digest,
+    tokenize_examples,
+)
 from pipeline.core.models import generate_batched, load_model_and_tokenizer
 from pipeline.core.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
 VERSION = 1
 
 
-def response_losses(model, tok, records: list[dict], max_length: int, batch_size: int, desc: str = "loss") -> tuple[list[float], int]:
+def check(cfg) -> None:
+    """Cheap: the held-out file exists."""
+    check_source(cfg.overfit.heldout, "overfit.heldout")
+
+
+def run(cfg, ctx, call) -> StageResult:
+    """Plan entry: noise-off losses and overlap of the chain's fine-tuned model."""
+    return overfit(call.upstream["finetune"], cfg.overfit, cfg.data, cfg.finetune.max_length,
+                   cfg.model.dtype, ctx.store)
+
+
+def response_losses(
+    model, tok, records: list[dict], max_length: int, batch_size: int, desc: str = "loss"
+) -> tuple[list[float], int]:
     """Mean NLL per response token of each record (prompt masked, EOS included), in eval mode: no noise, no dropout.
 
     Truncated to `max_length` as in training; records whose prompt fills it (finetune drops those too) are skipped
@@ -37,11 +57,15 @@ def response_losses(model, tok, records: list[dict], max_length: int, batch_size
     losses: list[float] = []
     try:
         for start in tqdm(range(0, len(examples), batch_size), desc=desc, unit="batch"):
-            batch = pad_batch(examples[start:start + batch_size], tok.pad_token_id)
+            batch = pad_batch(examples[start : start + batch_size], tok.pad_token_id)
             with torch.no_grad():
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+                logits = model(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                ).logits.float()
             labels = batch["labels"][:, 1:]
-            nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=-100, reduction="none")
+            nll = torch.nn.functional.cross_entropy(
+                logits[:, :-1].transpose(1, 2), labels, ignore_index=-100, reduction="none"
+            )
             counted = (labels != -100).sum(dim=1)
             losses += (nll.sum(dim=1) / counted).tolist()
     finally:
@@ -66,35 +90,78 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def overfit(finetuned: StageResult, overfit_cfg, data_cfg, max_length: int, dtype: str, store: Store) -> StageResult:
+def overfit(
+    finetuned: StageResult, overfit_cfg, data_cfg, max_length: int, dtype: str, store: Store
+) -> StageResult:
     """Noise-off train/held-out losses and training-instruction overlap of the `finetuned` model."""
     train = load_train(data_cfg.train, data_cfg.train_limit)
-    heldout = load_train(overfit_cfg.heldout, overfit_cfg.heldout_limit)  # bad rows fail here, before the model loads
+    heldout = load_train(
+        overfit_cfg.heldout, overfit_cfg.heldout_limit
+    )  # bad rows fail here, before the model loads
     rng = random.Random(overfit_cfg.seed)
-    loss_rows = train if overfit_cfg.loss_sample is None else rng.sample(train, min(overfit_cfg.loss_sample, len(train)))
-    gen_rows = random.Random(overfit_cfg.seed).sample(train, min(overfit_cfg.generate_sample, len(train)))
+    loss_rows = (
+        train
+        if overfit_cfg.loss_sample is None
+        else rng.sample(train, min(overfit_cfg.loss_sample, len(train)))
+    )
+    gen_rows = random.Random(overfit_cfg.seed).sample(
+        train, min(overfit_cfg.generate_sample, len(train))
+    )
     params = OmegaConf.to_container(overfit_cfg, resolve=True) | {
-        "train": records_digest(train), "heldout_records": records_digest(heldout), "max_length": max_length, "dtype": dtype}
+        "train": records_digest(train),
+        "heldout_records": records_digest(heldout),
+        "max_length": max_length,
+        "dtype": dtype,
+    }
     key = stage_key("overfit", readable_of(finetuned.key), params, [finetuned.key], VERSION)
 
     def compute(work: Path) -> dict:
         model, tok = load_model_and_tokenizer(str(finetuned.path / "model"), dtype)
-        train_loss, train_skipped = response_losses(model, tok, loss_rows, max_length, overfit_cfg.batch_size, "loss on training data")
-        heldout_loss, heldout_skipped = response_losses(model, tok, heldout, max_length, overfit_cfg.batch_size, "loss on held-out data")
-        outputs, _ = generate_batched(model, tok, [format_prompt(r, for_training=False) for r in gen_rows],
-                                      overfit_cfg.batch_size, overfit_cfg.max_new_tokens, max_length + overfit_cfg.max_new_tokens,
-                                      overfit_cfg.repetition_penalty, desc="answer training instructions")
+        train_loss, train_skipped = response_losses(
+            model, tok, loss_rows, max_length, overfit_cfg.batch_size, "loss on training data"
+        )
+        heldout_loss, heldout_skipped = response_losses(
+            model, tok, heldout, max_length, overfit_cfg.batch_size, "loss on held-out data"
+        )
+        outputs, _ = generate_batched(
+            model,
+            tok,
+            [format_prompt(r, for_training=False) for r in gen_rows],
+            overfit_cfg.batch_size,
+            overfit_cfg.max_new_tokens,
+            max_length + overfit_cfg.max_new_tokens,
+            overfit_cfg.repetition_penalty,
+            desc="answer training instructions",
+        )
         rouge, bleu = overlap_scores(outputs, [r["output"] for r in gen_rows])
-        write_json_atomic(work / "per_example.json", {
-            "train_loss": train_loss, "heldout_loss": heldout_loss, "rougeL": rouge, "bleu": bleu,
-            "generations": [{"instruction": r["instruction"], "input": r["input"], "training_output": r["output"], "output": o}
-                            for r, o in zip(gen_rows, outputs)],
-        })
+        write_json_atomic(
+            work / "per_example.json",
+            {
+                "train_loss": train_loss,
+                "heldout_loss": heldout_loss,
+                "rougeL": rouge,
+                "bleu": bleu,
+                "generations": [
+                    {
+                        "instruction": r["instruction"],
+                        "input": r["input"],
+                        "training_output": r["output"],
+                        "output": o,
+                    }
+                    for r, o in zip(gen_rows, outputs)
+                ],
+            },
+        )
         return {
-            "overfit_train_loss": _mean(train_loss), "overfit_heldout_loss": _mean(heldout_loss),
-            "overfit_rougeL": _mean(rouge), "overfit_bleu": _mean(bleu),
-            "overfit_n_train": len(train_loss), "overfit_n_heldout": len(heldout_loss), "overfit_n_generated": len(outputs),
-            "overfit_heldout": overfit_cfg.heldout, "overfit_n_skipped_too_long": train_skipped + heldout_skipped,
+            "overfit_train_loss": _mean(train_loss),
+            "overfit_heldout_loss": _mean(heldout_loss),
+            "overfit_rougeL": _mean(rouge),
+            "overfit_bleu": _mean(bleu),
+            "overfit_n_train": len(train_loss),
+            "overfit_n_heldout": len(heldout_loss),
+            "overfit_n_generated": len(outputs),
+            "overfit_heldout": overfit_cfg.heldout,
+            "overfit_n_skipped_too_long": train_skipped + heldout_skipped,
         }
 
     return store.materialize(key, compute, config=params)

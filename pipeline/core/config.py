@@ -1,0 +1,233 @@
+"""The config schema: every key of the pipeline declared once, with its type, default and meaning.
+
+Registered in Hydra's ConfigStore as `schema` (conf/config.yaml lists it first), so a YAML file in
+conf/ holds only what differs from these defaults, and an unknown key or a value of the wrong type
+fails when the config is composed, before any work starts.
+Show the composed config: python -m pipeline.run --cfg job
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class TinyArch:
+    """A random Llama built offline (model.source=tiny)."""
+
+    vocab_size: int = 512  # tokenizer vocabulary (BPE merges learned from pipeline/assets)
+    hidden_size: int = 32  # embedding width d
+    intermediate_size: int = 64  # MLP width
+    num_layers: int = 2  # decoder layers
+    num_heads: int = 4  # attention heads
+    max_position_embeddings: int = 1024  # longest sequence in tokens
+    seed: int = 0  # torch seed of the random init
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # readable name in stage keys and tables
+    source: str = "hub"  # hub | local | gguf_package | tiny
+    id: Optional[str] = None  # hub id, local dir, or <python package>/<file.gguf>
+    revision: Optional[str] = None  # hub revision; null = main
+    dtype: str = "bfloat16"  # float32 | bfloat16 | float16 (float32 on CPU)
+    arch: Optional[TinyArch] = None  # only for source=tiny
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # readable name in stage keys and tables
+    train: str = MISSING  # Alpaca JSON/JSONL path, pkg:<asset>, or hf:<dataset>[:config][@split]
+    train_limit: Optional[int] = None  # use only the first N training records (null = all)
+    diversity_cutoff: int = 50  # Table-4 K: repetition/diversity on the first K whitespace tokens
+
+
+@dataclass
+class NoiseConfig:
+    kind: str = "uniform"  # none | uniform | gaussian; kind none or alpha 0 is the baseline
+    alpha: float = 5.0  # noise scale alpha (>= 0); the paper uses 5, 10, 15
+    length: str = "per_example"  # per_example: real length, no noise on padding | padded: HF hook
+
+
+@dataclass
+class LoraConfig:
+    r: int = 64  # adapter rank
+    alpha: int = 16  # LoRA scaling numerator (lora_alpha)
+    dropout: float = 0.1  # dropout on the adapter input
+    target_modules: List[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])  # layers
+    quantize_4bit: str = "auto"  # true: NF4 base (GPU + bitsandbytes) | false | auto: when possible
+
+
+@dataclass
+class FinetuneConfig:
+    """Defaults are the paper's full fine-tune (finetune=paper)."""
+
+    epochs: int = 3  # passes over the training data
+    max_steps: int = -1  # > 0 stops after this many optimiser steps (overrides epochs)
+    per_device_batch_size: int = 4  # sequences per forward pass
+    gradient_accumulation_steps: int = 32  # effective batch = per-device batch * this * devices
+    learning_rate: float = 5.0e-5  # peak learning rate
+    lr_scheduler: str = "cosine"  # transformers scheduler name
+    warmup_ratio: float = 0.03  # fraction of total steps spent warming up
+    weight_decay: float = 0.0  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient clipping norm
+    optim: str = "adamw_torch"  # transformers optimiser name
+    max_length: int = 512  # tokens per example (prompt + response + EOS), longer ones truncated
+    bf16: bool = True  # bf16 mixed precision (GPU); false = fp32
+    gradient_checkpointing: bool = True  # trade compute for memory
+    logging_steps: int = 10  # loss log interval in optimiser steps
+    save_steps: int = 200  # checkpoint interval in optimiser steps (resume point after a kill)
+    sampling: str = "random"  # random | group_by_length (similar lengths batched: less padding)
+    seed: int = 42  # data order and init of anything random
+    lora: Optional[LoraConfig] = None  # adapters instead of a full finetune; null = full
+
+
+@dataclass
+class GenerateConfig:
+    prompts: str = MISSING  # AlpacaEval-format prompts: path, pkg:<file> or hf:<dataset>
+    reference: str = MISSING  # reference outputs for win rates (AlpacaEval format)
+    dataset_name: str = "alpaca_eval"  # `dataset` field for prompts that carry none
+    limit: Optional[int] = None  # use only the first N prompts (null = all)
+    batch_size: int = 16  # prompts per generate() call (left padded, sorted by length)
+    max_new_tokens: int = 2048  # cap on generated tokens per answer
+    max_total_length: int = 2048  # cap on prompt + answer tokens (the paper's 2048)
+    repetition_penalty: float = 1.2  # the paper's value; 1.0 = off
+
+
+@dataclass
+class JudgeConfig:
+    """Defaults are an AlpacaEval-1 API judge of the OpenAI API."""
+
+    name: str = MISSING  # readable name in stage keys and tables
+    kind: str = "openai"  # local | openai | openai_compatible
+    annotator: str = MISSING  # alpaca_eval annotator config (local: a dir in pipeline/assets)
+    alpaca_eval_version: int = 1  # 1 (the paper's) | 2; alpaca_eval itself defaults to 2
+    both_orders: bool = False  # judge (ref, model) and (model, ref) and average the verdicts
+    length_controlled: bool = False  # AlpacaEval 2 length-controlled win rate
+    batch_size: int = 1  # pairs per local judge forward pass (API judges batch themselves)
+    max_prompt_tokens: int = 0  # local judge: prompts cut from the left beyond this (0 = API)
+    base_url: Optional[str] = None  # openai_compatible: the server's /v1 URL
+    served_model: Optional[str] = None  # openai_compatible: the model name the server serves
+    api_key_env: Optional[str] = "OPENAI_API_KEY"  # environment variable holding the key
+    model: Optional[ModelConfig] = None  # local judge: the judge model (a model config)
+
+
+@dataclass
+class OpenLLMTask:
+    task: str = MISSING  # lm-eval task name
+    num_fewshot: int = 0  # in-context examples
+    metric: str = "acc"  # lm-eval metric name (acc, acc_norm)
+
+
+@dataclass
+class OpenLLMConfig:
+    name: str = "none"  # readable name in stage keys and tables
+    task_set: str = "hub"  # hub: lm-eval's built-in tasks | local: the shipped files
+    limit: Optional[int] = None  # at most this many questions per task (null = all)
+    batch_size: int = 8  # lm-eval batch size
+    seed: int = 1234  # lm-eval's python/numpy/torch/few-shot seeds
+    tasks: Dict[str, OpenLLMTask] = field(default_factory=dict)  # short name -> task; {} = skip
+
+
+@dataclass
+class OverfitConfig:
+    enabled: bool = False  # run the overfit stage (Figs 4-5) for every arm
+    heldout: str = "pkg:default_eval_reference.json"  # held-out Alpaca-format rows
+    heldout_limit: Optional[int] = None  # first N held-out rows (null = all)
+    loss_sample: Optional[int] = None  # training rows whose loss is measured (null = all)
+    generate_sample: int = 24  # training instructions answered and scored (ROUGE-L, BLEU)
+    seed: int = 0  # which rows are sampled
+    batch_size: int = 16  # sequences per forward pass / generate() call
+    max_new_tokens: int = 1024  # cap on generated tokens per answer
+    repetition_penalty: float = 1.2  # the paper's decoding setting
+
+
+@dataclass
+class LengthVariant:
+    instruction_suffix: str = ""  # appended to each instruction
+    min_new_tokens: int = 0  # EOS suppressed until this many new tokens
+    max_new_tokens: Optional[int] = None  # null = generate.max_new_tokens
+
+
+@dataclass
+class LengthControlConfig:
+    enabled: bool = False  # generate, judge and analyse the variants from the noise-off model
+    variants: Dict[str, LengthVariant] = field(default_factory=dict)  # name -> change
+
+
+@dataclass
+class AnalysisConfig:
+    definition: str = "paper"  # Table-4 arithmetic: paper (the reference code's) | corrected
+
+
+@dataclass
+class PathsConfig:
+    store: str = "runs"  # stage store root (relative to the working directory)
+    cache: str = "${paths.store}/cache"  # converted/built base models
+    lock_stale_after_s: float = 300.0  # a lock whose heartbeat is older (seconds) is taken over
+    lock_heartbeat_s: float = 15.0  # how often (seconds) a lock holder refreshes its lock
+    verify: str = "size"  # reuse check of stored files: size (cheap) | full (sha256)
+    results: str = "results"  # tables and figures go to <results>/<experiment.name>/
+    paper_numbers: str = "pkg:paper_numbers.yaml"  # the paper's figures (structured)
+
+
+@dataclass
+class LoggerConfig:
+    mode: str = "offline"  # disabled | offline | online (needs WANDB_API_KEY)
+    project: str = "neftune-repro"  # W&B project
+    dir: str = "${paths.store}/wandb"  # where W&B writes its run files
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "default"  # results/<name>/ and the W&B group
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING  # base model to fine-tune (group model/)
+    data: DataConfig = MISSING  # training data (group data/)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)  # the +NEFT arm's noise
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # optimiser, schedule
+    generate: GenerateConfig = MISSING  # evaluation prompts, reference, decoding
+    judge: JudgeConfig = MISSING  # the AlpacaEval annotator
+    openllm: OpenLLMConfig = field(default_factory=OpenLLMConfig)  # lm-eval tasks
+    overfit: OverfitConfig = field(default_factory=OverfitConfig)  # Figs 4-5
+    length_control: LengthControlConfig = field(default_factory=LengthControlConfig)  # Table 5
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)  # Table 4 arithmetic
+    paths: PathsConfig = field(default_factory=PathsConfig)  # store, caches, results
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # W&B
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)  # the study's name
+    head_to_head: bool = True  # also judge the +NEFT answers against the base answers directly
+    point_name: Optional[str] = None  # names this point's file in results/<experiment>/points/
+    seeds: Optional[List[int]] = None  # train every arm once per seed; null = [finetune.seed]
+
+
+def register() -> None:
+    """Put the schema in Hydra's ConfigStore (idempotent)."""
+    ConfigStore.instance().store(name="schema", node=Config)
+
+
+
+def config_params(node) -> dict:
+    """A config node as the plain dict a stage key hashes.
+
+    The schema gave every model an `arch` slot; a model that has none hashes as it did before the
+    schema existed, so stage keys computed then are still found.
+    """
+    from omegaconf import OmegaConf
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if not (k == "arch" and v is None)}
+        return value
+
+    return strip(OmegaConf.to_container(node, resolve=True))
+
+
+register()

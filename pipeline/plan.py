@@ -1,0 +1,146 @@
+"""The stage plan of one experiment point, declared once as data, and the walker that runs it.
+
+A point trains one arm per noise setting (the noise-off baseline and, unless it is the baseline,
+the configured noise) and per seed, and runs ARM_CHAIN on each; VARIANT_CHAIN on each Table-5
+length-control variant of the baseline; COMPARISON (+NEFT judged against the baseline); and
+POINT_STEPS once. Every stage module exposes `check(cfg)` (cheap; all run before any expensive
+work) and `run(cfg, ctx, call) -> StageResult`. Adding a stage: its module, its conf group, and
+one Step below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Callable
+
+from omegaconf import OmegaConf
+
+from pipeline.core.judging import Reference, reference_from_stage
+from pipeline.core.noise import noise_label, noise_params
+from pipeline.core.store import StageResult, Store
+from pipeline.results.points import Arm, Comparison, StageRef, Variant
+from pipeline.stages import alpaca_eval_stage, analysis, finetune, generate, openllm, overfit
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """One model to train: a noise setting and a seed."""
+
+    name: str
+    noise: Any  # a noise config node
+    seed: int
+    baseline: bool
+
+
+@dataclass(frozen=True)
+class Call:
+    """What a stage's `run` is asked to do: for which arm, on which upstream results."""
+
+    arm: ArmSpec
+    upstream: dict[str, StageResult]
+    variant: str | None = None  # a length_control.variants name (Table 5)
+    reference: Reference | None = None  # judge against this instead of generate.reference
+
+
+@dataclass(frozen=True)
+class Context:
+    store: Store
+    cache: Store
+    report_to: list[str] = field(default_factory=list)  # the Trainer's loggers
+
+
+@dataclass(frozen=True)
+class Step:
+    stage: str  # name under which the result is kept (a chain's upstream, a point's stages)
+    module: ModuleType  # pipeline.stages.<module> with check(cfg) and run(cfg, ctx, call)
+    enabled: Callable[[Any], bool]  # does this config run it?
+
+
+def _always(_cfg) -> bool:
+    return True
+
+
+ARM_CHAIN = (
+    Step("finetune", finetune, _always),
+    Step("generate", generate, _always),
+    Step("alpaca_eval", alpaca_eval_stage, _always),
+    Step("analysis", analysis, _always),
+    Step("openllm", openllm, lambda cfg: len(cfg.openllm.tasks) > 0),
+    Step("overfit", overfit, lambda cfg: cfg.overfit.enabled),
+)
+# Table 5: the baseline's finetune, generating with each length-control variant.
+VARIANT_CHAIN = tuple(s for s in ARM_CHAIN if s.stage in ("generate", "alpaca_eval", "analysis"))
+COMPARISON = Step("head_to_head", alpaca_eval_stage, lambda cfg: cfg.head_to_head)
+POINT_STEPS = (Step("train_analysis", analysis, _always),)  # Table 4's training-data row
+
+
+def arm_specs(cfg) -> list[ArmSpec]:
+    """The baseline and (unless it is the baseline) the configured noise, for every seed."""
+    off = OmegaConf.create({"kind": "none", "alpha": 0.0, "length": cfg.noise.length})
+    settings = [off] if noise_params(cfg.noise)["kind"] == "none" else [off, cfg.noise]
+    seeds = list(cfg.seeds) if cfg.seeds else [cfg.finetune.seed]
+    return [ArmSpec(noise_label(noise_params(n)), n, seed, i == 0)
+            for seed in seeds for i, n in enumerate(settings)]
+
+
+def check_all(cfg) -> None:
+    """Every enabled stage's cheap check, before anything is trained."""
+    steps = ARM_CHAIN + (COMPARISON,) + POINT_STEPS
+    for module in dict.fromkeys(s.module for s in steps if s.enabled(cfg)):
+        module.check(cfg)
+
+
+def _ref(result: StageResult) -> StageRef:
+    return StageRef(result.key, result.metrics)
+
+
+def _say(stage: str, label: str, result: StageResult) -> None:
+    how = "reused" if result.reused else "computed"
+    print(f"[{stage}] {label}: {how} -> {result.path}", flush=True)
+
+
+def _walk(cfg, ctx: Context, chain, call: Call, label: str) -> dict[str, StageResult]:
+    done = dict(call.upstream)
+    for step in chain:
+        if step.enabled(cfg):
+            result = step.module.run(cfg, ctx, Call(call.arm, done, call.variant, call.reference))
+            _say(step.stage, label, result)
+            done[step.stage] = result
+    return done
+
+
+def run_plan(cfg, ctx: Context) -> tuple[list[Arm], list[Variant], list[Comparison], dict]:
+    """Run every stage of one point; returns its arms, variants, comparisons and point stages."""
+    arms, results = [], {}
+    for spec in arm_specs(cfg):
+        label = spec.name if len(cfg.seeds or []) < 2 else f"{spec.name}, seed {spec.seed}"
+        results[spec] = _walk(cfg, ctx, ARM_CHAIN, Call(spec, {}), label)
+        noise = noise_params(spec.noise)
+        arms.append(Arm(spec.name, spec.baseline, spec.seed, noise,
+                        {k: _ref(v) for k, v in results[spec].items()}))
+    variants, comparisons = [], []
+    for base in (s for s in results if s.baseline):
+        if cfg.length_control.enabled:
+            for name in cfg.length_control.variants:
+                call = Call(base, {"finetune": results[base]["finetune"]}, variant=name)
+                done = _walk(cfg, ctx, VARIANT_CHAIN, call, f"{base.name}, {name}")
+                setting = OmegaConf.to_container(cfg.length_control.variants[name], resolve=True)
+                variants.append(Variant(name, base.seed, setting,
+                                        {k: _ref(v) for k, v in done.items() if k != "finetune"}))
+        if not COMPARISON.enabled(cfg):
+            continue
+        for spec in (s for s in results if not s.baseline and s.seed == base.seed):
+            reference = reference_from_stage(results[base]["generate"], "base")
+            call = Call(spec, {"generate": results[spec]["generate"]}, reference=reference)
+            judged = COMPARISON.module.run(cfg, ctx, call)
+            _say("alpaca_eval", f"{spec.name} vs {base.name}", judged)
+            comparisons.append(Comparison(spec.name, base.name, spec.seed,
+                                          {COMPARISON.stage: _ref(judged)}))
+    point_stages = {}
+    for step in POINT_STEPS:
+        if step.enabled(cfg):
+            result = step.module.run(cfg, ctx, Call(arm_specs(cfg)[0], {}))
+            _say(step.stage, "point", result)
+            point_stages[step.stage] = _ref(result)
+    return arms, variants, comparisons, point_stages

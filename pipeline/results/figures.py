@@ -1,0 +1,157 @@
+"""Figures of an experiment (matplotlib PNGs beside the tables): win rates, leaderboard scores,
+output lengths, and the overfitting histograms of Figs 4-5.
+
+Per-output data (answer lengths, per-example losses) is read from the stage directories the
+points name; a figure whose stages are not in this store is skipped with a message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+from pipeline.results.points import Arm, Point
+
+COLORS = {"base": "#999999", "+NEFT": "#d62728"}
+OPENLLM_TASKS = ("arc", "hellaswag", "mmlu", "truthfulqa")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path, dpi: int = 120) -> None:
+    # A unique temp name and a rename: points finishing together never leave a torn PNG.
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.png")
+    fig.tight_layout()
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        _plt().close(fig)
+
+
+def _grouped_bars(ax, ticks, series, ylabel: str, title: str) -> None:
+    """Bars of each (label, values, errors) series side by side at every tick."""
+    width = 0.8 / len(series)
+    for k, (label, values, errors) in enumerate(series):
+        offset = (k - (len(series) - 1) / 2) * width
+        ax.bar([x + offset for x in range(len(ticks))], values, width, yerr=errors,
+               color=COLORS[label], label=label)
+    ax.set_xticks(list(range(len(ticks))), ticks)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+
+
+def _sides(p: Point) -> list[tuple[str, list[Arm]]]:
+    return [("base", p.baseline)] + [("+NEFT", p.arms_named(t)) for t in p.treated[:1]]
+
+
+def _first(arms: list[Arm], stage: str, name: str, default=0.0):
+    refs = [a.stages[stage].metrics for a in arms if stage in a.stages]
+    return refs[0][name] if refs else default
+
+
+def winrate_figure(points: list[Point], out_dir: Path) -> list[str]:
+    fig, ax = _plt().subplots(figsize=(max(4, 2.2 * len(points)), 3.5))
+    series = [(side, [_first(dict(_sides(p)).get(side, []), "alpaca_eval", "win_rate")
+                      for p in points],
+               [_first(dict(_sides(p)).get(side, []), "alpaca_eval", "standard_error")
+                for p in points]) for side in COLORS]
+    ticks = [f"{p.dataset}, {(p.treated or ['base'])[0]}\n({p.model})" for p in points]
+    _grouped_bars(ax, ticks, series, "win rate vs reference (%)",
+                  f"AlpacaEval win rate, judge: {points[0].judge}")
+    ax.axhline(50, color="black", lw=0.5, ls=":")
+    _save(fig, out_dir / "winrate.png")
+    return ["winrate.png"]
+
+
+def openllm_figure(points: list[Point], out_dir: Path) -> list[str]:
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(points), figsize=(6 * len(points), 3.5), squeeze=False)
+    for ax, p in zip(axes[0], points):
+        series = [(side, [100 * _first(arms, "openllm", f"openllm_{t}") for t in OPENLLM_TASKS]
+                   + [100 * _first(arms, "openllm", "openllm_average")], None)
+                  for side, arms in _sides(p) if any("openllm" in a.stages for a in arms)]
+        _grouped_bars(ax, ["ARC", "HellaSwag", "MMLU", "TruthfulQA", "average"], series,
+                      "score (%)", f"{p.model}, {p.dataset} ({p.setting['openllm']['name']})")
+    _save(fig, out_dir / "openllm.png")
+    return ["openllm.png"]
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        print(f"[results] {path} is not readable here; its figure is skipped", flush=True)
+        return None
+
+
+def lengths_figure(points: list[Point], out_dir: Path) -> list[str]:
+    lengths = {}
+    for p in points:
+        for side, arms in _sides(p):
+            outputs = _read_json(p.stage_path(arms[0].stages["generate"].key) / "outputs.json")
+            if outputs is None:
+                return []
+            lengths[(p.id, side)] = [len(o["output"]) for o in outputs]
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(points), figsize=(5 * len(points), 3.5), squeeze=False)
+    for ax, p in zip(axes[0], points):
+        longest = max(max(v) for (pid, _), v in lengths.items() if pid == p.id) or 1
+        bins = [longest * i / 20 for i in range(21)]  # shared bins: the arms compare bar by bar
+        for side, _ in _sides(p):
+            ax.hist(lengths[(p.id, side)], bins=bins, alpha=0.6, color=COLORS[side], label=side)
+        ax.set_xlabel("output length (characters)")
+        ax.set_ylabel("outputs")
+        ax.set_title(f"{p.dataset}, {(p.treated or ['base'])[0]}")
+        ax.legend()
+    _save(fig, out_dir / "lengths.png")
+    return ["lengths.png"]
+
+
+OVERFIT_PANELS = (
+    ("overfit_loss", (("train_loss", "loss on training data (noise off)"),
+                      ("heldout_loss", "loss on held-out data"))),
+    ("overfit_overlap", (("rougeL", "ROUGE-L vs training response"),
+                         ("bleu", "BLEU vs training response"))),
+)
+
+
+def overfit_figures(points: list[Point], out_dir: Path) -> list[str]:
+    per_example = {}
+    for p in points:
+        for side, arms in _sides(p):
+            if "overfit" in arms[0].stages:
+                data = _read_json(p.stage_path(arms[0].stages["overfit"].key) / "per_example.json")
+                if data is None:
+                    return []
+                per_example[(p.id, side)] = data
+    plt = _plt()
+    for stem, panels in OVERFIT_PANELS:
+        fig, axes = plt.subplots(len(points), 2, figsize=(10, 3.3 * len(points)), squeeze=False)
+        for row, p in zip(axes, points):
+            for ax, (key, xlabel) in zip(row, panels):
+                values = [(side, per_example[(p.id, side)][key]) for side in COLORS
+                          if (p.id, side) in per_example]
+                lo = min(min(v) for _, v in values)
+                hi = max(max(v) for _, v in values)
+                bins = [lo + (hi - lo) * i / 20 for i in range(21)] if hi > lo else 20
+                for side, v in values:
+                    ax.hist(v, bins=bins, alpha=0.6, color=COLORS[side],
+                            label=f"{side} (mean {sum(v) / len(v):.4f})")
+                ax.set_xlabel(xlabel)
+                ax.set_ylabel("examples")
+                ax.set_title(f"{p.model}, {p.dataset}")
+                ax.legend()
+        _save(fig, out_dir / f"{stem}.png", dpi=110)
+    return [f"{stem}.png" for stem, _ in OVERFIT_PANELS]

@@ -1,0 +1,131 @@
+"""Typed results of one experiment point, written as results/<experiment>/points/<id>.json.
+
+Every number a table shows is read from a `StageRef`: the stage key that computed it and that
+stage's metrics.json, so a table cell can name (and link) the stage directory it came from.
+Arms, seeds, length-control variants and head-to-head comparisons are lists, not name prefixes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class StageRef:
+    """One computed stage: its key (the directory under the store) and its metrics."""
+
+    key: str
+    metrics: dict
+
+
+@dataclass
+class Arm:
+    """One fine-tuned model of a point (a noise setting x a seed) and the stages run on it."""
+
+    name: str  # display name of the noise setting: base, neft-uniform5, neft-gaussian5-padded
+    baseline: bool  # noise off
+    seed: int  # finetune seed
+    noise: dict  # {"kind": none|uniform|gaussian, "alpha": float, "length": ...}
+    stages: dict[str, StageRef] = field(default_factory=dict)
+
+
+@dataclass
+class Variant:
+    """A length-control generation of the baseline model (Table 5) and the stages run on it."""
+
+    name: str
+    seed: int
+    setting: dict  # instruction_suffix, min_new_tokens, max_new_tokens
+    stages: dict[str, StageRef] = field(default_factory=dict)
+
+
+@dataclass
+class Comparison:
+    """+NEFT judged directly against the baseline of the same seed (the head-to-head)."""
+
+    arm: str
+    baseline: str
+    seed: int
+    stages: dict[str, StageRef] = field(default_factory=dict)
+
+
+@dataclass
+class Point:
+    """Everything one run (one sweep point) computed, with the keys of the stages that did it."""
+
+    id: str
+    name: str | None
+    experiment: str
+    store: str  # absolute path of the stage store the keys live in
+    model: str
+    dataset: str
+    judge: str
+    reference: str
+    setting: dict  # what the run was, for "where we differ from the paper" notes
+    arms: list[Arm]
+    variants: list[Variant] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
+    extra: dict[str, StageRef] = field(default_factory=dict)  # point-level stages (train data)
+    overrides: list[str] = field(default_factory=list)
+    choices: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    schema: int = SCHEMA
+
+    def arms_named(self, name: str) -> list[Arm]:
+        """Every seed of the arm `name` (or of the baseline when name is "base")."""
+        return [a for a in self.arms if a.name == name]
+
+    @property
+    def baseline(self) -> list[Arm]:
+        return [a for a in self.arms if a.baseline]
+
+    @property
+    def treated(self) -> list[str]:
+        """Names of the non-baseline arms, in order."""
+        return list(dict.fromkeys(a.name for a in self.arms if not a.baseline))
+
+    def stage_path(self, key: str) -> Path:
+        return Path(self.store) / key
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Point":
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"point {data.get('id')!r}: schema {data.get('schema')!r}, expected "
+                             f"{SCHEMA}; rerun the point to rewrite it")
+
+        def refs(stages: dict) -> dict[str, StageRef]:
+            return {k: StageRef(**v) for k, v in stages.items()}
+
+        fields = dict(data)
+        fields["arms"] = [Arm(**{**a, "stages": refs(a["stages"])}) for a in data["arms"]]
+        fields["variants"] = [Variant(**{**v, "stages": refs(v["stages"])})
+                              for v in data["variants"]]
+        fields["comparisons"] = [Comparison(**{**c, "stages": refs(c["stages"])})
+                                 for c in data["comparisons"]]
+        fields["extra"] = refs(data["extra"])
+        return cls(**fields)
+
+
+def read_points(points_dir: Path) -> list[Point]:
+    """Every point file of an experiment, sorted by model, data and noise."""
+    files = sorted(Path(points_dir).glob("*.json"))
+    points = []
+    for f in files:
+        try:
+            points.append(Point.from_json(json.loads(f.read_text(encoding="utf-8"))))
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{f}: not a point file this version can read ({err}); "
+                             "rerun its point or delete the file") from err
+    return sorted(points, key=lambda p: (p.model, p.dataset, _first_alpha(p), p.treated))
+
+
+def _first_alpha(point: Point) -> float:
+    treated = [a for a in point.arms if not a.baseline]
+    return float(treated[0].noise["alpha"]) if treated else 0.0
