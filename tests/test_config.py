@@ -1,4 +1,5 @@
-"""Config composition: every group composes, unknown keys fail, --help and --cfg job work."""
+"""Config composition through the schema: every option composes, unknown keys and wrong types
+fail, --help and --cfg job work, every experiment and sweep expands to points that compose."""
 
 import re
 import subprocess
@@ -7,7 +8,10 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
+
+import pipeline.core.config  # noqa: F401  (registers the config schema)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -26,7 +30,8 @@ def options(group: str) -> list[str]:
 def test_every_option_of_every_group_composes(group):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for option in options(group):
-            cfg = compose("config", overrides=[f"{group}={option}"])
+            prefix = "+" if group == "point" else ""  # points are added, not chosen by default
+            cfg = compose("config", overrides=[f"{prefix}{group}={option}"])
             # Resolve everything except values a user must supply (???).
             OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
 
@@ -47,6 +52,57 @@ def test_paper_finetune_config_has_the_paper_settings():
         5e-5, "cosine", 0.03, 0.0, 1.0, 3)
     assert ft.per_device_batch_size * ft.gradient_accumulation_steps == 128 and ft.max_length == 512 and ft.bf16
     assert (cfg.generate.repetition_penalty, cfg.generate.max_total_length) == (1.2, 2048)
+
+
+@pytest.mark.parametrize("bad, words", [
+    (["noise.alhpa=5"], ["alhpa"]),  # unknown key
+    (["finetune.epochs=three"], ["epochs", "three"]),  # wrong type
+    (["generate.batch_size=1.5"], ["batch_size"]),
+])
+def test_schema_rejects_unknown_keys_and_wrong_types_at_composition(bad, words):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        with pytest.raises(ConfigCompositionException) as err:
+            compose("config", overrides=bad)
+    text = f"{err.value} {err.value.__cause__}"
+    assert all(w in text for w in words), text
+
+
+@pytest.mark.parametrize("text, words", [
+    ("name: bad\ntemperature: 0     # not a judge key\n", ["temperature"]),
+    ("name: bad\nboth_orders: maybe # not a bool\n", ["both_orders", "maybe"]),
+])
+def test_a_yaml_option_with_an_unknown_key_or_a_wrong_type_fails(tmp_path, text, words):
+    import shutil
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    (conf / "judge" / "bad.yaml").write_text(text)
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        with pytest.raises(ConfigCompositionException) as err:
+            compose("config", overrides=["judge=bad"])
+    message = f"{err.value} {err.value.__cause__}"
+    assert all(w in message for w in words), message
+
+
+def test_yaml_options_hold_only_differences_from_the_schema():
+    """No group option repeats a schema default (the schema declares every key once)."""
+    import yaml
+
+    from pipeline.core import config as schema
+
+    types = {"data": schema.DataConfig, "noise": schema.NoiseConfig,
+             "finetune": schema.FinetuneConfig, "generate": schema.GenerateConfig,
+             "judge": schema.JudgeConfig, "openllm": schema.OpenLLMConfig,
+             "overfit": schema.OverfitConfig, "length_control": schema.LengthControlConfig,
+             "paths": schema.PathsConfig, "logger": schema.LoggerConfig,
+             "model": schema.ModelConfig}
+    for group, kind in types.items():
+        defaults = OmegaConf.to_container(OmegaConf.structured(kind))
+        for path in (CONF / group).glob("*.yaml"):
+            data = yaml.safe_load(path.read_text()) or {}
+            same = [k for k, v in data.items() if k != "defaults" and defaults.get(k, object()) == v
+                    and v != "???"]
+            assert not same, f"{path}: repeats schema defaults {same}"
 
 
 def test_every_config_key_has_a_comment():

@@ -1,83 +1,190 @@
-"""Paper-shaped tables and REPORT.md from hand-made points: each number lands in its cell, beside the paper's."""
+"""Paper-shaped tables and REPORT.md from hand-made typed points: each number lands in its cell,
+beside the paper's, and carries the key of the stage it was read from."""
 
 import csv
+import json
 from pathlib import Path
 
-from pipeline.results.tables import tables
+import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-PAPER = ROOT.parent / "shared" / "paper_numbers.md"
+from pipeline.core.store import write_json_atomic
+from pipeline.results.aggregate import write_results
+from pipeline.results.cells import KEY_SUFFIX
+from pipeline.results.points import Arm, Comparison, Point, StageRef, Variant, read_points
 
-
-def wr(x):
-    return {"win_rate": x, "standard_error": 1.0}
-
-
-def analysis(chars):
-    return {"chars_mean": chars, "words_mean": chars / 6, "rep2_pct": 5.0, "log_diversity": 6.0, "n_kept": 3, "n_total": 4}
+SCORES = {f"openllm_{t}": 0.5 for t in ("arc", "hellaswag", "mmlu", "truthfulqa")}
 
 
-def overfit(train, heldout):
-    return {"overfit_train_loss": train, "overfit_heldout_loss": heldout, "overfit_rougeL": 0.5, "overfit_bleu": 20.0,
-            "overfit_n_train": 2, "overfit_n_heldout": 2, "overfit_n_generated": 2, "overfit_heldout": "pkg:x.json",
-            "train_loss": [train, train], "heldout_loss": [heldout, heldout], "rougeL": [0.4, 0.6], "bleu": [10.0, 30.0]}
+def ref(stage: str, name: str, **metrics) -> StageRef:
+    return StageRef(f"{stage}-{name}-000000000000", metrics)
 
 
-def point(name, noise, alpha, neft_wr, lora=False, length_control=None, with_overfit=False, openllm=None):
-    return {
-        "id": f"point-{name}", "dataset": "default", "model": "m", "judge": "j", "reference": "r", "alpha": alpha,
-        "noise": noise, "cutoff": 50, "base": wr(40.0), "neft": wr(neft_wr), "head_to_head": wr(55.0), "train": analysis(300),
-        "base_analysis": analysis(250.0), "neft_analysis": analysis(333.0), "base_lengths": [200, 300], "neft_lengths": [300, 366],
-        "openllm_config": "local_cpu" if openllm else "none", "openllm_task_set": "local" if openllm else None,
-        "openllm_shots": {}, "openllm_limit": None, "base_openllm": openllm, "neft_openllm": openllm,
-        "lora": lora, "lora_4bit": False, "n_train": 10, "n_eval": 4,
-        "base_overfit": overfit(1.0, 2.0) if with_overfit else None, "neft_overfit": overfit(1.5, 1.9) if with_overfit else None,
-        "length_control": length_control, "overrides": [f"+report_point={name}"], "choices": {"generate": "cpu"},
-        "config": {"finetune": {"epochs": 1, "learning_rate": 1e-4, "per_device_batch_size": 4, "gradient_accumulation_steps": 2}},
-    }
+def analysis(name: str, chars: float) -> StageRef:
+    return ref("analysis", name, chars_mean=chars, words_mean=chars / 6, rep2_pct=5.0,
+               log_diversity=6.0, n_kept=3, n_total=4, definition="paper")
+
+
+def overfit(name: str, train: float, heldout: float) -> StageRef:
+    return ref("overfit", name, overfit_train_loss=train, overfit_heldout_loss=heldout,
+               overfit_rougeL=0.5, overfit_bleu=20.0, overfit_n_train=2, overfit_n_heldout=2,
+               overfit_n_generated=2, overfit_heldout="pkg:x.json")
+
+
+def arm(point: str, name: str, alpha: float, wr: float, chars: float, kind="uniform",
+        openllm=False, fit=None) -> Arm:
+    tag = f"{point}_{name}"
+    stages = {"finetune": ref("finetune", tag, train_loss=1.0),
+              "generate": ref("generate", tag, gen_n_outputs=4),
+              "alpaca_eval": ref("alpaca_eval", tag, win_rate=wr, standard_error=1.0),
+              "analysis": analysis(tag, chars)}
+    if openllm:
+        stages["openllm"] = ref("openllm", tag, **SCORES, openllm_average=0.5)
+    if fit:
+        stages["overfit"] = overfit(tag, *fit)
+    noise = {"kind": "none"} if alpha == 0 else {"kind": kind, "alpha": alpha,
+                                                 "length": "per_example"}
+    return Arm(name, alpha == 0, 42, noise, stages)
+
+
+def point(name: str, treated: str, alpha: float, neft_wr: float, kind="uniform", lora=False,
+          variants=(), main=False) -> Point:
+    setting = {"method": "LoRA (plain base, no 4-bit)" if lora else "full finetune",
+               "lora": lora, "lora_4bit": False, "epochs": 1, "learning_rate": 1e-4,
+               "batch_per_device": 8, "n_train": 10, "n_eval": 4, "cutoff": 50, "seeds": [42],
+               "openllm": {"name": "local_cpu", "task_set": "local", "limit": 16,
+                           "shots": {"arc": 3}}}
+    arms = [arm(name, "base", 0, 40.0, 250.0, openllm=main, fit=(1.0, 2.0) if main else None),
+            arm(name, treated, alpha, neft_wr, 333.0, kind, openllm=main,
+                fit=(1.5, 1.9) if main else None)]
+    h2h = [Comparison(treated, "base", 42,
+                      {"head_to_head": ref("alpaca_eval", f"{name}_h2h", win_rate=55.0,
+                                           standard_error=2.0)})]
+    return Point(f"point-{name}", name, "exp", "/nonexistent-store", "m", "default", "j", "r",
+                 setting, arms, list(variants), h2h,
+                 {"train_analysis": analysis(f"{name}_train", 300.0)},
+                 [f"+point=all_{name}"], {"generate": "cpu"}, {"finetune": {"epochs": 1}})
+
+
+def raw(path: Path) -> list[list[str]]:
+    return list(csv.reader(path.open(encoding="utf-8")))
 
 
 def rows(path: Path) -> list[list[str]]:
-    return list(csv.reader(path.open()))
+    """The table's cells without its stage-key columns."""
+    table = raw(path)
+    keep = [i for i, name in enumerate(table[0]) if not name.endswith(KEY_SUFFIX)]
+    return [[r[i] for i in keep] for r in table]
 
 
-def test_tables_and_report_from_points(tmp_path):
-    scores = {f"openllm_{t}": 0.5 for t in ("arc", "hellaswag", "mmlu", "truthfulqa")} | {"openllm_average": 0.5}
-    variant = {"instruction_suffix": " Give a long answer.", "min_new_tokens": 0, "max_new_tokens": None, "win_rate": 45.0,
-               "standard_error": 1.0, "chars_mean": 400.0, "words_mean": 70.0, "mean_new_tokens": 90.0}
-    pts = [point("main", "neft-uniform5", 5, 60.0, length_control={"long": variant}, with_overfit=True, openllm=scores),
-           point("gaussian5", "neft-gaussian5", 5, 52.0),
-           point("lora", "neft-uniform5", 5, 47.0, lora=True)]
-    for p in pts:
-        out = tables(p, "exp", tmp_path, PAPER)
+@pytest.fixture
+def experiment(tmp_path):
+    long = Variant("long", 42, {"instruction_suffix": " Give a long answer.", "min_new_tokens": 0,
+                                "max_new_tokens": None},
+                   {"generate": ref("generate", "long", gen_n_outputs=4),
+                    "alpaca_eval": ref("alpaca_eval", "long", win_rate=45.0, standard_error=1.0),
+                    "analysis": analysis("long", 400.0)})
+    points = [point("main", "neft-uniform5", 5, 60.0, variants=[long], main=True),
+              point("gaussian5", "neft-gaussian5", 5, 52.0, kind="gaussian"),
+              point("lora", "neft-uniform5", 5, 47.0, lora=True)]
+    (tmp_path / "points").mkdir()
+    for p in points:
+        write_json_atomic(tmp_path / "points" / f"{p.id}.json", p.to_json())
+    return tmp_path, points
+
+
+def test_points_round_trip_through_json(experiment):
+    out, points = experiment
+    assert [p.id for p in read_points(out / "points")] == sorted(p.id for p in points)
+    again = Point.from_json(json.loads(json.dumps(points[0].to_json())))
+    assert again == points[0]
+
+
+def test_every_table_from_typed_points_with_keys_beside_numbers(experiment):
+    out, _ = experiment
+    write_results(out)
+    t1 = raw(out / "table1.csv")
+    base_col, key_col = t1[0].index("ours: base"), t1[0].index("ours: base" + KEY_SUFFIX)
+    main = next(r for r in t1 if "60.00 ± 1.00" in r)
+    assert main[base_col] == "40.00 ± 1.00"
+    assert main[key_col] == "alpaca_eval-main_base-000000000000"
+    t1 = rows(out / "table1.csv")
+    assert sum(r[0] == "default" for r in t1) == 2  # main and gaussian5; LoRA goes to Table 3
+    assert any(r[0] == "Alpaca (paper only)" and "29.79" in r for r in t1)
 
     t5 = rows(out / "table5.csv")
     assert [r[0] for r in t5[1:]] == ["base", "long", "+NEFT"]
-    assert t5[2][2:4] == ["45.00 ± 1.00", "400.0"] and t5[2][5] == "44.84"  # ours, then the paper's "Long" row
-    assert t5[3][2:4] == ["60.00 ± 1.00", "333.0"] and t5[3][5:] == ["61.99", "1058"]
+    wr = t5[0].index("ours: win rate")
+    assert t5[2][wr] == "45.00 ± 1.00" and t5[2][-2:] == ["44.84", "–"]  # the paper's "Long"
+    assert t5[3][wr] == "60.00 ± 1.00" and t5[3][-2:] == ["61.99", "1058"]
 
     t6 = rows(out / "table6.csv")
-    assert [r[0] for r in t6[1:]] == ["base", "neft-uniform5", "neft-gaussian5"]  # the LoRA point is not here
-    assert t6[3][1] == "52.00 ± 1.00 / 333.0" and t6[3][2].startswith("60.93 / 65.09 / 59.13")
+    assert [r[0] for r in t6[1:]] == ["base", "neft-uniform5", "neft-gaussian5"]
+    assert t6[3][1] == "52.00 ± 1.00" and t6[3][-1] == "60.93 / 65.09 / 59.13"
 
     t3 = rows(out / "table3.csv")
-    assert t3[1][:5] == ["m / default", "ours, LoRA (plain base)", "40.00 ± 1.00", "47.00 ± 1.00", "–"]
-    assert t3[2][:3] == ["LLaMA-2-7B Alpaca", "paper, QLoRA", "26.71"]
-
-    t1 = rows(out / "table1.csv")
-    assert sum(r[0] == "default" for r in t1) == 2  # main and gaussian5; the LoRA point goes to Table 3 only
+    assert t3[1][0] == "m / default" and t3[1][1] == "ours, LoRA (plain base)"
+    assert t3[1][2] == "40.00 ± 1.00" and "47.00 ± 1.00" in t3[1]
+    assert ["LLaMA-2-7B Alpaca", "paper, QLoRA", "26.71", "31.43", "28.57", "29.01"] in t3
 
     fit = rows(out / "overfit.csv")
-    assert fit[1][2:6] == ["1.0000", "2.0000", "0.5000", "20.00"] and fit[2][1:4] == ["neft-uniform5", "1.5000", "1.9000"]
+    assert fit[1][2:6] == ["1.0000", "2.0000", "0.5000", "20.00"] and fit[2][1] == "neft-uniform5"
+    t4 = (out / "table4.md").read_text()
+    assert "| training data, characters | 300.00 [" in t4 and "arithmetic: paper" in t4
+    fig3 = (out / "figure3.md").read_text()
+    assert "| ours | m, default | +NEFT | 50.0 [" in fig3
 
     report = (out / "REPORT.md").read_text()
-    assert "Not covered" not in report and report.count("**Where our setting differs from the paper's.**") == 7
-    assert "`python -m pipeline.run +report_point=lora`" in report and "| transformers |" in report
+    assert "Not covered" not in report
+    assert report.count("**Where our setting differs from the paper's.**") == 7
+    assert "`python -m pipeline.run +point=all_lora`" in report and "| transformers |" in report
     assert report.index("## Versions") < report.index("## Table 1")
+    assert "`alpaca_eval-main_base-000000000000`" in report
 
 
 def test_sections_without_points_say_so(tmp_path):
-    out = tables(point("only", "neft-uniform5", 5, 50.0), "exp", tmp_path, PAPER)
-    report = (out / "REPORT.md").read_text()
-    assert report.count("Not covered by this experiment") == 4  # Tables 3 and 5, Figure 3, Figures 4-5
-    assert not (out / "table3.csv").exists()
+    p = point("only", "neft-uniform5", 5, 50.0)
+    (tmp_path / "points").mkdir()
+    write_json_atomic(tmp_path / "points" / f"{p.id}.json", p.to_json())
+    report = (write_results(tmp_path) / "REPORT.md").read_text()
+    assert report.count("Not covered by this experiment") == 4  # Tables 3, 5, Figs 3, 4-5
+    assert not (tmp_path / "table3.csv").exists()
+
+
+def test_a_point_file_of_another_schema_is_refused_with_the_fix(tmp_path):
+    (tmp_path / "points").mkdir()
+    (tmp_path / "points" / "old.json").write_text(json.dumps({"id": "x", "base": {}}))
+    with pytest.raises(ValueError, match="old.json.*rerun its point"):
+        write_results(tmp_path)
+
+
+SHARED_PAPER = Path(__file__).resolve().parents[2] / "shared" / "paper_numbers.md"
+
+
+def _leaves(node):
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _leaves(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _leaves(value)
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        yield node
+
+
+@pytest.mark.skipif(not SHARED_PAPER.is_file(), reason="../shared/paper_numbers.md is absent")
+def test_shipped_paper_numbers_are_the_papers():
+    """Every number of the structured file appears in the shared transcription, and back."""
+    import re
+
+    from pipeline.results.aggregate import load_paper
+
+    paper = load_paper("pkg:paper_numbers.yaml")
+    text = SHARED_PAPER.read_text(encoding="utf-8")
+    quoted = {float(x) for x in re.findall(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])", text)}
+    ours = {float(x) for key in ("table1", "table2", "figure2", "table3", "figure3", "table4",
+                                 "table5", "table6", "table6_gaussian5_chars")
+            for x in _leaves(paper[key])}
+    assert ours <= quoted, sorted(ours - quoted)
+    assert paper["table1"]["alpaca"] == {"base": 29.79, "neft": 64.69, "alpha": 5}
+    assert paper["table4"]["+NEFT, log-diversity"] == [16.41, 10.77, 8.60, 9.64]
+    assert paper["table6"]["gaussian5"]["open-platypus"] == 59.13

@@ -1,9 +1,10 @@
 """analysis stage: length and diversity of outputs (paper Table 4), or of the training responses.
 
-Definitions (DESIGN.md): mean characters and whitespace tokens over all outputs; repetition and
-diversity on the first K whitespace tokens of each output, outputs shorter than K dropped;
-rep-n = 1 - unique/total n-grams of that chunk (n = 2, 3, 4); per output
-div = prod_n (1 - rep_n), log-div = -ln(max(1 - div, e^-20)) (Kirchenbauer et al. 2023), averaged.
+Definitions (DESIGN.md, pipeline/core/diversity.py): mean characters and whitespace tokens over all
+outputs; repetition and diversity on the first K whitespace tokens of each output, outputs shorter
+than K dropped; rep-n, diversity and log-diversity as in Kirchenbauer et al. 2023's reference code
+(definition="paper", the default: what the paper's Table 4 means) or its clean arithmetic
+(definition="corrected").
 
 Run: python -m pipeline.run     ;  python scripts/length_diversity.py OUTPUTS.json --cutoff 50
 """
@@ -11,47 +12,17 @@ Run: python -m pipeline.run     ;  python scripts/length_diversity.py OUTPUTS.js
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
-from pipeline.core.store import StageResult, Store, stage_key
+from pipeline.core.diversity import length_diversity, repetition  # noqa: F401  (re-exported)
+from pipeline.core.data import check_source, load_train, records_digest
+from pipeline.core.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
-VERSION = 1
-NGRAMS = (2, 3, 4)
-LOG_DIVERSITY_CAP = 20.0  # -ln(e^-20): a chunk with no repeated n-gram
-
-
-def repetition(tokens: list[str], n: int) -> float:
-    """1 - unique/total n-grams of `tokens` (0 = no repeated n-gram)."""
-    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
-    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
-
-
-def length_diversity(texts: list[str], cutoff: int) -> dict:
-    """Table-4 statistics of `texts` with repetition/diversity on the first `cutoff` whitespace tokens."""
-    if not texts:
-        raise ValueError("length_diversity needs at least one text")
-    words = [t.split() for t in texts]
-    kept = [w[:cutoff] for w in words if len(w) >= cutoff]
-    out = {
-        "n_total": len(texts),
-        "chars_mean": sum(len(t) for t in texts) / len(texts),
-        "words_mean": sum(len(w) for w in words) / len(texts),
-        "cutoff_k": cutoff,
-        "n_kept": len(kept),
-    }
-    reps = {n: [repetition(chunk, n) for chunk in kept] for n in NGRAMS}
-    divs = [math.prod(1.0 - reps[n][i] for n in NGRAMS) for i in range(len(kept))]
-    log_divs = [-math.log(max(1.0 - d, math.exp(-LOG_DIVERSITY_CAP))) for d in divs]
-    for n in NGRAMS:
-        out[f"rep{n}_pct"] = 100.0 * sum(reps[n]) / len(kept) if kept else float("nan")
-    out["diversity"] = sum(divs) / len(kept) if kept else float("nan")
-    out["log_diversity"] = sum(log_divs) / len(kept) if kept else float("nan")
-    return out
+VERSION = 2  # 2: the paper's arithmetic by default, the definition in the key, per-output lists
 
 
 def read_outputs(path: Path) -> list[str]:
-    """The `output` texts of an AlpacaEval-format outputs.json, with a clear error on bad records."""
+    """The `output` texts of an AlpacaEval-format outputs.json; a clear error on bad records."""
     records = json.loads(Path(path).read_text(encoding="utf-8"))
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a JSON list of {{instruction, output, ...}} records")
@@ -63,11 +34,39 @@ def read_outputs(path: Path) -> list[str]:
     return texts
 
 
-def analysis(texts: list[str], label: str, cutoff: int, input_keys: list[str], store: Store) -> StageResult:
-    """Length/diversity of `texts` (a generate stage's outputs or the training responses named by `input_keys`)."""
-    key = stage_key("analysis", label, {"cutoff": cutoff}, input_keys, VERSION)
+def analysis(texts: list[str], label: str, cutoff: int, input_keys: list[str], store: Store,
+             definition: str = "paper") -> StageResult:
+    """Length/diversity of `texts` (a generate stage's outputs or the training responses named by
+    `input_keys`) under `definition` ("paper" or "corrected")."""
+    params = {"cutoff": cutoff, "definition": definition}
+    key = stage_key("analysis", label, params, input_keys, VERSION)
 
     def compute(work: Path) -> dict:
-        return length_diversity(texts, cutoff)
+        metrics = length_diversity(texts, cutoff, definition)
+        # Per-output values (for paired bootstraps) in their own file: metrics stay scalar.
+        write_json_atomic(work / "per_output.json", metrics.pop("per_output"))
+        return metrics
 
-    return store.materialize(key, compute, config={"cutoff": cutoff, "inputs": input_keys})
+    return store.materialize(key, compute, config={**params, "inputs": input_keys})
+
+
+def check(cfg) -> None:
+    """Cheap: the definition and the cutoff are valid, the training file exists."""
+    if cfg.analysis.definition not in ("paper", "corrected"):
+        raise ValueError(f"analysis.definition={cfg.analysis.definition!r}: use paper (the "
+                         "reference code's arithmetic, the paper's numbers) or corrected")
+    if cfg.data.diversity_cutoff < 2:
+        raise ValueError(f"data.diversity_cutoff={cfg.data.diversity_cutoff}: must be >= 2")
+    check_source(cfg.data.train, "data.train")
+
+
+def run(cfg, ctx, call) -> StageResult:
+    """Plan entry: the chain's generated answers, or (no upstream) the training responses."""
+    cutoff, definition = cfg.data.diversity_cutoff, cfg.analysis.definition
+    if "generate" in call.upstream:
+        gen = call.upstream["generate"]
+        texts = read_outputs(gen.path / "outputs.json")
+        return analysis(texts, readable_of(gen.key), cutoff, [gen.key], ctx.store, definition)
+    train = load_train(cfg.data.train, cfg.data.train_limit)
+    return analysis([r["output"] for r in train], f"{cfg.data.name}_train", cutoff,
+                    [records_digest(train)], ctx.store, definition)

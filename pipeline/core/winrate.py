@@ -1,0 +1,219 @@
+"""Raw and length-controlled (LC) win rates, both through alpaca_eval's own code.
+
+Annotations follow alpaca_eval: preference 1 = output_1 (the reference) wins, 2 = output_2 (the
+model) wins, 1.5 (or the legacy 0) a tie, floats for weighted judges, None when unparsed.
+
+LC: alpaca_eval's `get_length_controlled_winrate` with its `length_controlled_v1` GLM when the
+instruction-difficulty data (alpaca_eval's df_gamed.csv) is at hand: a local file given as
+`lc_data`, the Hugging Face cache, or the hub when online. Otherwise the `length_controlled_minimal`
+GLM of alpaca_eval's glm_winrate module (length term + intercept, no instruction difficulty), fitted
+with alpaca_eval's `make_dmatrix_for_model` and `fit_LogisticRegressionCV`, labelled as such.
+Nothing here touches the network when lc_data is None and HF_HUB_OFFLINE is set.
+
+alpaca_eval fixes its AlpacaEval version (IS_ALPACA_EVAL_2) when first imported, so it is imported
+inside the functions: importing this module does not fix it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+LC_V1, LC_MINIMAL = "length_controlled_v1", "length_controlled_minimal"
+LC_LABELS = {LC_V1: "LC", LC_MINIMAL: "LC (minimal GLM)"}
+HUB_REPO, GAMED_FILE = "tatsu-lab/alpaca_eval", "df_gamed.csv"
+GAMED_COLUMNS = ("index", "preference", "std_delta_len", "instruction_difficulty",
+                 "not_gamed_baseline", "model")
+REQUIRED = ("preference", "output_1", "output_2")
+MIN_PAIRS = 5  # alpaca_eval cross-validates its GLM with 5 folds
+
+
+def winrate_metrics(annotations) -> dict:
+    """alpaca_eval's get_winrate as plain floats: win_rate, standard_error, n_wins, n_wins_base,
+    n_draws, n_total, discrete_win_rate."""
+    from alpaca_eval.metrics import get_winrate
+
+    return {k: float(v) for k, v in get_winrate(annotations).items()}
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub is switched off (HF_HUB_OFFLINE, read now, not at import)."""
+    import huggingface_hub.constants as hf
+
+    value = os.environ.get("HF_HUB_OFFLINE", "")
+    return value.upper() in {"1", "ON", "YES", "TRUE"} or bool(hf.HF_HUB_OFFLINE)
+
+
+def annotation_frame(annotations):
+    """A DataFrame of `annotations`, with a clear error when a field the GLM needs is missing."""
+    import pandas as pd
+
+    df = pd.DataFrame(annotations).reset_index(drop=True)
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing or df.empty:
+        raise ValueError(f"length-controlled win rate needs annotations with fields {REQUIRED}; "
+                         f"missing: {missing or 'all rows (no annotations)'}")
+    for col in ("output_1", "output_2"):
+        bad = df.index[~df[col].map(lambda x: isinstance(x, str))]
+        if len(bad):
+            raise ValueError(f"annotation {bad[0]}: '{col}' is not a string")
+    return df
+
+
+@contextmanager
+def _quiet_sklearn():
+    """sklearn config and warnings stay as they were: alpaca_eval's fit sets a global config."""
+    import sklearn
+
+    with sklearn.config_context(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # sklearn 1.8 deprecations in alpaca_eval
+        yield
+
+
+def minimal_glm_lc(preferences, len_1, len_2) -> float:
+    """LC win rate (percent) of alpaca_eval's length_controlled_minimal GLM.
+
+    Features as alpaca_eval builds them (length difference len_1 - len_2 over its standard
+    deviation, preferences shifted to [0, 1], ties 0.5), fitted by alpaca_eval's own CV logistic
+    regression, predicted at zero length difference."""
+    import numpy as np
+    import pandas as pd
+    from alpaca_eval.metrics.glm_winrate import (
+        GLM_INFO, fit_LogisticRegressionCV, make_dmatrix_for_model)
+
+    pref = pd.Series(preferences, dtype=float).replace({0.0: 1.5}) - 1.0
+    delta = pd.Series(np.asarray(len_1, dtype=float) - np.asarray(len_2, dtype=float))
+    sd = delta.std()
+    # No spread in lengths: nothing to control for (alpaca_eval would divide by zero).
+    std_delta = delta / sd if sd > 0 else delta * 0.0
+    train = pd.DataFrame({"preference": pref.to_numpy(), "std_delta_len": std_delta.to_numpy(),
+                          "not_gamed_baseline": True})
+    test = pd.DataFrame({"not_gamed_baseline": [True], "std_delta_len": [0.0]})
+    info = GLM_INFO[LC_MINIMAL]
+    x_train, x_test = make_dmatrix_for_model(train, test, formula=info["formula"])
+    x_train = x_train[x_train["preference"].notna()]
+    if len(x_train) < MIN_PAIRS:
+        raise ValueError(f"length-controlled win rate needs at least {MIN_PAIRS} judged pairs, "
+                         f"got {len(x_train)}")
+    if x_train["preference"].nunique() == 1:
+        # Unanimous verdicts leave nothing for length to explain, and alpaca_eval's duplicated-
+        # row fit degenerates there (liblinear drops the zero-weight class, prints to stdout,
+        # and returns 50 when every verdict went to the reference): LC = the raw win rate.
+        return float(x_train["preference"].iloc[0] * 100)
+    with _quiet_sklearn():
+        model = fit_LogisticRegressionCV(x_train, "preference", is_ytrue_proba=True,
+                                         **info["kwargs"])
+    # Every test row is the same (zero length difference), so one prediction is the mean.
+    return float(model.predict_proba(x_test)[0, 1] * 100)
+
+
+def find_lc_data(lc_data: str | None = None) -> str | None:
+    """Path of alpaca_eval's df_gamed.csv: `lc_data`, else the HF cache, else the hub if online."""
+    if lc_data is not None:
+        path = Path(lc_data)
+        if not path.is_file():
+            raise ValueError(f"lc_data={lc_data!r}: no such file; give alpaca_eval's df_gamed.csv")
+        return str(path)
+    from alpaca_eval import constants
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(HUB_REPO, GAMED_FILE, cache_dir=constants.DEFAULT_CACHE_DIR,
+                                    repo_type="dataset")
+    if isinstance(cached, str):
+        return cached
+    if hub_offline():  # checked before anything that could download
+        return None
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(HUB_REPO, GAMED_FILE, repo_type="dataset",
+                               cache_dir=constants.DEFAULT_CACHE_DIR,
+                               token=constants.DATASETS_TOKEN)
+    except Exception as err:  # unreachable hub, proxy, auth: fall back to the minimal GLM
+        print(f"[winrate] {GAMED_FILE} unavailable ({type(err).__name__}); minimal GLM",
+              file=sys.stderr, flush=True)
+        return None
+
+
+def _check_gamed(path: str, n_annotations: int) -> str | None:
+    """Why `path` cannot serve length_controlled_v1 for these annotations, or None if it can."""
+    import pandas as pd
+
+    gamed = pd.read_csv(path)
+    missing = [c for c in GAMED_COLUMNS if c not in gamed.columns]
+    if missing:
+        return f"{path} lacks columns {missing} of alpaca_eval's {GAMED_FILE}"
+    n_instructions = gamed["index"].nunique()
+    # alpaca_eval looks instruction difficulty up by row position: the annotations must be the
+    # whole evaluation set, in its order.
+    if n_annotations != n_instructions:
+        return (f"length_controlled_v1 needs one annotation per instruction of the evaluation set "
+                f"in its order ({n_instructions}), got {n_annotations}")
+    return None
+
+
+def _lc_v1(df, path: str) -> tuple[float, float]:
+    """alpaca_eval's get_length_controlled_winrate (LC, its SE), df_gamed.csv read from `path`."""
+    from unittest import mock
+
+    from alpaca_eval.metrics import glm_winrate
+
+    def local_file(*args, **kwargs):
+        filename = kwargs.get("filename", args[1] if len(args) > 1 else None)
+        if filename != GAMED_FILE:
+            raise RuntimeError(f"alpaca_eval asked for {filename!r}; only {GAMED_FILE} is local")
+        return path
+
+    if "generator_2" in df.columns and df["generator_2"].nunique() > 1:
+        raise ValueError("length_controlled_v1 scores one model at a time; annotations name "
+                         f"{df['generator_2'].nunique()} generators in generator_2")
+    frame = df.copy()
+    for col, default in (("generator_1", "reference"), ("generator_2", "model")):
+        if col not in frame.columns:
+            frame[col] = default
+    # alpaca_eval downloads df_gamed.csv inside the function; hand it the local file instead.
+    with mock.patch.object(glm_winrate, "hf_hub_download", local_file), _quiet_sklearn():
+        got = glm_winrate.get_length_controlled_winrate(frame, glm_name=LC_V1,
+                                                        save_weights_dir=None)
+    return got["length_controlled_winrate"], got["lc_standard_error"]
+
+
+def length_controlled(annotations, lc_data: str | None = None) -> dict:
+    """LC win rate of `annotations`: lc_win_rate, lc_standard_error, lc_method, lc_label.
+
+    lc_method is length_controlled_v1 when df_gamed.csv is found (see find_lc_data) and fits the
+    annotations, length_controlled_minimal otherwise. lc_standard_error is alpaca_eval's (sem of
+    the per-instruction GLM predictions) for v1, and None for the minimal GLM, whose predictions
+    are one constant so that alpaca_eval's formula gives 0: use stats.lc_diff_ci for uncertainty.
+    Deterministic (alpaca_eval's fit has random_state=123)."""
+    df = annotation_frame(annotations)
+    path = find_lc_data(lc_data)
+    if path is not None:
+        why_not = _check_gamed(path, len(df))
+        if why_not and lc_data is not None:
+            raise ValueError(why_not)
+        if why_not:
+            print(f"[winrate] {why_not}; minimal GLM", file=sys.stderr, flush=True)
+            path = None
+    if path is not None:
+        lc, se = _lc_v1(df, path)
+        method, se = LC_V1, float(se)
+    else:
+        lc, method, se = _minimal_or_baseline(df), LC_MINIMAL, None
+    if not math.isfinite(lc):
+        raise ValueError(f"{method} gave a non-finite LC win rate ({lc})")
+    return {"lc_win_rate": float(lc), "lc_standard_error": se, "lc_method": method,
+            "lc_label": LC_LABELS[method]}
+
+
+def _minimal_or_baseline(df) -> float:
+    # alpaca_eval scores a model against itself 50 by construction, without a fit; so do we.
+    gens = [df[c].unique().tolist() if c in df.columns else [] for c in ("generator_1",
+                                                                          "generator_2")]
+    if len(gens[0]) == 1 and gens[0] == gens[1]:
+        return 50.0
+    return minimal_glm_lc(df["preference"], df["output_1"].str.len(), df["output_2"].str.len())
