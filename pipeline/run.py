@@ -39,10 +39,12 @@ def run_point(cfg: DictConfig, tracker: Tracker):
 
     check_all(cfg)  # cheap checks first: a typo or a missing key must not cost a training run
     paths = cfg.paths
-    store = Store(Path(paths.store), paths.lock_stale_after_s, paths.lock_heartbeat_s, tracker)
-    cache = Store(Path(paths.cache), paths.lock_stale_after_s, paths.lock_heartbeat_s)
+    store = Store(Path(paths.store), paths.lock_stale_after_s, paths.lock_heartbeat_s, tracker,
+                  verify=paths.verify)
+    cache = Store(Path(paths.cache), paths.lock_stale_after_s, paths.lock_heartbeat_s,
+                  verify=paths.verify)
     report_to = ["wandb"] if tracker.enabled else []  # the Trainer logs into the stage's run
-    arms, variants, comparisons, extra = run_plan(cfg, Context(store, cache, report_to))
+    arms, variants, comparisons, effects, extra = run_plan(cfg, Context(store, cache, report_to))
     treated = next((a.name for a in arms if not a.baseline), "base")
     # Named by what the point is, not by its stage keys: a rerun with other settings replaces it.
     readable = f"{cfg.point_name or f'{cfg.model.name}_{cfg.data.name}'}_{treated}"
@@ -67,7 +69,7 @@ def run_point(cfg: DictConfig, tracker: Tracker):
     return Point(point_id, cfg.point_name, cfg.experiment.name, str(Path(paths.store).resolve()),
                  cfg.model.name, cfg.data.name, cfg.judge.name,
                  load_reference(cfg.generate.reference).label, setting, arms, variants,
-                 comparisons, extra)
+                 comparisons, effects, extra)
 
 
 def print_summary(point) -> None:

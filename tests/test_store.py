@@ -1,4 +1,5 @@
-"""Stage store: reuse, atomic publish, completion marker, lock (across processes), stale-lock takeover."""
+"""Stage store: reuse, atomic publish, completion marker, lock across processes, stale-lock
+takeover."""
 
 import json
 import multiprocessing as mp
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core import locking
 from pipeline.core.store import MARKER, StageLock, Store, stage_key
 
 
@@ -18,6 +20,13 @@ def test_key_is_readable_and_depends_on_params_inputs_and_version():
     assert k != stage_key("finetune", "tiny_default_base", {"lr": 2e-4}, ["a"], 1)
     assert k != stage_key("finetune", "tiny_default_base", {"lr": 1e-4}, ["b"], 1)
     assert k != stage_key("finetune", "tiny_default_base", {"lr": 1e-4}, ["a"], 2)
+
+
+def test_store_is_built_positionally_as_callers_do_and_verify_comes_last(tmp_path):
+    store = Store(tmp_path, 60.0, 5.0, None)
+    assert (store.lock_stale_after_s, store.lock_heartbeat_s, store.verify) == (60.0, 5.0, "size")
+    assert Store(tmp_path, 60.0, 5.0, None, "full").verify == "full"
+    assert StageLock is locking.StageLock  # still importable from the store
 
 
 def test_second_materialize_reuses_without_computing(tmp_path):
@@ -66,7 +75,8 @@ def test_resumable_stage_gets_its_partial_work_back(tmp_path):
     store = Store(tmp_path)
     (tmp_path / "k.partial").mkdir(parents=True)
     (tmp_path / "k.partial" / "checkpoint").write_text("step 10")
-    got = store.materialize("k", lambda w: {"resumed": (w / "checkpoint").read_text()}, resumable=True)
+    got = store.materialize("k", lambda w: {"resumed": (w / "checkpoint").read_text()},
+                            resumable=True)
     assert got.metrics == {"resumed": "step 10"}
 
 
@@ -98,7 +108,8 @@ def test_two_processes_compute_a_stage_once(tmp_path):
     counter = tmp_path / "calls.txt"
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(3)
-    procs = [ctx.Process(target=_slow_worker, args=(str(tmp_path / "store"), str(counter), barrier)) for _ in range(3)]
+    args = (str(tmp_path / "store"), str(counter), barrier)
+    procs = [ctx.Process(target=_slow_worker, args=args) for _ in range(3)]
     for p in procs:
         p.start()
     for p in procs:

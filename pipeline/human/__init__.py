@@ -1,0 +1,14 @@
+"""The paper's human study: blind pairwise preference votes on base vs +NEFT answers.
+
+Run: python -m pipeline.human serve experiment=default     (then open http://127.0.0.1:8765/)
+     python -m pipeline.human export experiment=default    (alpaca_eval annotations)
+     python -m pipeline.human report experiment=default    (win rate, kappa, judges vs humans)
+"""
+
+
+def human_report_section(results_dir, store=None, db_url=None):
+    """REPORT.md's "Human study" markdown, or None (see pipeline.human.report)."""
+    # Imported here so that `import pipeline.human` stays light (no Flask, no SQLAlchemy).
+    from pipeline.human.report import human_report_section as section
+
+    return section(results_dir, store, db_url)

@@ -1,0 +1,190 @@
+"""The human study in a real browser: `python -m pipeline.human serve` driven by headless Chromium.
+
+Two annotators vote on every pair of a small study (alice with the keyboard, bob with the mouse),
+alice reloads mid-way, the server is killed with SIGKILL and restarted, voting goes on; then the
+export must hold every acknowledged vote exactly once and the win rate the votes imply.
+Screenshots go to results/default/ with NEFTUNE_SCREENSHOTS=1, else to the test's tmp dir.
+Needs Debian's chromium and chromium-driver, and selenium.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from test_human import make_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs chromium and chromedriver: "
+                       "apt-get install -y --no-install-recommends chromium chromium-driver"),
+]
+webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip)")
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+RECORDS = [  # (instruction, base answer, +NEFT answer): +NEFT answers longer, as in the paper
+    ("Give three tips for staying healthy.", "Eat well, sleep, exercise.",
+     "1. Eat a balanced diet with plenty of vegetables and fruit.\n2. Sleep seven to nine hours "
+     "a night.\n3. Move every day: even a brisk 30-minute walk helps."),
+    ("What is the capital of Australia?", "Sydney.",
+     "The capital of Australia is Canberra. Sydney is the largest city, but Canberra was chosen "
+     "as a compromise between Sydney and Melbourne."),
+    ("Translate 'good morning' into French.", "Bonjour.",
+     "'Good morning' in French is 'Bonjour'. In the evening you would say 'Bonsoir'."),
+    ("Write a haiku about autumn.", "Leaves fall down.\nIt is cold.\nAutumn is here.",
+     "Crimson maples fall,\nwhispering to the cold earth—\nthe year exhales slow."),
+    ("Explain what a prime number is.", "A number divisible by 1 and itself.",
+     "A prime number is a whole number greater than 1 whose only divisors are 1 and itself, "
+     "e.g. 2, 3, 5, 7 and 11. 4 is not prime, since 2 divides it."),
+    ("Suggest a name for a bakery.", "Bread Shop.",
+     "How about 'The Rolling Scone'? It is playful, easy to remember, and says what you sell."),
+    ("Convert 100 degrees Fahrenheit to Celsius.", "About 37.8 °C.",
+     "(100 − 32) × 5/9 ≈ 37.8 °C, a little above normal body temperature."),
+    ("Name two renewable sources of energy.", "Solar and wind.",
+     "Two renewable sources are solar power, from sunlight, and wind power, from turbines."),
+]
+PLAN = {"alice": "ABtBAtAB", "bob": "BBAtABBA"}  # the n-th vote of each annotator
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m pipeline.human serve` in a subprocess, killable with SIGKILL."""
+
+    def __init__(self, results: Path, port: int, log: Path):
+        self.cmd = [sys.executable, "-m", "pipeline.human", "serve", "experiment=exp",
+                    "--results", str(results), "--port", str(port)]
+        self.url, self.log, self.proc = f"http://127.0.0.1:{port}", log, None
+
+    def start(self) -> None:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        with open(self.log, "a") as fh:
+            self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=env, stdout=fh, stderr=fh)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"server did not start: {self.log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+
+def chrome(profile: Path):
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1280,900",
+                 f"--user-data-dir={profile}"):
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=webdriver.ChromeService(executable_path=DRIVER), options=opts)
+
+
+def shown(driver) -> dict:
+    el = driver.find_element(By.ID, "progress")
+    return {"el": el, "pair": int(el.get_attribute("data-pair")), "progress": el.text,
+            "A": driver.find_element(By.ID, "answer-A").text}
+
+
+def vote(driver, name: str, n: int, cast: list) -> None:
+    """The n-th vote of `name` on the shown pair; returns once the next page has loaded (the
+    server committed and acknowledged it). Records (annotator, pair, preference) in `cast`."""
+    page, choice = shown(driver), PLAN[name][n]
+    shown_a, (_, base, neft) = " ".join(page["A"].split()), RECORDS[page["pair"]]
+    assert shown_a in (" ".join(base.split()), " ".join(neft.split()))
+    neft_is_a = shown_a == " ".join(neft.split())
+    pref = 1.5 if choice == "t" else (2.0 if (choice == "A") == neft_is_a else 1.0)
+    if name == "alice":  # keyboard shortcuts
+        driver.find_element(By.TAG_NAME, "body").send_keys(choice.lower())
+    else:  # the mouse, with the optional blind length check now and then
+        if n % 3 == 0:
+            driver.find_element(By.CSS_SELECTOR, "input[name=longer][value=B]").click()
+        driver.find_element(By.ID, {"A": "vote-A", "B": "vote-B", "t": "vote-tie"}[choice]).click()
+    WebDriverWait(driver, 10).until(ec.staleness_of(page["el"]))
+    WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.ID, "progress")
+                                    or d.find_elements(By.ID, "done"))
+    cast.append((name, page["pair"], pref))
+
+
+def login(driver, url: str, name: str) -> None:
+    driver.get(url + "/")
+    driver.find_element(By.ID, "name").send_keys(name)
+    driver.find_element(By.ID, "start").click()
+    WebDriverWait(driver, 10).until(ec.presence_of_element_located((By.ID, "progress")))
+
+
+def test_two_annotators_reload_and_sigkill(tmp_path):
+    started = time.time()
+    results = make_experiment(tmp_path, records=RECORDS)
+    shots = ROOT / "results" / "default" if os.environ.get("NEFTUNE_SCREENSHOTS") == "1" \
+        else tmp_path
+    server = Server(results, free_port(), tmp_path / "server.log")
+    server.start()
+    drivers, cast = {}, []
+    try:
+        for name in PLAN:
+            drivers[name] = chrome(tmp_path / f"profile-{name}")
+            login(drivers[name], server.url, name)
+        alice, bob = drivers["alice"], drivers["bob"]
+        for n in range(3):
+            vote(alice, "alice", n, cast)
+            vote(bob, "bob", n, cast)
+        before = shown(alice)
+        alice.refresh()  # a reload shows the same pair and progress
+        after = shown(alice)
+        assert (after["pair"], after["progress"]) == (before["pair"], "4 / 8")
+        vote(alice, "alice", 3, cast)
+        bob.save_screenshot(str(shots / "human_study_vote.png"))
+        server.kill()  # every vote so far was acknowledged; alice's open page has a nonce
+        server.start()
+        bob.refresh()
+        assert shown(bob)["progress"] == "4 / 8"
+        for n in range(4, 8):
+            vote(alice, "alice", n, cast)
+        for n in range(3, 8):
+            vote(bob, "bob", n, cast)
+        for driver in drivers.values():
+            assert driver.find_elements(By.ID, "done")
+        alice.set_window_size(1280, 1500)  # the whole section in one screenshot
+        alice.get(server.url + "/report")
+        WebDriverWait(alice, 10).until(ec.presence_of_element_located((By.TAG_NAME, "table")))
+        alice.save_screenshot(str(shots / "human_study_report.png"))
+    finally:
+        for driver in drivers.values():
+            driver.quit()
+        server.kill()
+    out = tmp_path / "annotations.json"
+    subprocess.run([sys.executable, "-m", "pipeline.human", "export", "experiment=exp",
+                    "--results", str(results), "--out", str(out)], cwd=ROOT, check=True)
+    anns = json.loads(out.read_text())
+    got = sorted((a["annotator"], a["pair_id"], a["preference"]) for a in anns)
+    assert got == sorted(cast) and len(cast) == 2 * len(RECORDS)
+    assert len({(a, p) for a, p, _ in cast}) == len(cast)  # every pair once per annotator
+    from pipeline.core.winrate import winrate_metrics
+
+    expected = 100 * sum(p - 1 for _, _, p in cast) / len(cast)
+    assert winrate_metrics(anns)["win_rate"] == pytest.approx(expected)
+    assert time.time() - started < 60
