@@ -19,8 +19,10 @@ from omegaconf import OmegaConf
 from pipeline.core.judging import Reference, reference_from_stage
 from pipeline.core.noise import noise_label, noise_params
 from pipeline.core.store import StageResult, Store
-from pipeline.results.points import Arm, Comparison, StageRef, Variant
-from pipeline.stages import alpaca_eval_stage, analysis, finetune, generate, openllm, overfit
+from pipeline.results.points import Arm, Comparison, Effect, StageRef, Variant
+from pipeline.stages import (
+    alpaca_eval_stage, analysis, compare, finetune, generate, openllm, overfit,
+)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ ARM_CHAIN = (
 # Table 5: the baseline's finetune, generating with each length-control variant.
 VARIANT_CHAIN = tuple(s for s in ARM_CHAIN if s.stage in ("generate", "alpaca_eval", "analysis"))
 COMPARISON = Step("head_to_head", alpaca_eval_stage, lambda cfg: cfg.head_to_head)
+# Per non-baseline arm, pooled over seeds: +NEFT minus base with paired-bootstrap CIs.
+EFFECT = Step("compare", compare, _always)
 POINT_STEPS = (Step("train_analysis", analysis, _always),)  # Table 4's training-data row
 
 
@@ -86,7 +90,7 @@ def arm_specs(cfg) -> list[ArmSpec]:
 
 def check_all(cfg) -> None:
     """Every enabled stage's cheap check, before anything is trained."""
-    steps = ARM_CHAIN + (COMPARISON,) + POINT_STEPS
+    steps = ARM_CHAIN + (COMPARISON, EFFECT) + POINT_STEPS
     for module in dict.fromkeys(s.module for s in steps if s.enabled(cfg)):
         module.check(cfg)
 
@@ -110,8 +114,29 @@ def _walk(cfg, ctx: Context, chain, call: Call, label: str) -> dict[str, StageRe
     return done
 
 
-def run_plan(cfg, ctx: Context) -> tuple[list[Arm], list[Variant], list[Comparison], dict]:
-    """Run every stage of one point; returns its arms, variants, comparisons and point stages."""
+def _effects(cfg, ctx: Context, results: dict) -> list[Effect]:
+    """One compare stage per non-baseline arm: its seeds paired with the baseline's."""
+    effects = []
+    treated_names = dict.fromkeys(s.name for s in results if not s.baseline)
+    for name in treated_names if EFFECT.enabled(cfg) else ():
+        upstream, seeds = {}, []
+        for spec in (s for s in results if s.name == name):
+            base = next(s for s in results if s.baseline and s.seed == spec.seed)
+            i = len(seeds)
+            seeds.append(spec.seed)
+            for stage in ("alpaca_eval", "analysis"):
+                upstream[f"base_{stage}_{i}"] = results[base][stage]
+                upstream[f"{stage}_{i}"] = results[spec][stage]
+        spec = next(s for s in results if s.name == name)
+        result = EFFECT.module.run(cfg, ctx, Call(spec, upstream))
+        _say(EFFECT.stage, f"{name} vs base", result)
+        effects.append(Effect(name, "base", seeds, {EFFECT.stage: _ref(result)}))
+    return effects
+
+
+def run_plan(cfg, ctx: Context) -> tuple[list[Arm], list[Variant], list[Comparison],
+                                         list[Effect], dict]:
+    """Run every stage of one point: its arms, variants, comparisons, effects, point stages."""
     arms, results = [], {}
     for spec in arm_specs(cfg):
         label = spec.name if len(cfg.seeds or []) < 2 else f"{spec.name}, seed {spec.seed}"
@@ -137,10 +162,11 @@ def run_plan(cfg, ctx: Context) -> tuple[list[Arm], list[Variant], list[Comparis
             _say("alpaca_eval", f"{spec.name} vs {base.name}", judged)
             comparisons.append(Comparison(spec.name, base.name, spec.seed,
                                           {COMPARISON.stage: _ref(judged)}))
+    effects = _effects(cfg, ctx, results)
     point_stages = {}
     for step in POINT_STEPS:
         if step.enabled(cfg):
             result = step.module.run(cfg, ctx, Call(arm_specs(cfg)[0], {}))
             _say(step.stage, "point", result)
             point_stages[step.stage] = _ref(result)
-    return arms, variants, comparisons, point_stages
+    return arms, variants, comparisons, effects, point_stages

@@ -122,7 +122,7 @@ def test_api_judge_without_key_is_rejected(name, monkeypatch):
 def test_paper_judges_select_alpaca_eval_1_and_the_turbo_judge_2():
     assert judge_cfg("alpaca_eval_gpt4").alpaca_eval_version == 1 and judge_cfg("chatgpt_fn").alpaca_eval_version == 1
     assert judge_cfg("weighted_alpaca_eval_gpt4_turbo").alpaca_eval_version == 2
-    assert judge_cfg("weighted_alpaca_eval_gpt4_turbo").length_controlled
+    assert judge_cfg("weighted_alpaca_eval_gpt4_turbo").lc_data is None  # LC v1 when given the data
 
 
 @pytest.mark.e2e

@@ -60,7 +60,7 @@ def point(name: str, treated: str, alpha: float, neft_wr: float, kind="uniform",
                       {"head_to_head": ref("alpaca_eval", f"{name}_h2h", win_rate=55.0,
                                            standard_error=2.0)})]
     return Point(f"point-{name}", name, "exp", "/nonexistent-store", "m", "default", "j", "r",
-                 setting, arms, list(variants), h2h,
+                 setting, arms, list(variants), h2h, [],
                  {"train_analysis": analysis(f"{name}_train", 300.0)},
                  [f"+point=all_{name}"], {"generate": "cpu"}, {"finetune": {"epochs": 1}})
 

@@ -108,7 +108,7 @@ class JudgeConfig:
     annotator: str = MISSING  # alpaca_eval annotator config (local: a dir in pipeline/assets)
     alpaca_eval_version: int = 1  # 1 (the paper's) | 2; alpaca_eval itself defaults to 2
     both_orders: bool = False  # judge (ref, model) and (model, ref) and average the verdicts
-    length_controlled: bool = False  # AlpacaEval 2 length-controlled win rate
+    lc_data: Optional[str] = None  # df_gamed.csv path (LC v1) | hub (download) | null: minimal
     batch_size: int = 1  # pairs per local judge forward pass (API judges batch themselves)
     max_prompt_tokens: int = 0  # local judge: prompts cut from the left beyond this (0 = API)
     base_url: Optional[str] = None  # openai_compatible: the server's /v1 URL
@@ -166,6 +166,14 @@ class AnalysisConfig:
 
 
 @dataclass
+class CompareConfig:
+    resamples: int = 2000  # paired-bootstrap resamples over prompts (win rate, length, diversity)
+    lc_resamples: int = 200  # resamples of the LC difference (each refits alpaca_eval's GLM)
+    level: float = 0.95  # confidence level of every interval
+    seed: int = 0  # bootstrap seed
+
+
+@dataclass
 class PathsConfig:
     store: str = "runs"  # stage store root (relative to the working directory)
     cache: str = "${paths.store}/cache"  # converted/built base models
@@ -200,6 +208,7 @@ class Config:
     overfit: OverfitConfig = field(default_factory=OverfitConfig)  # Figs 4-5
     length_control: LengthControlConfig = field(default_factory=LengthControlConfig)  # Table 5
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)  # Table 4 arithmetic
+    compare: CompareConfig = field(default_factory=CompareConfig)  # CIs of +NEFT minus base
     paths: PathsConfig = field(default_factory=PathsConfig)  # store, caches, results
     logger: LoggerConfig = field(default_factory=LoggerConfig)  # W&B
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)  # the study's name

@@ -112,20 +112,24 @@ def minimal_glm_lc(preferences, len_1, len_2) -> float:
 
 
 def find_lc_data(lc_data: str | None = None) -> str | None:
-    """Path of alpaca_eval's df_gamed.csv: `lc_data`, else the HF cache, else the hub if online."""
-    if lc_data is not None:
-        path = Path(lc_data)
-        if not path.is_file():
-            raise ValueError(f"lc_data={lc_data!r}: no such file; give alpaca_eval's df_gamed.csv")
-        return str(path)
+    """Path of alpaca_eval's df_gamed.csv: the file `lc_data` names, else the HF cache; with
+    lc_data="hub" also the Hugging Face Hub. None: not available (the minimal GLM is used).
+
+    The hub is asked only when asked for: offline, its retries cost ~25 s a judged comparison."""
     from alpaca_eval import constants
     from huggingface_hub import try_to_load_from_cache
 
+    if lc_data not in (None, "hub"):
+        path = Path(lc_data)
+        if not path.is_file():
+            raise ValueError(f"judge.lc_data={lc_data!r}: no such file; give alpaca_eval's "
+                             f"{GAMED_FILE}, hub (download it) or null (minimal GLM)")
+        return str(path)
     cached = try_to_load_from_cache(HUB_REPO, GAMED_FILE, cache_dir=constants.DEFAULT_CACHE_DIR,
                                     repo_type="dataset")
     if isinstance(cached, str):
         return cached
-    if hub_offline():  # checked before anything that could download
+    if lc_data is None or hub_offline():  # checked before anything that could download
         return None
     from huggingface_hub import hf_hub_download
 
@@ -194,7 +198,7 @@ def length_controlled(annotations, lc_data: str | None = None) -> dict:
     path = find_lc_data(lc_data)
     if path is not None:
         why_not = _check_gamed(path, len(df))
-        if why_not and lc_data is not None:
+        if why_not and lc_data not in (None, "hub"):
             raise ValueError(why_not)
         if why_not:
             print(f"[winrate] {why_not}; minimal GLM", file=sys.stderr, flush=True)

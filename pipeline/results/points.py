@@ -54,6 +54,16 @@ class Comparison:
 
 
 @dataclass
+class Effect:
+    """+NEFT minus the baseline on every measure, with CIs, pooled over seeds (compare stage)."""
+
+    arm: str
+    baseline: str
+    seeds: list[int]
+    stages: dict[str, StageRef] = field(default_factory=dict)
+
+
+@dataclass
 class Point:
     """Everything one run (one sweep point) computed, with the keys of the stages that did it."""
 
@@ -69,6 +79,7 @@ class Point:
     arms: list[Arm]
     variants: list[Variant] = field(default_factory=list)
     comparisons: list[Comparison] = field(default_factory=list)
+    effects: list[Effect] = field(default_factory=list)
     extra: dict[str, StageRef] = field(default_factory=dict)  # point-level stages (train data)
     overrides: list[str] = field(default_factory=list)
     choices: dict = field(default_factory=dict)
@@ -109,6 +120,8 @@ class Point:
                               for v in data["variants"]]
         fields["comparisons"] = [Comparison(**{**c, "stages": refs(c["stages"])})
                                  for c in data["comparisons"]]
+        fields["effects"] = [Effect(**{**e, "stages": refs(e["stages"])})
+                             for e in data["effects"]]
         fields["extra"] = refs(data["extra"])
         return cls(**fields)
 

@@ -5,7 +5,8 @@ The judges themselves are in pipeline/core/judging.py (conf/judge/).
 
 Writes annotations.json (alpaca_eval's cache: every verdict; a rerun never re-asks a judged pair),
 scored.json (one preference per instruction, what the win rate is computed from),
-leaderboard.csv and metrics.json.
+leaderboard.csv and metrics.json (raw win rate and the length-controlled one: length_controlled_v1
+when judge.lc_data names alpaca_eval's instruction-difficulty file, else the minimal GLM, labelled).
 
 Run: python -m pipeline.run            (judge=local against the shipped reference answers)
 """
@@ -21,7 +22,7 @@ from pipeline.core.judging import (
 )
 from pipeline.core.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
-VERSION = 1
+VERSION = 2  # 2: an LC win rate on every judged comparison (alpaca_eval's GLMs)
 
 
 def check(cfg) -> None:
@@ -48,7 +49,7 @@ def alpaca_eval_stage(
     def compute(work: Path) -> dict:
         import pandas as pd
 
-        from pipeline.core.winrate import winrate_metrics
+        from pipeline.core.winrate import length_controlled, winrate_metrics
 
         outputs = json.loads((generated.path / "outputs.json").read_text(encoding="utf-8"))
         pairs = pairs_against(outputs, reference, str(generated.path / "outputs.json"))
@@ -56,6 +57,7 @@ def alpaca_eval_stage(
         write_json_atomic(work / "scored.json", scored)
         metrics = winrate_metrics(scored)
         metrics["avg_length"] = sum(len(o["output"]) for o in outputs) / len(outputs)
+        metrics.update(length_controlled(scored, judge_cfg.lc_data))
         row = {"name": outputs[0]["generator"], "reference": reference.label,
                "judge": judge_cfg.name, **metrics}
         pd.DataFrame([row]).to_csv(work / "leaderboard.csv", index=False)

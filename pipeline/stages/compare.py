@@ -1,0 +1,105 @@
+"""compare stage: how much +NEFT changed each measure against the baseline, with paired-bootstrap
+95% CIs over prompts (the same prompts for both arms), pooled over seeds.
+
+Reads the two arms' alpaca_eval stages (scored.json: one verdict per prompt) and analysis stages
+(per_output.json: characters, whitespace tokens, log-diversity per answer); with several seeds,
+seed s of +NEFT is paired with seed s of the baseline and the prompts of all seeds are pooled.
+Writes metrics.json: for win_rate, lc_win_rate, chars, words and log_diversity the difference
+(+NEFT minus base), its CI, n and whether the CI excludes zero.
+
+Run: python -m pipeline.run            (every point compares each noise arm with its baseline)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from pipeline.core.store import StageResult, Store, readable_of, stage_key
+
+VERSION = 1
+
+
+def check(cfg) -> None:
+    """Cheap: enough resamples for a percentile interval, a level in (0, 1)."""
+    c = cfg.compare
+    if c.resamples < 1000 or c.lc_resamples < 20:
+        raise ValueError(f"compare.resamples={c.resamples}, compare.lc_resamples="
+                         f"{c.lc_resamples}: use at least 1000 and 20 for a 95% interval")
+    if not 0 < c.level < 1:
+        raise ValueError(f"compare.level={c.level}: a confidence level in (0, 1), e.g. 0.95")
+
+
+def run(cfg, ctx, call) -> StageResult:
+    """Plan entry: call.upstream holds, per seed, base_<stage>_<i> and <stage>_<i> results."""
+    n = len([k for k in call.upstream if k.startswith("base_alpaca_eval_")])
+    pairs = [{side: {stage: call.upstream[f"{prefix}{stage}_{i}"]
+                     for stage in ("alpaca_eval", "analysis")}
+              for side, prefix in (("base", "base_"), ("treated", ""))} for i in range(n)]
+    return compare(pairs, cfg.compare, ctx.store)
+
+
+def _read(stage: StageResult, name: str):
+    path = stage.path / name
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: unreadable ({err}); the stage {stage.key} is damaged: "
+                         "delete its directory to recompute it") from err
+
+
+def _aligned(pairs: list[dict]) -> dict:
+    """Per-prompt values of both arms, seed by seed, checked to be on the same prompts."""
+    out = {side: {"scored": [], "chars": [], "words": [], "log_diversity": []}
+           for side in ("base", "treated")}
+    for pair in pairs:
+        scored = {side: _read(pair[side]["alpaca_eval"], "scored.json") for side in pair}
+        prompts = [[r["instruction"] for r in scored[side]] for side in ("base", "treated")]
+        if prompts[0] != prompts[1]:
+            raise ValueError(f"{pair['treated']['alpaca_eval'].key} and "
+                             f"{pair['base']['alpaca_eval'].key} judged different prompts; "
+                             "a paired comparison needs the same prompts in the same order")
+        for side in ("base", "treated"):
+            per_output = _read(pair[side]["analysis"], "per_output.json")
+            out[side]["scored"] += scored[side]
+            for name in ("chars", "words", "log_diversity"):
+                out[side][name] += per_output[name]
+    return out
+
+
+def compare(pairs: list[dict], compare_cfg, store: Store) -> StageResult:
+    """Paired differences (+NEFT minus base) of each measure, pooled over the seeds in `pairs`."""
+    inputs = [pair[side][stage].key for pair in pairs for side in ("base", "treated")
+              for stage in ("alpaca_eval", "analysis")]
+    params = OmegaConf.to_container(compare_cfg, resolve=True)
+    treated = readable_of(pairs[0]["treated"]["analysis"].key)
+    key = stage_key("compare", f"{treated}_vs_base", params, inputs, VERSION)
+
+    def compute(work: Path) -> dict:
+        from pipeline.core.stats import lc_diff_ci, paired_bootstrap_diff, winrate_diff_ci
+
+        v = _aligned(pairs)
+        b, t = v["base"], v["treated"]
+        common = dict(seed=compare_cfg.seed, level=compare_cfg.level)
+        metrics = {
+            "win_rate": winrate_diff_ci([r["preference"] for r in b["scored"]],
+                                        [r["preference"] for r in t["scored"]],
+                                        compare_cfg.resamples, **common),
+            "lc_win_rate": lc_diff_ci(b["scored"], t["scored"], compare_cfg.lc_resamples,
+                                      **common),
+        }
+        for name in ("chars", "words", "log_diversity"):
+            if all(x is None for x in b[name]) or all(x is None for x in t[name]):
+                metrics[name] = None  # e.g. no answer reached the diversity cutoff K
+                continue
+            metrics[name] = paired_bootstrap_diff(b[name], t[name], compare_cfg.resamples,
+                                                  **common)
+        metrics["n_seeds"] = len(pairs)
+        metrics["n_prompts"] = len(b["scored"]) // len(pairs)
+        metrics["n_log_diversity_kept"] = {
+            side: sum(x is not None for x in v[side]["log_diversity"]) for side in v}
+        return metrics
+
+    return store.materialize(key, compute, config=params)
