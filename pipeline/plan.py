@@ -21,7 +21,7 @@ from pipeline.core.noise import noise_label, noise_params
 from pipeline.core.store import StageResult, Store
 from pipeline.results.points import Arm, Comparison, Effect, StageRef, Variant
 from pipeline.stages import (
-    alpaca_eval_stage, analysis, compare, finetune, generate, openllm, overfit,
+    alpaca_eval_stage, analysis, compare, finetune, generate, judge_calibration, openllm, overfit,
 )
 
 
@@ -76,7 +76,10 @@ VARIANT_CHAIN = tuple(s for s in ARM_CHAIN if s.stage in ("generate", "alpaca_ev
 COMPARISON = Step("head_to_head", alpaca_eval_stage, lambda cfg: cfg.head_to_head)
 # Per non-baseline arm, pooled over seeds: +NEFT minus base with paired-bootstrap CIs.
 EFFECT = Step("compare", compare, _always)
-POINT_STEPS = (Step("train_analysis", analysis, _always),)  # Table 4's training-data row
+POINT_STEPS = (
+    Step("train_analysis", analysis, _always),  # Table 4's training-data row
+    Step("judge_calibration", judge_calibration, judge_calibration.enabled),  # trust in the judge
+)
 
 
 def arm_specs(cfg) -> list[ArmSpec]:
@@ -91,7 +94,7 @@ def arm_specs(cfg) -> list[ArmSpec]:
 def check_all(cfg) -> None:
     """Every enabled stage's cheap check, before anything is trained."""
     steps = ARM_CHAIN + (COMPARISON, EFFECT) + POINT_STEPS
-    for module in dict.fromkeys(s.module for s in steps if s.enabled(cfg)):
+    for module in dict.fromkeys(s.module for s in steps):  # cheap, so disabled ones too
         module.check(cfg)
 
 

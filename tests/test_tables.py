@@ -35,7 +35,9 @@ def arm(point: str, name: str, alpha: float, wr: float, chars: float, kind="unif
     tag = f"{point}_{name}"
     stages = {"finetune": ref("finetune", tag, train_loss=1.0),
               "generate": ref("generate", tag, gen_n_outputs=4),
-              "alpaca_eval": ref("alpaca_eval", tag, win_rate=wr, standard_error=1.0),
+              "alpaca_eval": ref("alpaca_eval", tag, win_rate=wr, standard_error=1.0,
+                                 lc_win_rate=wr - 10, lc_standard_error=None,
+                                 lc_label="LC (minimal GLM)"),
               "analysis": analysis(tag, chars)}
     if openllm:
         stages["openllm"] = ref("openllm", tag, **SCORES, openllm_average=0.5)
@@ -58,7 +60,7 @@ def point(name: str, treated: str, alpha: float, neft_wr: float, kind="uniform",
                 fit=(1.5, 1.9) if main else None)]
     h2h = [Comparison(treated, "base", 42,
                       {"head_to_head": ref("alpaca_eval", f"{name}_h2h", win_rate=55.0,
-                                           standard_error=2.0)})]
+                                           standard_error=2.0, n_total=4.0)})]
     return Point(f"point-{name}", name, "exp", "/nonexistent-store", "m", "default", "j", "r",
                  setting, arms, list(variants), h2h, [],
                  {"train_analysis": analysis(f"{name}_train", 300.0)},
@@ -107,6 +109,9 @@ def test_every_table_from_typed_points_with_keys_beside_numbers(experiment):
     main = next(r for r in t1 if "60.00 ± 1.00" in r)
     assert main[base_col] == "40.00 ± 1.00"
     assert main[key_col] == "alpaca_eval-main_base-000000000000"
+    lc_col = t1[0].index("ours: +NEFT, LC")
+    assert main[lc_col] == "50.00" and "LC (minimal GLM)" in (out / "table1.md").read_text()
+    assert "Judge j: not calibrated here" in (out / "table1.md").read_text()
     t1 = rows(out / "table1.csv")
     assert sum(r[0] == "default" for r in t1) == 2  # main and gaussian5; LoRA goes to Table 3
     assert any(r[0] == "Alpaca (paper only)" and "29.79" in r for r in t1)
@@ -124,7 +129,7 @@ def test_every_table_from_typed_points_with_keys_beside_numbers(experiment):
     t3 = rows(out / "table3.csv")
     assert t3[1][0] == "m / default" and t3[1][1] == "ours, LoRA (plain base)"
     assert t3[1][2] == "40.00 ± 1.00" and "47.00 ± 1.00" in t3[1]
-    assert ["LLaMA-2-7B Alpaca", "paper, QLoRA", "26.71", "31.43", "28.57", "29.01"] in t3
+    assert ["LLaMA-2-7B Alpaca", "paper, QLoRA", "26.71", "31.43", "28.57", "29.01"] + ["–"] * 4 in t3
 
     fit = rows(out / "overfit.csv")
     assert fit[1][2:6] == ["1.0000", "2.0000", "0.5000", "20.00"] and fit[2][1] == "neft-uniform5"
@@ -188,3 +193,34 @@ def test_shipped_paper_numbers_are_the_papers():
     assert paper["table1"]["alpaca"] == {"base": 29.79, "neft": 64.69, "alpha": 5}
     assert paper["table4"]["+NEFT, log-diversity"] == [16.41, 10.77, 8.60, 9.64]
     assert paper["table6"]["gaussian5"]["open-platypus"] == 59.13
+
+
+def test_findings_state_each_effect_its_ci_and_whether_the_judge_is_informative():
+    from pipeline.results.findings import findings
+    from pipeline.results.points import Effect
+
+    def diff(d, lo, hi):
+        return {"diff": d, "ci_low": lo, "ci_high": hi, "n": 50, "n_resamples": 2000,
+                "level": 0.95, "excludes_zero": lo > 0 or hi < 0}
+
+    p = point("main", "neft-uniform5", 5, 60.0)
+    p.effects = [Effect("neft-uniform5", "base", [42], {"compare": ref(
+        "compare", "main", win_rate=diff(-2.0, -8.0, 4.0), lc_win_rate=diff(1.0, -5.0, 7.0),
+        chars=diff(28.4, 12.0, 45.0), words=diff(4.2, 1.5, 7.0), log_diversity=None,
+        n_seeds=1, n_prompts=50)})]
+    accuracy = {"mean": 52.0, "ci_low": 40.0, "ci_high": 64.0, "n": 40}
+    p.extra["judge_calibration"] = ref(
+        "judge_calibration", "j", judge="j", n=40, accuracy=accuracy,
+        length_baseline={"mean": 58.0}, position_consistency={"mean": 9.0, "ci_low": 2.0,
+                                                               "ci_high": 18.0},
+        verdicts={"informative": False, "chance_verdict": "not distinguishable from chance",
+                  "length_verdict": "not better than the length rule"})
+    text = "\n".join(findings([p]))
+    assert ("mean answer length: +28.4 characters (95% CI +12.0 to +45.0, n=50 prompts); the CI "
+            "excludes zero: higher with NEFT. [`compare-main-000000000000`]") in text
+    assert ("win rate vs the reference: -2.0 points (95% CI -8.0 to +4.0, n=50 prompts); the CI "
+            "includes zero") in text
+    assert "log-diversity" not in text  # no answer reached K: nothing to say, nothing said
+    assert "same answer in both orders on 9% of pairs" in text
+    assert "win-rate numbers of this point are uninformative" in text
+    assert "the judge prefers neft-uniform5 in 55.0% ± 2.0 of 4 pairs" in text

@@ -88,6 +88,14 @@ class FinetuneConfig:
 
 
 @dataclass
+class VllmConfig:
+    python: Optional[str] = None  # interpreter of a separate venv with vllm (it pins its own torch)
+    tensor_parallel_size: int = 1  # GPUs one model is split over
+    gpu_memory_utilization: float = 0.9  # share of each GPU's memory vLLM may take
+    max_model_len: Optional[int] = None  # null = generate.max_total_length
+
+
+@dataclass
 class GenerateConfig:
     prompts: str = MISSING  # AlpacaEval-format prompts: path, pkg:<file> or hf:<dataset>
     reference: str = MISSING  # reference outputs for win rates (AlpacaEval format)
@@ -97,6 +105,8 @@ class GenerateConfig:
     max_new_tokens: int = 2048  # cap on generated tokens per answer
     max_total_length: int = 2048  # cap on prompt + answer tokens (the paper's 2048)
     repetition_penalty: float = 1.2  # the paper's value; 1.0 = off
+    engine: str = "hf"  # hf: transformers generate in this process | vllm: a vLLM subprocess
+    vllm: VllmConfig = field(default_factory=VllmConfig)  # engine=vllm only
 
 
 @dataclass
@@ -174,6 +184,15 @@ class CompareConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    enabled: bool = True  # measure the judge against reference verdicts (judge_calibration)
+    pairs: str = "../shared/data/alpaca_eval_gpt4_annotations"  # annotation file or folder
+    n_pairs: int = 200  # pairs sampled (seeded) from it; each asked in both orders
+    seed: int = 0  # which pairs, which are swapped, and the bootstrap
+    resamples: int = 2000  # bootstrap resamples of each agreement CI
+
+
+@dataclass
 class PathsConfig:
     store: str = "runs"  # stage store root (relative to the working directory)
     cache: str = "${paths.store}/cache"  # converted/built base models
@@ -209,6 +228,7 @@ class Config:
     length_control: LengthControlConfig = field(default_factory=LengthControlConfig)  # Table 5
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)  # Table 4 arithmetic
     compare: CompareConfig = field(default_factory=CompareConfig)  # CIs of +NEFT minus base
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)  # judge trust
     paths: PathsConfig = field(default_factory=PathsConfig)  # store, caches, results
     logger: LoggerConfig = field(default_factory=LoggerConfig)  # W&B
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)  # the study's name

@@ -63,6 +63,11 @@ def win_rate(arms: list[Arm], stage: str = "alpaca_eval") -> Cell:
     return metric(arms, stage, "win_rate", error="standard_error")
 
 
+def lc_win_rate(arms: list[Arm], stage: str = "alpaca_eval") -> Cell:
+    """The length-controlled win rate (± its SE where alpaca_eval's GLM gives one)."""
+    return metric(arms, stage, "lc_win_rate", error="lc_standard_error")
+
+
 def _text(cell) -> str:
     return cell.text if isinstance(cell, Cell) else str(cell)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.core.store import write_text_atomic
+from pipeline.results.findings import findings
 from pipeline.results.points import Point
 
 PACKAGES = ("neftune-repro", "torch", "transformers", "peft", "datasets", "alpaca-eval",
@@ -65,8 +66,10 @@ def write_report(points: list[Point], out_dir: Path, sections: list) -> Path:
           "every 'ours' number was computed by this pipeline from its own runs and is followed by "
           "a footnote naming the stage key (a directory under the stage store, with its "
           "metrics.json) it was read from; every 'paper' number is quoted from Jain et al. 2023 "
-          "(pipeline/assets/paper_numbers.yaml).", "",
-          "## Versions", "", "| package | version |", "|---|---|"]
+          "(pipeline/assets/paper_numbers.yaml).", ""]
+    md += findings(points)
+    md += ["## Versions"]
+    md += ["", "| package | version |", "|---|---|"]
     md += [f"| {k} | {v} |" for k, v in versions().items()]
     stores = sorted({p.store for p in points})
     md += ["", f"Judge(s): {', '.join(sorted({p.judge for p in points}))}. "

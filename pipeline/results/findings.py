@@ -1,0 +1,75 @@
+"""The Findings block that opens REPORT.md: for every comparison of every point, the effect of
+NEFTune with its 95% CI and n, whether the CI excludes zero, and how far the judge behind the
+win rates can be trusted, in plain words generated from the numbers."""
+
+from __future__ import annotations
+
+from pipeline.results.points import Point, StageRef
+
+MEASURES = (  # (compare metric, what it is, unit, digits)
+    ("win_rate", "win rate vs the reference", "points", 1),
+    ("lc_win_rate", "length-controlled win rate", "points", 1),
+    ("chars", "mean answer length", "characters", 1),
+    ("words", "mean answer length", "whitespace tokens", 1),
+    ("log_diversity", "log-diversity (Table-4 arithmetic)", "", 2),
+)
+
+
+def _signed(x: float, digits: int) -> str:
+    return f"{x:+.{digits}f}"
+
+
+def effect_line(what: str, unit: str, digits: int, d: dict, key: str) -> str:
+    """One measure's effect in words: the difference, its CI, its n and what the CI says."""
+    ci = (f"{_signed(d['diff'], digits)} {unit} (95% CI {_signed(d['ci_low'], digits)} to "
+          f"{_signed(d['ci_high'], digits)}, n={d['n']} prompts)").replace("  ", " ")
+    if d["excludes_zero"]:
+        words = "higher" if d["diff"] > 0 else "lower"
+        verdict = f"the CI excludes zero: {words} with NEFT"
+    else:
+        verdict = "the CI includes zero: no change this study can detect"
+    return f"  - {what}: {ci}; {verdict}. [`{key}`]"
+
+
+def judge_sentence(calibration: StageRef | None) -> tuple[str, bool | None]:
+    """The judge's calibration in words, and whether its win rates are informative."""
+    if calibration is None:
+        return ("The judge was not calibrated (no calibration pairs here): how far its win rates "
+                "can be trusted is unknown.", None)
+    m = calibration.metrics
+    v = m["verdicts"]
+    pc = m["position_consistency"]
+    text = (f"Judge `{m['judge']}` on {m['n']} calibration pairs with GPT-4 verdicts: "
+            f"{v['chance_verdict']}; {v['length_verdict']}; it picks the same answer in both "
+            f"orders on {pc['mean']:.0f}% of pairs (CI {pc['ci_low']:.0f} to {pc['ci_high']:.0f}). "
+            f"[`{calibration.key}`]")
+    return text, bool(v["informative"])
+
+
+def findings(points: list[Point]) -> list[str]:
+    """Markdown lines of the Findings block."""
+    md = ["## Findings", ""]
+    for p in points:
+        calibration = p.extra.get("judge_calibration")
+        judge_text, informative = judge_sentence(calibration)
+        for e in p.effects:
+            m = e.stages["compare"].metrics
+            seeds = f"{len(e.seeds)} seed{'s' if len(e.seeds) > 1 else ''}"
+            md += [f"- **{e.arm} vs {e.baseline}** — {p.model} on {p.dataset}, judge {p.judge}, "
+                   f"{m['n_prompts']} prompts, {seeds} (paired bootstrap over prompts, "
+                   f"{m['win_rate']['n_resamples']} resamples; point `{p.id}`):"]
+            for name, what, unit, digits in MEASURES:
+                if m.get(name):
+                    md.append(effect_line(what, unit, digits, m[name], e.stages["compare"].key))
+            for c in (c for c in p.comparisons if c.arm == e.arm):
+                h = c.stages["head_to_head"].metrics
+                md.append(f"  - head to head (seed {c.seed}): the judge prefers {e.arm} in "
+                          f"{h['win_rate']:.1f}% ± {h['standard_error']:.1f} of {int(h['n_total'])}"
+                          f" pairs (50% = no preference). [`{c.stages['head_to_head'].key}`]")
+        md.append(f"- {judge_text}")
+        if informative is False:
+            md.append("- **So the win-rate numbers of this point are uninformative**: the judge "
+                      "cannot be told apart from chance or from the length rule; read the length "
+                      "and diversity effects, not the win rates.")
+        md.append("")
+    return md
