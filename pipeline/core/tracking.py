@@ -1,4 +1,5 @@
-"""W&B tracking: one run per stage execution (job_type = stage, group = experiment, name = stage key),
+"""W&B tracking: one run per stage execution (job_type = stage, group = experiment,
+name = stage key),
 the stage's config, its metrics.json as summary, outputs.json as an artifact, and the Trainer's
 curves (the Trainer's W&B callback logs into the run that is open while finetune computes).
 Offline by default (logger=offline): runs are written under logger.dir and uploaded by `wandb sync`.
@@ -25,7 +26,8 @@ class Tracker:
             raise ValueError(f"logger.mode={logger_cfg.mode!r}: use disabled, offline or online")
         if logger_cfg.mode == "online" and not os.environ.get("WANDB_API_KEY"):
             raise ValueError(
-                "logger.mode=online needs WANDB_API_KEY (or use logger=offline and `wandb sync` later)"
+                "logger.mode=online needs WANDB_API_KEY (or use logger=offline and `wandb sync` "
+                "later)"
             )
         return cls(logger_cfg.mode, logger_cfg.project, group, str(Path(logger_cfg.dir).resolve()))
 
@@ -72,7 +74,8 @@ class Tracker:
             run.log_artifact(artifact)
 
     def log_tables(self, out_dir: Path) -> None:
-        """The experiment's result tables (results/<experiment>/*.csv) as wandb.Table and its figures as images, in a `tables` run."""
+        """The experiment's tables (results/<experiment>/*.csv) as wandb.Table and its figures
+        as images, in a `tables` run."""
         if not self.enabled:
             return
         import csv

@@ -64,8 +64,9 @@ def findings(points: list[Point]) -> list[str]:
             for c in (c for c in p.comparisons if c.arm == e.arm):
                 h = c.stages["head_to_head"].metrics
                 md.append(f"  - head to head (seed {c.seed}): the judge prefers {e.arm} in "
-                          f"{h['win_rate']:.1f}% ± {h['standard_error']:.1f} of {int(h['n_total'])}"
-                          f" pairs (50% = no preference). [`{c.stages['head_to_head'].key}`]")
+                          f"{h['win_rate']:.1f}% ± {h['standard_error']:.1f} of "
+                          f"{int(h['n_total'])} pairs (50% = no preference). "
+                          f"[`{c.stages['head_to_head'].key}`]")
         md.append(f"- {judge_text}")
         if informative is False:
             md.append("- **So the win-rate numbers of this point are uninformative**: the judge "

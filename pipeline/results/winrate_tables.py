@@ -73,7 +73,7 @@ def table1(points: list[Point], paper: dict) -> Table:
             label = PAPER_DATASET_NAMES.get(name, name)
             rows.append([f"{label} (paper only)"] + ["–"] * 9
                         + [fmt(row["base"]), fmt(row["neft"]), fmt(row["alpha"], 0)])
-    caption = ("Table 1 — AlpacaEval win rate (%) ± standard error. 'ours' columns were computed "
+    caption = ("Table 1 — AlpacaEval win rate (%) ± standard error. 'ours': computed "
                "by this run; 'paper' columns are Jain et al. 2023, Table 1 (LLaMA-2-7B, GPT-4 "
                "judge, AlpacaEval 1 vs text-davinci-003)." + evidence(points))
     return Table("table1", caption, header, rows)
@@ -167,8 +167,8 @@ def table6(points: list[Point], paper: dict) -> Table:
     for name in sorted(rows_by_noise, key=order):
         cells = rows_by_noise[name]
         paper_row = ref.get(_paper_noise(cells["noise"]), {}) if name != "base" else {}
-        paper_text = " / ".join(fmt(paper_row.get(d)) for d in
-                                ("alpaca", "evol-instruct", "open-platypus")) if paper_row else "–"
+        datasets = ("alpaca", "evol-instruct", "open-platypus")
+        paper_text = " / ".join(fmt(paper_row.get(d)) for d in datasets) if paper_row else "–"
         rows.append([name] + [win_rate(cells[c]) if c in cells else "–" for c in columns]
                     + [lc_win_rate(cells[c]) if c in cells else "–" for c in columns]
                     + [metric(cells[c], "analysis", "chars_mean", 1) if c in cells else "–"

@@ -40,7 +40,7 @@ LOCAL_DATA = ASSETS / "openllm"
 LOCAL_TASKS = {
     "arc_challenge": ("arc/arc_challenge.yaml", ("train", "validation", "test")),
     "hellaswag": ("hellaswag/hellaswag.yaml", ("train", "validation")),
-    # One subject locally (the leaderboard averages 57); its YAML carries the leaderboard's prompt header.
+    # One subject locally (the leaderboard averages 57); its YAML has the leaderboard's header.
     "mmlu": ("mmlu/default/mmlu_high_school_geography.yaml", ("dev", "test")),
     "truthfulqa_mc2": ("truthfulqa/truthfulqa_mc2.yaml", ("validation",)),
 }
@@ -49,19 +49,22 @@ LOCAL_TASKS = {
 def validate_openllm(openllm_cfg) -> None:
     if openllm_cfg.task_set not in ("hub", "local"):
         raise ValueError(
-            f"openllm.task_set={openllm_cfg.task_set!r}: use hub (lm-eval's datasets) or local (shipped files)"
+            f"openllm.task_set={openllm_cfg.task_set!r}: use hub (lm-eval's datasets) or local "
+            "(shipped files)"
         )
     for short, task in openllm_cfg.tasks.items():
         if openllm_cfg.task_set == "local" and task.task not in LOCAL_TASKS:
             raise ValueError(
-                f"openllm.tasks.{short}.task={task.task!r} has no local data; local tasks: {sorted(LOCAL_TASKS)}"
+                f"openllm.tasks.{short}.task={task.task!r} has no local data; local tasks: "
+                f"{sorted(LOCAL_TASKS)}"
             )
         if task.num_fewshot < 0:
             raise ValueError(f"openllm.tasks.{short}.num_fewshot must be >= 0")
 
 
 def write_local_tasks(out: Path) -> None:
-    """Task YAMLs named <task>_local that include lm-eval's own task config and read the shipped files."""
+    """Task YAMLs named <task>_local that include lm-eval's own task config and read the
+    shipped files."""
     import lm_eval
 
     builtin = Path(lm_eval.__file__).parent / "tasks"
@@ -72,7 +75,8 @@ def write_local_tasks(out: Path) -> None:
             "include": str(builtin / yaml_path),
             "task": f"{task}_local",
             "task_alias": f"{task}_local",
-            "tag": [],  # inherited tags would shadow the built-in groups (ai2_arc, mmlu_*) in this TaskManager
+            # inherited tags would shadow the built-in groups (ai2_arc, mmlu_*) here
+            "tag": [],
             "dataset_path": "json",
             "dataset_name": None,
             "dataset_kwargs": {"data_files": files},

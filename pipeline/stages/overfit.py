@@ -1,7 +1,8 @@
 """overfit stage: how closely a fine-tuned model fits its training data (paper Figures 4-5).
 
 All measured with noise off (the saved model carries no NEFTune hook, and it runs in eval mode):
-  - loss (mean NLL per response token) of every sampled training example and of every held-out example;
+  - loss (mean NLL per response token) of every sampled training example and of every
+    held-out example;
   - greedy answers to a sample of training instructions, scored against the training responses
     with ROUGE-L (rouge-score, F-measure, 0-1) and BLEU (sacrebleu sentence BLEU, 0-100).
 Writes per_example.json (the histograms' data) and metrics.json (the means).
@@ -46,9 +47,11 @@ def run(cfg, ctx, call) -> StageResult:
 def response_losses(
     model, tok, records: list[dict], max_length: int, batch_size: int, desc: str = "loss"
 ) -> tuple[list[float], int]:
-    """Mean NLL per response token of each record (prompt masked, EOS included), in eval mode: no noise, no dropout.
+    """Mean NLL per response token of each record (prompt masked, EOS included), in eval mode:
+    no noise, no dropout.
 
-    Truncated to `max_length` as in training; records whose prompt fills it (finetune drops those too) are skipped
+    Truncated to `max_length` as in training; records whose prompt fills it (finetune drops
+    those too) are skipped
     and counted: returns (losses, n_skipped).
     """
     examples, dropped = tokenize_examples(records, tok, max_length)
@@ -74,7 +77,8 @@ def response_losses(
 
 
 def overlap_scores(outputs: list[str], references: list[str]) -> tuple[list[float], list[float]]:
-    """Per pair: ROUGE-L F-measure (0-1) and sentence BLEU (0-100) of `outputs` against `references`."""
+    """Per pair: ROUGE-L F-measure (0-1) and sentence BLEU (0-100) of `outputs` against
+    `references`."""
     import sacrebleu
     from rouge_score import rouge_scorer
 
