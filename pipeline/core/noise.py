@@ -11,6 +11,7 @@ X + (alpha / sqrt(L * d)) * eps, eps ~ Uniform(-1, 1) (or N(0, 1) for `gaussian`
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import torch
@@ -72,8 +73,12 @@ def neftune_noise(
     length: str = "per_example",
     attention_mask: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """The noise tensor NEFTune adds to `embeds` (B, L, d)."""
+    """The noise tensor NEFTune adds to `embeds` (B, L, d).
+
+    `generator` (on `embeds`' device) draws eps; None draws from torch's global RNG, as before.
+    """
     _, seq_len, dim = embeds.shape
     if kind == "none" or alpha == 0:
         return torch.zeros_like(embeds)
@@ -81,10 +86,13 @@ def neftune_noise(
         mag = alpha / torch.sqrt(torch.tensor(seq_len * dim))
         if kind == "uniform":
             # Same call as transformers' hook, so equal seeds give equal noise.
-            return torch.zeros_like(embeds).uniform_(-mag, mag)
-        return torch.zeros_like(embeds).normal_(0.0, 1.0) * mag
+            return torch.zeros_like(embeds).uniform_(-mag, mag, generator=generator)
+        return torch.zeros_like(embeds).normal_(0.0, 1.0, generator=generator) * mag
     eps = torch.zeros_like(embeds)
-    eps = eps.uniform_(-1.0, 1.0) if kind == "uniform" else eps.normal_(0.0, 1.0)
+    if kind == "uniform":
+        eps = eps.uniform_(-1.0, 1.0, generator=generator)
+    else:
+        eps = eps.normal_(0.0, 1.0, generator=generator)
     lengths = token_lengths(attention_mask, position_ids).to(embeds.dtype)
     scale = torch.where(
         lengths > 0, alpha / torch.sqrt(lengths.clamp(min=1) * dim), torch.zeros_like(lengths)
@@ -108,13 +116,29 @@ class NEFTuneHandle:
         self._handles.clear()
 
 
+def rank_generator(seed: int, rank: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator for one rank's noise, seeded from (seed, rank): independent across ranks.
+
+    Hashing both (not seed + rank) keeps (seed 1, rank 0) and (seed 0, rank 1) apart.
+    """
+    digest = hashlib.sha256(f"neftune-noise/{int(seed)}/{int(rank)}".encode()).digest()
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    return gen
+
+
 def attach_neftune(
-    model: torch.nn.Module, alpha: float, kind: str = "uniform", length: str = "per_example"
+    model: torch.nn.Module,
+    alpha: float,
+    kind: str = "uniform",
+    length: str = "per_example",
+    generator: torch.Generator | None = None,
 ) -> NEFTuneHandle:
     """Add NEFTune noise to `model`'s input embeddings whenever the embedding module is in training mode.
 
     `model` is the object whose forward receives the batch (a PreTrainedModel or a PeftModel):
     a pre-hook captures attention_mask/position_ids so the embedding hook can use real lengths.
+    `generator` (e.g. rank_generator(seed, rank, device)) draws the noise; None: the global RNG.
     """
     validate_noise(kind, alpha, length)
     handle = NEFTuneHandle(alpha=alpha, kind=kind, length=length)
@@ -140,7 +164,7 @@ def attach_neftune(
             mask = torch.ones(
                 output.shape[:2], dtype=torch.long, device=output.device
             )  # packed, no padding
-        return output + neftune_noise(output, alpha, kind, length, mask, pos)
+        return output + neftune_noise(output, alpha, kind, length, mask, pos, generator)
 
     handle._handles.append(model.register_forward_pre_hook(capture, with_kwargs=True))
     handle._handles.append(embedding.register_forward_hook(add_noise))

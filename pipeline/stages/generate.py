@@ -2,6 +2,8 @@
 
 Prompts are sorted by length and batched with left padding; outputs.json holds one record per
 prompt in input order: {instruction, output, generator, dataset}.
+generate.engine=hf (default) runs transformers in this process; generate.engine=vllm runs vLLM in
+its own environment through the worker of pipeline.core.engines (same outputs.json).
 
 Run: python -m pipeline.run            (generates from both fine-tuned models of the default)
 """
@@ -14,6 +16,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from pipeline.core.data import check_source, format_prompt, load_prompts
+from pipeline.core.engines import check_engine, generate_in_subprocess, make_request
 from pipeline.core.models import generate_batched, load_model_and_tokenizer
 from pipeline.core.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
@@ -21,8 +24,11 @@ VERSION = 1
 
 
 def check(cfg) -> None:
-    """Cheap: the prompt file exists and every length-control variant fits the decoding caps."""
+    """Cheap: the prompt file exists, the engine can run here, and every length-control variant
+    fits the decoding caps."""
     check_source(cfg.generate.prompts, "generate.prompts")
+    check_engine(cfg.generate.engine, cfg.generate.vllm.python,
+                 cfg.generate.vllm.tensor_parallel_size)
     if cfg.length_control.enabled:
         for name, v in cfg.length_control.variants.items():
             _check_variant({"name": name, **OmegaConf.to_container(v, resolve=True)},
@@ -58,10 +64,7 @@ def generate(
     prompts and decoding; outputs.json keeps the original instructions, so the judge sees the task as posed.
     """
     prompts = load_prompts(gen_cfg.prompts, gen_cfg.dataset_name, gen_cfg.limit)
-    # The reference is for judging; it does not change what is generated.
-    params = {
-        k: v for k, v in OmegaConf.to_container(gen_cfg, resolve=True).items() if k != "reference"
-    } | {"dtype": dtype}
+    params = generate_params(gen_cfg, dtype)
     generator = finetuned.key.removeprefix("finetune-")
     readable = readable_of(finetuned.key)
     if variant is not None:
@@ -78,6 +81,22 @@ def generate(
     )
 
 
+def generate_params(gen_cfg, dtype: str) -> dict:
+    """The part of the generate config the stage key hashes, plus the weights' dtype.
+
+    The reference is for judging; it does not change what is generated. The engine and its
+    settings enter only when it is not the default hf, so every key computed before engines
+    existed is still found; the interpreter path never does (a location, not a setting).
+    """
+    params = OmegaConf.to_container(gen_cfg, resolve=True)
+    params.pop("reference", None)
+    engine, engine_settings = params.pop("engine", "hf"), params.pop("vllm", None) or {}
+    if engine != "hf":
+        params["engine"] = engine
+        params[engine] = {k: v for k, v in engine_settings.items() if k != "python"}
+    return params | {"dtype": dtype}
+
+
 def _generate(
     model_dir: Path,
     prompts: list[dict],
@@ -87,7 +106,6 @@ def _generate(
     variant: dict | None,
     work: Path,
 ) -> dict:
-    model, tok = load_model_and_tokenizer(str(model_dir), dtype)
     suffix = variant["instruction_suffix"] if variant else ""
     min_new = variant["min_new_tokens"] if variant else 0
     max_new = (
@@ -99,19 +117,27 @@ def _generate(
         format_prompt(p | {"instruction": p["instruction"] + suffix}, for_training=False)
         for p in prompts
     ]
-    started = time.time()
-    outputs, new_token_counts = generate_batched(
-        model,
-        tok,
-        texts,
-        cfg.batch_size,
-        max_new,
-        cfg.max_total_length,
-        cfg.repetition_penalty,
-        min_new,
-        desc=f"generate {generator}",
-    )
-    elapsed = time.time() - started
+    engine_metrics = {}
+    if cfg.engine == "hf":
+        model, tok = load_model_and_tokenizer(str(model_dir), dtype)
+        started = time.time()
+        outputs, new_token_counts = generate_batched(
+            model, tok, texts, cfg.batch_size, max_new, cfg.max_total_length,
+            cfg.repetition_penalty, min_new, desc=f"generate {generator}")
+        elapsed = time.time() - started
+    else:
+        options = OmegaConf.to_container(cfg.vllm, resolve=True)
+        options.pop("python")
+        request = make_request(
+            cfg.engine, str(model_dir), dtype, texts, max_new_tokens=max_new,
+            max_total_length=cfg.max_total_length, repetition_penalty=cfg.repetition_penalty,
+            min_new_tokens=min_new, batch_size=cfg.batch_size, options=options)
+        started = time.time()
+        response = generate_in_subprocess(cfg.engine, cfg.vllm.python, request, work / "engine")
+        outputs, new_token_counts = response["outputs"], response["new_tokens"]
+        elapsed = response["runtime_s"]  # generation only, as for hf; the worker's wall below
+        engine_metrics = {"gen_engine": cfg.engine, "gen_engine_library": response["library"],
+                          "gen_worker_wall_s": round(time.time() - started, 2)}
     records = [
         {
             "instruction": p["instruction"]
@@ -133,4 +159,4 @@ def _generate(
         "gen_mean_output_chars": round(sum(len(r["output"]) for r in records) / len(records), 2),
         "gen_runtime_s": round(elapsed, 2),
         "gen_new_tokens_per_s": round(sum(new_token_counts) / max(elapsed, 1e-9), 2),
-    }
+    } | engine_metrics

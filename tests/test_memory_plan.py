@@ -1,0 +1,136 @@
+"""Memory plan before launch: bytes per parameter, sharding, the fit rule, the advice, the table."""
+
+import math
+
+import pytest
+from composed import composed
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from pipeline.core.memory_plan import (
+    KNOWN_PARAMS,
+    check_plan,
+    count_params,
+    memory_table,
+    min_sharded_gpus,
+    model_params,
+    plan_memory,
+)
+
+
+def test_full_finetune_state_bytes_match_the_issue():
+    # bf16 weights, grads and both AdamW states: 8 B/param. 13B -> 104 GB, 70B -> about 550 GB.
+    assert plan_memory(13.0e9).per_gpu_gb == pytest.approx(104.0)
+    assert plan_memory(69.0e9).per_gpu_gb == pytest.approx(552.0)
+    # fp32 master weights, grads and Adam states: 16 B/param.
+    assert plan_memory(13.0e9, precision="mixed").per_gpu_gb == pytest.approx(208.0)
+
+
+def test_ddp_replicates_and_fsdp_shards():
+    ddp = plan_memory(6.74e9, "ddp", 8, gpu_gb=80)
+    assert ddp.per_gpu_gb == pytest.approx(53.92) and ddp.total_gb == pytest.approx(431.36)
+    for strategy in ("fsdp", "deepspeed_zero3"):
+        sharded = plan_memory(6.74e9, strategy, 8, gpu_gb=80)
+        assert sharded.per_gpu_gb == pytest.approx(6.74)
+        assert sharded.total_gb == pytest.approx(53.92)
+
+
+def test_refuses_a_13b_single_gpu_full_finetune_and_names_the_fix():
+    plan = plan_memory(13.0e9, "none", 1, gpu_gb=80)
+    assert plan.fits is False and plan.usable_gb == pytest.approx(64.0)
+    with pytest.raises(ValueError) as err:
+        check_plan(plan)
+    assert str(err.value) == (
+        "13B full fine-tune needs about 104 GB of model states on one GPU, more than 64 GB "
+        "(80% of 80 GB, the rest kept for activations); set finetune.distributed.strategy=fsdp "
+        "with at least 2 GPUs")
+    # Under fp32 master weights the same model needs twice the GPUs.
+    with pytest.raises(ValueError, match="208 GB .* with at least 4 GPUs$"):
+        check_plan(plan_memory(13.0e9, gpu_gb=80, precision="mixed"), precision="mixed")
+    # ddp does not help: every replica holds all 104 GB.
+    with pytest.raises(ValueError, match="104 GB of model states on each of 8 GPUs"):
+        check_plan(plan_memory(13.0e9, "ddp", 8, gpu_gb=80))
+
+
+@pytest.mark.parametrize("gpus,per_gpu", [(2, 52.0), (4, 26.0), (8, 13.0)])
+def test_accepts_13b_on_fsdp(gpus, per_gpu):
+    plan = check_plan(plan_memory(13.0e9, "fsdp", gpus, gpu_gb=80))
+    assert plan.fits and plan.per_gpu_gb == pytest.approx(per_gpu)
+
+
+def test_70b_fits_fsdp_on_two_nodes_of_eight_but_not_one():
+    two_nodes = check_plan(plan_memory(69.0e9, "fsdp", 16, gpu_gb=80))
+    assert two_nodes.per_gpu_gb == pytest.approx(34.5)
+    with pytest.raises(ValueError) as err:
+        check_plan(plan_memory(69.0e9, "fsdp", 8, gpu_gb=80), label="llama2-70b")
+    assert str(err.value).startswith("llama2-70b full fine-tune needs about 69 GB of model "
+                                     "states on each of 8 GPUs, more than 64 GB")
+    assert str(err.value).endswith("with at least 16 GPUs (2 nodes of 8)")
+
+
+def test_smallest_fsdp_world_sizes_on_80gb():
+    assert [min_sharded_gpus(KNOWN_PARAMS[m]) for m in
+            ("llama2-7b", "llama2-13b", "llama1-30b", "llama2-70b")] == [1, 2, 8, 16]
+    assert [min_sharded_gpus(KNOWN_PARAMS[m], precision="mixed") for m in
+            ("llama2-7b", "llama2-13b", "llama1-30b", "llama2-70b")] == [2, 4, 16, 24]
+    assert min_sharded_gpus(13.0e9, gpu_gb=40) == 4  # 104 / 32 usable -> 3.25 -> 4
+
+
+def test_lora_and_4bit_base():
+    # QLoRA on LLaMA-1-30B (Table 3): NF4 base about 0.52 B/param + 2.4% fp32 adapters.
+    plan = plan_memory(32.5e9, trainable_fraction=0.024, load_in_4bit=True, gpu_gb=80)
+    assert plan.bytes_per_param == pytest.approx(0.52 + 16 * 0.024)
+    assert plan.per_gpu_gb == pytest.approx(29.38, abs=0.01) and plan.fits
+    bf16_base = plan_memory(32.5e9, trainable_fraction=0.024, gpu_gb=80)
+    assert bf16_base.per_gpu_gb == pytest.approx(77.48, abs=0.01) and not bf16_base.fits
+    with pytest.raises(ValueError, match="LoRA fine-tune needs .* at least 2 GPUs"):
+        check_plan(bf16_base, trainable_fraction=0.024)
+    with pytest.raises(ValueError, match="4-bit base needs LoRA"):
+        plan_memory(7e9, load_in_4bit=True)
+
+
+def test_unknown_gpu_memory_is_not_a_refusal():
+    plan = plan_memory(69.0e9)
+    assert plan.fits is None and plan.gpu_gb is None and check_plan(plan) is plan
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="finetune.distributed.strategy='zero2' is unknown"):
+        plan_memory(7e9, "zero2")
+    with pytest.raises(ValueError, match="strategy none runs on exactly one GPU"):
+        plan_memory(7e9, "none", 4)
+    with pytest.raises(ValueError, match="precision='fp8' is unknown"):
+        plan_memory(7e9, precision="fp8")
+
+
+def test_parameter_counts_of_configs():
+    assert model_params(composed("model=llama2_13b", "generate=tiny").model) == 13.0e9
+    assert model_params(composed("model=smollm2_135m", "generate=tiny").model) == 1.35e8
+    tiny = composed("model=tiny", "generate=tiny").model
+    a = tiny.arch
+    built = LlamaForCausalLM(LlamaConfig(
+        vocab_size=a.vocab_size, hidden_size=a.hidden_size, intermediate_size=a.intermediate_size,
+        num_hidden_layers=a.num_layers, num_attention_heads=a.num_heads,
+        num_key_value_heads=a.num_heads, tie_word_embeddings=True))
+    assert model_params(tiny) == sum(p.numel() for p in built.parameters())
+    assert model_params(tiny, n_params=123) == 123.0
+    # LLaMA-2-7B's config.json gives its published 6.74B.
+    llama2_7b = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
+                 "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32}
+    assert count_params(llama2_7b) == 6_738_415_616
+    # LLaMA-2-70B: grouped-query attention (8 KV heads).
+    llama2_70b = {"vocab_size": 32000, "hidden_size": 8192, "intermediate_size": 28672,
+                  "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8}
+    assert math.isclose(count_params(llama2_70b), 68.98e9, rel_tol=1e-3)
+
+
+def test_memory_table_lists_models_strategies_and_gpus():
+    table = memory_table()
+    lines = table.splitlines()
+    assert lines[0] == ("| model | params | precision (B/param) | none or ddp (any GPUs) | fsdp x4 "
+                        "| fsdp x8 | fsdp x16 | smallest fsdp on 80 GB |")
+    assert "| LLaMA-2-7B | 6.74B | bf16 (8) | 53.9 | 13.5 | 6.7 | 3.4 | 1 |" in lines
+    assert "| LLaMA-2-13B | 13B | bf16 (8) | 104.0 ✗ | 26.0 | 13.0 | 6.5 | 2 |" in lines
+    assert "| LLaMA-2-70B | 69B | bf16 (8) | 552.0 ✗ | 138.0 ✗ | 69.0 ✗ | 34.5 | 16 |" in lines
+    assert ("| LLaMA-2-70B | 69B | mixed (16) | 1104.0 ✗ | 276.0 ✗ | 138.0 ✗ | 69.0 ✗ | 24 |"
+            in lines)
+    assert sum(line.startswith("| LLaMA") for line in lines) == 6
