@@ -9,7 +9,8 @@ already computed with the same config and inputs is reused, not recomputed.
   python -m pipeline.run                 the embedded default (SmolLM2-135M, base vs NEFT alpha 5)
   python -m pipeline.run --help          config groups
   python -m pipeline.run --cfg job       the composed config
-  python -m pipeline.run model=tiny finetune=tiny generate=tiny judge=local_tiny   a smoke run
+  python -m pipeline.run model=tiny finetune=tiny generate=tiny judge=local_tiny \
+      experiment.name=smoke        a seconds-long smoke run (results/smoke/, not the default's)
 """
 
 from __future__ import annotations

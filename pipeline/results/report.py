@@ -87,6 +87,11 @@ def write_report(points: list[Point], out_dir: Path, sections: list) -> Path:
         md += [f"![{png}]({png})" for png in pngs]
         md += ["", "**Where our setting differs from the paper's.** "
                + setting_note(spec.paper_setting, covered)]
+    from pipeline.human.report import human_report_section
+
+    human = human_report_section(Path(out_dir))  # None until a study of this experiment exists
+    if human:
+        md += ["", human.strip()]
     md += ["", "## Composed config of each point", ""]
     for p in points:
         md += [f"<details><summary><code>{p.id}</code></summary>", "", "```yaml",
