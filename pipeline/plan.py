@@ -127,9 +127,10 @@ def _effects(cfg, ctx: Context, results: dict) -> list[Effect]:
             base = next(s for s in results if s.baseline and s.seed == spec.seed)
             i = len(seeds)
             seeds.append(spec.seed)
-            for stage in ("alpaca_eval", "analysis"):
-                upstream[f"base_{stage}_{i}"] = results[base][stage]
-                upstream[f"{stage}_{i}"] = results[spec][stage]
+            for stage in ("alpaca_eval", "analysis", "openllm"):
+                if stage in results[base] and stage in results[spec]:
+                    upstream[f"base_{stage}_{i}"] = results[base][stage]
+                    upstream[f"{stage}_{i}"] = results[spec][stage]
         spec = next(s for s in results if s.name == name)
         result = EFFECT.module.run(cfg, ctx, Call(spec, upstream))
         _say(EFFECT.stage, f"{name} vs base", result)

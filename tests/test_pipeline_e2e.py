@@ -85,7 +85,8 @@ def test_tiny_run_trains_both_arms_generates_in_order_and_reruns_from_the_store(
         assert sum("train/loss" in row for row in run["history"]) == 12  # the Trainer's curve
     for gen in generates:
         assert runs[gen.name]["job_type"] == "generate" and runs[gen.name]["artifacts"] == [f"outputs-{gen.name}"]
-    assert {r["job_type"] for r in runs.values()} == {"finetune", "generate", "alpaca_eval", "analysis", "openllm", "tables"}
+    assert {r["job_type"] for r in runs.values()} == {"finetune", "generate", "alpaca_eval", "analysis", "openllm",
+                                                      "compare", "judge_calibration", "tables"}
     (tables_run,) = [r for r in runs.values() if r["job_type"] == "tables"]
     logged_tables = {k.split("/")[0]: row[f"{k.split('/')[0]}/nrows"] for row in tables_run["history"] for k in row
                      if k.endswith("/_type") and row[k] == "table-file"}
@@ -97,8 +98,42 @@ def test_tiny_run_trains_both_arms_generates_in_order_and_reruns_from_the_store(
     mtimes = {p: (p / "COMPLETE").stat().st_mtime for p in finetunes + generates + judged}
     second = run_pipeline(store, *TINY)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stdout.count(": reused ->") == 11 and ": computed ->" not in second.stdout
+    # 2 arms x (finetune, generate, judge, analysis, openllm) + head to head + compare + train + calibration
+    assert second.stdout.count(": reused ->") == 14 and ": computed ->" not in second.stdout
     assert {p: (p / "COMPLETE").stat().st_mtime for p in finetunes + generates + judged} == mtimes
+
+
+def test_a_table_number_leads_to_the_stage_that_computed_it(tmp_path):
+    """Take a number from a generated table, follow its stage key to metrics.json: they match."""
+    import csv
+
+    from pipeline.results.cells import KEY_SUFFIX
+
+    store = tmp_path / "store"
+    done = run_pipeline(store, *TINY, "logger=disabled", "calibration.n_pairs=10")
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = store / "results" / "default"
+    table = list(csv.reader((results / "table1.csv").open(encoding="utf-8")))
+    header, row = table[0], table[1]
+    checked = 0
+    for column, metric in (("ours: base", "win_rate"), ("ours: +NEFT", "win_rate"),
+                           ("ours: +NEFT, LC", "lc_win_rate")):
+        key = row[header.index(column + KEY_SUFFIX)]
+        metrics = json.loads((store / key / "metrics.json").read_text())
+        assert row[header.index(column)].split(" ± ")[0] == f"{metrics[metric]:.2f}"
+        checked += 1
+    table4 = list(csv.reader((results / "table4.csv").open(encoding="utf-8")))
+    chars = next(r for r in table4 if r[0] == "+NEFT, characters")
+    key = chars[2]  # the column after ours is its stage key
+    assert chars[1] == f"{json.loads((store / key / 'metrics.json').read_text())['chars_mean']:.2f}"
+    # ... and the markdown names the same directories
+    md = (results / "table1.md").read_text()
+    assert f"`{row[header.index('ours: base' + KEY_SUFFIX)]}`" in md and checked == 3
+    # the REPORT opens with findings whose CIs come from the compare stage
+    report = (results / "REPORT.md").read_text()
+    assert report.index("## Findings") < report.index("## Versions")
+    compare_key = next(p.name for p in stage_dirs(store, "compare"))
+    assert f"[`{compare_key}`]" in report and "judge_calibration-" in report
 
 
 KILL_AT_STEP_12 = """

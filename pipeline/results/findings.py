@@ -61,6 +61,12 @@ def findings(points: list[Point]) -> list[str]:
             for name, what, unit, digits in MEASURES:
                 if m.get(name):
                     md.append(effect_line(what, unit, digits, m[name], e.stages["compare"].key))
+            for task, d in (m.get("openllm") or {}).items():
+                test = (f"; McNemar p={d['p_value']:.2f} ({d['b']} vs {d['c']} discordant)"
+                        if "p_value" in d else "")
+                md.append(effect_line(f"lm-eval {task}", "points", 1, d,
+                                      e.stages["compare"].key).replace(" prompts)", " questions)")
+                          .replace(". [`", f"{test}. [`"))
             for c in (c for c in p.comparisons if c.arm == e.arm):
                 h = c.stages["head_to_head"].metrics
                 md.append(f"  - head to head (seed {c.seed}): the judge prefers {e.arm} in "

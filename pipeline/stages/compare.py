@@ -5,7 +5,8 @@ Reads the two arms' alpaca_eval stages (scored.json: one verdict per prompt) and
 (per_output.json: characters, whitespace tokens, log-diversity per answer); with several seeds,
 seed s of +NEFT is paired with seed s of the baseline and the prompts of all seeds are pooled.
 Writes metrics.json: for win_rate, lc_win_rate, chars, words and log_diversity the difference
-(+NEFT minus base), its CI, n and whether the CI excludes zero.
+(+NEFT minus base), its CI, n and whether the CI excludes zero; with lm-eval results, per
+leaderboard task a paired test over questions (McNemar's exact test for accuracies).
 
 Run: python -m pipeline.run            (every point compares each noise arm with its baseline)
 """
@@ -35,8 +36,9 @@ def check(cfg) -> None:
 def run(cfg, ctx, call) -> StageResult:
     """Plan entry: call.upstream holds, per seed, base_<stage>_<i> and <stage>_<i> results."""
     n = len([k for k in call.upstream if k.startswith("base_alpaca_eval_")])
-    pairs = [{side: {stage: call.upstream[f"{prefix}{stage}_{i}"]
-                     for stage in ("alpaca_eval", "analysis")}
+    stages = ("alpaca_eval", "analysis", "openllm")
+    pairs = [{side: {stage: call.upstream[f"{prefix}{stage}_{i}"] for stage in stages
+                     if f"{prefix}{stage}_{i}" in call.upstream}
               for side, prefix in (("base", "base_"), ("treated", ""))} for i in range(n)]
     return compare(pairs, cfg.compare, ctx.store)
 
@@ -69,10 +71,32 @@ def _aligned(pairs: list[dict]) -> dict:
     return out
 
 
+def _openllm(pairs: list[dict], compare_cfg) -> dict:
+    """Per leaderboard task, paired over questions: McNemar's exact test where scores are 0/1
+    (accuracy), a paired bootstrap of the score otherwise (TruthfulQA mc2), in points."""
+    from pipeline.core.stats import mcnemar, paired_bootstrap_diff
+
+    scores: dict[str, dict[str, list]] = {}
+    for pair in pairs:
+        for side in ("base", "treated"):
+            for task, values in _read(pair[side]["openllm"], "per_question.json").items():
+                scores.setdefault(task, {"base": [], "treated": []})[side] += values
+    out = {}
+    for task, v in scores.items():
+        common = dict(n_resamples=compare_cfg.resamples, seed=compare_cfg.seed,
+                      level=compare_cfg.level)
+        if set(v["base"] + v["treated"]) <= {0.0, 1.0}:
+            out[task] = mcnemar(v["base"], v["treated"], **common)
+        else:
+            out[task] = paired_bootstrap_diff([100 * x for x in v["base"]],
+                                              [100 * x for x in v["treated"]], **common)
+    return out
+
+
 def compare(pairs: list[dict], compare_cfg, store: Store) -> StageResult:
     """Paired differences (+NEFT minus base) of each measure, pooled over the seeds in `pairs`."""
     inputs = [pair[side][stage].key for pair in pairs for side in ("base", "treated")
-              for stage in ("alpaca_eval", "analysis")]
+              for stage in sorted(pair[side])]
     params = OmegaConf.to_container(compare_cfg, resolve=True)
     treated = readable_of(pairs[0]["treated"]["analysis"].key)
     key = stage_key("compare", f"{treated}_vs_base", params, inputs, VERSION)
@@ -96,6 +120,8 @@ def compare(pairs: list[dict], compare_cfg, store: Store) -> StageResult:
                 continue
             metrics[name] = paired_bootstrap_diff(b[name], t[name], compare_cfg.resamples,
                                                   **common)
+        if all("openllm" in pair[side] for pair in pairs for side in pair):
+            metrics["openllm"] = _openllm(pairs, compare_cfg)
         metrics["n_seeds"] = len(pairs)
         metrics["n_prompts"] = len(b["scored"]) // len(pairs)
         metrics["n_log_diversity_kept"] = {

@@ -6,7 +6,8 @@ tasks (they download their datasets); `task_set: local` runs the same task defin
 `include` of the built-in YAML: same prompt, processing and metric) on small files shipped in
 pipeline/assets/openllm/, written for this project, for offline runs and tests.
 
-Writes lm_eval_results.json (lm-eval's results, our fixed filename) and metrics.json
+Writes lm_eval_results.json (lm-eval's results, our fixed filename), per_question.json (each
+question's score per task, in lm-eval's document order) and metrics.json
 (openllm_<task> per task and openllm_average).
 
 Run: python -m pipeline.run            (openllm=local_cpu: local tasks, fewer shots, a limit)
@@ -24,7 +25,7 @@ from pipeline.core.data import ASSETS
 from pipeline.core.models import DTYPES
 from pipeline.core.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
-VERSION = 1
+VERSION = 2  # 2: per_question.json (each question's score, for paired tests)
 
 
 def check(cfg) -> None:
@@ -113,6 +114,7 @@ def _evaluate(model_dir: Path, cfg, dtype: str, work: Path) -> dict:
     )
     merged: dict = {"results": {}, "n-shot": {}, "configs": {}, "versions": {}, "n-samples": {}}
     metrics: dict = {}
+    per_question: dict[str, list[float]] = {}
     for short, task in cfg.tasks.items():
         name = f"{task.task}_local" if cfg.task_set == "local" else task.task
         # One call per task: the leaderboard uses a different few-shot count for each.
@@ -126,13 +128,17 @@ def _evaluate(model_dir: Path, cfg, dtype: str, work: Path) -> dict:
             numpy_random_seed=cfg.seed,
             torch_random_seed=cfg.seed,
             fewshot_random_seed=cfg.seed,
-            log_samples=False,
+            log_samples=True,  # each question's score: the compare stage's paired test
             bootstrap_iters=0,
         )
+        samples = out.get("samples", {})
+        per_question[short] = [float(q[task.metric]) for sub in sorted(samples)
+                               for q in sorted(samples[sub], key=lambda q: q["doc_id"])]
         for part in merged:
             merged[part].update(out.get(part, {}))
         metrics[f"openllm_{short}"] = float(out["results"][name][f"{task.metric},none"])
         metrics[f"openllm_{short}_n_shot"] = int(out["n-shot"][name])
     metrics["openllm_average"] = sum(metrics[f"openllm_{s}"] for s in cfg.tasks) / len(cfg.tasks)
     write_json_atomic(work / "lm_eval_results.json", json.loads(json.dumps(merged, default=str)))
+    write_json_atomic(work / "per_question.json", per_question)
     return metrics
