@@ -20,7 +20,7 @@ import yaml
 
 from pipeline.core.data import ASSETS
 from pipeline.core.models import DTYPES, base_model_dir, validate_model
-from pipeline.core.store import StageResult, Store
+from pipeline.core.store import StageResult, Store, write_text_atomic
 
 KINDS = ("local", "openai", "openai_compatible")
 ANNOTATORS_DIR = ASSETS / "annotators"
@@ -32,7 +32,7 @@ class JudgeError(ValueError):
 
 @dataclass(frozen=True)
 class Reference:
-    """Outputs to compare against: AlpacaEval reference outputs or another generate stage's outputs."""
+    """Outputs to compare against: AlpacaEval reference outputs or a generate stage's outputs."""
 
     label: str
     key: str  # a stage key, or a content hash of a reference file
@@ -44,7 +44,8 @@ def load_reference(source: str) -> Reference:
     path = ASSETS / source[len("pkg:") :] if source.startswith("pkg:") else Path(source)
     if not path.is_file():
         raise JudgeError(
-            f"generate.reference={source!r}: no such file ({path.resolve()}); give AlpacaEval-format reference outputs"
+            f"generate.reference={source!r}: no such file ({path.resolve()}); "
+            "give AlpacaEval-format reference outputs"
         )
     text = path.read_text(encoding="utf-8")
     records = json.loads(text)
@@ -82,16 +83,19 @@ def validate_judge(judge_cfg) -> None:
         ):
             raise JudgeError(
                 f"judge={judge_cfg.name} calls the OpenAI API but OPENAI_API_KEY is not set; "
-                "export OPENAI_API_KEY=... (or OPENAI_CLIENT_CONFIG_PATH), or use judge=local offline"
+                "export OPENAI_API_KEY=... (or OPENAI_CLIENT_CONFIG_PATH), "
+                "or use judge=local offline"
             )
     else:
         if not judge_cfg.base_url or not judge_cfg.served_model:
             raise JudgeError(
-                "judge=openai_compatible needs judge.base_url (e.g. http://host:8000/v1) and judge.served_model"
+                "judge=openai_compatible needs judge.base_url (e.g. http://host:8000/v1) "
+                "and judge.served_model"
             )
         if not os.environ.get(judge_cfg.api_key_env):
             raise JudgeError(
-                f"judge=openai_compatible reads its key from ${judge_cfg.api_key_env}, which is not set (vLLM accepts any token)"
+                f"judge=openai_compatible reads its key from ${judge_cfg.api_key_env}, which is "
+                "not set; export it (vLLM accepts any token)"
             )
 
 
@@ -103,8 +107,9 @@ def _import_alpaca_eval(version: int):
 
     if constants.IS_ALPACA_EVAL_2 != (version == 2):
         raise JudgeError(
-            f"alpaca_eval was imported as AlpacaEval {2 if constants.IS_ALPACA_EVAL_2 else 1} in this process, "
-            f"but the judge needs version {version}; run judges of different versions in separate runs"
+            f"alpaca_eval was imported as AlpacaEval {2 if constants.IS_ALPACA_EVAL_2 else 1} in "
+            f"this process, but the judge needs version {version} (judge.alpaca_eval_version); "
+            "run judges of different versions in separate runs"
         )
     import alpaca_eval
 
@@ -112,7 +117,7 @@ def _import_alpaca_eval(version: int):
 
 
 def local_judge_completions(model_dir: str, dtype: str, batch_size: int, max_prompt_tokens: int):
-    """An alpaca_eval `fn_completions`: a local causal LM picks "Output (a)" or "(b)" by next-token logits."""
+    """An alpaca_eval `fn_completions`: a local causal LM picks "Output (a)" or "(b)" by logits."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -151,17 +156,12 @@ def local_judge_completions(model_dir: str, dtype: str, batch_size: int, max_pro
 
 
 def annotator(judge_cfg, work: Path, cache: Store, fn_completions=None):
+    """alpaca_eval's pairwise annotator for `judge_cfg`, caching its valid verdicts in `work`.
+
+    An API key is handed to alpaca_eval in memory only; no file written here contains it.
+    """
     alpaca_eval = _import_alpaca_eval(judge_cfg.alpaca_eval_version)
-    from alpaca_eval.annotators import PairwiseAnnotator
-
-    class CachedPairwiseAnnotator(PairwiseAnnotator):
-        """alpaca_eval's annotator, robust to pandas 3 reading an all-integer cache back as int64."""
-
-        def load_(self, path=None):
-            super().load_(path)
-            df = self.df_annotations
-            if df is not None and self.annotation_key in df.columns:
-                df[self.annotation_key] = df[self.annotation_key].astype(float)
+    from pipeline.core.judge_cache import annotator_class
 
     kwargs = {
         "caching_path": str(work / "annotations.json"),
@@ -176,6 +176,7 @@ def annotator(judge_cfg, work: Path, cache: Store, fn_completions=None):
             )
         kwargs["fn_completions"] = fn_completions
     elif judge_cfg.kind == "openai":
+        # alpaca_eval's own config; its OpenAI client reads OPENAI_API_KEY(S) from the environment.
         config = (
             Path(alpaca_eval.__file__).parent
             / "evaluators_configs"
@@ -188,7 +189,13 @@ def annotator(judge_cfg, work: Path, cache: Store, fn_completions=None):
         raise JudgeError(
             f"judge.annotator={judge_cfg.annotator!r}: no annotator config at {config}"
         )
-    return CachedPairwiseAnnotator(annotators_config=str(config), **kwargs)
+    judge = annotator_class()(annotators_config=str(config), **kwargs)
+    judge.judge_name = judge_cfg.name
+    if judge_cfg.kind == "openai_compatible":
+        # In memory only: the config on disk names the variable, never its value.
+        for single in judge.annotators.values():
+            single.completions_kwargs["openai_api_keys"] = [os.environ[judge_cfg.api_key_env]]
+    return judge
 
 
 def _write_openai_compatible_config(judge_cfg, work: Path) -> Path:
@@ -204,14 +211,14 @@ def _write_openai_compatible_config(judge_cfg, work: Path) -> Path:
             "fn_completions": "openai_completions",
             "completions_kwargs": {
                 "model_name": judge_cfg.served_model,
-                "requires_chatml": True,  # alpaca_eval guesses plain completion for names containing "instruct"
+                # alpaca_eval guesses plain completion for names containing "instruct"
+                "requires_chatml": True,
                 "max_tokens": 1,
                 "temperature": 1,
                 "logprobs": True,
                 "top_logprobs": 5,
                 "price_per_token": 0,
                 "openai_api_base": judge_cfg.base_url,
-                "openai_api_keys": [os.environ[judge_cfg.api_key_env]],
             },
             "fn_completion_parser": "logprob_parser",
             "completion_parser_kwargs": {
@@ -225,20 +232,21 @@ def _write_openai_compatible_config(judge_cfg, work: Path) -> Path:
     }
     path = work / "annotator" / "configs.yaml"
     path.parent.mkdir(exist_ok=True)
-    # The API key stays out of the stored config.
-    shown = json.loads(json.dumps(config))
-    shown[judge_cfg.annotator]["completions_kwargs"]["openai_api_keys"] = [
-        f"${judge_cfg.api_key_env}"
-    ]
-    (work / "annotator" / "configs.shown.yaml").write_text(yaml.safe_dump(shown))
-    path.write_text(yaml.safe_dump(config))
+    note = (f"# API key: read from ${judge_cfg.api_key_env} when the judge runs and handed to "
+            "alpaca_eval in memory; never written here.\n")
+    write_text_atomic(path, note + yaml.safe_dump(config))
     return path
 
 
 def judge_pairs(annotator, pairs: list[dict], both_orders: bool) -> list[dict]:
-    """One preference per pair (1 = output_1/reference, 2 = output_2/model), optionally averaged over both orders."""
+    """One preference per pair (1 = output_1/reference, 2 = output_2/model).
+
+    With `both_orders`, each pair is also judged swapped and the two verdicts are averaged. Raises
+    JudgeError when any verdict is invalid, after the valid ones are cached (see judge_cache).
+    """
     forward = annotator.annotate_pairs(pairs)
     if not both_orders:
+        _raise_if_invalid(annotator, forward, ["preference"])
         return forward
     swapped = [
         {
@@ -251,22 +259,23 @@ def judge_pairs(annotator, pairs: list[dict], both_orders: bool) -> list[dict]:
         for p in pairs
     ]
     backward = annotator.annotate_pairs(swapped)
-    scored = []
-    for f, b in zip(forward, backward):
-        prefs = [
-            x
-            for x in (f["preference"], 3 - b["preference"] if b["preference"] is not None else None)
-            if x is not None
-        ]
-        scored.append(
-            {
-                **f,
-                "preference": sum(prefs) / len(prefs) if prefs else None,
-                "preference_forward": f["preference"],
-                "preference_backward": b["preference"],
-            }
-        )
+    scored = [
+        {**f, "preference_forward": f["preference"], "preference_backward": b["preference"]}
+        for f, b in zip(forward, backward)
+    ]
+    _raise_if_invalid(annotator, scored, ["preference_forward", "preference_backward"])
+    for s in scored:
+        # f + (3 - b) as earlier versions summed it: published win rates keep their exact bits
+        s["preference"] = (s["preference_forward"] + (3 - s["preference_backward"])) / 2
     return scored
+
+
+def _raise_if_invalid(annotator, scored: list[dict], fields: list[str]) -> None:
+    from pipeline.core.judge_cache import invalid_verdicts_message
+
+    message = invalid_verdicts_message(annotator, scored, fields)
+    if message:
+        raise JudgeError(message)
 
 
 def pairs_against(outputs: list[dict], reference: Reference, where: str) -> list[dict]:
@@ -274,7 +283,8 @@ def pairs_against(outputs: list[dict], reference: Reference, where: str) -> list
     missing = [o["instruction"] for o in outputs if o["instruction"] not in ref_by_instruction]
     if missing:
         raise JudgeError(
-            f"{where}: {len(missing)} instructions have no reference output in {reference.label}, e.g. {missing[0][:80]!r}"
+            f"{where}: {len(missing)} instructions have no reference output in "
+            f"{reference.label}, e.g. {missing[0][:80]!r}"
         )
     return [
         {

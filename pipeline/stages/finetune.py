@@ -1,8 +1,10 @@
 """finetune stage: instruction fine-tuning with or without NEFTune noise (Hugging Face Trainer).
 
 Loss on response tokens only, Alpaca template, EOS appended. Resumes from its last Trainer
-checkpoint when rerun after a kill. Writes model/ (safetensors + tokenizer), loss_log.json and
-metrics.json.
+checkpoint when rerun after a kill and ends bit-identical to an uninterrupted run: the last step is
+always checkpointed (a rerun that finds it only writes the model), and train_loss is the mean over
+every step from the checkpointed loss log. Writes model/ (safetensors + tokenizer), loss_log.json,
+trained.json (the metrics, once the model is written) and metrics.json.
 
 Run: python -m pipeline.run            (the default trains noise off and uniform alpha 5)
 """
@@ -25,7 +27,8 @@ from pipeline.core.data import check_source
 from pipeline.core.noise import attach_neftune, noise_label, noise_params
 from pipeline.core.store import StageResult, Store, stage_key, write_json_atomic
 
-VERSION = 1
+VERSION = 2  # 2: train_loss over all steps from the loss log, which is logged at every checkpoint
+TRAINED = "trained.json"  # written once model/ is complete: a rerun returns it without training
 
 
 def check(cfg) -> None:
@@ -42,6 +45,34 @@ def run(cfg, ctx, call) -> StageResult:
     train_cfg = OmegaConf.merge(cfg.finetune, {"seed": call.arm.seed})
     return finetune(cfg.model, cfg.data, call.arm.noise, train_cfg, ctx.store, ctx.cache,
                     ctx.report_to)
+
+
+def mean_logged_loss(log_history: list[dict]) -> float:
+    """Mean loss over every optimiser step, from the Trainer's per-interval loss log."""
+    total, last = 0.0, 0
+    for entry in log_history:
+        if "loss" in entry:
+            total += entry["loss"] * (entry["step"] - last)
+            last = entry["step"]
+    return total / last if last else float("nan")
+
+
+def _checkpoint_logs_callback():
+    from transformers import TrainerCallback
+
+    class LogAtCheckpoints(TrainerCallback):
+        """Log the running loss whenever a checkpoint is written and at the last step.
+
+        The checkpointed log then covers every step up to it: the loss of steps after the last log
+        is not in a checkpoint, so a resumed run could not count them otherwise.
+        """
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if control.should_save or state.global_step >= state.max_steps:
+                control.should_log = True
+            return control
+
+    return LogAtCheckpoints()
 
 
 def last_checkpoint(ckpt_root: Path) -> Path | None:
@@ -82,7 +113,10 @@ def _with_lora(model, lora_cfg, quantized: bool):
 
 
 def _merged(peft_model, base_dir: str, model_cfg, adapter_dir: Path, quantized: bool):
-    """The base with the adapter merged in; a 4-bit base is reloaded in model.dtype first (merging into 4-bit is lossy)."""
+    """The base with the adapter merged in.
+
+    A 4-bit base is reloaded in model.dtype first: merging into 4-bit weights is lossy.
+    """
     if not quantized:
         return peft_model.merge_and_unload()
     from peft import PeftModel
@@ -115,6 +149,9 @@ def finetune(
     )
 
     def compute(work: Path) -> dict:
+        if (work / TRAINED).is_file():  # killed after the model was written: nothing to redo
+            shutil.rmtree(work / "checkpoints", ignore_errors=True)
+            return json.loads((work / TRAINED).read_text(encoding="utf-8"))
         return _train(model_cfg, records, noise, train_cfg, work, cache, report_to)
 
     return store.materialize(key, compute, resumable=True, config=params)
@@ -142,11 +179,10 @@ def _train(model_cfg, records, noise, cfg, work: Path, cache: Store, report_to: 
 
     ckpt_root = work / "checkpoints"
     resume = last_checkpoint(ckpt_root)
-    tokens_before = (
-        json.loads((resume / "trainer_state.json").read_text())["num_input_tokens_seen"]
-        if resume
-        else 0
-    )
+    resumed_state = json.loads((resume / "trainer_state.json").read_text()) if resume else {}
+    tokens_before = resumed_state.get("num_input_tokens_seen", 0)
+    # The Trainer checkpoints the last step (save_strategy="steps"): found, training is over.
+    finished = bool(resume) and resumed_state["global_step"] >= resumed_state["max_steps"] > 0
     args = TrainingArguments(
         output_dir=str(ckpt_root),
         num_train_epochs=cfg.epochs,
@@ -179,9 +215,18 @@ def _train(model_cfg, records, noise, cfg, work: Path, cache: Store, report_to: 
         train_dataset=examples,
         data_collator=lambda feats: pad_batch(feats, tok.pad_token_id),
         processing_class=tok,
+        callbacks=[_checkpoint_logs_callback()],
     )
     started = time.time()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if finished:
+        # train(resume_from_checkpoint=) would run one optimiser step past max_steps when the
+        # epoch has batches left (transformers 5.x); load the final weights and state instead.
+        from transformers import TrainerState
+
+        trainer._load_from_checkpoint(str(resume))
+        trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
+    else:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     wall = time.time() - started
     handle.remove()
 
@@ -194,12 +239,12 @@ def _train(model_cfg, records, noise, cfg, work: Path, cache: Store, report_to: 
     tok.save_pretrained(work / "model")
     log = [e for e in trainer.state.log_history if "loss" in e]
     write_json_atomic(work / "loss_log.json", log)
-    shutil.rmtree(ckpt_root, ignore_errors=True)  # optimiser state is large; the weights are kept
 
     resumed_from = int(resume.name.split("-")[1]) if resume else 0
     tokens_this_run = trainer.state.num_input_tokens_seen - tokens_before
-    return {
-        "train_loss": float(result.training_loss),
+    metrics = {
+        # Not the Trainer's training_loss: that averages only the steps of this train() call.
+        "train_loss": mean_logged_loss(trainer.state.log_history),
         "train_final_logged_loss": float(log[-1]["loss"]) if log else float("nan"),
         "train_steps": int(trainer.state.global_step),
         "train_epochs": float(trainer.state.epoch or 0.0),
@@ -216,3 +261,6 @@ def _train(model_cfg, records, noise, cfg, work: Path, cache: Store, report_to: 
         "lora_4bit": quantized,
         "trainable_params": trainable,
     }
+    write_json_atomic(work / TRAINED, metrics)  # after the model: from here on nothing is retrained
+    shutil.rmtree(ckpt_root, ignore_errors=True)  # optimiser state is large; the weights are kept
+    return metrics
