@@ -35,6 +35,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 def run_point(cfg: DictConfig, tracker: Tracker):
     """Check every stage, then run the plan of one point; returns the typed Point."""
     from pipeline.core.judging import load_reference
+    from pipeline.core.launch import world_size
     from pipeline.plan import Context, check_all, run_plan
     from pipeline.results.points import Point
 
@@ -59,7 +60,8 @@ def run_point(cfg: DictConfig, tracker: Tracker):
     setting = {
         "method": method, "lora": base_ft["lora"], "lora_4bit": base_ft["lora_4bit"],
         "epochs": ft.epochs, "learning_rate": ft.learning_rate,
-        "batch_per_device": ft.per_device_batch_size * ft.gradient_accumulation_steps,
+        "effective_batch": ft.effective_batch_size,
+        "world_size": world_size(ft.distributed),
         "n_train": extra["train_analysis"].metrics["n_total"],
         "n_eval": arms[0].stages["generate"].metrics["gen_n_outputs"],
         "cutoff": cfg.data.diversity_cutoff, "seeds": sorted({a.seed for a in arms}),

@@ -50,7 +50,7 @@ def test_paper_finetune_config_has_the_paper_settings():
     ft = cfg.finetune
     assert (ft.learning_rate, ft.lr_scheduler, ft.warmup_ratio, ft.weight_decay, ft.max_grad_norm, ft.epochs) == (
         5e-5, "cosine", 0.03, 0.0, 1.0, 3)
-    assert ft.per_device_batch_size * ft.gradient_accumulation_steps == 128 and ft.max_length == 512 and ft.bf16
+    assert ft.effective_batch_size == 128 and ft.max_length == 512 and ft.bf16
     assert (cfg.generate.repetition_penalty, cfg.generate.max_total_length) == (1.2, 2048)
 
 

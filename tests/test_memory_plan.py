@@ -134,3 +134,34 @@ def test_memory_table_lists_models_strategies_and_gpus():
     assert ("| LLaMA-2-70B | 69B | mixed (16) | 1104.0 ✗ | 276.0 ✗ | 138.0 ✗ | 69.0 ✗ | 24 |"
             in lines)
     assert sum(line.startswith("| LLaMA") for line in lines) == 6
+
+
+def test_a_configured_13b_single_gpu_full_finetune_is_refused_before_launch():
+    from pipeline.core.memory_plan import check_finetune_memory
+
+    cfg = composed("model=llama2_13b", "finetune=paper")
+    with pytest.raises(ValueError, match=r"13B full fine-tune needs about 104 GB of model states "
+                                         r"on one GPU.*strategy=fsdp with at least 2 GPUs"):
+        check_finetune_memory(cfg)
+
+
+@pytest.mark.parametrize("point, world, per_gpu", [
+    ("table2_llama2_13b", 4, 26.0), ("table2_llama2_70b", 16, 34.5),
+    ("table2_llama2_7b_chat", 1, 53.92)])
+def test_the_paper_table2_points_carry_settings_that_fit(point, world, per_gpu):
+    from pipeline.core.launch import accumulation_steps
+    from pipeline.core.memory_plan import check_finetune_memory
+
+    cfg = composed("experiment=paper_table2", f"+point={point}")
+    plan = check_finetune_memory(cfg)
+    assert (plan.world_size, plan.fits) == (world, True)
+    assert plan.per_gpu_gb == pytest.approx(per_gpu)
+    batch = accumulation_steps(cfg.finetune, world) * cfg.finetune.per_device_batch_size * world
+    assert batch == (64 if "70b" in point else 128)  # the paper's effective batch
+
+
+def test_the_plan_is_skipped_where_no_gpu_memory_is_known():
+    from pipeline.core.memory_plan import check_finetune_memory
+
+    plan = check_finetune_memory(composed())  # the CPU default: no GPU, none configured
+    assert plan.fits is None

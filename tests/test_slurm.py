@@ -135,3 +135,43 @@ def test_requeued_task_resumes_its_finetune_without_a_duplicate_baseline(cluster
     killed = victim[1].removesuffix(".partial")
     metrics = json.loads((store / killed / "metrics.json").read_text())
     assert metrics["resumed_from_step"] >= 20 and metrics["train_steps"] == 600
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_multinode_sbatch_trains_through_srun_torchrun_c10d(cluster, tmp_path):
+    """slurm/finetune_multinode.sbatch with 2 tasks: the pipeline in the batch step, its finetune
+    as `srun` + one torchrun per task meeting over c10d (here both tasks on this one node)."""
+    store = tmp_path / "store"
+    store.mkdir()
+    cmd = ["sbatch", "--parsable", "--nodes=1", "--ntasks=2", "--cpus-per-task=1", "--mem=4G",
+           f"--output={store}/slurm-%j.out", "slurm/finetune_multinode.sbatch", *TINY,
+           "openllm=none", "calibration.enabled=false", "finetune.distributed.strategy=ddp",
+           "finetune.distributed.nnodes=2", "finetune.effective_batch_size=8",
+           f"finetune.distributed.rdzv_port={free_port()}", "experiment.name=multinode",
+           f"paths.store={store}", f"paths.results={store}/results"]
+    job = subprocess.run(cmd, cwd=ROOT, env=cluster, capture_output=True, text=True, timeout=60)
+    assert job.returncode == 0, job.stderr
+    job_id = job.stdout.strip()
+    deadline = time.time() + 900
+    while time.time() < deadline and subprocess.run(
+            ["squeue", "-h", "-j", job_id], env=cluster, capture_output=True, text=True
+    ).stdout.strip():
+        time.sleep(1)
+    log = (store / f"slurm-{job_id}.out").read_text()
+    assert "done in" in log, log[-3000:]
+    assert f"--nnodes=2 --rdzv-backend=c10d" in log and f"--rdzv-id={job_id}" in log
+    assert log.count("srun --ntasks=2") == 2  # both arms' fine-tunes
+    for ft in finished(store, "finetune"):
+        metrics = json.loads((ft / "metrics.json").read_text())
+        assert (metrics["world_size"], metrics["train_steps"]) == (2, 24)
+        ranks = [json.loads((ft / "launch" / f"rank{r}.json").read_text()) for r in (0, 1)]
+        assert ranks[0]["pid"] != ranks[1]["pid"]
+    assert len(finished(store, "finetune")) == 2 and len(finished(store, "generate")) == 2
+    assert (store / "results" / "multinode" / "REPORT.md").is_file()

@@ -52,7 +52,7 @@ def point(name: str, treated: str, alpha: float, neft_wr: float, kind="uniform",
           variants=(), main=False) -> Point:
     setting = {"method": "LoRA (plain base, no 4-bit)" if lora else "full finetune",
                "lora": lora, "lora_4bit": False, "epochs": 1, "learning_rate": 1e-4,
-               "batch_per_device": 8, "n_train": 10, "n_eval": 4, "cutoff": 50, "seeds": [42],
+               "effective_batch": 8, "world_size": 1, "n_train": 10, "n_eval": 4, "cutoff": 50, "seeds": [42],
                "openllm": {"name": "local_cpu", "task_set": "local", "limit": 16,
                            "shots": {"arc": 3}}}
     arms = [arm(name, "base", 0, 40.0, 250.0, openllm=main, fit=(1.0, 2.0) if main else None),

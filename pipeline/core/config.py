@@ -64,13 +64,34 @@ class LoraConfig:
 
 
 @dataclass
+class FsdpConfig:
+    sharding: str = "full_shard"  # full_shard (weights, grads, AdamW) | shard_grad_op | hybrid_shard
+    fp32_master_weights: bool = False  # true: fp32 weights + bf16 compute (16 B/param); false: 8
+    cpu_offload: bool = False  # weights and optimiser states in CPU memory: fits more, slower
+    rank0_load: bool = True  # only rank 0 reads the weights, then broadcasts (70B: not 8 copies)
+
+
+@dataclass
+class DistributedConfig:
+    nproc_per_node: str = "1"  # processes per node: a number | auto (one per visible GPU)
+    nnodes: int = 1  # nodes; > 1: srun starts torchrun on each (slurm/finetune_multinode.sbatch)
+    strategy: str = "none"  # none: one process | ddp: a full copy per GPU | fsdp: sharded (GPUs)
+    rdzv_port: int = 29400  # c10d rendezvous port on the first node (nnodes > 1)
+    rdzv_endpoint: Optional[str] = None  # host:port; null = the SLURM job's first host:rdzv_port
+    gpu_memory_gb: Optional[float] = None  # GB per GPU for the memory plan where torch sees no GPU
+    n_params: Optional[float] = None  # the model's parameters (memory plan); null = known/counted
+    fsdp: FsdpConfig = field(default_factory=FsdpConfig)  # strategy=fsdp only
+
+
+@dataclass
 class FinetuneConfig:
     """Defaults are the paper's full fine-tune (finetune=paper)."""
 
     epochs: int = 3  # passes over the training data
     max_steps: int = -1  # > 0 stops after this many optimiser steps (overrides epochs)
     per_device_batch_size: int = 4  # sequences per forward pass
-    gradient_accumulation_steps: int = 32  # effective batch = per-device batch * this * devices
+    effective_batch_size: int = 128  # sequences per optimiser step over all processes;
+    # accumulation = effective_batch_size / (per_device_batch_size x world size)
     learning_rate: float = 5.0e-5  # peak learning rate
     lr_scheduler: str = "cosine"  # transformers scheduler name
     warmup_ratio: float = 0.03  # fraction of total steps spent warming up
@@ -85,6 +106,7 @@ class FinetuneConfig:
     sampling: str = "random"  # random | group_by_length (similar lengths batched: less padding)
     seed: int = 42  # data order and init of anything random
     lora: Optional[LoraConfig] = None  # adapters instead of a full finetune; null = full
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)  # processes
 
 
 @dataclass

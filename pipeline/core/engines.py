@@ -110,10 +110,14 @@ def generate_in_subprocess(engine: str, python: str, request: dict, work: Path,
     return response
 
 
-def _failure(engine: str, what: str, log: Path, lines: int = 30) -> str:
+def log_tail(log: Path, lines: int = 30) -> str:
+    """'its log is <log>:' and its last `lines` lines, quoted: what a worker's failure says."""
     tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
-    quoted = "\n".join("  | " + line for line in tail)
-    return f"generation worker (engine {engine}) {what}; its log is {log}:\n{quoted}"
+    return f"its log is {log}:\n" + "\n".join("  | " + line for line in tail)
+
+
+def _failure(engine: str, what: str, log: Path) -> str:
+    return f"generation worker (engine {engine}) {what}; {log_tail(log)}"
 
 
 def _read_response(path: Path) -> dict | None:

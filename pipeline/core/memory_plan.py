@@ -182,7 +182,33 @@ def model_params(model_cfg, n_params: float | None = None) -> float:
     if model_cfg.source == "local" and config.is_file():
         return float(count_params(json.loads(config.read_text(encoding="utf-8"))))
     raise ValueError(f"model {model_cfg.name!r}: parameter count unknown for the memory plan; "
-                     f"pass n_params or add it to KNOWN_PARAMS in {__name__}")
+                     "set finetune.distributed.n_params (e.g. finetune.distributed.n_params=7e9)")
+
+
+LORA_TRAINABLE_FRACTION = 0.024  # r=64 adapters on every linear layer: 2.4% of LLaMA-2-7B
+
+
+def finetune_plan(cfg) -> tuple[MemoryPlan, dict]:
+    """The plan of `cfg`'s fine-tune (model, finetune.lora, finetune.distributed) and the kwargs
+    it was made with; GPU memory from torch, else finetune.distributed.gpu_memory_gb."""
+    from pipeline.core.launch import world_size
+
+    dist, lora = cfg.finetune.distributed, cfg.finetune.lora
+    fp32 = cfg.model.dtype == "float32" or dist.fsdp.fp32_master_weights
+    kw = {"precision": "mixed" if fp32 else "bf16"}
+    if lora is not None:  # planned as it runs on a GPU node: auto means 4-bit there
+        kw.update(trainable_fraction=LORA_TRAINABLE_FRACTION,
+                  load_in_4bit=str(lora.quantize_4bit).lower() != "false")
+    gpu_gb = gpu_memory_gb(dist.gpu_memory_gb)
+    n_params = model_params(cfg.model, dist.n_params) if gpu_gb is not None else float("nan")
+    return plan_memory(n_params, dist.strategy, world_size(dist), gpu_gb=gpu_gb, **kw), kw
+
+
+def check_finetune_memory(cfg) -> MemoryPlan:
+    """Refuse, before launch, a fine-tune whose model states do not fit its GPUs (the message
+    names the fix); where the GPU memory is unknown (a CPU run) there is nothing to check."""
+    plan, kw = finetune_plan(cfg)
+    return check_plan(plan, **kw)
 
 
 TABLE_MODELS = (("LLaMA-2-7B", 6.74e9), ("LLaMA-2-13B", 13.0e9), ("LLaMA-2-70B", 69.0e9))

@@ -1,0 +1,139 @@
+"""How a fine-tune is spread over processes: world size, batch arithmetic, the torchrun launch.
+
+The pipeline process owns the stage store; a fine-tune on more than one process runs as
+`torchrun ... -m pipeline.core.training <request.json>` (one node), or under SLURM on several
+nodes as `srun --ntasks-per-node=1 torchrun --nnodes=N --rdzv-backend=c10d ...`, a subprocess
+that writes only inside the stage's work directory. torchrun, not a launcher of our own: it
+does rendezvous, worker restarts and signal forwarding the way every cluster recipe expects.
+
+Run: python -m pipeline.run finetune.distributed.nproc_per_node=2 finetune.distributed.strategy=ddp
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.core.engines import log_tail, visible_cuda_gpus
+
+STRATEGIES = ("none", "ddp", "fsdp")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class LaunchError(RuntimeError):
+    """The training workers failed; the message quotes their log."""
+
+
+def nproc_per_node(dist_cfg) -> int:
+    """Processes per node: a number, or `auto` = the CUDA GPUs visible here (1 without one)."""
+    value = str(dist_cfg.nproc_per_node).strip().lower()
+    if value == "auto":
+        return max(1, visible_cuda_gpus())
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"finetune.distributed.nproc_per_node={dist_cfg.nproc_per_node!r}: "
+                         "give a number >= 1 or auto (one process per visible GPU)")
+    return int(value)
+
+
+def world_size(dist_cfg) -> int:
+    """Processes in all: nproc_per_node x nnodes, after checking the strategy fits them."""
+    if dist_cfg.strategy not in STRATEGIES:
+        raise ValueError(f"finetune.distributed.strategy={dist_cfg.strategy!r} is unknown; use "
+                         f"one of {STRATEGIES}")
+    if dist_cfg.nnodes < 1:
+        raise ValueError(f"finetune.distributed.nnodes={dist_cfg.nnodes} must be >= 1")
+    world = nproc_per_node(dist_cfg) * dist_cfg.nnodes
+    if world > 1 and dist_cfg.strategy == "none":
+        raise ValueError(f"finetune.distributed: {world} processes with strategy=none; set "
+                         "strategy=ddp (a full copy per GPU) or fsdp (sharded)")
+    return world
+
+
+def accumulation_steps(train_cfg, world: int) -> int:
+    """effective_batch_size / (per-device batch x world size), which must divide exactly."""
+    per_step = train_cfg.per_device_batch_size * world
+    steps, rest = divmod(train_cfg.effective_batch_size, per_step)
+    if rest or steps < 1:
+        raise ValueError(
+            f"finetune.effective_batch_size={train_cfg.effective_batch_size} is not a multiple "
+            f"of per_device_batch_size x world size = {train_cfg.per_device_batch_size} x "
+            f"{world} = {per_step}; change one of them so that it divides")
+    return steps
+
+
+def distributed_key_params(dist_cfg, world: int) -> dict:
+    """What of the launch enters the finetune key: nothing for one process (keys as before),
+    the world size and sharding settings otherwise (they change data order and numerics)."""
+    if world == 1 and dist_cfg.strategy == "none":
+        return {}
+    params = {"world_size": world, "strategy": dist_cfg.strategy}
+    if dist_cfg.strategy == "fsdp":
+        params["fp32_master_weights"] = dist_cfg.fsdp.fp32_master_weights
+    return params
+
+
+def _first_slurm_host(env: dict) -> str:
+    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+    if not nodelist:
+        return "127.0.0.1"
+    done = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
+                          text=True, check=True, timeout=60)
+    return done.stdout.split()[0]
+
+
+def command(dist_cfg, request: Path, env: dict | None = None) -> list[str]:
+    """The launch command: torchrun on this node, or srun + torchrun over SLURM's nodes."""
+    env = dict(os.environ if env is None else env)
+    nproc, nnodes = nproc_per_node(dist_cfg), dist_cfg.nnodes
+    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    worker = ["-m", "pipeline.core.training", str(request)]
+    if nnodes == 1:
+        return torchrun + ["--nnodes=1", "--standalone"] + worker
+    job = env.get("SLURM_JOB_ID")
+    if not job:
+        raise ValueError(f"finetune.distributed.nnodes={nnodes} runs under SLURM (srun starts one "
+                         "torchrun per node): submit slurm/finetune_multinode.sbatch, or set "
+                         "nnodes=1")
+    nodes = int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or nnodes)
+    endpoint = dist_cfg.rdzv_endpoint or f"{_first_slurm_host(env)}:{dist_cfg.rdzv_port}"
+    srun = ["srun", f"--ntasks={nnodes}", f"--ntasks-per-node={math.ceil(nnodes / nodes)}",
+            "--kill-on-bad-exit=1"]
+    rdzv = [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}",
+            f"--rdzv-id={job}"]
+    return srun + torchrun + rdzv + worker
+
+
+def _die_with_parent() -> None:
+    """In the launcher's child before exec: SIGKILL it when the pipeline process dies, so that
+    no orphaned torchrun keeps training in a .partial directory another run will resume."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def run_workers(dist_cfg, request: Path, log: Path) -> None:
+    """Launch the workers on `request`, wait for them; LaunchError quoting `log` on failure."""
+    cmd = command(dist_cfg, request)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(PROJECT_ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default, said once instead of warned
+    print(f"[finetune] {world_size(dist_cfg)} processes: {' '.join(cmd)}\n"
+          f"[finetune] worker log: {log}", flush=True)
+    with open(log, "a", encoding="utf-8") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                cwd=str(PROJECT_ROOT), preexec_fn=_die_with_parent)
+        (log.parent / "launcher.pid").write_text(str(proc.pid))
+        try:
+            code = proc.wait()
+        except BaseException:
+            proc.terminate()  # torchrun forwards SIGTERM to its workers
+            proc.wait()
+            raise
+    if code != 0:
+        raise LaunchError(f"training workers exited with code {code}; the stage is not done "
+                          f"and resumes from its last checkpoint when rerun. "
+                          + log_tail(log))
