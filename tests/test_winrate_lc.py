@@ -85,7 +85,11 @@ def test_offline_lc_is_the_minimal_glm_deterministic_and_below_raw(model, no_net
     first, second = length_controlled(annotations), length_controlled(annotations)
     assert first == second  # alpaca_eval's fit is seeded (random_state=123)
     assert first["lc_method"] == "length_controlled_minimal"
-    assert first["lc_label"] == "LC (minimal GLM)" and first["lc_standard_error"] is None
+    assert first["lc_label"] == "LC (minimal GLM)"
+    # alpaca_eval's sem is 0 for this GLM: ours is the SD of seeded bootstrap refits, a few points
+    # on 805 pairs (the raw win rate's own SE is about 1.6-1.8)
+    assert 1.0 < first["lc_standard_error"] < 8.0
+    assert first["lc_se_method"] == "bootstrap (100 refits over the pairs)"
     assert math.isfinite(first["lc_win_rate"])
     assert first["lc_win_rate"] == pytest.approx(LC_MINIMAL[model], abs=1e-3)
     # all four answer at greater length than text-davinci-003 (308 characters on average)
@@ -103,13 +107,15 @@ def test_verbose_models_lose_most_to_length_control(no_network):
 def test_model_against_itself_is_50_without_a_fit(no_network):
     same = [{"preference": 1.5, "output_1": "x" * i, "output_2": "x" * i,
              "generator_1": "ref", "generator_2": "ref"} for i in range(1, 9)]
-    assert length_controlled(same)["lc_win_rate"] == 50.0
+    got = length_controlled(same)
+    assert (got["lc_win_rate"], got["lc_standard_error"]) == (50.0, 0.0)
 
 
 def test_unanimous_verdicts_give_the_raw_rate_not_liblinears_50(no_network):
     # alpaca_eval's fit on 40 losses would return 50 (liblinear drops the zero-weight class)
     pairs = synthetic_annotations()
-    assert length_controlled([{**r, "preference": 1.0} for r in pairs])["lc_win_rate"] == 0.0
+    got = length_controlled([{**r, "preference": 1.0} for r in pairs])
+    assert (got["lc_win_rate"], got["lc_standard_error"]) == (0.0, 0.0)
     assert length_controlled([{**r, "preference": 2.0} for r in pairs])["lc_win_rate"] == 100.0
 
 
@@ -185,7 +191,7 @@ def test_script_prints_raw_and_lc():
     assert got["standard_error"] == pytest.approx(1.6388, abs=1e-4)
     assert got["avg_length"] == pytest.approx(1068.16, abs=0.01)
     assert got["lc_win_rate"] == pytest.approx(LC_MINIMAL["phi-2-sft"], abs=1e-3)
-    assert got["lc_method"] == "length_controlled_minimal" and got["lc_standard_error"] is None
+    assert got["lc_method"] == "length_controlled_minimal" and 1.0 < got["lc_standard_error"] < 6
 
 
 @needs_data

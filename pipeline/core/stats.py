@@ -142,6 +142,26 @@ def lc_diff_ci(ann_base, ann_treated, n_resamples: int = 200, seed: int = 0,
             "n_resamples": n_resamples, "level": level, "excludes_zero": bool(low > 0 or high < 0)}
 
 
+def lc_bootstrap_se(pref, len_1, len_2, n_resamples: int = 100, seed: int = 0) -> float:
+    """Standard error (points) of the minimal-GLM LC win rate: the SD of its refits on bootstrap
+    resamples of the pairs, each at the regularisation strength cross-validation chose on all
+    pairs (one fit each instead of a CV of each: milliseconds, not seconds). alpaca_eval's own
+    formula (sem of the per-instruction predictions) is 0 for this GLM, whose prediction at zero
+    length difference is one constant."""
+    from pipeline.core.winrate import fit_minimal_design, minimal_glm_design
+
+    x_train, x_test = minimal_glm_design(pref, len_1, len_2)
+    _, chosen = fit_minimal_design(x_train, x_test)
+    if not np.isfinite(chosen):
+        return 0.0  # unanimous verdicts: every resample is unanimous too
+    rng = np.random.default_rng(seed)
+    fits = []
+    for _ in range(n_resamples):  # rows of alpaca_eval's design, built once on all pairs
+        rows = x_train.iloc[rng.integers(0, len(x_train), len(x_train))]
+        fits.append(fit_minimal_design(rows, x_test, C=chosen)[0])
+    return float(np.std(fits, ddof=1))
+
+
 def mcnemar(correct_base, correct_treated, n_resamples: int = 2000, seed: int = 0,
             level: float = 0.95) -> dict:
     """Exact McNemar test and paired bootstrap CI for paired accuracies (e.g. lm-eval items).

@@ -32,6 +32,9 @@ REQUIRED = ("preference", "output_1", "output_2")
 MIN_PAIRS = 5  # alpaca_eval cross-validates its GLM with 5 folds
 
 
+LC_SE_RESAMPLES = 100  # bootstrap refits behind the minimal GLM's standard error
+
+
 def winrate_metrics(annotations) -> dict:
     """alpaca_eval's get_winrate as plain floats: win_rate, standard_error, n_wins, n_wins_base,
     n_draws, n_total, discrete_win_rate."""
@@ -74,16 +77,26 @@ def _quiet_sklearn():
         yield
 
 
-def minimal_glm_lc(preferences, len_1, len_2) -> float:
+def minimal_glm_lc(preferences, len_1, len_2, C: float | None = None) -> float:
     """LC win rate (percent) of alpaca_eval's length_controlled_minimal GLM.
 
     Features as alpaca_eval builds them (length difference len_1 - len_2 over its standard
     deviation, preferences shifted to [0, 1], ties 0.5), fitted by alpaca_eval's own CV logistic
-    regression, predicted at zero length difference."""
+    regression, predicted at zero length difference. `C` given: one fit at that regularisation
+    strength instead of the cross-validated choice (alpaca_eval's n_splits=0 path)."""
+    return minimal_glm_fit(preferences, len_1, len_2, C)[0]
+
+
+def minimal_glm_fit(preferences, len_1, len_2, C: float | None = None) -> tuple[float, float]:
+    """(LC win rate, the regularisation strength C it was fitted with): see minimal_glm_lc."""
+    return fit_minimal_design(*minimal_glm_design(preferences, len_1, len_2), C)
+
+
+def minimal_glm_design(preferences, len_1, len_2):
+    """alpaca_eval's design matrices of the minimal GLM: (training rows, the zero-length row)."""
     import numpy as np
     import pandas as pd
-    from alpaca_eval.metrics.glm_winrate import (
-        GLM_INFO, fit_LogisticRegressionCV, make_dmatrix_for_model)
+    from alpaca_eval.metrics.glm_winrate import GLM_INFO, make_dmatrix_for_model
 
     pref = pd.Series(preferences, dtype=float).replace({0.0: 1.5}) - 1.0
     delta = pd.Series(np.asarray(len_1, dtype=float) - np.asarray(len_2, dtype=float))
@@ -93,9 +106,14 @@ def minimal_glm_lc(preferences, len_1, len_2) -> float:
     train = pd.DataFrame({"preference": pref.to_numpy(), "std_delta_len": std_delta.to_numpy(),
                           "not_gamed_baseline": True})
     test = pd.DataFrame({"not_gamed_baseline": [True], "std_delta_len": [0.0]})
-    info = GLM_INFO[LC_MINIMAL]
-    x_train, x_test = make_dmatrix_for_model(train, test, formula=info["formula"])
-    x_train = x_train[x_train["preference"].notna()]
+    x_train, x_test = make_dmatrix_for_model(train, test, formula=GLM_INFO[LC_MINIMAL]["formula"])
+    return x_train[x_train["preference"].notna()], x_test
+
+
+def fit_minimal_design(x_train, x_test, C: float | None = None) -> tuple[float, float]:
+    """Fit the minimal GLM on its design rows (CV over C, or `C` given); (LC, C)."""
+    from alpaca_eval.metrics.glm_winrate import GLM_INFO, fit_LogisticRegressionCV
+
     if len(x_train) < MIN_PAIRS:
         raise ValueError(f"length-controlled win rate needs at least {MIN_PAIRS} judged pairs, "
                          f"got {len(x_train)}")
@@ -103,12 +121,13 @@ def minimal_glm_lc(preferences, len_1, len_2) -> float:
         # Unanimous verdicts leave nothing for length to explain, and alpaca_eval's duplicated-
         # row fit degenerates there (liblinear drops the zero-weight class, prints to stdout,
         # and returns 50 when every verdict went to the reference): LC = the raw win rate.
-        return float(x_train["preference"].iloc[0] * 100)
+        return float(x_train["preference"].iloc[0] * 100), float("nan")
+    kwargs = dict(GLM_INFO[LC_MINIMAL]["kwargs"]) if C is None else {"n_splits": 0, "C": C}
     with _quiet_sklearn():
-        model = fit_LogisticRegressionCV(x_train, "preference", is_ytrue_proba=True,
-                                         **info["kwargs"])
+        model = fit_LogisticRegressionCV(x_train, "preference", is_ytrue_proba=True, **kwargs)
     # Every test row is the same (zero length difference), so one prediction is the mean.
-    return float(model.predict_proba(x_test)[0, 1] * 100)
+    chosen = float(model.C_[0]) if C is None else float(C)
+    return float(model.predict_proba(x_test)[0, 1] * 100), chosen
 
 
 def find_lc_data(lc_data: str | None = None) -> str | None:
@@ -191,9 +210,9 @@ def length_controlled(annotations, lc_data: str | None = None) -> dict:
 
     lc_method is length_controlled_v1 when df_gamed.csv is found (see find_lc_data) and fits the
     annotations, length_controlled_minimal otherwise. lc_standard_error is alpaca_eval's (sem of
-    the per-instruction GLM predictions) for v1, and None for the minimal GLM, whose predictions
-    are one constant so that alpaca_eval's formula gives 0: use stats.lc_diff_ci for uncertainty.
-    Deterministic (alpaca_eval's fit has random_state=123)."""
+    the per-instruction GLM predictions) for v1; for the minimal GLM, whose predictions are one
+    constant (alpaca_eval's formula gives 0), the SD of 100 seeded bootstrap refits
+    (lc_se_method says which). Deterministic (alpaca_eval's fit has random_state=123)."""
     df = annotation_frame(annotations)
     path = find_lc_data(lc_data)
     if path is not None:
@@ -205,19 +224,33 @@ def length_controlled(annotations, lc_data: str | None = None) -> dict:
             path = None
     if path is not None:
         lc, se = _lc_v1(df, path)
-        method, se = LC_V1, float(se)
+        method, se, se_method = LC_V1, float(se), "alpaca_eval (sem of the GLM predictions)"
     else:
-        lc, method, se = _minimal_or_baseline(df), LC_MINIMAL, None
+        lc, method = _minimal_or_baseline(df), LC_MINIMAL
+        se, se_method = _minimal_se(df), f"bootstrap ({LC_SE_RESAMPLES} refits over the pairs)"
     if not math.isfinite(lc):
         raise ValueError(f"{method} gave a non-finite LC win rate ({lc})")
     return {"lc_win_rate": float(lc), "lc_standard_error": se, "lc_method": method,
-            "lc_label": LC_LABELS[method]}
+            "lc_label": LC_LABELS[method], "lc_se_method": se_method}
+
+
+def _minimal_se(df) -> float:
+    from pipeline.core.stats import lc_bootstrap_se
+
+    if _same_generators(df):
+        return 0.0  # scored against itself: 50 by construction, no fit to vary
+    return lc_bootstrap_se(df["preference"], df["output_1"].str.len(), df["output_2"].str.len(),
+                           n_resamples=LC_SE_RESAMPLES)
+
+
+def _same_generators(df) -> bool:
+    gens = [df[c].unique().tolist() if c in df.columns else [] for c in ("generator_1",
+                                                                          "generator_2")]
+    return len(gens[0]) == 1 and gens[0] == gens[1]
 
 
 def _minimal_or_baseline(df) -> float:
     # alpaca_eval scores a model against itself 50 by construction, without a fit; so do we.
-    gens = [df[c].unique().tolist() if c in df.columns else [] for c in ("generator_1",
-                                                                          "generator_2")]
-    if len(gens[0]) == 1 and gens[0] == gens[1]:
+    if _same_generators(df):
         return 50.0
     return minimal_glm_lc(df["preference"], df["output_1"].str.len(), df["output_2"].str.len())

@@ -22,7 +22,7 @@ from pipeline.core.judging import (
 )
 from pipeline.core.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
-VERSION = 2  # 2: an LC win rate on every judged comparison (alpaca_eval's GLMs)
+VERSION = 3  # 2: an LC win rate on every judged comparison; 3: with a standard error
 
 
 def check(cfg) -> None:
