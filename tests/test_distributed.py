@@ -92,6 +92,11 @@ def test_one_process_keeps_the_keys_of_before(overrides):
     assert tuple(finetune.key_of(cfg, spec) for spec in arm_specs(cfg)) == KEYS_BEFORE[overrides]
 
 
+def test_one_process_trains_as_before_whatever_the_strategy_says():
+    plain, ddp1 = composed(*TINY[:4]), composed(*TINY[:4], "finetune.distributed.strategy=ddp")
+    assert finetune.key_of(ddp1, arm_specs(ddp1)[0]) == finetune.key_of(plain, arm_specs(plain)[0])
+
+
 def test_world_size_above_one_enters_the_key():
     cfg = composed(*TINY[:4])
     one = finetune.key_of(cfg, arm_specs(cfg)[0])

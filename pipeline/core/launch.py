@@ -67,9 +67,10 @@ def accumulation_steps(train_cfg, world: int) -> int:
 
 
 def distributed_key_params(dist_cfg, world: int) -> dict:
-    """What of the launch enters the finetune key: nothing for one process (keys as before),
-    the world size and sharding settings otherwise (they change data order and numerics)."""
-    if world == 1 and dist_cfg.strategy == "none":
+    """What of the launch enters the finetune key: nothing for one process (it trains in the
+    pipeline process, whatever the strategy says: keys as before), the world size and sharding
+    settings otherwise (they change data order and numerics)."""
+    if world == 1:
         return {}
     params = {"world_size": world, "strategy": dist_cfg.strategy}
     if dist_cfg.strategy == "fsdp":

@@ -139,7 +139,7 @@ def _training_arguments(req: TrainRequest, ckpt_root: Path, world: int):
     extra = {}
     if world > 1 and not torch.cuda.is_available():
         extra.update(use_cpu=True, ddp_backend="gloo")  # CPU ranks talk over gloo
-    if dist_cfg["strategy"] == "fsdp":
+    if dist_cfg["strategy"] == "fsdp" and world > 1:
         fsdp = dist_cfg["fsdp"]
         extra["fsdp"] = fsdp["sharding"] + " auto_wrap" + (" offload" if fsdp["cpu_offload"]
                                                           else "")
@@ -174,7 +174,9 @@ def train(req: TrainRequest, records: list[dict]) -> dict | None:
     check_world_size(ckpt_root, world)
     args = _training_arguments(req, ckpt_root, world)  # first: FSDP's rank-0 loading reads it
     quantized = cfg["lora"] is not None and use_4bit(cfg["lora"]["quantize_4bit"])
-    fp32_master = cfg["distributed"]["fsdp"]["fp32_master_weights"]
+    # fp32 master weights are an FSDP option: one process trains as before, in model.dtype.
+    fp32_master = (world > 1 and cfg["distributed"]["strategy"] == "fsdp"
+                   and cfg["distributed"]["fsdp"]["fp32_master_weights"])
     model, tok = load_model_and_tokenizer(req.base_dir, "float32" if fp32_master else req.dtype,
                                           req.revision, load_in_4bit=quantized)
     if cfg["lora"] is not None:
@@ -201,6 +203,10 @@ def train(req: TrainRequest, records: list[dict]) -> dict | None:
     trainer = Trainer(model=model, args=args, train_dataset=examples,
                       data_collator=lambda feats: pad_batch(feats, tok.pad_token_id),
                       processing_class=tok, callbacks=_callbacks(rank, generator))
+    if world > 1 and cfg["distributed"]["strategy"] == "fsdp" and not trainer.is_fsdp_enabled:
+        # accelerate falls back to plain DDP without CUDA: never train unsharded by surprise.
+        raise RuntimeError("finetune.distributed.strategy=fsdp, but the Trainer did not enable "
+                           "FSDP (it does on CUDA GPUs only); use strategy=ddp here")
     if rank == 0:
         ckpt_root.mkdir(parents=True, exist_ok=True)
         (ckpt_root / WORLD_FILE).write_text(json.dumps({"world_size": world}))
