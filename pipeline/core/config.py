@@ -65,7 +65,7 @@ class LoraConfig:
 
 @dataclass
 class FsdpConfig:
-    sharding: str = "full_shard"  # full_shard (weights, grads, AdamW) | shard_grad_op | hybrid_shard
+    sharding: str = "full_shard"  # what FSDP shards: full_shard | shard_grad_op | hybrid_shard
     fp32_master_weights: bool = False  # true: fp32 weights + bf16 compute (16 B/param); false: 8
     cpu_offload: bool = False  # weights and optimiser states in CPU memory: fits more, slower
     rank0_load: bool = True  # only rank 0 reads the weights, then broadcasts (70B: not 8 copies)

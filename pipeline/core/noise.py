@@ -1,6 +1,6 @@
 """NEFTune noise on the input embeddings of any Hugging Face causal LM (PEFT-wrapped included).
 
-X + (alpha / sqrt(L * d)) * eps, eps ~ Uniform(-1, 1) (or N(0, 1) for `gaussian`), training mode only.
+X + (alpha / sqrt(L * d)) * eps, eps ~ Uniform(-1, 1) (N(0, 1) for `gaussian`), in training only.
 
 - length="per_example": L is each sequence's real length from the attention mask, padding gets no
   noise, and when position_ids restart inside a row (packing) each segment uses its own length.
@@ -41,7 +41,7 @@ def noise_params(noise_cfg) -> dict:
 
 
 def noise_label(noise: dict) -> str:
-    """Display name of a noise setting (an arm's name): base, neft-uniform5, neft-gaussian5-padded."""
+    """An arm's name for a noise setting: base, neft-uniform5, neft-gaussian5-padded."""
     if noise["kind"] == "none":
         return "base"
     alpha = noise["alpha"]
@@ -51,7 +51,7 @@ def noise_label(noise: dict) -> str:
 
 
 def token_lengths(attention_mask: torch.Tensor, position_ids: torch.Tensor | None) -> torch.Tensor:
-    """Per-token length L of the sequence (or packed segment) each token belongs to; 0 on padding."""
+    """Per-token length L of the sequence (or packed segment) of each token; 0 on padding."""
     mask = attention_mask.to(torch.long)
     if position_ids is None:
         return mask * mask.sum(dim=1, keepdim=True)
@@ -134,7 +134,7 @@ def attach_neftune(
     length: str = "per_example",
     generator: torch.Generator | None = None,
 ) -> NEFTuneHandle:
-    """Add NEFTune noise to `model`'s input embeddings whenever the embedding module is in training mode.
+    """Add NEFTune noise to `model`'s input embeddings while the embedding module is training.
 
     `model` is the object whose forward receives the batch (a PreTrainedModel or a PeftModel):
     a pre-hook captures attention_mask/position_ids so the embedding hook can use real lengths.

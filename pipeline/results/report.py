@@ -50,7 +50,8 @@ def setting_note(paper_setting: str, points: list[Point]) -> str:
         s = p.setting
         ours = (f"model {p.model}, data {p.dataset} ({s['n_train']} examples), {s['method']}, "
                 f"{s['epochs']} epoch(s), lr {s['learning_rate']}, effective batch "
-                f"{s['effective_batch']} over {s['world_size']} process(es), seeds {s['seeds']}, judge {p.judge} vs "
+                f"{s['effective_batch']} over {s['world_size']} process(es), seeds {s['seeds']}, "
+                f"judge {p.judge} vs "
                 f"reference {p.reference} ({s['n_eval']} prompts), "
                 f"generate={p.choices.get('generate', '?')}")
         if ours not in lines:
