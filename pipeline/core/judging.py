@@ -297,5 +297,3 @@ def pairs_against(outputs: list[dict], reference: Reference, where: str) -> list
         }
         for o in outputs
     ]
-
-
