@@ -42,7 +42,8 @@ def format_prompt(record: dict, for_training: bool) -> str:
 
 
 def check_source(source: str, key: str) -> None:
-    """Cheap existence check of the data source of config `key` (hub sources are not checked)."""
+    """Check of the data source of config `key` before any training: a local file exists, is
+    UTF-8 and parses as JSON/JSONL (hub sources are not checked)."""
     if source.startswith("hf:"):
         return
     path = ASSETS / source[len("pkg:"):] if source.startswith("pkg:") else Path(source).expanduser()
@@ -51,6 +52,11 @@ def check_source(source: str, key: str) -> None:
             f"{key}={source!r}: no such file ({path.resolve()}); give a local .json/.jsonl path, "
             "pkg:<file in pipeline/assets> or hf:<dataset>"
         )
+    # Read now: a file that cannot be decoded or parsed must not be found after training.
+    try:
+        _read_rows(source)
+    except DataError as err:
+        raise DataError(f"{key}: {err}") from err
 
 
 def _read_rows(source: str) -> tuple[str, list]:

@@ -24,9 +24,11 @@ VERSION = 1
 
 
 def check(cfg) -> None:
-    """Cheap: the prompt file exists, the engine can run here, and every length-control variant
-    fits the decoding caps."""
+    """Cheap: the prompt file exists and its rows are valid, the engine can run here, and every
+    length-control variant fits the decoding caps."""
     check_source(cfg.generate.prompts, "generate.prompts")
+    if not cfg.generate.prompts.startswith("hf:"):  # rows too: a bad one must not wait for training
+        load_prompts(cfg.generate.prompts, cfg.generate.dataset_name, cfg.generate.limit)
     check_engine(cfg.generate.engine, cfg.generate.vllm.python,
                  cfg.generate.vllm.tensor_parallel_size)
     if cfg.length_control.enabled:

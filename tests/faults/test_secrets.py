@@ -10,10 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pipeline.stages.alpaca_eval_stage import alpaca_eval_stage
 from pipeline.core.store import Store
 
-from .test_judge_cache import compatible_judge, fake_generate, fake_judge  # noqa: F401 (fixture)
+from .test_judge_cache import (  # noqa: F401 (fake_judge: a fixture)
+    FakeJudge, compatible_judge, fake_generate, fake_judge)
 
 ROOT = Path(__file__).resolve().parents[2]
 CANARY = "sk-canary-5f0c2a9e7d1b4c36"
@@ -69,3 +72,102 @@ def test_openai_judge_key_is_used_but_never_written(tmp_path, fake_judge):
     assert set(fake_judge.auth) == {f"Bearer {CANARY}"}
     assert files_holding(tmp_path, CANARY) == []
     assert CANARY not in done.stdout + done.stderr
+
+
+# --- whole runs: every file the pipeline writes --------------------------------------------------
+
+# One arm and 4 optimiser steps: every stage that holds the judge (alpaca_eval, judge_calibration)
+# still runs, with W&B offline and Hydra logs, in seconds. The second judge kind reuses the
+# finetune and generate stages of the first (same store).
+WHOLE_RUN = ["model=tiny", "finetune=tiny", "generate=tiny", "openllm=none", "logger=offline",
+             "noise=off", "finetune.max_steps=4", "calibration.n_pairs=10"]
+PROMPTS = 6  # generate=tiny's limit: pairs judged against the reference, in one order
+CALIBRATION_PAIRS = 10  # each asked in both orders
+
+
+def leaks(root: Path, secret: str) -> tuple[list[str], int]:
+    """Files under root holding the secret or its random part, and how many files were read.
+    W&B's .wandb logs are also searched record by record: a string may span two of its blocks."""
+    from wandb_offline import records
+
+    needles = (secret.encode(), secret.rsplit("-", 1)[1].encode())
+    found, n = [], 0
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or path.is_symlink():
+            continue
+        data, n = path.read_bytes(), n + 1
+        if path.suffix == ".wandb":
+            data += b"".join(r.SerializeToString() for r in records(path))
+        if any(needle in data for needle in needles):
+            found.append(str(path.relative_to(root)))
+    return found, n
+
+
+def run_whole_pipeline(tmp: Path, judge: list[str], env: dict) -> subprocess.CompletedProcess:
+    store = tmp / "store"
+    code = (f"import sys\nfrom pipeline.run import main\nsys.argv = ['pipeline.run', "
+            f"*{WHOLE_RUN + judge!r}, 'paths.store={store}', 'paths.results={store}/results']\n"
+            "main()\n")
+    wandb_home = tmp / "wandb_home"  # W&B's own cache, config and artifact staging: searched too
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "WANDB_"))},
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           **{f"WANDB_{d}_DIR": str(wandb_home / d.lower())
+              for d in ("CACHE", "CONFIG", "DATA", "ARTIFACT")}, **env}
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def whole_run_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("whole_runs")
+
+
+@pytest.fixture(scope="module")
+def module_fake_judge():
+    judge = FakeJudge()
+    yield judge
+    judge.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("kind", ["openai_compatible", "openai"])
+def test_no_file_of_a_whole_run_holds_the_key(kind, whole_run_dir, module_fake_judge):
+    judge = module_fake_judge
+    canary = f"sk-canary-{kind.replace('_', '')}-7e41d09b2c58a6f3"
+    before = dict(judge.answered)
+    judge.auth.clear()
+    if kind == "openai_compatible":
+        judge_args = ["judge=openai_compatible", f"judge.base_url={judge.url}",
+                      "judge.served_model=fake-judge", "judge.api_key_env=CANARY_JUDGE_KEY"]
+        env = {"CANARY_JUDGE_KEY": canary, "IS_ALPACA_EVAL_2": "False"}
+    else:  # alpaca_eval's own OpenAI client: key and base from the environment
+        judge_args = ["judge=weighted_alpaca_eval_gpt4_turbo"]
+        env = {"OPENAI_API_KEY": canary, "OPENAI_API_BASE": judge.url, "IS_ALPACA_EVAL_2": "True"}
+    done = run_whole_pipeline(whole_run_dir, judge_args, env)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    asked = judge.answered["valid"] - before["valid"]
+    assert asked == PROMPTS + 2 * CALIBRATION_PAIRS  # every verdict came from the fake judge
+    assert set(judge.auth) == {f"Bearer {canary}"}  # ... which got the key
+    found, n_files = leaks(whole_run_dir, canary)
+    assert found == []
+    assert canary not in done.stdout + done.stderr
+    assert canary.rsplit("-", 1)[1] not in done.stdout + done.stderr
+
+    # What was searched: this run's judge stages, Hydra's logs and config, W&B's offline runs
+    # and the results.
+    store = whole_run_dir / "store"
+    judged = [p for p in store.glob("alpaca_eval-*") if (p / "COMPLETE").is_file()]
+    calibrated = [p for p in store.glob("judge_calibration-*") if (p / "COMPLETE").is_file()]
+    name = {"openai_compatible": "openai-compatible",
+            "openai": "weighted_alpaca_eval_gpt4_turbo"}[kind]
+    assert len([p for p in judged if name in p.name]) == 1
+    assert len([p for p in calibrated if name in p.name]) == 1
+    if kind == "openai_compatible":
+        (stage,) = [p for p in judged if name in p.name]
+        assert "$CANARY_JUDGE_KEY" in (stage / "annotator" / "configs.yaml").read_text()
+    assert len(list(store.glob("hydra/*/.hydra/config.yaml"))) >= 1
+    assert len(list(store.glob("hydra/*/run.log"))) >= 1
+    assert len(list(store.glob("wandb/wandb/offline-run-*/run-*.wandb"))) >= 3
+    assert (store / "results" / "default" / "REPORT.md").is_file()
+    print(f"{kind}: {asked} verdicts from the fake judge, {n_files} files searched, no key")
