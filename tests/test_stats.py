@@ -51,6 +51,7 @@ def test_paired_bootstrap_averages_each_arm_over_its_own_non_missing_items():
     base, treated = [1.0, 2.0, None, 4.0], [2.0, None, 5.0, 6.0]
     got = stats.paired_bootstrap_diff(base, treated)
     assert got["diff"] == pytest.approx((2 + 5 + 6) / 3 - (1 + 2 + 4) / 3)  # = 2
+    assert (got["n"], got["n_base"], got["n_treated"]) == (4, 3, 3)
     assert not math.isnan(got["ci_low"]) and got["ci_low"] <= got["diff"] <= got["ci_high"]
     med = stats.paired_bootstrap_diff([1, 2, 10], [2, 4, 4], statistic="median")
     assert med["diff"] == 2.0  # median 4 - median 2

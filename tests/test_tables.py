@@ -207,7 +207,9 @@ def test_findings_state_each_effect_its_ci_and_whether_the_judge_is_informative(
     p.effects = [Effect("neft-uniform5", "base", [42], {"compare": ref(
         "compare", "main", win_rate=diff(-2.0, -8.0, 4.0), lc_win_rate=diff(1.0, -5.0, 7.0),
         chars=diff(28.4, 12.0, 45.0), words=diff(4.2, 1.5, 7.0), log_diversity=None,
-        n_seeds=1, n_prompts=50)})]
+        n_seeds=1, n_prompts=50,
+        openllm={"arc": {**diff(0.0625, -0.0625, 0.1875), "n": 16, "p_value": 0.62, "b": 1,
+                         "c": 2}})})]
     accuracy = {"mean": 52.0, "ci_low": 40.0, "ci_high": 64.0, "n": 40}
     p.extra["judge_calibration"] = ref(
         "judge_calibration", "j", judge="j", n=40, accuracy=accuracy,
@@ -221,6 +223,13 @@ def test_findings_state_each_effect_its_ci_and_whether_the_judge_is_informative(
     assert ("win rate vs the reference: -2.0 points (95% CI -8.0 to +4.0, n=50 prompts); the CI "
             "includes zero") in text
     assert "log-diversity" not in text  # no answer reached K: nothing to say, nothing said
+    p.effects[0].stages["compare"].metrics["log_diversity"] = {
+        **diff(0.5, -0.1, 1.8), "n_base": 22, "n_treated": 23}
+    assert ("log-diversity (Table-4 arithmetic): +0.50 (95% CI -0.10 to +1.80, n=50 prompts: "
+            "22 base and 23 +NEFT answers have a value)") in "\n".join(findings([p]))
+    # lm-eval accuracies are fractions; their differences are shown in percentage points
+    assert ("lm-eval arc: +6.2 points (95% CI -6.2 to +18.8, n=16 questions); the CI includes "
+            "zero: no change this study can detect; McNemar p=0.62 (1 vs 2 discordant)") in text
     assert "same answer in both orders on 9% of pairs" in text
     assert "win-rate numbers of this point are uninformative" in text
     assert "the judge prefers neft-uniform5 in 55.0% ± 2.0 of 4 pairs" in text

@@ -66,7 +66,8 @@ def paired_bootstrap_diff(base, treated, n_resamples: int = 2000, seed: int = 0,
     """statistic(treated) - statistic(base) over the same prompts, with a paired bootstrap CI.
 
     `base` and `treated` are aligned by prompt; None marks a missing item (see module doc).
-    Returns diff, ci_low, ci_high, n (prompts), n_resamples, level, excludes_zero."""
+    Returns diff, ci_low, ci_high, n (prompts), n_base and n_treated (prompts with a value in
+    each arm), n_resamples, level, excludes_zero."""
     if statistic not in STATISTICS:
         raise ValueError(f"statistic={statistic!r}: use one of {tuple(STATISTICS)}")
     b, t = _floats(base), _floats(treated)
@@ -81,6 +82,7 @@ def paired_bootstrap_diff(base, treated, n_resamples: int = 2000, seed: int = 0,
 
     low, high = _ci_over_indices(len(b), diff, n_resamples, seed, level, vectorized=True)
     return {"diff": float(stat(t) - stat(b)), "ci_low": low, "ci_high": high, "n": len(b),
+            "n_base": int((~np.isnan(b)).sum()), "n_treated": int((~np.isnan(t)).sum()),
             "n_resamples": n_resamples, "level": level, "excludes_zero": bool(low > 0 or high < 0)}
 
 

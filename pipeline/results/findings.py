@@ -21,8 +21,11 @@ def _signed(x: float, digits: int) -> str:
 
 def effect_line(what: str, unit: str, digits: int, d: dict, key: str) -> str:
     """One measure's effect in words: the difference, its CI, its n and what the CI says."""
+    n = f"n={d['n']} prompts"
+    if "n_base" in d and min(d["n_base"], d["n_treated"]) < d["n"]:  # e.g. answers shorter than K
+        n += f": {d['n_base']} base and {d['n_treated']} +NEFT answers have a value"
     ci = (f"{_signed(d['diff'], digits)} {unit} (95% CI {_signed(d['ci_low'], digits)} to "
-          f"{_signed(d['ci_high'], digits)}, n={d['n']} prompts)").replace("  ", " ")
+          f"{_signed(d['ci_high'], digits)}, {n})").replace("  ", " ")
     if d["excludes_zero"]:
         words = "higher" if d["diff"] > 0 else "lower"
         verdict = f"the CI excludes zero: {words} with NEFT"
@@ -64,6 +67,8 @@ def findings(points: list[Point]) -> list[str]:
             for task, d in (m.get("openllm") or {}).items():
                 test = (f"; McNemar p={d['p_value']:.2f} ({d['b']} vs {d['c']} discordant)"
                         if "p_value" in d else "")
+                # lm-eval scores are fractions: their differences are shown in percentage points
+                d = {**d, **{k: 100 * d[k] for k in ("diff", "ci_low", "ci_high")}}
                 md.append(effect_line(f"lm-eval {task}", "points", 1, d,
                                       e.stages["compare"].key).replace(" prompts)", " questions)")
                           .replace(". [`", f"{test}. [`"))

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from pipeline.core.store import StageResult, Store, readable_of, stage_key
 
-VERSION = 1
+VERSION = 2  # 2: each difference says how many prompts have a value in each arm
 
 
 def check(cfg) -> None:
