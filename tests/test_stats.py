@@ -88,11 +88,13 @@ def test_lc_diff_ci_refits_alpaca_evals_minimal_glm_per_resample():
     from pipeline.core.winrate import length_controlled
 
     falcon, guanaco = load("falcon-7b-instruct"), load("guanaco-65b")
-    got = stats.lc_diff_ci(falcon, guanaco, n_resamples=10, seed=1)  # ~1.3 s
+    got = stats.lc_diff_ci(falcon, guanaco, n_resamples=200, seed=1)  # a few seconds
     lc = {m: length_controlled(a)["lc_win_rate"] for m, a in (("f", falcon), ("g", guanaco))}
     assert got["diff"] == pytest.approx(lc["g"] - lc["f"]) and got["diff"] == pytest.approx(
         53.427 - 39.624, abs=1e-3)
-    assert got["ci_low"] < got["diff"] < got["ci_high"] and got["n_resamples"] == 10
+    assert got["ci_low"] < got["diff"] < got["ci_high"] and got["n_resamples"] == 200
+    assert 5 < got["ci_high"] - got["ci_low"] < 40  # the length coefficient is itself uncertain
+    assert stats.lc_diff_ci(falcon, guanaco, n_resamples=200, seed=1) == got  # seeded
     with pytest.raises(ValueError, match="same instructions"):
         stats.lc_diff_ci(falcon, guanaco[1:] + guanaco[:1], n_resamples=2)
 

@@ -106,14 +106,16 @@ def minimal_glm_design(preferences, len_1, len_2):
     train = pd.DataFrame({"preference": pref.to_numpy(), "std_delta_len": std_delta.to_numpy(),
                           "not_gamed_baseline": True})
     test = pd.DataFrame({"not_gamed_baseline": [True], "std_delta_len": [0.0]})
-    x_train, x_test = make_dmatrix_for_model(train, test, formula=GLM_INFO[LC_MINIMAL]["formula"])
-    return x_train[x_train["preference"].notna()], x_test
+    # Rows of missing verdicts stay (fit_minimal_design drops them): row i is pair i, so that
+    # the same resampled rows of two arms are the same prompts.
+    return make_dmatrix_for_model(train, test, formula=GLM_INFO[LC_MINIMAL]["formula"])
 
 
 def fit_minimal_design(x_train, x_test, C: float | None = None) -> tuple[float, float]:
     """Fit the minimal GLM on its design rows (CV over C, or `C` given); (LC, C)."""
     from alpaca_eval.metrics.glm_winrate import GLM_INFO, fit_LogisticRegressionCV
 
+    x_train = x_train[x_train["preference"].notna()]
     if len(x_train) < MIN_PAIRS:
         raise ValueError(f"length-controlled win rate needs at least {MIN_PAIRS} judged pairs, "
                          f"got {len(x_train)}")
