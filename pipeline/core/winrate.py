@@ -77,19 +77,13 @@ def _quiet_sklearn():
         yield
 
 
-def minimal_glm_lc(preferences, len_1, len_2, C: float | None = None) -> float:
+def minimal_glm_lc(preferences, len_1, len_2) -> float:
     """LC win rate (percent) of alpaca_eval's length_controlled_minimal GLM.
 
     Features as alpaca_eval builds them (length difference len_1 - len_2 over its standard
     deviation, preferences shifted to [0, 1], ties 0.5), fitted by alpaca_eval's own CV logistic
-    regression, predicted at zero length difference. `C` given: one fit at that regularisation
-    strength instead of the cross-validated choice (alpaca_eval's n_splits=0 path)."""
-    return minimal_glm_fit(preferences, len_1, len_2, C)[0]
-
-
-def minimal_glm_fit(preferences, len_1, len_2, C: float | None = None) -> tuple[float, float]:
-    """(LC win rate, the regularisation strength C it was fitted with): see minimal_glm_lc."""
-    return fit_minimal_design(*minimal_glm_design(preferences, len_1, len_2), C)
+    regression, predicted at zero length difference."""
+    return fit_minimal_design(*minimal_glm_design(preferences, len_1, len_2))[0]
 
 
 def minimal_glm_design(preferences, len_1, len_2):
