@@ -148,16 +148,15 @@ def lc_diff_ci(ann_base, ann_treated, n_resamples: int = 200, seed: int = 0,
             "n_resamples": n_resamples, "level": level, "excludes_zero": bool(low > 0 or high < 0)}
 
 
-def lc_bootstrap_se(pref, len_1, len_2, n_resamples: int = 100, seed: int = 0) -> float:
+def lc_bootstrap_se(x_train, x_test, chosen: float, n_resamples: int = 100,
+                    seed: int = 0) -> float:
     """Standard error (points) of the minimal-GLM LC win rate: the SD of its refits on bootstrap
-    resamples of the pairs, each at the regularisation strength cross-validation chose on all
-    pairs (one fit each instead of a CV of each: milliseconds, not seconds). alpaca_eval's own
-    formula (sem of the per-instruction predictions) is 0 for this GLM, whose prediction at zero
-    length difference is one constant."""
-    from pipeline.core.winrate import fit_minimal_design, minimal_glm_design
+    resamples of the design rows (winrate.minimal_glm_design), each at the regularisation strength
+    `chosen` that cross-validation picked on all pairs (one fit each instead of a CV of each:
+    milliseconds, not seconds). alpaca_eval's own formula (sem of the per-instruction
+    predictions) is 0 for this GLM, whose prediction at zero length difference is one constant."""
+    from pipeline.core.winrate import fit_minimal_design
 
-    x_train, x_test = minimal_glm_design(pref, len_1, len_2)
-    _, chosen = fit_minimal_design(x_train, x_test)
     if not np.isfinite(chosen):
         return 0.0  # unanimous verdicts: every resample is unanimous too
     rng = np.random.default_rng(seed)

@@ -196,10 +196,10 @@ def train(req: TrainRequest, records: list[dict]) -> dict | None:
     resume = last_checkpoint(ckpt_root, world, noise_rng=has_noise)
     if resume is not None and has_noise:
         generator.set_state(torch.load(resume / noise_rng_file(rank)))
-    resumed_state = json.loads((resume / "trainer_state.json").read_text()) if resume else {}
-    tokens_before = resumed_state.get("num_input_tokens_seen", 0)
+    resumed = TrainerState.load_from_json(str(resume / "trainer_state.json")) if resume else None
+    tokens_before = resumed.num_input_tokens_seen if resumed else 0
     # The last step is always checkpointed: found, training is over.
-    finished = bool(resume) and resumed_state["global_step"] >= resumed_state["max_steps"] > 0
+    finished = resumed is not None and resumed.global_step >= resumed.max_steps > 0
     trainer = Trainer(model=model, args=args, train_dataset=examples,
                       data_collator=lambda feats: pad_batch(feats, tok.pad_token_id),
                       processing_class=tok, callbacks=_callbacks(rank, generator))
@@ -215,7 +215,7 @@ def train(req: TrainRequest, records: list[dict]) -> dict | None:
         # train(resume_from_checkpoint=) would run one optimiser step past max_steps when the
         # epoch has batches left (transformers 5.x); load the final weights and state instead.
         trainer._load_from_checkpoint(str(resume))
-        trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
+        trainer.state = resumed
     else:
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     wall = time.time() - started

@@ -77,17 +77,11 @@ def _quiet_sklearn():
         yield
 
 
-def minimal_glm_lc(preferences, len_1, len_2) -> float:
-    """LC win rate (percent) of alpaca_eval's length_controlled_minimal GLM.
-
-    Features as alpaca_eval builds them (length difference len_1 - len_2 over its standard
-    deviation, preferences shifted to [0, 1], ties 0.5), fitted by alpaca_eval's own CV logistic
-    regression, predicted at zero length difference."""
-    return fit_minimal_design(*minimal_glm_design(preferences, len_1, len_2))[0]
-
-
 def minimal_glm_design(preferences, len_1, len_2):
-    """alpaca_eval's design matrices of the minimal GLM: (training rows, the zero-length row)."""
+    """alpaca_eval's design matrices of its length_controlled_minimal GLM: (training rows, the
+    zero-length row). Features as alpaca_eval builds them (length difference len_1 - len_2 over
+    its standard deviation, preferences shifted to [0, 1], ties 0.5); fit_minimal_design fits
+    them with alpaca_eval's CV logistic regression and predicts at zero length difference."""
     import numpy as np
     import pandas as pd
     from alpaca_eval.metrics.glm_winrate import GLM_INFO, make_dmatrix_for_model
@@ -222,21 +216,12 @@ def length_controlled(annotations, lc_data: str | None = None) -> dict:
         lc, se = _lc_v1(df, path)
         method, se, se_method = LC_V1, float(se), "alpaca_eval (sem of the GLM predictions)"
     else:
-        lc, method = _minimal_or_baseline(df), LC_MINIMAL
-        se, se_method = _minimal_se(df), f"bootstrap ({LC_SE_RESAMPLES} refits over the pairs)"
+        (lc, se), method = _minimal_lc_and_se(df), LC_MINIMAL
+        se_method = f"bootstrap ({LC_SE_RESAMPLES} refits over the pairs)"
     if not math.isfinite(lc):
         raise ValueError(f"{method} gave a non-finite LC win rate ({lc})")
     return {"lc_win_rate": float(lc), "lc_standard_error": se, "lc_method": method,
             "lc_label": LC_LABELS[method], "lc_se_method": se_method}
-
-
-def _minimal_se(df) -> float:
-    from pipeline.core.stats import lc_bootstrap_se
-
-    if _same_generators(df):
-        return 0.0  # scored against itself: 50 by construction, no fit to vary
-    return lc_bootstrap_se(df["preference"], df["output_1"].str.len(), df["output_2"].str.len(),
-                           n_resamples=LC_SE_RESAMPLES)
 
 
 def _same_generators(df) -> bool:
@@ -245,8 +230,14 @@ def _same_generators(df) -> bool:
     return len(gens[0]) == 1 and gens[0] == gens[1]
 
 
-def _minimal_or_baseline(df) -> float:
+def _minimal_lc_and_se(df) -> tuple[float, float]:
+    """The minimal GLM's LC and its bootstrap SE from one design and one cross-validation."""
+    from pipeline.core.stats import lc_bootstrap_se
+
     # alpaca_eval scores a model against itself 50 by construction, without a fit; so do we.
     if _same_generators(df):
-        return 50.0
-    return minimal_glm_lc(df["preference"], df["output_1"].str.len(), df["output_2"].str.len())
+        return 50.0, 0.0
+    design = minimal_glm_design(df["preference"], df["output_1"].str.len(),
+                                df["output_2"].str.len())
+    lc, chosen = fit_minimal_design(*design)
+    return lc, lc_bootstrap_se(*design, chosen, n_resamples=LC_SE_RESAMPLES)
