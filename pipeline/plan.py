@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
+from pipeline.core.devices import resolve_precision
 from pipeline.core.judging import Reference, reference_from_stage
 from pipeline.core.noise import noise_label, noise_params
 from pipeline.core.store import StageResult, Store
@@ -92,7 +93,9 @@ def arm_specs(cfg) -> list[ArmSpec]:
 
 
 def check_all(cfg) -> None:
-    """Every enabled stage's cheap check, before anything is trained."""
+    """Resolve precision (`auto` -> the dtype that runs here, before any key is computed),
+    then every stage's cheap check, before anything is trained."""
+    resolve_precision(cfg)
     steps = ARM_CHAIN + (COMPARISON, EFFECT) + POINT_STEPS
     for module in dict.fromkeys(s.module for s in steps):  # cheap, so disabled ones too
         module.check(cfg)

@@ -40,6 +40,8 @@ def run_point(cfg: DictConfig, tracker: Tracker):
     from pipeline.results.points import Point
 
     check_all(cfg)  # cheap checks first: a typo or a missing key must not cost a training run
+    from pipeline.results.aggregate import check_writable
+    check_writable(Path(cfg.paths.results) / cfg.experiment.name)  # before work, not after it
     paths = cfg.paths
     store = Store(Path(paths.store), paths.lock_stale_after_s, paths.lock_heartbeat_s, tracker,
                   verify=paths.verify)
@@ -94,6 +96,9 @@ def print_summary(point) -> None:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    if cfg.dry_run:  # this point's job and memory plan, nothing run (launcher=slurm: all points)
+        from pipeline.cluster.jobs import dry_run_point
+        return dry_run_point(cfg)
     started = time.time()
     from pipeline.results.aggregate import write_results
 

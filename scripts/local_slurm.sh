@@ -9,9 +9,16 @@
 #
 # Install (Debian 12):  apt-get install -y --no-install-recommends \
 #                           slurmctld slurmd slurm-client munge
-# Optional env: LOCAL_SLURM_CTLD_PORT (6817), LOCAL_SLURM_SLURMD_PORT (6818),
+# Optional env: LOCAL_SLURM_CTLD_PORT (6817), LOCAL_SLURM_SLURMD_PORT (6818; node i gets +i),
 #               LOCAL_SLURM_MEM_HEADROOM_MB (1024), LOCAL_SLURM_TIMEOUT (60),
-#               LOCAL_SLURM_CRED_EXPIRE (10; = requeue restart delay - 1 s, min 5)
+#               LOCAL_SLURM_CRED_EXPIRE (10; = requeue restart delay - 1 s, min 5),
+#               LOCAL_SLURM_NODES (1): slurmd daemons on this host, each a node of its own
+#                 (<host>, <host>-1, ...) sharing its CPUs, with the memory split between them,
+#               LOCAL_SLURM_CPUS (this host's): CPUs each node declares (more than the host has
+#                 lets jobs ask for a GPU cluster's CPU counts; they share the real cores),
+#               LOCAL_SLURM_GPUS (0): GPUs per node declared as generic resources (gres/gpu
+#                 over placeholder device files), so --gpus-per-node requests are scheduled and
+#                 shown as TRES like on a GPU cluster; nothing here can compute on them
 set -euo pipefail
 
 die() { echo "local_slurm: ERROR: $*" >&2; exit 1; }
@@ -128,13 +135,15 @@ do_start() {
     # idempotent-ish: stop what we previously started from this statedir
     [[ -f "$sd/pids" ]] && do_stop "$sd"
 
-    local node cpus mem_total headroom realmem defmem ctld_port slurmd_port timeout
+    local node cpus mem_total headroom realmem defmem ctld_port slurmd_port timeout nnodes gpus
     node=$(hostname -s)
-    cpus=$(nproc)
+    cpus=${LOCAL_SLURM_CPUS:-$(nproc)}
     mem_total=$(free -m | awk '/^Mem:/ {print $2}')
     headroom=${LOCAL_SLURM_MEM_HEADROOM_MB:-1024}
     ((mem_total > 2 * headroom)) || headroom=$((mem_total / 4))
-    realmem=$((mem_total - headroom))
+    nnodes=${LOCAL_SLURM_NODES:-1}
+    gpus=${LOCAL_SLURM_GPUS:-0}
+    realmem=$(((mem_total - headroom) / nnodes))  # the nodes share this host's memory
     defmem=$((realmem / cpus))  # job without --mem gets memory for its CPUs, not the whole node
     ctld_port=${LOCAL_SLURM_CTLD_PORT:-6817}
     slurmd_port=${LOCAL_SLURM_SLURMD_PORT:-6818}
@@ -142,17 +151,21 @@ do_start() {
 
     # slurmd creates unix sockets <SlurmdSpoolDir>/<node>_<jobid>.<stepid> (sun_path max 108
     # bytes incl. NUL); too long a statedir makes every job fail "launch_failed_requeued_held"
-    local probe="$sd/spool/${node}_4294967294.4294967294"
+    local probe="$sd/spool/${node}-99/${node}-99_4294967294.4294967294"
     ((${#probe} <= 107)) || die "statedir path too long for unix sockets (${#probe} > 107 chars: $probe); use a shorter <statedir>"
 
-    local p
-    for p in "$ctld_port" "$slurmd_port"; do
+    local p i names=() nodelines="" gresconf=""
+    for ((i = 0; i < nnodes; i++)); do
+        if ((i == 0)); then names+=("$node"); else names+=("${node}-$i"); fi
+    done
+    for ((i = 0; i <= nnodes; i++)); do
+        p=$((slurmd_port + i - 1)); ((i)) || p=$ctld_port
         port_in_use "$p" && die "port $p already in use (another slurm running?); set LOCAL_SLURM_CTLD_PORT / LOCAL_SLURM_SLURMD_PORT"
     done
 
     # fresh state every start (old jobs/node state are discarded)
-    rm -rf "$sd/munge" "$sd/ctld" "$sd/spool" "$sd/log" "$sd/run" "$sd/bin"
-    mkdir -p "$sd/munge" "$sd/ctld" "$sd/spool" "$sd/log" "$sd/run"
+    rm -rf "$sd/munge" "$sd/ctld" "$sd/spool" "$sd/log" "$sd/run" "$sd/bin" "$sd/dev"
+    mkdir -p "$sd/munge" "$sd/ctld" "$sd/spool" "$sd/log" "$sd/run" "$sd/dev"
     # munged requires the socket dir to be o+x and key dir not group/other-writable
     chmod 755 "$sd" "$sd/munge"
     chmod 700 "$sd/ctld" "$sd/spool"
@@ -165,6 +178,20 @@ do_start() {
     fi
     chmod 600 "$sd/munge/munge.key"
     local sock="$sd/munge/munge.socket"
+
+    # ---- nodes and their GPUs (gres.conf) ------------------------------------
+    for ((i = 0; i < nnodes; i++)); do
+        nodelines+="NodeName=${names[i]} NodeHostname=${node} NodeAddr=127.0.0.1"
+        nodelines+=" Port=$((slurmd_port + i)) CPUs=${cpus} RealMemory=${realmem}"
+        if ((gpus)); then
+            # placeholder files stand for the devices: slurmd only maps them to indices
+            for ((p = 0; p < gpus; p++)); do : >"$sd/dev/${names[i]}-gpu$p"; done
+            gresconf+="NodeName=${names[i]} Name=gpu File=$sd/dev/${names[i]}-gpu[0-$((gpus - 1))]"$'\n'
+            nodelines+=" Gres=gpu:${gpus}"
+        fi
+        nodelines+=" State=UNKNOWN"$'\n'
+    done
+    printf 'AutoDetect=off\n%s' "$gresconf" >"$sd/gres.conf"
 
     # ---- slurm.conf --------------------------------------------------------
     : >"$sd/plugstack.conf"
@@ -186,7 +213,7 @@ MailProg=/bin/true
 PlugStackConfig=${sd}/plugstack.conf
 
 StateSaveLocation=${sd}/ctld
-SlurmdSpoolDir=${sd}/spool
+SlurmdSpoolDir=${sd}/spool/%n
 SlurmctldPidFile=${sd}/run/slurmctld.pid
 SlurmdPidFile=${sd}/run/slurmd-%n.pid
 SlurmctldLogFile=${sd}/log/slurmctld.log
@@ -206,6 +233,9 @@ SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,sched_interval=1,bf_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
+GresTypes=gpu
+# nodes are what this file declares (LOCAL_SLURM_CPUS may exceed the real cores)
+SlurmdParameters=config_overrides
 DefMemPerCPU=${defmem}
 ReturnToService=2
 JobRequeue=1
@@ -216,8 +246,7 @@ InactiveLimit=0
 SlurmctldTimeout=30
 SlurmdTimeout=60
 
-NodeName=${node} NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=${realmem} State=UNKNOWN
-PartitionName=debug Nodes=${node} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+${nodelines}PartitionName=debug Nodes=$(IFS=,; echo "${names[*]}") Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
     # no cgroup.conf: only cgroup-based plugins read it and none are configured
     rm -f "$sd/cgroup.conf"
@@ -241,24 +270,27 @@ EOF
     pid_ctld=$(wait_pidfile "$sd/run/slurmctld.pid" 20 "$sd/log/slurmctld.log") || die "slurmctld not running, see $sd/log/slurmctld.log"
     echo "$pid_ctld" >>"$sd/pids"
 
-    slurmd -f "$sd/slurm.conf" -N "$node" \
-        || die "slurmd failed to start, see $sd/log/slurmd-$node.log"
-    pid_slurmd=$(wait_pidfile "$sd/run/slurmd-$node.pid" 20 "$sd/log/slurmd-$node.log") || die "slurmd not running, see $sd/log/slurmd-$node.log"
-    echo "$pid_slurmd" >>"$sd/pids"
+    for p in "${names[@]}"; do
+        mkdir -p "$sd/spool/$p" && chmod 700 "$sd/spool/$p"
+        slurmd -f "$sd/slurm.conf" -N "$p" \
+            || die "slurmd failed to start, see $sd/log/slurmd-$p.log"
+        pid_slurmd=$(wait_pidfile "$sd/run/slurmd-$p.pid" 20 "$sd/log/slurmd-$p.log") || die "slurmd not running, see $sd/log/slurmd-$p.log"
+        echo "$pid_slurmd" >>"$sd/pids"
+    done
 
     # ---- wait for node idle ------------------------------------------------
     local st=""
     while ((SECONDS - t0 < timeout)); do
-        st=$(sinfo -h -N -n "$node" -o '%t' 2>/dev/null | head -1 || true)
-        [[ "$st" == idle ]] && break
+        st=$(sinfo -h -N -o '%t' 2>/dev/null | sort -u | tr '\n' ' ' || true)
+        [[ "$st" == "idle " ]] && break
         sleep 0.5
     done
-    if [[ "$st" != idle ]]; then
-        log "node $node not idle after ${timeout}s (state: '${st}'); logs in $sd/log"
+    if [[ "$st" != "idle " ]]; then
+        log "nodes ${names[*]} not all idle after ${timeout}s (states: '${st}'); logs in $sd/log"
         sinfo -N -l >&2 || true
         exit 1  # EXIT trap stops the daemons
     fi
-    log "cluster up in $((SECONDS - t0))s: node=$node cpus=$cpus mem=${realmem}MB pids=$(tr '\n' ' ' <"$sd/pids")"
+    log "cluster up in $((SECONDS - t0))s: nodes=${names[*]} cpus=$cpus mem=${realmem}MB gpus=$gpus pids=$(tr '\n' ' ' <"$sd/pids")"
     log "optional (no accounting DB): export PATH=$sd/bin:\$PATH  # squeue-backed sacct for submitit job.state"
     echo "export SLURM_CONF=$sd/slurm.conf"
 }

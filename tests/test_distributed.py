@@ -74,14 +74,15 @@ def test_one_node_is_torchrun_standalone_and_several_are_srun_with_c10d(tmp_path
     env = {"SLURM_JOB_ID": "77", "SLURM_JOB_NUM_NODES": "2"}
     cmd = command(dist_cfg(nproc_per_node="8", nnodes=2, strategy="fsdp",
                            rdzv_endpoint="node01:29500"), req, env=env)
-    assert cmd[:4] == ["srun", "--ntasks=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
-    assert cmd[5:] == ["-m", "torch.distributed.run", "--nproc-per-node=8", "--nnodes=2",
+    assert cmd[:5] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1",
+                       "--kill-on-bad-exit=1"]
+    assert cmd[6:] == ["-m", "torch.distributed.run", "--nproc-per-node=8", "--nnodes=2",
                        "--rdzv-backend=c10d", "--rdzv-endpoint=node01:29500", "--rdzv-id=77",
                        "-m", "pipeline.core.training", str(req)]
-    # Two tasks on a one-node allocation (the local test cluster): both on that node.
-    one_node = command(dist_cfg(nnodes=2, strategy="ddp", rdzv_endpoint="h:1"), req,
-                       env={"SLURM_JOB_ID": "5", "SLURM_JOB_NUM_NODES": "1"})
-    assert one_node[:3] == ["srun", "--ntasks=2", "--ntasks-per-node=2"]
+    # Two nodes asked inside a one-node allocation: refused, not two ranks crowded on one node.
+    with pytest.raises(ValueError, match="this SLURM job has 1 node"):
+        command(dist_cfg(nnodes=2, strategy="ddp", rdzv_endpoint="h:1"), req,
+                env={"SLURM_JOB_ID": "5", "SLURM_JOB_NUM_NODES": "1"})
     with pytest.raises(ValueError, match="runs under SLURM"):
         command(dist_cfg(nnodes=2, strategy="ddp"), req, env={})
 

@@ -252,7 +252,7 @@ def test_report_section(study, tmp_path):
     assert "| +NEFT win rate, draws count ½ (%) | 75.00 ±" in text
     assert "Cohen's kappa 1.00 over 8 pairs" in text
     assert "74.6" in text and "88 / 22 / 30" in text
-    assert "| head_to_head (" in text and "![" in text
+    assert "| head\\_to\\_head (" in text and "![" in text  # names escaped for Markdown
     assert (results_dir / "human_study.png").stat().st_size > 1000
     html = markdown_html(text)
     assert "<table>" in html and '<img alt="Human study' in html

@@ -162,8 +162,25 @@ def test_alpha_zero_is_no_noise():
 @pytest.mark.parametrize(
     "kind,alpha,length,match",
     [("uniform", -1.0, "per_example", "alpha"), ("laplace", 5.0, "per_example", "kind"),
-     ("uniform", 5.0, "batch", "length")],
+     ("uniform", 5.0, "batch", "length"), ("uniform", float("nan"), "per_example", "finite"),
+     ("uniform", float("inf"), "per_example", "finite"), ("uniform", True, "per_example", "alpha")],
 )
 def test_bad_noise_config_is_rejected(kind, alpha, length, match):
     with pytest.raises(ValueError, match=match):
         validate_noise(kind, alpha, length)
+
+
+def test_bf16_scale_is_computed_in_fp32_so_lengths_above_256_are_not_rounded():
+    # Issue 18, item 14: bf16 rounds 257 to 256; the scale must follow the real length.
+    dim, alpha = 64, 5.0
+    for seq_len in (257, 258):
+        embeds = torch.zeros(1, seq_len, dim, dtype=torch.bfloat16)
+        mask = torch.ones(1, seq_len, dtype=torch.long)
+        gen = torch.Generator().manual_seed(0)
+        noise = neftune_noise(embeds, alpha, "uniform", "per_example", mask, None, gen)
+        again = torch.Generator().manual_seed(0)
+        eps = torch.zeros_like(embeds).uniform_(-1.0, 1.0, generator=again)
+        assert noise.dtype == torch.bfloat16
+        measured = noise.float().abs().sum() / eps.float().abs().sum()
+        want = alpha / math.sqrt(seq_len * dim)
+        assert abs(measured.item() / want - 1) < 5e-4, seq_len

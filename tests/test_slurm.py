@@ -22,16 +22,18 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """Environment for talking to a local cluster started for this module; its daemons are stopped after."""
+def local_cluster(nodes: int, **settings: str):
+    """Start a local cluster (scripts/local_slurm.sh) with `nodes` slurmds, each with 4
+    placeholder GPUs (GPU requests are scheduled for real) and 8 CPUs; yield the environment
+    that talks to it, and stop exactly its daemons afterwards."""
     state = tempfile.mkdtemp(prefix="slurm", dir="/tmp")  # short: slurmd's socket paths must fit 108 bytes
     script = str(ROOT / "scripts" / "local_slurm.sh")
-    started = subprocess.run(["bash", script, "start", state], capture_output=True, text=True, timeout=120)
+    conf = dict(os.environ, LOCAL_SLURM_NODES=str(nodes), LOCAL_SLURM_GPUS="4", LOCAL_SLURM_CPUS="8", **settings)
+    started = subprocess.run(["bash", script, "start", state], capture_output=True, text=True, timeout=120, env=conf)
     assert started.returncode == 0, started.stderr
     env = dict(os.environ, SLURM_CONF=f"{state}/slurm.conf", PATH=f"{state}/bin:{os.environ['PATH']}", PYTHON=sys.executable)
     daemons = [int(p) for p in Path(state, "pids").read_text().split()]
-    assert len(daemons) == 3  # munged, slurmctld, slurmd
+    assert len(daemons) == 2 + nodes  # munged, slurmctld, a slurmd per node
     try:
         yield env
     finally:
@@ -39,6 +41,20 @@ def cluster():
         alive = [pid for pid in daemons if _running(pid)]
         shutil.rmtree(state, ignore_errors=True)
         assert not alive, f"daemons still running after stop: {alive}"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One node for this module's tests."""
+    yield from local_cluster(1)
+
+
+@pytest.fixture()
+def two_nodes():
+    """Two nodes (two slurmds of this host), on ports of their own beside `cluster`'s. Only the
+    multinode test uses them: this slurm build has no multiple-slurmd support, so a batch step
+    placed on the second node may not be told its srun step ended."""
+    yield from local_cluster(2, LOCAL_SLURM_CTLD_PORT="6837", LOCAL_SLURM_SLURMD_PORT="6838")
 
 
 def _running(pid: int) -> bool:
@@ -110,7 +126,8 @@ def test_requeued_task_resumes_its_finetune_without_a_duplicate_baseline(cluster
     deadline, victim = time.time() + 600, None
     while time.time() < deadline and victim is None:
         for ckpt in store.glob("finetune-*.partial/checkpoints/checkpoint-*/trainer_state.json"):
-            lock = store / (ckpt.parents[2].name.removesuffix(".partial") + ".lock")
+            # <key>.partial or <key>.<tag>.partial (keys have no dots): the lock is <key>.lock
+            lock = store / (ckpt.parents[2].name.split(".", 1)[0] + ".lock")
             try:
                 pid = int(lock.read_text().split(":")[1])
             except (OSError, IndexError, ValueError):
@@ -132,7 +149,7 @@ def test_requeued_task_resumes_its_finetune_without_a_duplicate_baseline(cluster
     log = (store / f"slurm-{job}_{victim[0]}.out").read_text()
     assert "restart 1" in log  # the requeued task ran again
     assert_sweep_done(store, "alpha_grid", [0, 5])
-    killed = victim[1].removesuffix(".partial")
+    killed = victim[1].split(".", 1)[0]
     metrics = json.loads((store / killed / "metrics.json").read_text())
     assert metrics["resumed_from_step"] >= 20 and metrics["train_steps"] == 600
 
@@ -145,12 +162,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_multinode_sbatch_trains_through_srun_torchrun_c10d(cluster, tmp_path):
-    """slurm/finetune_multinode.sbatch with 2 tasks: the pipeline in the batch step, its finetune
-    as `srun` + one torchrun per task meeting over c10d (here both tasks on this one node)."""
+def test_multinode_sbatch_trains_through_srun_torchrun_c10d(two_nodes, tmp_path):
+    """slurm/finetune_multinode.sbatch on 2 nodes: the pipeline in the batch step, its finetune
+    as `srun` + one torchrun per node meeting over c10d (both nodes are slurmds of this host)."""
+    cluster = two_nodes
     store = tmp_path / "store"
     store.mkdir()
-    cmd = ["sbatch", "--parsable", "--nodes=1", "--ntasks=2", "--cpus-per-task=1", "--mem=4G",
+    cmd = ["sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1", "--mem=2G",
            f"--output={store}/slurm-%j.out", "slurm/finetune_multinode.sbatch", *TINY,
            "openllm=none", "calibration.enabled=false", "finetune.distributed.strategy=ddp",
            "finetune.distributed.nnodes=2", "finetune.effective_batch_size=8",
@@ -167,7 +185,8 @@ def test_multinode_sbatch_trains_through_srun_torchrun_c10d(cluster, tmp_path):
     log = (store / f"slurm-{job_id}.out").read_text()
     assert "done in" in log, log[-3000:]
     assert f"--nnodes=2 --rdzv-backend=c10d" in log and f"--rdzv-id={job_id}" in log
-    assert log.count("srun --ntasks=2") == 2  # both arms' fine-tunes
+    # both arms' fine-tunes: one torchrun per node, with the job's CPUs (no GPUs asked here)
+    assert log.count("srun --nodes=2 --ntasks=2 --ntasks-per-node=1 --cpus-per-task=1 --kill") == 2
     for ft in finished(store, "finetune"):
         metrics = json.loads((ft / "metrics.json").read_text())
         assert (metrics["world_size"], metrics["train_steps"]) == (2, 24)
@@ -175,3 +194,43 @@ def test_multinode_sbatch_trains_through_srun_torchrun_c10d(cluster, tmp_path):
         assert ranks[0]["pid"] != ranks[1]["pid"]
     assert len(finished(store, "finetune")) == 2 and len(finished(store, "generate")) == 2
     assert (store / "results" / "multinode" / "REPORT.md").is_file()
+
+
+def pending_arrays(env: dict, count: int, timeout: float) -> list[str]:
+    """The ids of `count` pending array jobs, once slurmctld has them all."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        ids = sorted(set(subprocess.run(["squeue", "-h", "-t", "PD", "-o", "%F"], env=env,
+                                        capture_output=True, text=True).stdout.split()), key=int)
+        if len(ids) >= count:
+            return ids
+        time.sleep(1)
+    raise AssertionError(f"{count} arrays not submitted within {timeout} s")
+
+
+def test_the_launcher_sizes_each_job_and_slurm_gets_one_array_per_shape(cluster, tmp_path):
+    """Points of 1, 4 and 1 GPUs through launcher=slurm: two arrays, whose resources slurmctld
+    records as asked (held, so nothing runs; the launcher is stopped once they are seen)."""
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "pipeline.run", "-m", *TINY, "launcher=slurm",
+           "finetune.distributed.nproc_per_node=1,4,1", "finetune.distributed.strategy=ddp",
+           "finetune.per_device_batch_size=1", "finetune.effective_batch_size=8",
+           "hydra.launcher.cpus_per_task=1", "hydra.launcher.cpus_per_gpu=2",
+           "hydra.launcher.mem_gb=1", "hydra.launcher.process_mem_gb=0.5",
+           "hydra.launcher.node_gpus=4", "+hydra.launcher.additional_parameters.hold=true",
+           f"paths.store={store}", f"paths.results={store}/results"]
+    launcher = subprocess.Popen(cmd, cwd=ROOT, env=cluster, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    try:
+        arrays = pending_arrays(cluster, 2, 300)
+        shown = {a: subprocess.run(["scontrol", "show", "job", a], env=cluster,
+                                   capture_output=True, text=True).stdout for a in arrays}
+    finally:
+        launcher.terminate()
+        launcher.wait(timeout=60)
+        subprocess.run(["scancel", *[a for a in locals().get("arrays", [])]], env=cluster)
+    one, four = (shown[a] for a in arrays)  # submitted in order of first appearance
+    assert "ArrayTaskId=0-1" in one and "TresPerNode=gres:gpu:1" in one  # points #0 and #2
+    assert "TRES=cpu=2,mem=1G,node=1" in one and "NumNodes=1" in one
+    assert "TresPerNode=gres:gpu:4" in four  # point #1 (submitit submits a lone job plainly)
+    assert "TRES=cpu=8,mem=3G,node=1" in four  # 2 CPUs per GPU; 0.5 GB x 5 processes

@@ -34,14 +34,16 @@ class ModelConfig:
     source: str = "hub"  # hub | local | gguf_package | tiny
     id: Optional[str] = None  # hub id, local dir, or <python package>/<file.gguf>
     revision: Optional[str] = None  # hub revision; null = main
-    dtype: str = "bfloat16"  # float32 | bfloat16 | float16 (float32 on CPU)
+    dtype: str = "auto"  # auto: bf16 where native (CUDA, AMX/AVX512-BF16 CPUs), else float32 |
+    # float32 | bfloat16 | float16; the resolved dtype enters stage keys (pipeline/core/devices.py)
     arch: Optional[TinyArch] = None  # only for source=tiny
 
 
 @dataclass
 class DataConfig:
     name: str = MISSING  # readable name in stage keys and tables
-    train: str = MISSING  # Alpaca JSON/JSONL path, pkg:<asset>, or hf:<dataset>[:config][@split]
+    train: Optional[str] = MISSING  # Alpaca JSON/JSONL path, pkg:<asset>, or
+    # hf:<dataset>[:config][@split]; null only through an unset paths.* key (refused in the check)
     train_limit: Optional[int] = None  # use only the first N training records (null = all)
     diversity_cutoff: int = 50  # Table-4 K: repetition/diversity on the first K whitespace tokens
 
@@ -60,13 +62,15 @@ class LoraConfig:
     dropout: float = 0.1  # dropout on the adapter input
     target_modules: List[str] = field(default_factory=lambda: [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])  # layers
-    quantize_4bit: str = "auto"  # true: NF4 base (GPU + bitsandbytes) | false | auto: when possible
+    quantize_4bit: bool = False  # true: QLoRA's NF4 base (CUDA + bitsandbytes) | false: plain
+    # LoRA on the model.dtype base; never a silent fall back from one to the other
 
 
 @dataclass
 class FsdpConfig:
-    sharding: str = "full_shard"  # what FSDP shards: full_shard | shard_grad_op | hybrid_shard
-    fp32_master_weights: bool = False  # true: fp32 weights + bf16 compute (16 B/param); false: 8
+    sharding: str = "full_shard"  # FSDP2: full_shard (reshard after forward) | shard_grad_op
+    fp32_master_weights: bool = False  # true: fp32 masters, grads, AdamW + bf16 compute (16
+    # B/param, Trainer bf16 mixed precision); false: all in bf16 (8 B/param, the paper's code)
     cpu_offload: bool = False  # weights and optimiser states in CPU memory: fits more, slower
     rank0_load: bool = True  # only rank 0 reads the weights, then broadcasts (70B: not 8 copies)
 
@@ -81,6 +85,7 @@ class DistributedConfig:
     gpu_memory_gb: Optional[float] = None  # GB per GPU for the memory plan where torch sees no GPU
     n_params: Optional[float] = None  # the model's parameters (memory plan); null = known/counted
     fsdp: FsdpConfig = field(default_factory=FsdpConfig)  # strategy=fsdp only
+    timeout_s: int = 7200  # collective timeout (s): rank 0's final consolidated save must fit
 
 
 @dataclass
@@ -223,6 +228,8 @@ class PathsConfig:
     verify: str = "size"  # reuse check of stored files: size (cheap) | full (sha256)
     results: str = "results"  # tables and figures go to <results>/<experiment.name>/
     paper_numbers: str = "pkg:paper_numbers.yaml"  # the paper's figures (structured)
+    sharegpt_train: Optional[str] = None  # Alpaca-format JSON of ShareGPT's 512-token chunks
+    # (data=sharegpt reads it: one key for every ShareGPT point of a multirun)
 
 
 @dataclass
@@ -257,6 +264,7 @@ class Config:
     head_to_head: bool = True  # also judge the +NEFT answers against the base answers directly
     point_name: Optional[str] = None  # names this point's file in results/<experiment>/points/
     seeds: Optional[List[int]] = None  # train every arm once per seed; null = [finetune.seed]
+    dry_run: bool = False  # print every job (resources, memory plan, stored stages); run nothing
 
 
 def register() -> None:

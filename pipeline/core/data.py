@@ -44,6 +44,9 @@ def format_prompt(record: dict, for_training: bool) -> str:
 def check_source(source: str, key: str) -> None:
     """Check of the data source of config `key` before any training: a local file exists, is
     UTF-8 and parses as JSON/JSONL (hub sources are not checked)."""
+    if source is None:  # data=sharegpt reads paths.sharegpt_train, which has no default
+        raise DataError(f"{key} is not set: for data=sharegpt give paths.sharegpt_train=<an "
+                        "Alpaca-format export of the 512-token chunks>; else set it directly")
     if source.startswith("hf:"):
         return
     path = ASSETS / source[len("pkg:"):] if source.startswith("pkg:") else Path(source).expanduser()
@@ -63,7 +66,9 @@ def _read_rows(source: str) -> tuple[str, list]:
     if source.startswith("pkg:"):
         path = ASSETS / source[len("pkg:") :]
     elif source.startswith("hf:"):
-        return source, _read_hub(source[len("hf:") :])
+        rows = _read_hub(source[len("hf:") :])
+        check_encodable(source, rows)
+        return source, rows
     else:
         path = Path(source).expanduser()
     if not path.is_file():
@@ -100,7 +105,35 @@ def _read_rows(source: str) -> tuple[str, list]:
             f"{path}: top level is {type(rows).__name__}; expected a JSON list of records (or use "
             ".jsonl)"
         )
+    check_encodable(str(path), rows)
     return str(path), rows
+
+
+def _lone_surrogate(value) -> str | None:
+    """The field path of the first string under `value` that is not encodable as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            return f"character {err.start} ({value[err.start]!a})"
+        return None
+    items = value.items() if isinstance(value, dict) else (
+        enumerate(value) if isinstance(value, list) else ())
+    for name, item in items:
+        found = _lone_surrogate(item)
+        if found is not None:
+            return f"field {name!r}, {found}" if isinstance(value, dict) else f"[{name}] {found}"
+    return None
+
+
+def check_encodable(name: str, rows: list) -> None:
+    # JSON's \ud800 escapes parse into lone surrogates, which no tokenizer or file can take:
+    # found here, before training, rather than inside the tokenizer after a stage is stored.
+    for i, row in enumerate(rows):
+        found = _lone_surrogate(row)
+        if found is not None:
+            raise DataError(f"{name}: row {i}: {found} is a lone UTF-16 surrogate, not text; "
+                            "fix or drop that row")
 
 
 def _read_hub(spec: str) -> list:

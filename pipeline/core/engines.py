@@ -193,10 +193,12 @@ def check_engine(engine: str, python: str | None = None, tensor_parallel_size: i
 def _hf_engine(request: dict) -> dict:
     import transformers
 
+    from pipeline.core.devices import compute_device
     from pipeline.core.models import generate_batched, load_model_and_tokenizer
 
     dec = request["decoding"]
-    model, tok = load_model_and_tokenizer(request["model_dir"], request["dtype"])
+    model, tok = load_model_and_tokenizer(request["model_dir"], request["dtype"],
+                                          device=compute_device())
     started = time.time()
     outputs, counts = generate_batched(
         model, tok, request["prompts"], dec["batch_size"], dec["max_new_tokens"],

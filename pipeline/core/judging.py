@@ -18,16 +18,16 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.core.data import ASSETS
+from pipeline.core.alpaca_import import (  # noqa: F401  (JudgeError is imported from here too)
+    JudgeError, import_alpaca_eval, pin_alpaca_eval_version,
+)
+from pipeline.core.data import ASSETS, check_encodable
+from pipeline.core.devices import compute_device, device_key_params, inference_placement
 from pipeline.core.models import DTYPES, base_model_dir, validate_model
 from pipeline.core.store import StageResult, Store, write_text_atomic
 
 KINDS = ("local", "openai", "openai_compatible")
 ANNOTATORS_DIR = ASSETS / "annotators"
-
-
-class JudgeError(ValueError):
-    """A judge that cannot run (unknown kind, missing API key, wrong AlpacaEval version)."""
 
 
 @dataclass(frozen=True)
@@ -43,20 +43,24 @@ def load_reference(source: str) -> Reference:
     """Reference outputs from an AlpacaEval-format file (path or pkg:<asset>)."""
     path = ASSETS / source[len("pkg:") :] if source.startswith("pkg:") else Path(source)
     if not path.is_file():
-        raise JudgeError(
-            f"generate.reference={source!r}: no such file ({path.resolve()}); "
-            "give AlpacaEval-format reference outputs"
-        )
+        raise JudgeError(f"generate.reference={source!r}: no such file ({path.resolve()}); "
+                         "give AlpacaEval-format reference outputs")
     text = path.read_text(encoding="utf-8")
-    records = json.loads(text)
+    try:
+        records = json.loads(text)
+    except ValueError as err:
+        raise JudgeError(f"{path}: not valid JSON ({err}); expected AlpacaEval-format "
+                         "reference outputs") from err
+    if not isinstance(records, list):
+        raise JudgeError(f"{path}: top level is {type(records).__name__}; expected a list")
+    check_encodable(str(path), records)
     for i, rec in enumerate(records):
         for field in ("instruction", "output"):
-            if not isinstance(rec.get(field), str):
+            if not isinstance(rec, dict) or not isinstance(rec.get(field), str):
                 raise JudgeError(f"{path}: record {i} has no string field '{field}'")
     generator = records[0].get("generator", path.stem) if records else path.stem
-    return Reference(
-        label=str(generator), key=hashlib.sha256(text.encode()).hexdigest()[:16], records=records
-    )
+    return Reference(label=str(generator), key=hashlib.sha256(text.encode()).hexdigest()[:16],
+                     records=records)
 
 
 def reference_from_stage(stage: StageResult, label: str) -> Reference:
@@ -69,18 +73,14 @@ def validate_judge(judge_cfg) -> None:
     if judge_cfg.kind not in KINDS:
         raise JudgeError(f"judge.kind={judge_cfg.kind!r} is unknown; use one of {KINDS}")
     if judge_cfg.alpaca_eval_version not in (1, 2):
-        raise JudgeError(
-            f"judge.alpaca_eval_version={judge_cfg.alpaca_eval_version!r}: use 1 (the paper's) or 2"
-        )
+        raise JudgeError(f"judge.alpaca_eval_version={judge_cfg.alpaca_eval_version!r}: use 1 "
+                         "(the paper's) or 2")
     if judge_cfg.kind == "local":
         validate_model(judge_cfg.model)
     elif judge_cfg.kind == "openai":
         from_file = os.environ.get("OPENAI_CLIENT_CONFIG_PATH")
-        if not (
-            os.environ.get("OPENAI_API_KEY")
-            or os.environ.get("OPENAI_API_KEYS")
-            or (from_file and Path(from_file).is_file())
-        ):
+        if not (os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_API_KEYS")
+                or (from_file and Path(from_file).is_file())):
             raise JudgeError(
                 f"judge={judge_cfg.name} calls the OpenAI API but OPENAI_API_KEY is not set; "
                 "export OPENAI_API_KEY=... (or OPENAI_CLIENT_CONFIG_PATH), "
@@ -99,23 +99,6 @@ def validate_judge(judge_cfg) -> None:
             )
 
 
-def _import_alpaca_eval(version: int):
-    # alpaca_eval reads its version once, at import; it defaults to 2 and the paper used 1.
-    want = "True" if version == 2 else "False"
-    os.environ.setdefault("IS_ALPACA_EVAL_2", want)
-    from alpaca_eval import constants
-
-    if constants.IS_ALPACA_EVAL_2 != (version == 2):
-        raise JudgeError(
-            f"alpaca_eval was imported as AlpacaEval {2 if constants.IS_ALPACA_EVAL_2 else 1} in "
-            f"this process, but the judge needs version {version} (judge.alpaca_eval_version); "
-            "run judges of different versions in separate runs"
-        )
-    import alpaca_eval
-
-    return alpaca_eval
-
-
 def local_judge_completions(model_dir: str, dtype: str, batch_size: int, max_prompt_tokens: int):
     """An alpaca_eval `fn_completions`: a local causal LM picks "Output (a)" or "(b)" by logits."""
     import torch
@@ -125,29 +108,24 @@ def local_judge_completions(model_dir: str, dtype: str, batch_size: int, max_pro
     tok.padding_side, tok.truncation_side = "left", "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype]).eval()
+    device = compute_device()  # the one place that decides (pipeline/core/devices.py)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=DTYPES[dtype], **inference_placement(device)).eval()
     ids = [tok.encode(c, add_special_tokens=False)[-1] for c in ("a", "b")]
     if ids[0] == ids[1]:
         raise JudgeError(f"judge tokenizer of {model_dir} cannot tell 'a' from 'b'")
 
     def completions(prompts: list[str], **_decoding) -> dict:
         out: list[str | None] = [None] * len(prompts)
-        order = sorted(
-            range(len(prompts)), key=lambda i: len(prompts[i])
-        )  # similar lengths share a batch
+        # similar lengths share a batch
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            batch = tok(
-                [prompts[i] for i in idx],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=max_prompt_tokens,
-            )
+            batch = tok([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                        truncation=True, max_length=max_prompt_tokens).to(model.device)
             with torch.inference_mode():
-                logits = model(**batch, logits_to_keep=1).logits[
-                    :, -1, ids
-                ]  # only the last position is needed
+                # only the last position is needed
+                logits = model(**batch, logits_to_keep=1).logits[:, -1, ids]
             for i, (a, b) in zip(idx, logits.tolist()):
                 out[i] = "Output (a)" if a >= b else "Output (b)"
         return {"completions": out}
@@ -160,7 +138,7 @@ def annotator(judge_cfg, work: Path, cache: Store, fn_completions=None):
 
     An API key is handed to alpaca_eval in memory only; no file written here contains it.
     """
-    alpaca_eval = _import_alpaca_eval(judge_cfg.alpaca_eval_version)
+    alpaca_eval = import_alpaca_eval(judge_cfg.alpaca_eval_version)
     from pipeline.core.judge_cache import annotator_class
 
     kwargs = {
@@ -278,6 +256,18 @@ def _raise_if_invalid(annotator, scored: list[dict], fields: list[str]) -> None:
         raise JudgeError(message)
 
 
+def check_references(prompts: list[dict], reference: Reference, where: str, source: str) -> None:
+    """Every prompt has a reference answer (matched by instruction, as pairs_against does)."""
+    known = {r["instruction"] for r in reference.records}
+    missing = [i for i, p in enumerate(prompts) if p["instruction"] not in known]
+    if missing:
+        raise JudgeError(
+            f"{where}: {len(missing)} of {len(prompts)} prompts have no reference answer in "
+            f"generate.reference={source!r}, first row {missing[0]} "
+            f"({prompts[missing[0]]['instruction'][:80]!r}); add their answers or drop them"
+        )
+
+
 def pairs_against(outputs: list[dict], reference: Reference, where: str) -> list[dict]:
     ref_by_instruction = {r["instruction"]: r for r in reference.records}
     missing = [o["instruction"] for o in outputs if o["instruction"] not in ref_by_instruction]
@@ -297,3 +287,14 @@ def pairs_against(outputs: list[dict], reference: Reference, where: str) -> list
         }
         for o in outputs
     ]
+
+
+def judge_key_params(judge_cfg) -> dict:
+    """The judge's part of a stage key: its config, and for a local judge its device where it is
+    not the CPU (a GPU's numerics can flip a close verdict)."""
+    from pipeline.core.config import config_params
+
+    params = {"judge": config_params(judge_cfg)}
+    if judge_cfg.kind == "local":
+        params |= device_key_params(compute_device())
+    return params

@@ -2,9 +2,10 @@
 
 The pipeline process owns the stage store; a fine-tune on more than one process runs as
 `torchrun ... -m pipeline.core.training <request.json>` (one node), or under SLURM on several
-nodes as `srun --ntasks-per-node=1 torchrun --nnodes=N --rdzv-backend=c10d ...`, a subprocess
-that writes only inside the stage's work directory. torchrun, not a launcher of our own: it
-does rendezvous, worker restarts and signal forwarding the way every cluster recipe expects.
+nodes as `srun --nodes=N --ntasks-per-node=1 torchrun --nnodes=N --rdzv-backend=c10d ...`, a
+subprocess that writes only inside the stage's work directory. torchrun, not a launcher of our
+own: it does rendezvous, worker restarts and signal forwarding the way every cluster recipe
+expects.
 
 Run: python -m pipeline.run finetune.distributed.nproc_per_node=2 finetune.distributed.strategy=ddp
 """
@@ -12,7 +13,6 @@ Run: python -m pipeline.run finetune.distributed.nproc_per_node=2 finetune.distr
 from __future__ import annotations
 
 import ctypes
-import math
 import os
 import signal
 import subprocess
@@ -87,8 +87,46 @@ def _first_slurm_host(env: dict) -> str:
     return done.stdout.split()[0]
 
 
+def _env_int(env: dict, *names: str) -> int | None:
+    """The first of SLURM's variables `names` that is set, as an int (None when none is)."""
+    for name in names:
+        value = str(env.get(name) or "").split("(")[0].strip()  # "8(x2)" in some variables
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+def check_allocation(dist_cfg, env: dict | None = None) -> None:
+    """Refuse, before any work, a launch the process's resources cannot hold: more nodes than
+    the SLURM job has, or more processes per node than the GPUs this node really has (SLURM's
+    SLURM_GPUS_ON_NODE, CUDA's visible count). A run without any GPU (CPU, gloo) is not
+    limited: there the processes share the CPUs."""
+    env = dict(os.environ if env is None else env)
+    nproc, nnodes = nproc_per_node(dist_cfg), dist_cfg.nnodes
+    keys = (f"finetune.distributed.nproc_per_node={dist_cfg.nproc_per_node} x "
+            f"finetune.distributed.nnodes={nnodes}")
+    if nnodes > 1 and env.get("SLURM_JOB_ID"):
+        nodes = _env_int(env, "SLURM_JOB_NUM_NODES", "SLURM_NNODES") or 1
+        if nnodes > nodes:
+            raise ValueError(f"{keys}: this SLURM job has {nodes} node(s) "
+                             f"(SLURM_JOB_NUM_NODES={nodes}); submit it on {nnodes} nodes "
+                             "(launcher=slurm sizes each job from its point, or sbatch "
+                             f"--nodes={nnodes}) or set finetune.distributed.nnodes={nodes}")
+    slurm_gpus = _env_int(env, "SLURM_GPUS_ON_NODE")
+    cuda = visible_cuda_gpus()
+    have = [n for n in (slurm_gpus, cuda) if n]  # 0 or unknown: not a GPU count to hold to
+    if have and nproc > min(have):
+        raise ValueError(
+            f"{keys}: {nproc} processes per node, one per GPU, but this node has {min(have)} "
+            f"GPU(s) (SLURM_GPUS_ON_NODE={slurm_gpus}, CUDA visible: {cuda}); submit the point "
+            "with launcher=slurm (it requests finetune.distributed.nproc_per_node GPUs per node) "
+            "or lower finetune.distributed.nproc_per_node")
+
+
 def command(dist_cfg, request: Path, env: dict | None = None) -> list[str]:
-    """The launch command: torchrun on this node, or srun + torchrun over SLURM's nodes."""
+    """The launch command: torchrun on this node, or srun + torchrun over SLURM's nodes (one
+    torchrun per node, with the node's CPUs and GPUs passed explicitly: since SLURM 22.05 srun
+    no longer inherits the job's --cpus-per-task, and a step gets only the GPUs it asks for)."""
     env = dict(os.environ if env is None else env)
     nproc, nnodes = nproc_per_node(dist_cfg), dist_cfg.nnodes
     torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
@@ -100,13 +138,17 @@ def command(dist_cfg, request: Path, env: dict | None = None) -> list[str]:
         raise ValueError(f"finetune.distributed.nnodes={nnodes} runs under SLURM (srun starts one "
                          "torchrun per node): submit slurm/finetune_multinode.sbatch, or set "
                          "nnodes=1")
-    nodes = int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or nnodes)
+    check_allocation(dist_cfg, env)
     endpoint = dist_cfg.rdzv_endpoint or f"{_first_slurm_host(env)}:{dist_cfg.rdzv_port}"
-    srun = ["srun", f"--ntasks={nnodes}", f"--ntasks-per-node={math.ceil(nnodes / nodes)}",
-            "--kill-on-bad-exit=1"]
+    srun = ["srun", f"--nodes={nnodes}", f"--ntasks={nnodes}", "--ntasks-per-node=1"]
+    cpus = _env_int(env, "SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE")
+    if cpus:
+        srun.append(f"--cpus-per-task={cpus}")
+    if _env_int(env, "SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE"):  # a GPU job: one per rank
+        srun.append(f"--gpus-per-node={nproc}")
     rdzv = [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}",
             f"--rdzv-id={job}"]
-    return srun + torchrun + rdzv + worker
+    return srun + ["--kill-on-bad-exit=1"] + torchrun + rdzv + worker
 
 
 def _die_with_parent() -> None:

@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.core.workdirs import new_tag
+
 HOST = socket.gethostname()
 
 
@@ -84,6 +86,7 @@ class StageLock:
         self._lost = threading.Event()
         self._thread: threading.Thread | None = None
         self._token = f"{HOST}:{os.getpid()}:{uuid.uuid4().hex}"
+        self.tag = ""  # set at each acquisition: names the holder's work dir (core.workdirs)
 
     @contextmanager
     def _takeover_mutex(self) -> Iterator[bool]:
@@ -162,6 +165,7 @@ class StageLock:
                 on_wait()
             waited = True
             time.sleep(self.poll_s)
+        self.tag = new_tag()
         self._stop.clear()
         self._lost.clear()
         self._thread = threading.Thread(target=self._beat, daemon=True)

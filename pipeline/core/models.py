@@ -18,22 +18,29 @@ from pathlib import Path
 
 import torch
 
+from pipeline.core.devices import DTYPE_CHOICES, DTYPES, inference_placement
 from pipeline.core.store import Store, stage_key
 
 SOURCES = ("hub", "local", "gguf_package", "tiny")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def validate_model(model_cfg) -> None:
     """Fail fast on an unknown source or dtype, before data or weights are touched."""
     if model_cfg.source not in SOURCES:
         raise ValueError(f"model.source={model_cfg.source!r} is unknown; use one of {SOURCES}")
-    if model_cfg.dtype not in DTYPES:
-        raise ValueError(f"model.dtype={model_cfg.dtype!r} is unknown; use one of {tuple(DTYPES)}")
+    if model_cfg.dtype not in DTYPE_CHOICES:
+        raise ValueError(f"model.dtype={model_cfg.dtype!r} is unknown; use one of {DTYPE_CHOICES}")
     if model_cfg.source == "gguf_package":
         _gguf_file(model_cfg.id)
-    if model_cfg.source == "local" and not Path(model_cfg.id).is_dir():
-        raise ValueError(f"model.id={model_cfg.id!r}: no such directory for model.source=local")
+    if model_cfg.source == "local":
+        local = Path(model_cfg.id)
+        if not local.is_dir():
+            raise ValueError(f"model.id={model_cfg.id!r}: no such directory for "
+                             "model.source=local")
+        if not (local / "config.json").is_file():
+            raise ValueError(f"model.id={model_cfg.id!r}: the directory has no config.json, so "
+                             "it holds no saved model; point model.id at the directory that "
+                             "save_pretrained wrote")
 
 
 def _gguf_file(spec: str) -> Path:
@@ -136,11 +143,14 @@ def base_model_dir(model_cfg, cache: Store) -> str:
 
 
 def load_model_and_tokenizer(
-    location: str, dtype: str, revision: str | None = None, load_in_4bit: bool = False
+    location: str, dtype: str, revision: str | None = None, load_in_4bit: bool = False,
+    device: str | None = None,
 ):
     """from_pretrained for both, with a message that names the model when it cannot be loaded.
 
     `load_in_4bit`: QLoRA's NF4 base (bitsandbytes, GPU), computing in `dtype`.
+    `device`: where an inference model goes (devices.compute_device()); None leaves the weights
+    on the host, for the Trainer to place.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
@@ -155,7 +165,8 @@ def load_model_and_tokenizer(
     try:
         tok = AutoTokenizer.from_pretrained(location, revision=revision)
         model = AutoModelForCausalLM.from_pretrained(
-            location, revision=revision, dtype=DTYPES[dtype], quantization_config=quant
+            location, revision=revision, dtype=DTYPES[dtype], quantization_config=quant,
+            **(inference_placement(device) if device else {}),
         )
     except OSError as err:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or not Path(location).exists()
@@ -171,6 +182,19 @@ def load_model_and_tokenizer(
     return model, tok
 
 
+def penalty_ignoring_padding(penalty: float, attention_mask: torch.Tensor):
+    """The repetition penalty over each row's real tokens: prompt and answer, never padding.
+
+    transformers' own `repetition_penalty` penalises every id in the padded input, so with left
+    padding (and pad == EOS, as for many models) an answer would depend on which prompts share
+    its batch; vLLM, which does not pad, penalises exactly these tokens.
+    """
+    from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+    pads = (attention_mask == 0).sum(dim=1)  # left padding: the first `pads` positions of a row
+    return LogitsProcessorList([RepetitionPenaltyLogitsProcessor(float(penalty), pads)])
+
+
 def generate_batched(
     model,
     tok,
@@ -181,12 +205,15 @@ def generate_batched(
     repetition_penalty: float,
     min_new_tokens: int = 0,
     desc: str = "generate",
+    progress: Path | None = None,
 ) -> tuple[list[str], list[int]]:
     """Greedy answers to `texts` (in their order) and the number of new tokens of each.
 
-    Batches are formed longest prompt first (memory peaks early) and left padded. EOS is
-    suppressed until
-    `min_new_tokens` new tokens exist.
+    Batches are formed longest prompt first (memory peaks early), left padded and sent to the
+    model's device. EOS is suppressed until `min_new_tokens` new tokens exist. In fp32 an answer
+    is the same alone and in any batch (padding is masked, and penalised nowhere).
+    `progress`: a JSON-lines file each finished batch is appended to; a rerun (a requeued job)
+    skips the batches found there, so the batches it does run are the same as uninterrupted.
     """
     from tqdm import tqdm
 
@@ -196,26 +223,34 @@ def generate_batched(
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])
     outputs: list[str] = [""] * len(texts)
     counts = [0] * len(texts)
+    done = _read_progress(progress, outputs, counts)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
         idx = order[start : start + batch_size]
-        batch = tok([texts[i] for i in idx], return_tensors="pt", padding=True)
+        if all(i in done for i in idx):
+            continue
+        batch = tok([texts[i] for i in idx], return_tensors="pt", padding=True).to(model.device)
         room = max_total_length - batch["input_ids"].shape[1]
         if room < max(min_new_tokens, 1):
             raise ValueError(
                 f"a prompt of {batch['input_ids'].shape[1]} tokens leaves {room} new tokens within "
                 f"max_total_length={max_total_length}; at least {max(min_new_tokens, 1)} are needed"
             )
+        penalty = {}
+        if repetition_penalty != 1.0:
+            penalty["logits_processor"] = penalty_ignoring_padding(
+                repetition_penalty, batch["attention_mask"])
         with torch.no_grad():
             out = model.generate(
                 **batch,
                 do_sample=False,
                 max_new_tokens=min(max_new_tokens, room),
                 min_new_tokens=min_new_tokens,
-                repetition_penalty=repetition_penalty,
+                repetition_penalty=1.0,  # applied by penalty_ignoring_padding instead
                 pad_token_id=tok.pad_token_id,
                 eos_token_id=tok.eos_token_id,
+                **penalty,
             )
-        new = out[:, batch["input_ids"].shape[1] :]
+        new = out[:, batch["input_ids"].shape[1] :].cpu()
         for row, i in enumerate(idx):
             tokens = new[row]
             counts[i] = (
@@ -224,7 +259,35 @@ def generate_batched(
                 else _until_eos(tokens, tok.eos_token_id)
             )
             outputs[i] = tok.decode(tokens, skip_special_tokens=True).strip()
+        if progress is not None:
+            with open(progress, "a", encoding="utf-8") as fh:  # one line per answer, then flush
+                fh.writelines(json.dumps({"i": i, "output": outputs[i], "new_tokens": counts[i]},
+                                         ensure_ascii=False) + "\n" for i in idx)
+                fh.flush()
+                os.fsync(fh.fileno())
     return outputs, counts
+
+
+def _read_progress(progress: Path | None, outputs: list[str], counts: list[int]) -> set[int]:
+    """Fill in the answers a killed run already wrote. A cut last line is dropped from the file
+    (its batch is redone), so that what is appended next starts a line of its own."""
+    done: set[int] = set()
+    if progress is None or not progress.is_file():
+        return done
+    text = progress.read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+        tmp = progress.with_name(progress.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, progress)
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        outputs[row["i"]], counts[row["i"]] = row["output"], row["new_tokens"]
+        done.add(row["i"])
+    return done
 
 
 def _until_eos(tokens, eos_id: int) -> int:

@@ -12,6 +12,7 @@ X + (alpha / sqrt(L * d)) * eps, eps ~ Uniform(-1, 1) (N(0, 1) for `gaussian`), 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -26,9 +27,11 @@ def validate_noise(kind: str, alpha: float, length: str) -> None:
         raise ValueError(f"noise.kind={kind!r} is unknown; use one of {KINDS}")
     if length not in LENGTHS:
         raise ValueError(f"noise.length={length!r} is unknown; use one of {LENGTHS}")
-    if not isinstance(alpha, (int, float)) or alpha < 0:
+    # `alpha < 0` is False for NaN: test for a finite number explicitly.
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) \
+            or alpha < 0:
         raise ValueError(
-            f"noise.alpha={alpha!r} must be a number >= 0 (the paper uses 5, 10 or 15)"
+            f"noise.alpha={alpha!r} must be a finite number >= 0 (the paper uses 5, 10 or 15)"
         )
 
 
@@ -93,11 +96,13 @@ def neftune_noise(
         eps = eps.uniform_(-1.0, 1.0, generator=generator)
     else:
         eps = eps.normal_(0.0, 1.0, generator=generator)
-    lengths = token_lengths(attention_mask, position_ids).to(embeds.dtype)
+    # The scale in fp32 whatever the embeddings' dtype: bf16 holds integers exactly only up to
+    # 256, so L = 257 would be scaled as 256. Only the final noise is cast.
+    lengths = token_lengths(attention_mask, position_ids).to(torch.float32)
     scale = torch.where(
         lengths > 0, alpha / torch.sqrt(lengths.clamp(min=1) * dim), torch.zeros_like(lengths)
     )
-    return eps * scale.unsqueeze(-1)
+    return (eps.to(torch.float32) * scale.unsqueeze(-1)).to(embeds.dtype)
 
 
 @dataclass

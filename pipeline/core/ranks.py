@@ -30,15 +30,32 @@ def noise_rng_file(rank: int) -> str:
     return f"neftune_rng_rank{rank}.pt"
 
 
+def _readable_state(ckpt: Path) -> bool:
+    """Is the checkpoint's trainer_state.json whole? The Trainer writes it in place, so a kill
+    or a full disk mid-write leaves it empty or cut; such a checkpoint is passed over, named."""
+    path = ckpt / "trainer_state.json"
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+        return True
+    except (OSError, ValueError) as err:
+        print(f"[finetune] {path} is damaged ({type(err).__name__}: {err}); resuming from an "
+              "earlier checkpoint instead", flush=True)
+        return False
+
+
 def last_checkpoint(ckpt_root: Path, world_size: int = 1, noise_rng: bool = False) -> Path | None:
-    """Newest complete checkpoint: trainer_state.json written (a kill mid-save leaves it out) and,
-    with per-rank noise generators, every rank's generator state beside it."""
+    """Newest complete checkpoint: trainer_state.json written whole (a kill mid-save leaves it
+    out or damaged) and, with per-rank noise generators, every rank's generator state beside
+    it. None: train from the start."""
     if not ckpt_root.is_dir():
         return None
     done = [p for p in ckpt_root.glob("checkpoint-*") if (p / "trainer_state.json").is_file()
             and (not noise_rng or all((p / noise_rng_file(r)).is_file()
                                       for r in range(world_size)))]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+    for ckpt in sorted(done, key=lambda p: int(p.name.split("-")[1]), reverse=True):
+        if _readable_state(ckpt):
+            return ckpt
+    return None
 
 
 def check_world_size(ckpt_root: Path, world_size: int) -> None:
@@ -75,10 +92,18 @@ def full_state_dict(model) -> dict | None:
     return get_model_state_dict(model, options=options)
 
 
-def save_consolidated(model, out: Path, is_main: bool) -> None:
-    """Write `model` (sharded or not) as plain safetensors that any loader reads."""
+def save_consolidated(model, out: Path, is_main: bool, dtype: str | None = None) -> None:
+    """Write `model` (sharded or not) as plain safetensors that any loader reads, its floating
+    tensors in `dtype` (FSDP's fp32 master weights are a training device, not the result)."""
+    from pipeline.core.devices import DTYPES
+
     state = full_state_dict(model)
     if is_main:
+        if dtype is not None and state is not None:
+            state = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v
+                     for k, v in state.items()}
+        elif dtype is not None:
+            model = model.to(DTYPES[dtype])  # a no-op when it already is (tied weights stay tied)
         model.save_pretrained(out, state_dict=state, safe_serialization=True)
 
 

@@ -20,10 +20,15 @@ import warnings
 from typing import Callable
 
 import numpy as np
-from scipy.stats import DegenerateDataWarning, binomtest, bootstrap
+from scipy.stats import DegenerateDataWarning, binomtest, bootstrap, norm
 
 STATISTICS = {"mean": np.nanmean, "median": np.nanmedian}
 CHANCE = 50.0  # a coin-flip judge's expected agreement under the absolute rule, whatever the mix
+
+
+def detectable_effect(se: float, level: float = 0.95, power: float = 0.8) -> float:
+    """(z_{1-a/2} + z_power) x se: the least true difference a `level` test finds w.p. `power`."""
+    return float((norm.ppf(0.5 + level / 2) + norm.ppf(power)) * se)
 
 
 def _floats(values) -> np.ndarray:
@@ -31,43 +36,45 @@ def _floats(values) -> np.ndarray:
 
 
 def _ci_over_indices(n: int, fn: Callable, n_resamples: int, seed: int, level: float,
-                     vectorized: bool) -> tuple[float, float]:
-    """Percentile CI of fn(indices) over bootstrap resamples of range(n) (pairs stay together).
+                     vectorized: bool) -> tuple[float, float, float]:
+    """Percentile CI of fn(indices) over bootstrap resamples of range(n) (pairs stay together),
+    and the SD of those resamples (the bootstrap standard error).
 
     Resamples where fn is undefined (NaN: an arm with no non-missing item, which only happens
     with a handful of items) are left out of the percentiles."""
     if n < 2:
         raise ValueError(f"a bootstrap needs at least 2 items, got {n}")
     with warnings.catch_warnings():  # undefined resamples: handled below, not worth a warning
-        warnings.simplefilter("ignore", RuntimeWarning)
-        warnings.simplefilter("ignore", DegenerateDataWarning)
+        for category in (RuntimeWarning, DegenerateDataWarning):
+            warnings.simplefilter("ignore", category)
         res = bootstrap((np.arange(n),), fn, n_resamples=n_resamples, confidence_level=level,
                         method="percentile", vectorized=vectorized,
                         rng=np.random.default_rng(seed))
     tail = 100 * (1 - level) / 2  # what scipy's percentile method takes, NaN-aware
     low, high = np.nanpercentile(res.bootstrap_distribution, [tail, 100 - tail])
-    return float(low), float(high)
+    return float(low), float(high), float(np.nanstd(res.bootstrap_distribution, ddof=1))
 
 
 def bootstrap_mean_ci(values, n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
-    """Mean of `values` (None/NaN ignored) with a percentile-bootstrap CI.
-
-    Returns mean, ci_low, ci_high, n (non-missing values), n_resamples, level."""
+    """Mean of `values` (None/NaN ignored) with a percentile-bootstrap CI: mean, ci_low, ci_high,
+    n (non-missing values), n_resamples, level."""
     x = _floats(values)
     x = x[~np.isnan(x)]
-    low, high = _ci_over_indices(len(x), lambda i, axis=-1: x[i].mean(axis=axis),
+    low, high, _ = _ci_over_indices(len(x), lambda i, axis=-1: x[i].mean(axis=axis),
                                  n_resamples, seed, level, vectorized=True)
     return {"mean": float(x.mean()), "ci_low": low, "ci_high": high, "n": len(x),
             "n_resamples": n_resamples, "level": level}
 
 
 def paired_bootstrap_diff(base, treated, n_resamples: int = 2000, seed: int = 0,
-                          level: float = 0.95, statistic: str = "mean") -> dict:
+                          level: float = 0.95, statistic: str = "mean",
+                          power: float | None = None) -> dict:
     """statistic(treated) - statistic(base) over the same prompts, with a paired bootstrap CI.
 
     `base` and `treated` are aligned by prompt; None marks a missing item (see module doc).
     Returns diff, ci_low, ci_high, n (prompts), n_base and n_treated (prompts with a value in
-    each arm), n_resamples, level, excludes_zero."""
+    each arm), n_resamples, level, excludes_zero; with `power`, also se (SD of the resampled
+    differences), mde (detectable_effect of se) and power."""
     if statistic not in STATISTICS:
         raise ValueError(f"statistic={statistic!r}: use one of {tuple(STATISTICS)}")
     b, t = _floats(base), _floats(treated)
@@ -80,10 +87,17 @@ def paired_bootstrap_diff(base, treated, n_resamples: int = 2000, seed: int = 0,
     def diff(idx, axis=-1):
         return stat(t[idx], axis=axis) - stat(b[idx], axis=axis)
 
-    low, high = _ci_over_indices(len(b), diff, n_resamples, seed, level, vectorized=True)
+    low, high, se = _ci_over_indices(len(b), diff, n_resamples, seed, level, vectorized=True)
     return {"diff": float(stat(t) - stat(b)), "ci_low": low, "ci_high": high, "n": len(b),
             "n_base": int((~np.isnan(b)).sum()), "n_treated": int((~np.isnan(t)).sum()),
-            "n_resamples": n_resamples, "level": level, "excludes_zero": bool(low > 0 or high < 0)}
+            "n_resamples": n_resamples, "level": level, "excludes_zero": bool(low > 0 or high < 0),
+            **_power(se, level, power)}
+
+
+def _power(se: float, level: float, power: float | None) -> dict:
+    # Only when asked: the judge-calibration stage's stored outputs keep their keys.
+    return {} if power is None else {"se": se, "mde": detectable_effect(se, level, power),
+                                     "power": power}
 
 
 def win_scores(prefs) -> np.ndarray:
@@ -94,12 +108,11 @@ def win_scores(prefs) -> np.ndarray:
 
 
 def winrate_diff_ci(prefs_base, prefs_treated, n_resamples: int = 2000, seed: int = 0,
-                    level: float = 0.95) -> dict:
-    """Win-rate difference (points) of two arms judged on the same prompts, paired bootstrap CI.
-
-    Keys as paired_bootstrap_diff; diff equals the difference of alpaca_eval's win rates."""
+                    level: float = 0.95, power: float | None = None) -> dict:
+    """Win-rate difference (points) of two arms judged on the same prompts, paired bootstrap CI;
+    keys as paired_bootstrap_diff; diff equals the difference of alpaca_eval's win rates."""
     return paired_bootstrap_diff(win_scores(prefs_base), win_scores(prefs_treated),
-                                 n_resamples, seed, level)
+                                 n_resamples, seed, level, power=power)
 
 
 def _lc_arrays(annotations) -> dict:
@@ -112,14 +125,13 @@ def _lc_arrays(annotations) -> dict:
 
 
 def lc_diff_ci(ann_base, ann_treated, n_resamples: int = 200, seed: int = 0,
-               level: float = 0.95) -> dict:
+               level: float = 0.95, power: float | None = None) -> dict:
     """Minimal-GLM LC win-rate difference (points), treated - base, with a paired bootstrap CI.
 
     Each arm's LC is alpaca_eval's length_controlled_minimal GLM (cross-validated C); each
-    resample refits both arms on the same resampled prompts, each at the C its cross-validation
-    chose on all prompts, on alpaca_eval's design rows built once (milliseconds a refit instead
-    of a cross-validation each, as lc_bootstrap_se). Measured on AlpacaEval 1 GPT-4 verdicts, the
-    interval is wide (about +-8 to 15 points): the length coefficient is itself uncertain.
+    resample refits both arms on the same resampled prompts at the C cross-validation chose on
+    all prompts, on design rows built once (as lc_bootstrap_se). On AlpacaEval 1 GPT-4 verdicts
+    the interval is wide (about +-8 to 15 points): the length coefficient is itself uncertain.
     Annotations must be on the same prompts in the same order. Keys as paired_bootstrap_diff."""
     from pipeline.core.winrate import fit_minimal_design, minimal_glm_design
 
@@ -143,18 +155,18 @@ def lc_diff_ci(ann_base, ann_treated, n_resamples: int = 200, seed: int = 0,
         return lc(designs[1], c_t, idx) - lc(designs[0], c_b, idx)
 
     n = len(base["pref"])
-    low, high = _ci_over_indices(n, diff, n_resamples, seed, level, vectorized=False)
+    low, high, se = _ci_over_indices(n, diff, n_resamples, seed, level, vectorized=False)
     return {"diff": lc_t - lc_b, "ci_low": low, "ci_high": high, "n": n,
-            "n_resamples": n_resamples, "level": level, "excludes_zero": bool(low > 0 or high < 0)}
+            "n_resamples": n_resamples, "level": level, "excludes_zero": bool(low > 0 or high < 0),
+            **_power(se, level, power)}
 
 
 def lc_bootstrap_se(x_train, x_test, chosen: float, n_resamples: int = 100,
                     seed: int = 0) -> float:
     """Standard error (points) of the minimal-GLM LC win rate: the SD of its refits on bootstrap
-    resamples of the design rows (winrate.minimal_glm_design), each at the regularisation strength
-    `chosen` that cross-validation picked on all pairs (one fit each instead of a CV of each:
-    milliseconds, not seconds). alpaca_eval's own formula (sem of the per-instruction
-    predictions) is 0 for this GLM, whose prediction at zero length difference is one constant."""
+    resamples of the design rows (winrate.minimal_glm_design), each at the C cross-validation
+    chose on all pairs (milliseconds a fit, not a CV each). alpaca_eval's own formula (sem of the
+    per-instruction predictions) is 0 for this GLM, whose prediction is one constant."""
     from pipeline.core.winrate import fit_minimal_design
 
     if not np.isfinite(chosen):
@@ -168,7 +180,7 @@ def lc_bootstrap_se(x_train, x_test, chosen: float, n_resamples: int = 100,
 
 
 def mcnemar(correct_base, correct_treated, n_resamples: int = 2000, seed: int = 0,
-            level: float = 0.95) -> dict:
+            level: float = 0.95, power: float | None = None) -> dict:
     """Exact McNemar test and paired bootstrap CI for paired accuracies (e.g. lm-eval items).
 
     b = items only base gets right, c = items only treated gets right; p_value is the two-sided
@@ -181,17 +193,16 @@ def mcnemar(correct_base, correct_treated, n_resamples: int = 2000, seed: int = 
         raise ValueError(f"paired arms differ in length: {base.shape} vs {treated.shape}")
     b, c = int((base & ~treated).sum()), int((~base & treated).sum())
     p = binomtest(c, b + c, 0.5).pvalue if b + c else 1.0
-    ci = paired_bootstrap_diff(100.0 * base, 100.0 * treated, n_resamples, seed, level)
+    ci = paired_bootstrap_diff(100.0 * base, 100.0 * treated, n_resamples, seed, level,
+                               power=power)
     return {"b": b, "c": c, "p_value": float(p), **ci}
 
 
 def pooled_over_seeds(values_per_seed) -> dict:
-    """mean, sd (ddof=1; None with one seed) and n_seeds of one metric over training seeds.
-
-    Accepts a list of values or a {seed: value} mapping."""
-    if isinstance(values_per_seed, dict):
-        values_per_seed = values_per_seed.values()
-    values = list(values_per_seed)
+    """mean, sd (ddof=1; None with one seed) and n_seeds of one metric over training seeds, from a
+    list of values or a {seed: value} mapping."""
+    values = list(values_per_seed.values() if isinstance(values_per_seed, dict)
+                  else values_per_seed)
     if not values:
         raise ValueError("pooled_over_seeds needs at least one seed's value")
     sd = statistics.stdev(values) if len(values) > 1 else None
@@ -199,9 +210,7 @@ def pooled_over_seeds(values_per_seed) -> dict:
 
 
 def _prefs(values) -> np.ndarray:
-    p = _floats(values)
-    p[p == 0] = 1.5  # alpaca_eval's legacy tie code, as its scoring rules read it
-    return p
+    return win_scores(values) / 100.0 + 1.0  # 0 (alpaca_eval's legacy tie code) -> 1.5
 
 
 def _agreement(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -210,10 +219,8 @@ def _agreement(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def length_rule(lengths_1, lengths_2) -> np.ndarray:
-    """Verdicts of a judge that only reads lengths: the longer output wins, a tie when equal.
-
-    (alpaca_eval's own `_get_longest_predictor` gives equal lengths to output_2; a tie is
-    fairer.)"""
+    """Verdicts of a judge that only reads lengths: the longer output wins, a tie when equal
+    (alpaca_eval's `_get_longest_predictor` gives equal lengths to output_2; a tie is fairer)."""
     l1, l2 = np.asarray(lengths_1, dtype=float), np.asarray(lengths_2, dtype=float)
     return np.where(l2 > l1, 2.0, np.where(l1 > l2, 1.0, 1.5))
 

@@ -2,14 +2,17 @@
 
 Layout under the store root::
 
-    <key>/                  finished stage (published by rename), holds COMPLETE last
+    <key>/                  finished stage (published by one rename, COMPLETE inside)
+    <key>/COMPLETE          {"key": <key>, "started_at", "finished_at", "wall_s", "device"}: a
+                            stage names its own key and records what its computation cost
     <key>/MANIFEST.json     size and sha256 of the stage's other files, written before COMPLETE
-    <key>.partial/          work in progress of the lock holder (finetune checkpoints live here)
+    <key>.<tag>.partial/    work in progress of one lock holder (pipeline.core.workdirs)
     <key>.lock              lock file (see pipeline.core.locking)
-    <key>.corrupt-<time>/   a stage that failed its manifest check, moved aside (never deleted)
+    <key>.corrupt-<time>/   a stage that failed its check, moved aside (never deleted)
 
-A reused stage is checked against its manifest: sizes by default, sha256 too with
-``verify="full"``. One that fails is moved aside and recomputed.
+A reused stage is checked (pipeline.core.manifest): its marker names its key, its manifest lists
+exactly its files, sizes match (sha256 too with ``verify="full"``). One that fails, or has no
+manifest, is moved aside and recomputed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,15 +33,16 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.locking import StageLock
+from pipeline.core.manifest import (
+    MANIFEST, MARKER, METRICS, Defect, checked_metrics, manifest_of, sha256_of,
+)
+from pipeline.core.workdirs import claim_work, discard, publish, remove_unfinished
 
 __all__ = [
     "MANIFEST", "MARKER", "METRICS", "StageLock", "StageResult", "Store", "StoreError",
     "is_complete", "readable_of", "stage_key", "write_json_atomic", "write_text_atomic",
 ]
 
-MARKER = "COMPLETE"
-METRICS = "metrics.json"
-MANIFEST = "MANIFEST.json"
 VERIFY_MODES = ("size", "full")
 # Below this much free space (or 1% of a small filesystem) a failed compute is blamed on the disk.
 LOW_SPACE_BYTES = 16 << 20
@@ -100,57 +105,25 @@ def is_complete(stage_dir: Path) -> bool:
     return (Path(stage_dir) / MARKER).is_file()
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()  # streams: safe for large weights
+_sha256 = sha256_of  # the name older callers use
 
 
-def manifest_of(stage_dir: Path) -> dict:
-    """Size and sha256 of every file under `stage_dir` except COMPLETE and the manifest."""
-    files = {}
-    for path in sorted(p for p in Path(stage_dir).rglob("*") if p.is_file()):
-        rel = path.relative_to(stage_dir).as_posix()
-        if rel not in (MARKER, MANIFEST):
-            files[rel] = {"size": path.stat().st_size, "sha256": _sha256(path)}
-    return {"version": 1, "files": files}
+def compute_device() -> dict:
+    """The accelerators the computing process held: {"kind": "cuda"|"cpu", "count": GPUs}.
 
-
-class _Defect(Exception):
-    def __init__(self, name: str, problem: str):
-        super().__init__(f"{name}: {problem}")
-
-
-def _listed_files(stage_dir: Path) -> dict[str, tuple[int, str]] | None:
-    """The manifest as {relative path: (size, sha256)}; None for a stage without one."""
-    if not (stage_dir / MANIFEST).is_file():
-        return None
+    Read from torch only when the stage has imported it (the store never imports torch itself);
+    a stage that ran in a worker process without importing torch here is judged by
+    CUDA_VISIBLE_DEVICES. GPUs held count as used: a job is billed for what it holds."""
+    torch = sys.modules.get("torch")
     try:
-        files = json.loads((stage_dir / MANIFEST).read_text(encoding="utf-8"))["files"]
-        return {rel: (int(f["size"]), str(f["sha256"])) for rel, f in files.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        raise _Defect(MANIFEST, "unreadable MANIFEST.json") from None
-
-
-def _checked_metrics(stage_dir: Path, full: bool) -> tuple[dict, bool]:
-    """(metrics, whether there was a manifest) after checking the stage's files against it.
-
-    Raises _Defect naming the first bad file.
-    """
-    listed = _listed_files(stage_dir)
-    for rel, (size, sha256) in (listed or {}).items():
-        try:
-            found = (stage_dir / rel).stat().st_size
-        except FileNotFoundError:
-            raise _Defect(rel, "missing") from None
-        if found != size:
-            raise _Defect(rel, f"size {found} != {size}")
-        if full and _sha256(stage_dir / rel) != sha256:
-            raise _Defect(rel, "sha256 mismatch")
-    try:
-        metrics = json.loads((stage_dir / METRICS).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise _Defect(METRICS, f"unreadable metrics.json ({type(exc).__name__})") from None
-    return metrics, listed is not None
+        if torch is not None and torch.cuda.is_available():
+            return {"kind": "cuda", "count": int(torch.cuda.device_count())}
+    except Exception:  # noqa: BLE001  (a broken CUDA setup is no reason to lose the stage)
+        pass
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if torch is None and visible and visible != ["-1"]:
+        return {"kind": "cuda", "count": len(visible)}
+    return {"kind": "cpu", "count": 0}
 
 
 def _free_bytes(where: Path) -> tuple[int, int] | None:
@@ -209,16 +182,13 @@ class Store:
         if not is_complete(stage_dir):
             return None
         try:
-            metrics, checked = _checked_metrics(stage_dir, full=self.verify == "full")
-        except _Defect as defect:
+            metrics = checked_metrics(stage_dir, key, full=self.verify == "full")
+        except Defect as defect:
             self._quarantine(key, inode, defect)
             return None
-        if not checked:
-            print(f"[store] stage {key} has no {MANIFEST} (written by an older version): "
-                  "reused without checking its files", flush=True)
         return StageResult(key, stage_dir, metrics, reused=True)
 
-    def _quarantine(self, key: str, inode: int, defect: _Defect) -> None:
+    def _quarantine(self, key: str, inode: int, defect: Defect) -> None:
         stage_dir = self.path(key)
         aside = stage_dir.with_name(f"{key}.corrupt-{datetime.now():%Y%m%d-%H%M%S-%f}")
         try:
@@ -252,9 +222,10 @@ class Store:
     ) -> StageResult:
         """The finished stage `key`, computed with `compute(workdir) -> metrics` if needed.
 
-        `compute` writes only into `workdir`. With `resumable`, a workdir left by a killed run is
-        handed to the next attempt (finetune resumes from its checkpoints); otherwise it is wiped.
-        `config` (the stage's own config) is what the tracker records for the run.
+        `compute` writes only into `workdir`, a directory of this lock holder's own. With
+        `resumable`, the work of a killed holder is adopted (finetune resumes from its
+        checkpoints); otherwise it is wiped. `config` (the stage's own config) is what the
+        tracker records for the run.
         Raises StoreError when the filesystem is full or the lock was taken over meanwhile.
         """
         hit = self.lookup(key)
@@ -270,24 +241,57 @@ class Store:
             hit = self.lookup(key)
             if hit is not None:
                 return hit
-            final = self.path(key)
-            if final.exists():
-                # Published but never marked complete (killed between rename and marker).
-                shutil.rmtree(final)
-            work = root / f"{key}.partial"
-            if work.exists() and not resumable:
-                shutil.rmtree(work)
-            work.mkdir(exist_ok=True)
-            with _full_disk_reported(key, work):
-                metrics = self._compute(key, compute, work, config)
-            if not lock.held():
-                # A holder whose heartbeat went stale was taken over; the new holder owns the
-                # stage now and publishing our work would race with (or clobber) its own.
-                raise StoreError(
-                    f"stage {key}: lock {lock.path} was taken over by another process while "
-                    f"computing (no heartbeat for {self.lock_stale_after_s} s); not publishing")
-            os.rename(work, final)
-            write_json_atomic(final / MARKER, {"key": key, "finished_at": time.time()})
-            return StageResult(key, final, metrics, reused=False)
+            with _full_disk_reported(key, root):
+                work = claim_work(root, key, lock.tag, resumable)
+            # Claiming moved every earlier holder's work dir: none can publish from here on.
+            hit = self.lookup(key)
+            if hit is not None:
+                discard(work)
+                return hit
+            remove_unfinished(self.path(key))
+            return self._compute_and_publish(key, compute, work, lock, resumable, config)
         finally:
             lock.release()
+
+    def _compute_and_publish(self, key, compute, work: Path, lock: StageLock, resumable: bool,
+                             config) -> StageResult:
+        try:
+            with _full_disk_reported(key, work):
+                started = time.time()
+                metrics = self._compute(key, compute, work, config)
+                if not lock.held():
+                    raise _lost(key, lock, self.lock_stale_after_s)
+                finished = time.time()
+                # The cost of this computation (a resumed finetune: of this attempt only), for
+                # the report's cost section; outside the manifest, so checks are unchanged.
+                write_json_atomic(work / MARKER, {
+                    "key": key, "started_at": started, "finished_at": finished,
+                    "wall_s": round(finished - started, 3), "device": compute_device()})
+            published = publish(work, self.path(key))
+        except BaseException as exc:
+            if not lock.held():
+                # Taken over: the work dir may be the new holder's by now (adopted) or our own
+                # again (recreated by our writes); only our own name is removed.
+                discard(work)
+                if isinstance(exc, StoreError):
+                    raise
+                raise _lost(key, lock, self.lock_stale_after_s) from exc
+            if not resumable:
+                discard(work)
+            raise
+        if not published:
+            # Our name was gone (a new holder adopted our work) or the key was published by a
+            # holder that took over from us: either way the published stage is not ours.
+            discard(work)
+            hit = self.lookup(key)
+            if hit is None:
+                raise _lost(key, lock, self.lock_stale_after_s)
+            return hit
+        return StageResult(key, self.path(key), metrics, reused=False)
+
+
+def _lost(key: str, lock: StageLock, stale_after_s: float) -> StoreError:
+    # A holder whose heartbeat went stale was taken over; the new holder owns the stage now and
+    # publishing our work would race with (or clobber) its own.
+    return StoreError(f"stage {key}: lock {lock.path} was taken over by another process while "
+                      f"computing (no heartbeat for {stale_after_s} s); not publishing")

@@ -83,8 +83,14 @@ class Tracker:
         import wandb
 
         with self.stage_run(f"tables-{self.group}", {"results_dir": str(out_dir)}) as run:
-            for path in sorted(Path(out_dir).glob("*.csv")):
+            for path in _results(out_dir, "*.csv"):
                 rows = list(csv.reader(path.open(encoding="utf-8")))
                 run.log({path.stem: wandb.Table(columns=rows[0], data=rows[1:])})
-            for path in sorted(Path(out_dir).glob("*.png")):
+            for path in _results(out_dir, "*.png"):
                 run.log({f"figure/{path.stem}": wandb.Image(str(path))})
+
+
+def _results(out_dir: Path, pattern: str) -> list[Path]:
+    # Hidden names are writers' temp files (another run's, or one a kill left), not results.
+    return sorted(p for p in Path(out_dir).glob(pattern)
+                  if not p.name.startswith(".") and p.is_file())

@@ -14,7 +14,6 @@ Run (by pipeline.core.launch): torchrun --nproc-per-node=2 -m pipeline.core.trai
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -30,6 +29,9 @@ from pipeline.core.ranks import (
     save_consolidated, write_rank_record,
 )
 from pipeline.core.store import write_json_atomic
+from pipeline.core.trainer_args import (
+    prepare_rank0_loading, single_device, training_arguments, use_4bit, uses_fsdp,
+)
 
 TRAINED = "trained.json"  # written once model/ is complete: a rerun returns it without training
 
@@ -53,20 +55,6 @@ class TrainRequest:
     @classmethod
     def load(cls, path: Path) -> "TrainRequest":
         return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
-
-
-def use_4bit(setting: str) -> bool:
-    """QLoRA's 4-bit base needs a GPU and bitsandbytes; `auto` falls back to plain LoRA without."""
-    setting = str(setting).lower()
-    if setting not in ("true", "false", "auto"):
-        raise ValueError(f"finetune.lora.quantize_4bit={setting!r}: use true, false or auto")
-    available = torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
-    if setting == "true" and not available:
-        raise ValueError(
-            "finetune.lora.quantize_4bit=true needs a CUDA GPU and bitsandbytes "
-            "(pip install bitsandbytes); use quantize_4bit=auto to run plain LoRA here"
-        )
-    return setting != "false" and available
 
 
 def mean_logged_loss(log_history: list[dict]) -> float:
@@ -117,47 +105,20 @@ def _with_lora(model, lora_cfg, quantized: bool):
     return get_peft_model(model, config)
 
 
-def _merged(peft_model, req: TrainRequest, adapter_dir: Path, quantized: bool):
+def _merged(peft_model, adapter_dir: Path, quantized: bool):
     """The base with the adapter merged in.
 
-    A 4-bit base is reloaded in model.dtype first: merging into 4-bit weights is lossy.
+    A 4-bit base is dequantized where it is (on the GPU) and the adapter merged into that: the
+    weights it was trained against (NF4 values, now in the compute dtype), not the original
+    bf16 base reloaded on the host (30B: ~65 GB), and not re-quantized (lossy).
     """
     if not quantized:
         return peft_model.merge_and_unload()
     from peft import PeftModel
 
-    from pipeline.core.models import load_model_and_tokenizer
-
-    base, _ = load_model_and_tokenizer(req.base_dir, req.dtype, req.revision)
+    base = peft_model.unload()  # the 4-bit base, adapters removed
+    base = base.dequantize()  # transformers: bnb Linear4bit -> nn.Linear in the compute dtype
     return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-
-
-def _training_arguments(req: TrainRequest, ckpt_root: Path, world: int):
-    from transformers import TrainingArguments
-
-    cfg, dist_cfg = req.train, req.train["distributed"]
-    extra = {}
-    if world > 1 and not torch.cuda.is_available():
-        extra.update(use_cpu=True, ddp_backend="gloo")  # CPU ranks talk over gloo
-    if dist_cfg["strategy"] == "fsdp" and world > 1:
-        fsdp = dist_cfg["fsdp"]
-        extra["fsdp"] = fsdp["sharding"] + " auto_wrap" + (" offload" if fsdp["cpu_offload"]
-                                                          else "")
-        # Auto-wrap defaults to the model's decoder layer class (_no_split_modules).
-        extra["fsdp_config"] = {"version": 2, "cpu_ram_efficient_loading": fsdp["rank0_load"],
-                                "sync_module_states": fsdp["rank0_load"]}
-    return TrainingArguments(
-        output_dir=str(ckpt_root), num_train_epochs=cfg["epochs"], max_steps=cfg["max_steps"],
-        per_device_train_batch_size=cfg["per_device_batch_size"],
-        gradient_accumulation_steps=cfg["gradient_accumulation_steps"],
-        learning_rate=cfg["learning_rate"], lr_scheduler_type=cfg["lr_scheduler"],
-        warmup_steps=cfg["warmup_ratio"],  # a float < 1 is a fraction of the total steps
-        weight_decay=cfg["weight_decay"], max_grad_norm=cfg["max_grad_norm"], optim=cfg["optim"],
-        bf16=cfg["bf16"], activation_checkpointing=cfg["gradient_checkpointing"],
-        logging_steps=cfg["logging_steps"], save_strategy="steps", save_steps=cfg["save_steps"],
-        save_total_limit=2, train_sampling_strategy=cfg["sampling"], seed=cfg["seed"],
-        data_seed=cfg["seed"], report_to=req.report_to, remove_unused_columns=False,
-        dataloader_num_workers=0, include_num_input_tokens_seen="non_padding", **extra)
 
 
 def train(req: TrainRequest, records: list[dict]) -> dict | None:
@@ -172,13 +133,14 @@ def train(req: TrainRequest, records: list[dict]) -> dict | None:
     rank, local_rank, world = rank_info()
     ckpt_root = work / "checkpoints"
     check_world_size(ckpt_root, world)
-    args = _training_arguments(req, ckpt_root, world)  # first: FSDP's rank-0 loading reads it
+    args = training_arguments(cfg, req.report_to, ckpt_root, world)
+    if world == 1:
+        single_device(args)
+    prepare_rank0_loading(args, cfg)  # before from_pretrained, which reads it
     quantized = cfg["lora"] is not None and use_4bit(cfg["lora"]["quantize_4bit"])
-    # fp32 master weights are an FSDP option: one process trains as before, in model.dtype.
-    fp32_master = (world > 1 and cfg["distributed"]["strategy"] == "fsdp"
-                   and cfg["distributed"]["fsdp"]["fp32_master_weights"])
-    model, tok = load_model_and_tokenizer(req.base_dir, "float32" if fp32_master else req.dtype,
-                                          req.revision, load_in_4bit=quantized)
+    # Loaded in model.dtype; under FSDP with fp32 masters accelerate upcasts what trains.
+    model, tok = load_model_and_tokenizer(req.base_dir, req.dtype, req.revision,
+                                          load_in_4bit=quantized)
     if cfg["lora"] is not None:
         model = _with_lora(model, cfg["lora"], quantized)
     examples, dropped = tokenize_examples(records, tok, cfg["max_length"])
@@ -203,13 +165,13 @@ def train(req: TrainRequest, records: list[dict]) -> dict | None:
     trainer = Trainer(model=model, args=args, train_dataset=examples,
                       data_collator=lambda feats: pad_batch(feats, tok.pad_token_id),
                       processing_class=tok, callbacks=_callbacks(rank, generator))
-    if world > 1 and cfg["distributed"]["strategy"] == "fsdp" and not trainer.is_fsdp_enabled:
+    if uses_fsdp(cfg) and not trainer.is_fsdp_enabled:
         # accelerate falls back to plain DDP without CUDA: never train unsharded by surprise.
         raise RuntimeError("finetune.distributed.strategy=fsdp, but the Trainer did not enable "
                            "FSDP (it does on CUDA GPUs only); use strategy=ddp here")
     if rank == 0:
         ckpt_root.mkdir(parents=True, exist_ok=True)
-        (ckpt_root / WORLD_FILE).write_text(json.dumps({"world_size": world}))
+        write_json_atomic(ckpt_root / WORLD_FILE, {"world_size": world})
     started = time.time()
     if finished:
         # train(resume_from_checkpoint=) would run one optimiser step past max_steps when the
@@ -227,9 +189,10 @@ def train(req: TrainRequest, records: list[dict]) -> dict | None:
     if cfg["lora"] is not None:
         if rank == 0:
             model.save_pretrained(work / "adapter")
-        model = _merged(model, req, work / "adapter", quantized)
-    # Plain weights: generate, openllm and overfit load them like any model.
-    save_consolidated(model, work / "model", rank == 0)
+        model = _merged(model, work / "adapter", quantized)
+    # Plain weights in model.dtype (fp32 masters are cast back): generate, openllm and overfit
+    # load them like any model.
+    save_consolidated(model, work / "model", rank == 0, req.dtype)
     if rank != 0:
         return None
     tok.save_pretrained(work / "model")

@@ -14,6 +14,7 @@ from pathlib import Path
 from pipeline.human.db import VoteDB
 from pipeline.human.export import summarize
 from pipeline.human.study import Study, existing_studies
+from pipeline.results.escape import escape_mathtext, escape_md
 
 # Jain et al. 2023, human study: 140 prompts, NEFT preferred 88 times, 22 draws, "74.6% win".
 PAPER = {"n": 140, "neft": 88, "draws": 22}
@@ -56,11 +57,13 @@ def _judges(s: dict) -> list[str]:
              "(%) | same verdict (%) | length rule (%) | pairs |", "|---|---|---|---|---|---|"]
     for j in s["judges"]:
         if "agreement" not in j:
-            lines.append(f"| {j['name']} | {_pct(j['win_rate'])} | – ({j['why']}) | – | – "
+            lines.append(f"| {escape_md(j['name'])} | {_pct(j['win_rate'])} | – "
+                         f"({escape_md(j['why'])}) | – | – "
                          f"| 0 |")
             continue
         acc, length = j["agreement"]["accuracy"], j["agreement"]["length_baseline"]
-        lines.append(f"| {j['name']} | {_pct(j['win_rate'])} | {acc['mean']:.1f}{_ci(acc)} | "
+        lines.append(f"| {escape_md(j['name'])} | {_pct(j['win_rate'])} | "
+                     f"{acc['mean']:.1f}{_ci(acc)} | "
                      f"{j['exact']:.1f} | {length['mean']:.1f} | {j['n']} |")
     lines += ["", "Agreement per pair is alpaca_eval's rule (1 − |judge − human|, a tie against a "
               "decided verdict counts ½); 'same verdict' counts exact matches; the length rule is "
@@ -80,7 +83,8 @@ def study_markdown(study: Study, s: dict, figure: str | None) -> str:
     ia = s["inter_annotator"]
     kappa = (f"{ia['method']}'s kappa {ia['kappa']:.2f} over {ia['n']} pairs"
              if ia["kappa"] is not None else f"not computed ({ia['method']}, {ia['n']} pairs)")
-    who = ", ".join(f"{n}: {c}" for n, c in sorted(s["annotators"].items()))
+    # Names are data typed by annotators: escaped, never read as Markdown or HTML.
+    who = ", ".join(f"{escape_md(n)}: {c}" for n, c in sorted(s["annotators"].items()))
     parts = [head, "", *_table(s), "",
              f"Agreement between annotators: {kappa}. Votes per annotator: {who}.", "",
              *_judges(s)]
@@ -94,9 +98,11 @@ def study_markdown(study: Study, s: dict, figure: str | None) -> str:
 
 
 def human_report_section(results_dir: Path, store: Path | None = None,
-                         db_url: str | None = None) -> str | None:
+                         db_url: str | None = None,
+                         figures_dir: Path | None = None) -> str | None:
     """Markdown of REPORT.md's "Human study" section for the experiment in `results_dir`
-    (writes human_study.png there); None when no study exists for it. Votes come from `db_url`,
+    (writes human_study.png into `figures_dir`, default `results_dir`); None when no study
+    exists for it. Votes come from `db_url`,
     else $NEFTUNE_HUMAN_DB, else each study's votes.sqlite."""
     studies = existing_studies(Path(results_dir), store)
     if not studies:
@@ -111,7 +117,7 @@ def human_report_section(results_dir: Path, store: Path | None = None,
         name = FIGURE if i == 0 else f"human_study_{i + 1}.png"
         figure = name if summary.get("human") else None
         if figure:
-            write_figure(summary, Path(results_dir) / name)
+            write_figure(summary, Path(figures_dir or results_dir) / name)
         parts += [study_markdown(study, summary, figure), ""]
     parts.append("Paper (Jain et al. 2023): 140 prompts, +NEFT preferred 88 times, 22 draws: "
                  "74.6% win (88 / (140 − 22)).")
@@ -129,7 +135,7 @@ def write_figure(s: dict, path: Path) -> None:
     rows = [("humans (ours)", h["win_rate"], h.get("ci"))]
     if h.get("lc_win_rate") is not None:
         rows.append((f"humans, {h['lc_label']}", h["lc_win_rate"], None))
-    rows += [(j["name"][:40], j["win_rate"], None) for j in s["judges"]
+    rows += [(escape_mathtext(j["name"][:40]), j["win_rate"], None) for j in s["judges"]
              if j.get("win_rate") is not None]
     rows.append(("paper humans (draws excl.)", 74.6, None))
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [3, 2]})
@@ -151,8 +157,10 @@ def write_figure(s: dict, path: Path) -> None:
     left = [0] * len(names)
     for label, key, color in (("+NEFT", 2.0, "#4a8"), ("draw", 1.5, "#bbb"), ("base", 1.0, "#c66")):
         vals = [counts[n].get(key, 0) for n in names]
-        ax2.barh(names, vals, left=left, color=color, label=label)
+        ax2.barh(range(len(names)), vals, left=left, color=color, label=label)
         left = [a + b for a, b in zip(left, vals)]
+    # Positions, not the names, as categories: names are data (a "$" would start mathtext).
+    ax2.set_yticks(range(len(names)), [escape_mathtext(n) for n in names])
     ax2.set_title("votes per annotator", fontsize=10)
     ax2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
@@ -160,10 +168,14 @@ def write_figure(s: dict, path: Path) -> None:
     plt.close(fig)
 
 
+_MD_ESCAPED = re.compile(r"\\([\\`*_{}\[\]()#+!|~$<>-])")
+_CELL_SEP = re.compile(r"(?<!\\)\|")
+
+
 def markdown_html(text: str, img_prefix: str = "") -> str:
     """HTML of the markdown this module writes (headings, tables, images, paragraphs)."""
     def inline(s: str) -> str:
-        s = html.escape(s)
+        s = html.escape(html.unescape(_MD_ESCAPED.sub(r"\1", s)))  # escape_md undone, as HTML
         s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
         return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", s)
 
@@ -174,7 +186,7 @@ def markdown_html(text: str, img_prefix: str = "") -> str:
             level = len(block) - len(block.lstrip("#"))
             out.append(f"<h{level}>{inline(block.lstrip('#').strip())}</h{level}>")
         elif block.startswith("|"):
-            rows = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
+            rows = [[c.strip() for c in _CELL_SEP.split(ln.strip().strip("|"))] for ln in lines]
             head = "".join(f"<th>{inline(c)}</th>" for c in rows[0])
             body = "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>"
                            for r in rows[2:])

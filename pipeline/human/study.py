@@ -59,7 +59,7 @@ def sequence_for(study: Study, annotator: str) -> list[tuple[int, bool]]:
 
 
 def _points(exp_dir: Path, experiment: str) -> list[tuple[Path, dict]]:
-    files = sorted((exp_dir / "points").glob("*.json"))
+    files = sorted(f for f in (exp_dir / "points").glob("*.json") if not f.name.startswith("."))
     if not files:
         raise StudyError(f"no point files in {exp_dir / 'points'}: run the experiment first "
                          f"(python -m pipeline.run experiment={experiment}), or pass --results "
@@ -165,7 +165,12 @@ def existing_studies(results_dir: Path, store: Path | None = None) -> list[Study
     results_dir = Path(results_dir)
     found = []
     for pfile in sorted((results_dir / "points").glob("*.json")):
-        pdata = json.loads(pfile.read_text(encoding="utf-8"))
+        try:  # a damaged or hidden point file is the aggregation's to name, not the report's
+            pdata = json.loads(pfile.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if pfile.name.startswith(".") or not isinstance(pdata, dict):
+            continue
         try:
             pairs = _arm_pairs(pdata, pfile)
         except StudyError:

@@ -28,11 +28,12 @@ def _plt():
 
 
 def _save(fig, path: Path, dpi: int = 120) -> None:
-    # A unique temp name and a rename: points finishing together never leave a torn PNG.
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.png")
+    # A unique temp name and a rename: points finishing together never leave a torn PNG. The
+    # name is hidden and ends in .tmp, so that no glob reading results (*.png) takes it for one.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     fig.tight_layout()
     try:
-        fig.savefig(tmp, dpi=dpi)
+        fig.savefig(tmp, dpi=dpi, format="png")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -155,3 +156,40 @@ def overfit_figures(points: list[Point], out_dir: Path) -> list[str]:
                 ax.legend()
         _save(fig, out_dir / f"{stem}.png", dpi=110)
     return [f"{stem}.png" for stem, _ in OVERFIT_PANELS]
+
+
+def dose_response_figure(points: list[Point], out_dir: Path) -> list[str]:
+    """Each measure's difference from the baseline against alpha, with its 95% CI, and the
+    least-squares line of the dose-response finding (pipeline/results/trend.py)."""
+    from pipeline.results.trend import MEASURES, families, trends
+
+    fams = families(points)
+    if not fams:
+        return []
+    plt = _plt()
+    fig, axes = plt.subplots(len(fams), len(MEASURES), figsize=(4 * len(MEASURES),
+                             3.3 * len(fams)), squeeze=False)
+    for row, f in zip(axes, fams):
+        by_measure = {t.measure: t for t in trends(f)}
+        for ax, (measure, what, unit, _) in zip(row, MEASURES):
+            t = by_measure.get(measure)
+            if t is None:
+                ax.set_axis_off()
+                continue
+            y = [0.0] + [d["diff"] for d in t.diffs]
+            low = [0.0] + [d["diff"] - d["ci_low"] for d in t.diffs]
+            high = [0.0] + [d["ci_high"] - d["diff"] for d in t.diffs]
+            ax.errorbar(t.alphas, y, yerr=[low, high], fmt="o", color=COLORS["+NEFT"],
+                        capsize=3, label="vs base (95% CI)")
+            mean_a, mean_y = sum(t.alphas) / len(t.alphas), sum(y) / len(y)
+            ax.plot([t.alphas[0], t.alphas[-1]],
+                    [mean_y + t.slope * (a - mean_a) for a in (t.alphas[0], t.alphas[-1])],
+                    color="black", lw=1, ls="--",
+                    label=f"slope {t.slope:+.3g} ({t.ci_low:+.3g} to {t.ci_high:+.3g})")
+            ax.axhline(0, color=COLORS["base"], lw=0.5)
+            ax.set_xlabel(f"alpha ({f.kind} noise)")
+            ax.set_ylabel("+NEFT - base" + (f" ({unit})" if unit else ""))
+            ax.set_title(f"{what}\n{f.point.model}, {f.point.dataset}", fontsize=9)
+            ax.legend(fontsize=7)
+    _save(fig, out_dir / "dose_response.png", dpi=110)
+    return ["dose_response.png"]

@@ -1,10 +1,14 @@
 """The Findings block that opens REPORT.md: for every comparison of every point, the effect of
-NEFTune with its 95% CI and n, whether the CI excludes zero, and how far the judge behind the
-win rates can be trusted, in plain words generated from the numbers."""
+NEFTune with its 95% CI and n, whether the CI excludes zero and, where it does not, the smallest
+effect the design could have detected and the prompts that would detect the paper's effect
+(pipeline/results/power.py); the dose-response across noise strengths (trend.py); and how far
+the judge behind the win rates can be trusted, in plain words generated from the numbers."""
 
 from __future__ import annotations
 
 from pipeline.results.points import Point, StageRef
+from pipeline.results.power import default_paper, null_words, paper_effect
+from pipeline.results.trend import trend_lines
 
 MEASURES = (  # (compare metric, what it is, unit, digits)
     ("win_rate", "win rate vs the reference", "points", 1),
@@ -19,8 +23,9 @@ def _signed(x: float, digits: int) -> str:
     return f"{x:+.{digits}f}"
 
 
-def effect_line(what: str, unit: str, digits: int, d: dict, key: str) -> str:
-    """One measure's effect in words: the difference, its CI, its n and what the CI says."""
+def effect_line(what: str, unit: str, digits: int, d: dict, key: str, null: str = "") -> str:
+    """One measure's effect in words: the difference, its CI, its n and what the CI says; `null`
+    is what a CI including zero leaves possible (power.null_words)."""
     n = f"n={d['n']} prompts"
     if "n_base" in d and min(d["n_base"], d["n_treated"]) < d["n"]:  # e.g. answers shorter than K
         n += f": {d['n_base']} base and {d['n_treated']} +NEFT answers have a value"
@@ -30,7 +35,8 @@ def effect_line(what: str, unit: str, digits: int, d: dict, key: str) -> str:
         words = "higher" if d["diff"] > 0 else "lower"
         verdict = f"the CI excludes zero: {words} with NEFT"
     else:
-        verdict = "the CI includes zero: no change this study can detect"
+        verdict = "the CI includes zero: no change this study can detect" + (
+            f"; {null}" if null else "")
     return f"  - {what}: {ci}; {verdict}. [`{key}`]"
 
 
@@ -49,8 +55,9 @@ def judge_sentence(calibration: StageRef | None) -> tuple[str, bool | None]:
     return text, bool(v["informative"])
 
 
-def findings(points: list[Point]) -> list[str]:
-    """Markdown lines of the Findings block."""
+def findings(points: list[Point], paper: dict | None = None) -> list[str]:
+    """Markdown lines of the Findings block; `paper`: the paper's numbers (default: shipped)."""
+    paper = default_paper() if paper is None else paper
     md = ["## Findings", ""]
     for p in points:
         calibration = p.extra.get("judge_calibration")
@@ -61,16 +68,21 @@ def findings(points: list[Point]) -> list[str]:
             md += [f"- **{e.arm} vs {e.baseline}** — {p.model} on {p.dataset}, judge {p.judge}, "
                    f"{m['n_prompts']} prompts, {seeds} (paired bootstrap over prompts, "
                    f"{m['win_rate']['n_resamples']} resamples; point `{p.id}`):"]
+            seeds_n = len(e.seeds)
             for name, what, unit, digits in MEASURES:
                 if m.get(name):
-                    md.append(effect_line(what, unit, digits, m[name], e.stages["compare"].key))
+                    null = null_words(m[name], unit, digits, m["n_prompts"], seeds_n,
+                                      paper_effect(paper, p.dataset, name))
+                    md.append(effect_line(what, unit, digits, m[name], e.stages["compare"].key,
+                                          null))
             for task, d in (m.get("openllm") or {}).items():
                 test = (f"; McNemar p={d['p_value']:.2f} ({d['b']} vs {d['c']} discordant)"
                         if "p_value" in d else "")
-                # lm-eval scores are fractions: their differences are shown in percentage points
-                d = {**d, **{k: 100 * d[k] for k in ("diff", "ci_low", "ci_high")}}
-                md.append(effect_line(f"lm-eval {task}", "points", 1, d,
-                                      e.stages["compare"].key).replace(" prompts)", " questions)")
+                if "se" not in d:  # compare before version 3 kept lm-eval scores as fractions
+                    d = {**d, **{k: 100 * d[k] for k in ("diff", "ci_low", "ci_high")}}
+                null = null_words(d, "points", 1, d["n"], seeds_n, None)
+                md.append(effect_line(f"lm-eval {task}", "points", 1, d, e.stages["compare"].key,
+                                      null).replace(" prompts)", " questions)")
                           .replace(". [`", f"{test}. [`"))
             for c in (c for c in p.comparisons if c.arm == e.arm):
                 h = c.stages["head_to_head"].metrics
@@ -84,4 +96,5 @@ def findings(points: list[Point]) -> list[str]:
                       "cannot be told apart from chance or from the length rule; read the length "
                       "and diversity effects, not the win rates.")
         md.append("")
-    return md
+    trend = trend_lines(points)
+    return md + trend + ([""] if trend else [])

@@ -126,17 +126,52 @@ class Point:
         return cls(**fields)
 
 
-def read_points(points_dir: Path) -> list[Point]:
-    """Every point file of an experiment, sorted by model, data and noise."""
-    files = sorted(Path(points_dir).glob("*.json"))
-    points = []
+def _parsed(path: Path, data) -> Point:
+    if not isinstance(data, dict):
+        raise ValueError(f"top level is {type(data).__name__}, expected a point object")
+    point = Point.from_json(data)
+    refs = [r for a in point.arms + point.variants + point.comparisons + point.effects
+            for r in a.stages.values()] + list(point.extra.values())
+    for ref in refs:
+        if not isinstance(ref.metrics, dict) or not ref.metrics:
+            raise ValueError(f"stage {ref.key}: metrics are {ref.metrics!r}, expected an object "
+                             "with its numbers")
+    return point
+
+
+def read_point_files(points_dir: Path) -> tuple[list[tuple[Path, Point]], list[tuple[Path, str]]]:
+    """([(file, point)] sorted by model, data and noise, [(file, why)] of files skipped).
+
+    Hidden files (temp files of writers) are not points. A file that is no point this version
+    can read, or repeats the id of another (only the file named after the id is kept), is
+    skipped and named, so that one damaged file cannot stop the aggregation of the others."""
+    files = sorted(f for f in Path(points_dir).glob("*.json") if not f.name.startswith("."))
+    read, skipped = [], []
     for f in files:
         try:
-            points.append(Point.from_json(json.loads(f.read_text(encoding="utf-8"))))
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{f}: not a point file this version can read ({err}); "
-                             "rerun its point or delete the file") from err
-    return sorted(points, key=lambda p: (p.model, p.dataset, _first_alpha(p), p.treated))
+            read.append((f, _parsed(f, json.loads(f.read_text(encoding="utf-8")))))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            skipped.append((f, f"not a point file this version can read ({type(err).__name__}: "
+                               f"{err}); rerun its point or delete the file"))
+    by_id: dict[str, list[Path]] = {}
+    for f, point in read:
+        by_id.setdefault(point.id, []).append(f)
+    kept = []
+    for f, point in read:
+        owners = by_id[point.id]
+        if len(owners) > 1 and f.stem != point.id:
+            names = ", ".join(o.name for o in owners)
+            skipped.append((f, f"repeats point id {point.id} ({names}); only a file named "
+                               f"{point.id}.json is read: delete the copies"))
+            continue
+        kept.append((f, point))
+    kept.sort(key=lambda fp: (fp[1].model, fp[1].dataset, _first_alpha(fp[1]), fp[1].treated))
+    return kept, skipped
+
+
+def read_points(points_dir: Path) -> list[Point]:
+    """Every readable point file of an experiment, sorted by model, data and noise."""
+    return [point for _, point in read_point_files(points_dir)[0]]
 
 
 def _first_alpha(point: Point) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from pipeline.results import figures, model_tables, winrate_tables
+from pipeline.results import figures, model_tables, trend, winrate_tables
 from pipeline.results.cells import Table
 from pipeline.results.points import Point
 
@@ -45,6 +45,10 @@ TABLES = (
               f"model llama1-7b, judge alpaca_eval_gpt4, {FULL_FT}"),
     TableSpec("table6", "Table 6 — uniform vs Gaussian noise", _full, winrate_tables.table6, (),
               f"model llama2-7b, judge chatgpt_fn, {FULL_FT}"),
+    TableSpec("dose_response", "Dose-response — every measure against the noise strength alpha",
+              _full, trend.trend_table,
+              (figures.dose_response_figure,),
+              f"model llama2-7b, judge chatgpt_fn, uniform alpha 5/10/15 (Table 6), {FULL_FT}"),
     TableSpec("figure3", "Figure 3 — OpenLLM leaderboard tasks",
               lambda p: _full(p) and any("openllm" in a.stages for a in p.arms),
               model_tables.figure3, (figures.openllm_figure,),

@@ -15,6 +15,8 @@ from pathlib import Path
 import yaml
 
 from pipeline.core.store import write_text_atomic
+from pipeline.results.cost import cost_section
+from pipeline.results.escape import escape_md
 from pipeline.results.findings import findings
 from pipeline.results.points import Point
 
@@ -59,8 +61,11 @@ def setting_note(paper_setting: str, points: list[Point]) -> str:
     return f"Paper: {paper_setting}. Ours: " + "; ".join(lines) + "."
 
 
-def write_report(points: list[Point], out_dir: Path, sections: list) -> Path:
-    """out_dir/REPORT.md from the points and the (spec, covered points, figures) of each table."""
+def write_report(points: list[Point], out_dir: Path, sections: list, skipped: list = (),
+                 study_dir: Path | None = None, paper: dict | None = None) -> Path:
+    """out_dir/REPORT.md from the points and the (spec, covered points, figures) of each table;
+    `skipped`: [(point file, why)] left out, named at the top; `study_dir`: where the human
+    study's files are (default out_dir); `paper`: the paper's numbers (default: shipped)."""
     experiment = points[0].experiment
     md = [f"# NEFTune reproduction report — experiment `{experiment}`", "",
           f"Rebuilt {time.strftime('%Y-%m-%d %H:%M')} from {len(points)} point(s) in `points/`; "
@@ -68,7 +73,12 @@ def write_report(points: list[Point], out_dir: Path, sections: list) -> Path:
           "a footnote naming the stage key (a directory under the stage store, with its "
           "metrics.json) it was read from; every 'paper' number is quoted from Jain et al. 2023 "
           "(pipeline/assets/paper_numbers.yaml).", ""]
-    md += findings(points)
+    if skipped:
+        md += ["> **Warning: point files skipped.** These were left out of every table below:", ""]
+        md += [f"> - {escape_md(path.name)}: {escape_md(why)}" for path, why in skipped]
+        md += [""]
+    md += findings(points, paper)
+    md += cost_section(points)
     md += ["## Versions"]
     md += ["", "| package | version |", "|---|---|"]
     md += [f"| {k} | {v} |" for k, v in versions().items()]
@@ -90,7 +100,8 @@ def write_report(points: list[Point], out_dir: Path, sections: list) -> Path:
                + setting_note(spec.paper_setting, covered)]
     from pipeline.human.report import human_report_section
 
-    human = human_report_section(Path(out_dir))  # None until a study of this experiment exists
+    # None until a study of this experiment exists; its figure goes beside the report.
+    human = human_report_section(Path(study_dir or out_dir), figures_dir=Path(out_dir))
     if human:
         md += ["", human.strip()]
     md += ["", "## Composed config of each point", ""]

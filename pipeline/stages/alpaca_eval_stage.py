@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.core.config import config_params
+from pipeline.core.data import load_prompts
 from pipeline.core.judging import (
-    Reference, annotator, judge_pairs, load_reference, pairs_against, validate_judge,
+    Reference, annotator, check_references, judge_key_params, judge_pairs, load_reference,
+    pairs_against, validate_judge,
 )
 from pipeline.core.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
@@ -26,9 +27,15 @@ VERSION = 3  # 2: an LC win rate on every judged comparison; 3: with a standard 
 
 
 def check(cfg) -> None:
-    """Cheap: the judge can run (kind, version, API key) and the reference file is readable."""
+    """Cheap: the judge can run (kind, version, API key), the reference file is readable and has
+    an answer for every prompt (a prompt without one must not be found after training)."""
     validate_judge(cfg.judge)
-    load_reference(cfg.generate.reference)
+    reference = load_reference(cfg.generate.reference)
+    prompts = cfg.generate.prompts
+    if not prompts.startswith("hf:"):
+        limit = cfg.generate.limit if (cfg.generate.limit or 0) > 0 else None
+        check_references(load_prompts(prompts, cfg.generate.dataset_name, limit), reference,
+                         f"generate.prompts={prompts!r}", cfg.generate.reference)
 
 
 def run(cfg, ctx, call) -> StageResult:
@@ -42,7 +49,7 @@ def alpaca_eval_stage(
 ) -> StageResult:
     """Win rate of `generated`'s outputs.json against `reference` under `judge_cfg`."""
     validate_judge(judge_cfg)
-    params = {"judge": config_params(judge_cfg)}
+    params = judge_key_params(judge_cfg)
     label = f"{readable_of(generated.key)}_vs_{reference.label}_{judge_cfg.name}"
     key = stage_key("alpaca_eval", label, params, [generated.key, reference.key], VERSION)
 

@@ -5,8 +5,10 @@ Reads the two arms' alpaca_eval stages (scored.json: one verdict per prompt) and
 (per_output.json: characters, whitespace tokens, log-diversity per answer); with several seeds,
 seed s of +NEFT is paired with seed s of the baseline and the prompts of all seeds are pooled.
 Writes metrics.json: for win_rate, lc_win_rate, chars, words and log_diversity the difference
-(+NEFT minus base), its CI, n and whether the CI excludes zero; with lm-eval results, per
-leaderboard task a paired test over questions (McNemar's exact test for accuracies).
+(+NEFT minus base), its CI, n, whether the CI excludes zero, se (the SD of the resampled
+differences) and mde (the least true difference this design detects with 80% power at the level:
+(z_{1-a/2} + z_0.8) x se); with lm-eval results, per leaderboard task a paired test over
+questions (McNemar's exact test for accuracies).
 
 Run: python -m pipeline.run            (every point compares each noise arm with its baseline)
 """
@@ -18,9 +20,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from pipeline.core.alpaca_import import pin_alpaca_eval_version
 from pipeline.core.store import StageResult, Store, readable_of, stage_key
 
-VERSION = 2  # 2: each difference says how many prompts have a value in each arm
+VERSION = 3  # 2: each difference says how many prompts have a value in each arm; 3: se and mde
+# Power of the detectable effect (mde) each difference carries; a config key (compare.power) to be.
+POWER = 0.8
 
 
 def check(cfg) -> None:
@@ -35,6 +40,9 @@ def check(cfg) -> None:
 
 def run(cfg, ctx, call) -> StageResult:
     """Plan entry: call.upstream holds, per seed, base_<stage>_<i> and <stage>_<i> results."""
+    # The LC interval imports alpaca_eval (core.winrate): first in a rerun whose judged stages
+    # are all reused, so it must import the version the judges after it will need.
+    pin_alpaca_eval_version(cfg.judge.alpaca_eval_version)
     n = len([k for k in call.upstream if k.startswith("base_alpaca_eval_")])
     stages = ("alpaca_eval", "analysis", "openllm")
     pairs = [{side: {stage: call.upstream[f"{prefix}{stage}_{i}"] for stage in stages
@@ -84,7 +92,7 @@ def _openllm(pairs: list[dict], compare_cfg) -> dict:
     out = {}
     for task, v in scores.items():
         common = dict(n_resamples=compare_cfg.resamples, seed=compare_cfg.seed,
-                      level=compare_cfg.level)
+                      level=compare_cfg.level, power=POWER)
         if set(v["base"] + v["treated"]) <= {0.0, 1.0}:
             out[task] = mcnemar(v["base"], v["treated"], **common)
         else:
@@ -106,7 +114,7 @@ def compare(pairs: list[dict], compare_cfg, store: Store) -> StageResult:
 
         v = _aligned(pairs)
         b, t = v["base"], v["treated"]
-        common = dict(seed=compare_cfg.seed, level=compare_cfg.level)
+        common = dict(seed=compare_cfg.seed, level=compare_cfg.level, power=POWER)
         metrics = {
             "win_rate": winrate_diff_ci([r["preference"] for r in b["scored"]],
                                         [r["preference"] for r in t["scored"]],

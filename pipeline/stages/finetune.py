@@ -25,11 +25,14 @@ from omegaconf import OmegaConf
 from pipeline.core.config import config_params
 from pipeline.core.data import check_source, load_train, records_digest
 from pipeline.core.launch import accumulation_steps, distributed_key_params, run_workers, world_size
+from pipeline.core.launch import check_allocation
 from pipeline.core.memory_plan import check_finetune_memory
 from pipeline.core.models import base_model_dir, validate_model
 from pipeline.core.noise import noise_label, noise_params
 from pipeline.core.store import StageResult, Store, stage_key
-from pipeline.core.training import TRAINED, TrainRequest, train, use_4bit
+from pipeline.core.devices import release_accelerator_memory
+from pipeline.core.trainer_args import check_training
+from pipeline.core.training import TRAINED, TrainRequest, train
 
 VERSION = 2  # 2: train_loss over all steps from the loss log, which is logged at every checkpoint
 
@@ -41,11 +44,12 @@ def check(cfg) -> None:
     check_source(cfg.data.train, "data.train")
     dist = cfg.finetune.distributed
     accumulation_steps(cfg.finetune, world_size(dist))
+    check_allocation(dist)  # no more processes per node than GPUs, nodes than the job has
     if dist.strategy == "fsdp" and not torch.cuda.is_available():
         raise ValueError("finetune.distributed.strategy=fsdp needs CUDA GPUs (the Trainer shards "
                          "with FSDP on GPUs only); on CPUs use strategy=ddp")
+    check_training(cfg.finetune)
     if cfg.finetune.lora is not None:
-        use_4bit(cfg.finetune.lora.quantize_4bit)
         if dist.strategy == "fsdp":
             raise ValueError("finetune.lora adapters train with finetune.distributed.strategy "
                              "none or ddp (their base is frozen: there is little to shard)")
@@ -116,7 +120,9 @@ def finetune(
             # Workers log to no W&B run of their own; the stage's run gets the metrics.
             report_to=list(report_to) if world == 1 else [], world_size=world)
         if world == 1:
-            return train(request, records)
+            metrics = train(request, records)
+            release_accelerator_memory()  # vLLM, started next in its own process, needs it
+            return metrics
         launch = work / "launch"
         launch.mkdir(exist_ok=True)
         request.save(launch / "request.json")

@@ -16,17 +16,22 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from pipeline.core.data import check_source, format_prompt, load_prompts
+from pipeline.core.devices import compute_device, device_key_params, release_accelerator_memory
 from pipeline.core.engines import check_engine, generate_in_subprocess, make_request
 from pipeline.core.models import generate_batched, load_model_and_tokenizer
 from pipeline.core.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
-VERSION = 1
+VERSION = 2  # 2: the repetition penalty skips left padding (an answer no longer depends on its
+# batch), and the batch goes to the model's device
 
 
 def check(cfg) -> None:
     """Cheap: the prompt file exists and its rows are valid, the engine can run here, and every
     length-control variant fits the decoding caps."""
     check_source(cfg.generate.prompts, "generate.prompts")
+    if cfg.generate.limit is not None and cfg.generate.limit < 1:
+        raise ValueError(f"generate.limit={cfg.generate.limit}: give a number of prompts >= 1, "
+                         "or null for all of them")
     if not cfg.generate.prompts.startswith("hf:"):  # rows too: a bad one must not wait for training
         load_prompts(cfg.generate.prompts, cfg.generate.dataset_name, cfg.generate.limit)
     check_engine(cfg.generate.engine, cfg.generate.vllm.python,
@@ -80,6 +85,7 @@ def generate(
             finetuned.path / "model", prompts, gen_cfg, dtype, generator, variant, work
         ),
         config=params,
+        resumable=True,  # keeps progress.jsonl of a killed run
     )
 
 
@@ -88,7 +94,8 @@ def generate_params(gen_cfg, dtype: str) -> dict:
 
     The reference is for judging; it does not change what is generated. The engine and its
     settings enter only when it is not the default hf, so every key computed before engines
-    existed is still found; the interpreter path never does (a location, not a setting).
+    existed is still found; the interpreter path never does (a location, not a setting). The hf
+    engine's device enters where it is not the CPU (devices.device_key_params).
     """
     params = OmegaConf.to_container(gen_cfg, resolve=True)
     params.pop("reference", None)
@@ -96,6 +103,8 @@ def generate_params(gen_cfg, dtype: str) -> dict:
     if engine != "hf":
         params["engine"] = engine
         params[engine] = {k: v for k, v in engine_settings.items() if k != "python"}
+    else:
+        params |= device_key_params(compute_device())
     return params | {"dtype": dtype}
 
 
@@ -121,12 +130,15 @@ def _generate(
     ]
     engine_metrics = {}
     if cfg.engine == "hf":
-        model, tok = load_model_and_tokenizer(str(model_dir), dtype)
+        model, tok = load_model_and_tokenizer(str(model_dir), dtype, device=compute_device())
         started = time.time()
         outputs, new_token_counts = generate_batched(
             model, tok, texts, cfg.batch_size, max_new, cfg.max_total_length,
-            cfg.repetition_penalty, min_new, desc=f"generate {generator}")
+            cfg.repetition_penalty, min_new, desc=f"generate {generator}",
+            progress=work / "progress.jsonl")  # a requeued job continues where it stopped
         elapsed = time.time() - started
+        del model
+        release_accelerator_memory()  # the next stage may need the whole GPU
     else:
         options = OmegaConf.to_container(cfg.vllm, resolve=True)
         options.pop("python")

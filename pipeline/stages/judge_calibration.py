@@ -22,8 +22,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from pipeline.core.config import config_params
-from pipeline.core.judging import annotator, judge_pairs, validate_judge
+from pipeline.core.judging import annotator, judge_key_params, judge_pairs, validate_judge
 from pipeline.core.store import StageResult, Store, stage_key, write_json_atomic
 
 VERSION = 1
@@ -84,7 +83,7 @@ def judge_calibration(judge_cfg, calibration_cfg, store: Store, cache: Store) ->
     """Agreement of `judge_cfg` with the reference verdicts of the calibration set."""
     files = calibration_files(calibration_cfg.pairs)
     digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
-    params = {"judge": config_params(judge_cfg), "n_pairs": calibration_cfg.n_pairs,
+    params = judge_key_params(judge_cfg) | {"n_pairs": calibration_cfg.n_pairs,
               "seed": calibration_cfg.seed, "resamples": calibration_cfg.resamples,
               "pairs": digest}
     key = stage_key("judge_calibration", f"{judge_cfg.name}_{calibration_cfg.n_pairs}", params,

@@ -22,7 +22,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from pipeline.core.data import ASSETS
-from pipeline.core.models import DTYPES
+from pipeline.core.devices import (
+    DTYPES, compute_device, cuda_gpu_count, device_key_params, release_accelerator_memory,
+)
 from pipeline.core.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
 VERSION = 2  # 2: per_question.json (each question's score, for paired tests)
@@ -88,7 +90,8 @@ def write_local_tasks(out: Path) -> None:
 def openllm(finetuned: StageResult, openllm_cfg, dtype: str, store: Store) -> StageResult:
     """lm-eval scores of the `finetuned` stage's model on the configured leaderboard tasks."""
     validate_openllm(openllm_cfg)
-    params = OmegaConf.to_container(openllm_cfg, resolve=True) | {"dtype": dtype}
+    params = (OmegaConf.to_container(openllm_cfg, resolve=True) | {"dtype": dtype}
+              | device_key_params(compute_device()))
     label = f"{readable_of(finetuned.key)}_{openllm_cfg.name}"
     key = stage_key("openllm", label, params, [finetuned.key], VERSION)
     return store.materialize(
@@ -98,8 +101,17 @@ def openllm(finetuned: StageResult, openllm_cfg, dtype: str, store: Store) -> St
     )
 
 
+def hflm_placement(device: str, gpus: int, work: Path) -> dict:
+    """HFLM's placement arguments: the CPU, one GPU, or (several GPUs visible) the model split
+    over them with accelerate's device map, since a 70B model is 138 GB in bf16."""
+    if device != "cuda":
+        return {"device": "cpu"}
+    if gpus > 1:
+        return {"parallelize": True, "offload_folder": str(work / "offload")}
+    return {"device": "cuda"}
+
+
 def _evaluate(model_dir: Path, cfg, dtype: str, work: Path) -> dict:
-    import torch
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -108,10 +120,9 @@ def _evaluate(model_dir: Path, cfg, dtype: str, work: Path) -> dict:
     if cfg.task_set == "local":
         write_local_tasks(work / "tasks")
         manager = TaskManager(include_path=str(work / "tasks"))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    lm = HFLM(
-        pretrained=str(model_dir), dtype=DTYPES[dtype], batch_size=cfg.batch_size, device=device
-    )
+    placement = hflm_placement(compute_device(), cuda_gpu_count(), work)
+    lm = HFLM(pretrained=str(model_dir), dtype=DTYPES[dtype], batch_size=cfg.batch_size,
+              **placement)
     merged: dict = {"results": {}, "n-shot": {}, "configs": {}, "versions": {}, "n-samples": {}}
     metrics: dict = {}
     per_question: dict[str, list[float]] = {}
@@ -138,6 +149,8 @@ def _evaluate(model_dir: Path, cfg, dtype: str, work: Path) -> dict:
             merged[part].update(out.get(part, {}))
         metrics[f"openllm_{short}"] = float(out["results"][name][f"{task.metric},none"])
         metrics[f"openllm_{short}_n_shot"] = int(out["n-shot"][name])
+    del lm
+    release_accelerator_memory()  # the next stage may need the whole GPU
     metrics["openllm_average"] = sum(metrics[f"openllm_{s}"] for s in cfg.tasks) / len(cfg.tasks)
     write_json_atomic(work / "lm_eval_results.json", json.loads(json.dumps(merged, default=str)))
     write_json_atomic(work / "per_question.json", per_question)

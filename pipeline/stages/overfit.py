@@ -27,10 +27,11 @@ from pipeline.core.data import (
     records_digest,
     tokenize_examples,
 )
+from pipeline.core.devices import compute_device, device_key_params, release_accelerator_memory
 from pipeline.core.models import generate_batched, load_model_and_tokenizer
 from pipeline.core.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
-VERSION = 1
+VERSION = 2  # 2: generations with the padding-free repetition penalty (models.generate_batched)
 
 
 def check(cfg) -> None:
@@ -63,8 +64,9 @@ def response_losses(
             batch = pad_batch(examples[start : start + batch_size], tok.pad_token_id)
             with torch.no_grad():
                 logits = model(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                ).logits.float()
+                    input_ids=batch["input_ids"].to(model.device),
+                    attention_mask=batch["attention_mask"].to(model.device),
+                ).logits.float().cpu()
             labels = batch["labels"][:, 1:]
             nll = torch.nn.functional.cross_entropy(
                 logits[:, :-1].transpose(1, 2), labels, ignore_index=-100, reduction="none"
@@ -116,11 +118,12 @@ def overfit(
         "heldout_records": records_digest(heldout),
         "max_length": max_length,
         "dtype": dtype,
-    }
+    } | device_key_params(compute_device())
     key = stage_key("overfit", readable_of(finetuned.key), params, [finetuned.key], VERSION)
 
     def compute(work: Path) -> dict:
-        model, tok = load_model_and_tokenizer(str(finetuned.path / "model"), dtype)
+        model, tok = load_model_and_tokenizer(str(finetuned.path / "model"), dtype,
+                                              device=compute_device())
         train_loss, train_skipped = response_losses(
             model, tok, loss_rows, max_length, overfit_cfg.batch_size, "loss on training data"
         )
@@ -137,6 +140,8 @@ def overfit(
             overfit_cfg.repetition_penalty,
             desc="answer training instructions",
         )
+        del model
+        release_accelerator_memory()  # the next stage may need the whole GPU
         rouge, bleu = overlap_scores(outputs, [r["output"] for r in gen_rows])
         write_json_atomic(
             work / "per_example.json",

@@ -12,6 +12,7 @@ figures rewritten in place, REPORT.md through one shared `REPORT.md.partial`) mu
 import json
 import multiprocessing as mp
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -52,6 +53,17 @@ def _naive_writers() -> None:
     cells.write_text_atomic = in_place
     report.write_text_atomic = shared_partial
     figures._save = save_in_place
+
+    from pipeline.results import aggregate
+
+    real_build = aggregate._build
+
+    def build_in_place(out_dir: Path, stage: Path, *args) -> None:
+        # Before issue 19 there was no hidden generation directory: straight into out_dir.
+        real_build(out_dir, out_dir, *args)
+        shutil.copy(out_dir / "REPORT.md", stage / "REPORT.md")
+
+    aggregate._build = build_in_place
 
 
 def _aggregate(out_dir: str, naive: bool, barrier, status: str) -> None:

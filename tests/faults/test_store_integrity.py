@@ -3,6 +3,7 @@
 
 import errno
 import json
+import re
 import multiprocessing as mp
 import shutil
 import subprocess
@@ -109,14 +110,54 @@ def test_unreadable_metrics_is_quarantined_and_recomputed(tmp_path, capsys):
                                        "unreadable metrics.json (JSONDecodeError)")
 
 
-def test_stage_of_an_older_version_without_manifest_is_reused_with_a_note(tmp_path, capsys):
+# Issue 19, item 2: the check must not be switched off by the stage it checks.
+
+
+def _edit_metrics(stage: Path, metrics: dict) -> None:
+    (stage / METRICS).write_text(json.dumps(metrics))
+
+
+def test_a_stage_without_manifest_is_quarantined_not_trusted(tmp_path, capsys):
     _published(tmp_path)
-    (tmp_path / "k" / MANIFEST).unlink()
+    (tmp_path / "k" / MANIFEST).unlink()  # what "written by an older version" looked like
+    _edit_metrics(tmp_path / "k", {"run": 90})
+    _assert_quarantined_and_recomputed(Store(tmp_path, verify="full"), capsys, MANIFEST,
+                                       "missing (a stage is reused only with its manifest)")
+
+
+def test_a_manifest_listing_no_files_is_quarantined(tmp_path, capsys):
+    _published(tmp_path)
+    (tmp_path / "k" / MANIFEST).write_text(json.dumps({"version": 1, "files": {}}))
+    _edit_metrics(tmp_path / "k", {"run": 90})
+    _assert_quarantined_and_recomputed(Store(tmp_path, verify="full"), capsys, METRICS,
+                                       f"not in {MANIFEST}")
+
+
+def test_a_file_the_manifest_does_not_list_is_quarantined(tmp_path, capsys):
+    store = _published(tmp_path)
+    (tmp_path / "k" / "model" / "extra.bin").write_bytes(b"x")
+    _assert_quarantined_and_recomputed(store, capsys, "model/extra.bin", f"not in {MANIFEST}")
+
+
+def test_a_copy_of_another_stage_is_quarantined(tmp_path, capsys):
+    store = Store(tmp_path)
+    store.materialize("other", _compute(1))
+    shutil.copytree(tmp_path / "other", tmp_path / "k")
+    _assert_quarantined_and_recomputed(
+        store, capsys, MARKER, "names stage other, not k (a copy or link of another stage)")
+    assert store.lookup("other").metrics == {"run": 1}
+
+
+def test_a_symlink_to_another_stage_is_quarantined_and_its_target_kept(tmp_path, capsys):
+    Store(tmp_path).materialize("other", _compute(1))
+    (tmp_path / "k").symlink_to(tmp_path / "other")
+    store = Store(tmp_path)
     capsys.readouterr()
-    hit = Store(tmp_path, verify="full").materialize("k", _compute(2))
-    assert hit.reused and hit.metrics == {"run": 1}
-    assert f"stage k has no {MANIFEST}" in capsys.readouterr().out
-    assert not list(tmp_path.glob("k.corrupt-*"))
+    fresh = store.materialize("k", _compute(2))
+    out = capsys.readouterr().out
+    assert "stage k is corrupt (COMPLETE: names stage other, not k" in out
+    assert not fresh.reused and fresh.metrics == {"run": 2} and not fresh.path.is_symlink()
+    assert Store(tmp_path).lookup("other").metrics == {"run": 1}
 
 
 def test_verify_accepts_only_size_or_full(tmp_path):
@@ -205,7 +246,7 @@ def test_a_failed_atomic_write_leaves_no_temp(tmp_path):
 
 def _assert_disk_full_error(exc_info, root: Path, cause: type) -> None:
     message = str(exc_info.value)
-    assert "stage k:" in message and str(root / "k.partial") in message
+    assert "stage k:" in message and re.search(re.escape(str(root)) + r"/k\.w\w+\.partial", message)
     assert "free space there or move paths.store" in message
     assert isinstance(exc_info.value.__cause__, cause)
     assert not (root / "k").exists() and not (root / "k.lock").exists()

@@ -1,0 +1,138 @@
+"""The Trainer's arguments for one training run, and what must be true of the process first.
+
+Each rule here is something the Trainer or accelerate would otherwise do silently:
+- one process on a node with several GPUs would be wrapped in nn.DataParallel and train
+  GPU-count times the configured batch (single_device);
+- FSDP with `bf16=True` makes accelerate upcast every trainable parameter to fp32 master
+  weights (accelerate/utils/fsdp_utils.py, "Upcast to fp32 master weights"), so
+  `fsdp.fp32_master_weights: false` (pure bf16, 8 B/param) must train without mixed precision;
+- FSDP checkpoints default to a full state dict gathered on rank 0 (70B: ~1.1 TB per
+  checkpoint); each rank writes its shard instead (SHARDED_STATE_DICT);
+- rank-0 loading works only if ACCELERATE_USE_FSDP is set and the process group is up before
+  from_pretrained (transformers/distributed/fsdp.py, is_fsdp_enabled), not when the Trainer
+  builds its Accelerator later (prepare_rank0_loading);
+- activation checkpointing under FSDP belongs in fsdp_config (the training argument adds a
+  redundant all-gather in backward).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+FSDP_SHARDING = ("full_shard", "shard_grad_op")  # what FSDP2 offers (hybrid_shard is FSDP1 only)
+BNB_OPTIMS = ("paged_", "bnb", "8bit")  # optimiser names that need bitsandbytes
+BNB_HINT = "pip install bitsandbytes (or the project's extra: pip install -e '.[gpu]')"
+
+
+def has_bitsandbytes() -> bool:
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def check_training(train_cfg) -> None:
+    """Fail before anything loads on settings the Trainer would reject late, or in its terms."""
+    for key in ("logging_steps", "save_steps", "per_device_batch_size", "effective_batch_size"):
+        if int(train_cfg[key]) < 1:
+            raise ValueError(f"finetune.{key}={train_cfg[key]}: must be >= 1")
+    if train_cfg.max_steps <= 0 and not train_cfg.epochs > 0:
+        raise ValueError(f"finetune.epochs={train_cfg.epochs}: must be > 0 (or set max_steps)")
+    if any(tag in train_cfg.optim for tag in BNB_OPTIMS) and not has_bitsandbytes():
+        raise ValueError(f"finetune.optim={train_cfg.optim} is a bitsandbytes optimiser and "
+                         f"bitsandbytes is not installed: {BNB_HINT}; or use optim=adamw_torch")
+    if train_cfg.lora is not None:
+        use_4bit(train_cfg.lora.quantize_4bit)
+    dist = train_cfg.distributed
+    if dist.strategy == "fsdp" and dist.fsdp.sharding not in FSDP_SHARDING:
+        raise ValueError(f"finetune.distributed.fsdp.sharding={dist.fsdp.sharding!r}: FSDP2 (the "
+                         f"Trainer's default) offers {FSDP_SHARDING}; hybrid sharding is FSDP1 "
+                         "only, which transformers has deprecated")
+
+
+def use_4bit(quantize: bool) -> bool:
+    """QLoRA's NF4 base: asked for and possible, or an error that says why (never a silent
+    fall back to plain LoRA on a bf16 base: that is another experiment)."""
+    if not isinstance(quantize, bool):
+        raise ValueError(f"finetune.lora.quantize_4bit={quantize!r}: use true (QLoRA, NF4 base) "
+                         "or false (plain LoRA)")
+    if quantize and not (torch.cuda.is_available() and has_bitsandbytes()):
+        raise ValueError("finetune.lora.quantize_4bit=true (QLoRA) needs a CUDA GPU and "
+                         f"bitsandbytes: {BNB_HINT}; or use plain LoRA (finetune=lora_cpu)")
+    return quantize
+
+
+def is_launched() -> bool:
+    """Is this process a rank of a torchrun launch (even of world size 1)?"""
+    return "LOCAL_RANK" in os.environ
+
+
+def uses_fsdp(train_cfg: dict) -> bool:
+    return train_cfg["distributed"]["strategy"] == "fsdp" and is_launched()
+
+
+def mixed_precision_bf16(train_cfg: dict) -> bool:
+    """The Trainer's `bf16` flag. Under FSDP it is exactly fp32_master_weights: mixed precision
+    makes accelerate keep fp32 masters; without it the bf16 weights train as they are."""
+    if uses_fsdp(train_cfg):
+        return bool(train_cfg["distributed"]["fsdp"]["fp32_master_weights"])
+    return bool(train_cfg["bf16"])
+
+
+def fsdp_config(train_cfg: dict) -> dict:
+    """fsdp_config of TrainingArguments (FSDP2): sharding, offload, rank-0 loading, sharded
+    checkpoints, FSDP's own activation checkpointing."""
+    fsdp = train_cfg["distributed"]["fsdp"]
+    return {"version": 2, "reshard_after_forward": fsdp["sharding"] == "full_shard",
+            "cpu_offload": fsdp["cpu_offload"], "cpu_ram_efficient_loading": fsdp["rank0_load"],
+            "state_dict_type": "SHARDED_STATE_DICT",
+            "activation_checkpointing": train_cfg["gradient_checkpointing"]}
+
+
+def training_arguments(train_cfg: dict, report_to: list, ckpt_root: Path, world: int):
+    """TrainingArguments of one run (`train_cfg` is the resolved finetune config)."""
+    from transformers import TrainingArguments
+
+    cfg, extra = train_cfg, {}
+    if (world > 1 or is_launched()) and not torch.cuda.is_available():
+        extra.update(use_cpu=True, ddp_backend="gloo")  # CPU ranks talk over gloo
+    fsdp = uses_fsdp(cfg)
+    if fsdp:
+        extra.update(fsdp=True, fsdp_config=fsdp_config(cfg))
+    return TrainingArguments(
+        output_dir=str(ckpt_root), num_train_epochs=cfg["epochs"], max_steps=cfg["max_steps"],
+        per_device_train_batch_size=cfg["per_device_batch_size"],
+        gradient_accumulation_steps=cfg["gradient_accumulation_steps"],
+        learning_rate=cfg["learning_rate"], lr_scheduler_type=cfg["lr_scheduler"],
+        warmup_steps=cfg["warmup_ratio"],  # a float < 1 is a fraction of the total steps
+        weight_decay=cfg["weight_decay"], max_grad_norm=cfg["max_grad_norm"], optim=cfg["optim"],
+        bf16=mixed_precision_bf16(cfg),
+        activation_checkpointing=cfg["gradient_checkpointing"] and not fsdp,
+        logging_steps=cfg["logging_steps"], save_strategy="steps", save_steps=cfg["save_steps"],
+        save_total_limit=2, train_sampling_strategy=cfg["sampling"], seed=cfg["seed"],
+        data_seed=cfg["seed"], report_to=report_to, remove_unused_columns=False,
+        dataloader_num_workers=0, include_num_input_tokens_seen="non_padding",
+        ddp_timeout=int(cfg["distributed"].get("timeout_s", 7200)), **extra)
+
+
+def single_device(args) -> None:
+    """One process trains on one device: with several GPUs visible the Trainer would wrap the
+    model in nn.DataParallel and multiply the per-step batch by the GPU count, which the
+    accumulation (computed for one device) does not expect."""
+    _ = args.device  # sets args._n_gpu, which the Trainer reads
+    if args.n_gpu > 1:
+        print(f"[finetune] one process, {args.n_gpu} GPUs visible: training on one (no "
+              "DataParallel); use finetune.distributed.nproc_per_node=auto strategy=ddp|fsdp "
+              "for all of them", flush=True)
+        args._n_gpu = 1
+
+
+def prepare_rank0_loading(args, train_cfg: dict) -> None:
+    """Before from_pretrained: with FSDP rank-0 loading, tell transformers (env) and bring up
+    the process group (args.device does), so ranks other than 0 load on the meta device."""
+    if not (uses_fsdp(train_cfg) and train_cfg["distributed"]["fsdp"]["rank0_load"]):
+        return
+    os.environ["ACCELERATE_USE_FSDP"] = "true"
+    os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "true"
+    _ = args.device

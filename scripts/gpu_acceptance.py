@@ -1,0 +1,351 @@
+"""One-GPU acceptance of the paper-scale path: what only a GPU can show, in one short run.
+
+Checks, each a row of the table it writes: the device a model generates on; bf16 training
+steps with the NEFT hook (noise norm per sequence about alpha/sqrt(3)), tokens/s and MFU; FSDP
+at world size 1 through accelerate's own prepare (parameter dtype for both fp32_master_weights
+settings, sharded checkpoints, rank-0 loading) and, on a GPU, through the real Trainer under
+torchrun (a checkpoint's files, the consolidated weights' dtype); peak GPU memory of a random
+~1B Llama against the memory plan; answers identical alone and in one batch (fp32); lm-eval's
+model on the GPU. On a CPU it runs the same code on a tiny model (CI runs it: it cannot rot);
+a check that needs CUDA says "needs CUDA" there, not "pass".
+
+Needs only torch, transformers, peft and accelerate (lm-eval optional: its row says whether it
+was installed). Under 8 minutes on one H100/H200.
+
+Run: python scripts/gpu_acceptance.py                  (GPU node: writes results/bench/gpu.md)
+     python scripts/gpu_acceptance.py --out /tmp/a.md  (anywhere; on a CPU the tiny model)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from pipeline.core.devices import compute_device, inference_placement, resolve_dtype  # noqa: E402
+
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, per GPU
+
+
+def _tiny_llama(dtype, hidden=32, layers=2, vocab=None, heads=4, inter=64):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pipeline.core.models import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer(512)
+    config = LlamaConfig(vocab_size=vocab or len(tok), hidden_size=hidden,
+                         intermediate_size=inter, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=2048, pad_token_id=tok.pad_token_id,
+                         eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).to(dtype), tok
+
+
+def _prompts(n: int) -> list[str]:
+    from pipeline.core.data import ASSETS, format_prompt
+
+    rows = json.loads((ASSETS / "default_eval.json").read_text(encoding="utf-8"))[:n]
+    return [format_prompt({"instruction": r["instruction"], "input": r.get("input", "")}, False)
+            for r in rows]
+
+
+def check_inference_device(device: str) -> dict:
+    """Where a saved model lands when the pipeline loads it for generation."""
+    import tempfile
+
+    from pipeline.core.models import generate_batched, load_model_and_tokenizer
+
+    model, tok = _tiny_llama(torch.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        loaded, tok = load_model_and_tokenizer(tmp, "float32", device=device)
+        generate_batched(loaded, tok, _prompts(2), 2, 8, 1024, 1.2)
+    where = str(loaded.device)
+    return {"check": "generation device", "measured": where, "expected": device,
+            "ok": where.startswith(device)}
+
+
+def check_neft_training(device: str, big: bool) -> dict:
+    """bf16 steps with the NEFT hook: noise norm per sequence, loss, tokens/s, MFU."""
+    from pipeline.core.noise import attach_neftune
+
+    dtype = getattr(torch, resolve_dtype("auto", device))
+    shape = dict(hidden=2048, layers=16, vocab=32000, heads=16, inter=5632) if big else {}
+    model, _ = _tiny_llama(dtype, **shape)
+    model.to(device).train()
+    n_params = sum(p.numel() for p in model.parameters())
+    batch, length, alpha = (4, 512, 5.0) if big else (2, 64, 5.0)
+    ids = torch.randint(0, model.config.vocab_size, (batch, length), device=device)
+    emb = model.get_input_embeddings()
+    clean = emb(ids).detach()
+    handle = attach_neftune(model, alpha, "uniform", "per_example")
+    captured = {}  # registered after the noise hook, so it sees the noisy embeddings
+    hook = emb.register_forward_hook(lambda m, i, o: captured.update(out=o.detach()))
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    hook.remove()
+    norm = (captured["out"].float() - clean.float()).flatten(1).norm(dim=1).mean().item()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    losses, steps = [], 6
+    _sync(device)
+    started = time.time()
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+    _sync(device)
+    handle.remove()
+    tokens_per_s = steps * batch * length / (time.time() - started)
+    mfu = _mfu(n_params, tokens_per_s, device)
+    expected = alpha / math.sqrt(3)
+    ok = abs(norm / expected - 1) < 0.05 and all(math.isfinite(x) for x in losses)
+    return {"check": f"NEFT {dtype} training ({n_params / 1e6:.0f}M params)",
+            "measured": f"noise norm {norm:.3f}; loss {losses[0]:.3f} -> {losses[-1]:.3f}; "
+                        f"{tokens_per_s:,.0f} tokens/s; MFU {mfu}",
+            "expected": f"norm {expected:.3f} (alpha/sqrt(3)) +-5%", "ok": ok}
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _mfu(n_params: int, tokens_per_s: float, device: str) -> str:
+    if device != "cuda":
+        return "n/a (CPU)"
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    if peak is None:
+        return f"n/a (no peak known for {name})"
+    return f"{6 * n_params * tokens_per_s / (peak * 1e12):.1%} of {peak:.0f} TFLOP/s"
+
+
+def fsdp_probe(fp32_master: bool, ckpt_dir: str) -> dict:
+    """accelerate's fsdp2_prepare_model on a bf16 Llama with the arguments the pipeline builds
+    (world size 1; gloo on a CPU). Call in a fresh process: it starts a process group."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29700 + int(fp32_master)),
+                      RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+    from transformers.distributed.fsdp import is_fsdp_enabled
+
+    from pipeline.core.trainer_args import prepare_rank0_loading, training_arguments
+
+    cfg = _fsdp_train_cfg(fp32_master)
+    args = training_arguments(cfg, [], Path(ckpt_dir), 1)
+    prepare_rank0_loading(args, cfg)
+    rank0 = is_fsdp_enabled()  # what from_pretrained asks before loading
+    plugin = FullyShardedDataParallelPlugin(**args.fsdp_plugin_args)
+    mixed = "bf16" if args.bf16 else "no"
+    if mixed != "no":
+        plugin.set_mixed_precision(mixed)
+    accelerator = types.SimpleNamespace(state=types.SimpleNamespace(fsdp_plugin=plugin),
+                                        mixed_precision=mixed, is_main_process=True,
+                                        device=args.device)
+    model, _ = _tiny_llama(torch.bfloat16)
+    model = fsdp2_prepare_model(accelerator, model.to(args.device))
+    return {"param_dtypes": sorted({str(p.dtype) for p in model.parameters()}),
+            "mixed_precision": mixed, "state_dict_type": str(plugin.state_dict_type),
+            "rank0_loading_seen_by_from_pretrained": rank0,
+            "activation_checkpointing": {"training_argument": bool(args.activation_checkpointing),
+                                         "fsdp": bool(args.fsdp_plugin_args.get(
+                                             "activation_checkpointing"))}}
+
+
+def _fsdp_train_cfg(fp32_master: bool, max_steps: int = 2) -> dict:
+    return {"epochs": 1, "max_steps": max_steps, "per_device_batch_size": 1,
+            "gradient_accumulation_steps": 1, "learning_rate": 1e-4, "lr_scheduler": "constant",
+            "warmup_ratio": 0.0, "weight_decay": 0.0, "max_grad_norm": 1.0,
+            "optim": "adamw_torch", "bf16": True, "gradient_checkpointing": True,
+            "logging_steps": 1, "save_steps": 1, "sampling": "random", "seed": 0,
+            "distributed": {"strategy": "fsdp", "timeout_s": 600, "fsdp": {
+                "sharding": "full_shard", "fp32_master_weights": fp32_master,
+                "cpu_offload": False, "rank0_load": True}}}
+
+
+def check_fsdp_prepare(work: Path) -> dict:
+    measured = {}
+    for fp32_master in (False, True):
+        out = work / f"probe{int(fp32_master)}.json"
+        code = ("import json, sys; from scripts.gpu_acceptance import fsdp_probe; "
+                f"json.dump(fsdp_probe({fp32_master}, sys.argv[1]), open(sys.argv[2], 'w'))")
+        done = subprocess.run([sys.executable, "-c", code, str(work / "ck"), str(out)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            return {"check": "FSDP prepare (world 1)", "measured": done.stderr[-300:],
+                    "expected": "runs", "ok": False}
+        measured[fp32_master] = json.loads(out.read_text())
+    ok = (measured[False]["param_dtypes"] == ["torch.bfloat16"]
+          and measured[True]["param_dtypes"] == ["torch.float32"]
+          and all(m["rank0_loading_seen_by_from_pretrained"] for m in measured.values())
+          and all("SHARDED" in m["state_dict_type"] for m in measured.values()))
+    return {"check": "FSDP prepare (world 1)",
+            "measured": f"fp32_master=false: {measured[False]['param_dtypes']}; true: "
+                        f"{measured[True]['param_dtypes']}; "
+                        f"{measured[False]['state_dict_type']}",
+            "expected": "bf16 / fp32 params, sharded checkpoints, rank-0 loading", "ok": ok}
+
+
+def fsdp_trainer_run(work: str) -> None:
+    """Under torchrun (1 process, a GPU): the real Trainer with the pipeline's FSDP arguments,
+    two steps, a checkpoint after each; then the consolidated save. Writes fsdp_trainer.json."""
+    from transformers import Trainer
+
+    from pipeline.core.ranks import save_consolidated
+    from pipeline.core.trainer_args import prepare_rank0_loading, training_arguments
+
+    cfg, out = _fsdp_train_cfg(False), Path(work)
+    args = training_arguments(cfg, [], out / "checkpoints", 1)
+    prepare_rank0_loading(args, cfg)
+    model, _ = _tiny_llama(torch.bfloat16)
+    ids = torch.randint(0, model.config.vocab_size, (4, 32))
+    data = [{"input_ids": row, "attention_mask": torch.ones_like(row), "labels": row}
+            for row in ids]
+    trainer = Trainer(model=model, args=args, train_dataset=data)
+    trainer.train()
+    ckpt = out / "checkpoints" / "checkpoint-1"
+    dtypes = sorted({str(p.dtype) for p in trainer.model.parameters()})
+    save_consolidated(trainer.model, out / "model", True, "bfloat16")
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model" / "model.safetensors"), "pt") as fh:
+        saved = sorted({str(fh.get_tensor(k).dtype) for k in fh.keys()})
+    (out / "fsdp_trainer.json").write_text(json.dumps({
+        "fsdp_enabled": trainer.is_fsdp_enabled, "param_dtypes": dtypes, "saved_dtypes": saved,
+        "checkpoint_files": sorted(p.name for p in ckpt.iterdir())}))
+
+
+def check_fsdp_trainer(work: Path, device: str) -> dict:
+    row = {"check": "FSDP Trainer under torchrun (world 1)",
+           "expected": "FSDP on, bf16 params, sharded checkpoint dir, bf16 safetensors"}
+    if device != "cuda":
+        return row | {"measured": "needs CUDA (accelerate shards on GPUs only)", "ok": None}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=1", "--standalone",
+           str(Path(__file__).resolve()), "--fsdp-trainer", str(work / "fsdp")]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        return row | {"measured": done.stderr[-400:].replace("\n", " "), "ok": False}
+    got = json.loads((work / "fsdp" / "fsdp_trainer.json").read_text())
+    sharded = any("fsdp" in name for name in got["checkpoint_files"])
+    ok = (got["fsdp_enabled"] and got["param_dtypes"] == ["torch.bfloat16"] and sharded
+          and got["saved_dtypes"] == ["torch.bfloat16"])
+    return row | {"measured": json.dumps(got), "ok": ok}
+
+
+def check_memory_plan(device: str) -> dict:
+    """Peak GPU memory of AdamW steps on a random ~1B Llama (bf16) vs the memory plan."""
+    from pipeline.core.memory_plan import activation_gb, plan_memory
+
+    row = {"check": "memory plan, ~1B Llama, bf16 AdamW"}
+    if device != "cuda":
+        return row | {"measured": "needs CUDA", "expected": "within 25% of the plan",
+                      "ok": None}
+    model, _ = _tiny_llama(torch.bfloat16, hidden=2048, layers=16, vocab=32000, heads=16,
+                           inter=5632)
+    model.to(device).train()
+    model.gradient_checkpointing_enable()
+    n_params = sum(p.numel() for p in model.parameters())
+    batch, length = 4, 512
+    ids = torch.randint(0, 32000, (batch, length), device=device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(2):
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=False)
+    peak = torch.cuda.max_memory_allocated() / 1e9
+    config = model.config
+    shape = (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, 32000)
+    plan = plan_memory(n_params, "none", 1, precision="bf16",
+                       activations_gb=activation_gb(shape, batch, length, True))
+    planned = plan.per_gpu_gb
+    return row | {"measured": f"peak {peak:.2f} GB ({n_params / 1e9:.2f}B params)",
+                  "expected": f"plan {planned:.2f} GB, within 25%",
+                  "ok": abs(peak / planned - 1) < 0.25}
+
+
+def check_batch_invariance(device: str) -> dict:
+    from pipeline.core.models import generate_batched
+
+    model, tok = _tiny_llama(torch.float32)
+    model.to(device)
+    texts = _prompts(8)
+    alone = [generate_batched(model, tok, [t], 1, 24, 1024, 1.2)[0][0] for t in texts]
+    batched = generate_batched(model, tok, texts, 8, 24, 1024, 1.2)[0]
+    differ = sum(a != b for a, b in zip(alone, batched))
+    return {"check": "fp32 answers alone vs one batch of 8", "measured": f"{differ} differ",
+            "expected": "0 differ", "ok": differ == 0}
+
+
+def check_lm_eval(device: str, work: Path) -> dict:
+    row = {"check": "lm-eval HFLM placement", "expected": f"model on {device}"}
+    try:
+        from lm_eval.models.huggingface import HFLM
+    except ImportError:
+        return row | {"measured": "lm-eval not installed (bring its wheel)", "ok": None}
+    from pipeline.core.devices import cuda_gpu_count
+    from pipeline.stages.openllm import hflm_placement
+
+    model, tok = _tiny_llama(torch.float32)
+    model.save_pretrained(work / "lm")
+    tok.save_pretrained(work / "lm")
+    lm = HFLM(pretrained=str(work / "lm"), dtype=torch.float32, batch_size=2,
+              **hflm_placement(device, cuda_gpu_count(), work))
+    where = str(lm.model.device)
+    return row | {"measured": where, "ok": where.startswith(device)}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=None, help="markdown table to write")
+    parser.add_argument("--fsdp-trainer", help=argparse.SUPPRESS)
+    opts = parser.parse_args(argv)
+    if opts.fsdp_trainer:
+        fsdp_trainer_run(opts.fsdp_trainer)
+        return 0
+    import tempfile
+
+    device = compute_device()
+    out = opts.out or ROOT / "results/bench" / ("gpu.md" if device == "cuda"
+                                                else "gpu_acceptance_cpu.md")
+    rows, started = [], time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for check in (lambda: check_inference_device(device),
+                      lambda: check_neft_training(device, big=device == "cuda"),
+                      lambda: check_fsdp_prepare(work), lambda: check_fsdp_trainer(work, device),
+                      lambda: check_memory_plan(device), lambda: check_batch_invariance(device),
+                      lambda: check_lm_eval(device, work)):
+            rows.append(check())
+            print(json.dumps(rows[-1]), flush=True)
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU (no CUDA)"
+    lines = [f"# GPU acceptance ({name}, torch {torch.__version__}, "
+             f"{time.time() - started:.0f} s)", "",
+             "Written by `python scripts/gpu_acceptance.py`.", "",
+             "| check | measured | expected | result |", "|---|---|---|---|"]
+    verdict = {True: "pass", False: "FAIL", None: "not run here"}
+    lines += [f"| {r['check']} | {r['measured']} | {r['expected']} | {verdict[r['ok']]} |"
+              for r in rows]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+    return 1 if any(r["ok"] is False for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,250 @@
+"""The GPU path, checked on a CPU: where each model goes, in which precision, and what the
+Trainer and accelerate are told (issue 18). CUDA is patched in where no GPU exists; FSDP runs
+for real through accelerate's own prepare on gloo (world size 1), in a subprocess so that its
+process group and accelerate's singletons stay out of the other tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.core import devices
+from tests.composed import composed
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Loaded(Exception):
+    """Raised by a patched loader: the test has seen what it was asked."""
+
+
+@pytest.fixture
+def one_cuda_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+
+def _recording_loader(seen: dict):
+    def load(location, dtype, revision=None, load_in_4bit=False, device=None):
+        seen.update(location=location, dtype=dtype, device=device)
+        raise Loaded
+
+    return load
+
+
+def test_generate_loads_its_model_on_the_gpu_when_there_is_one(one_cuda_gpu, monkeypatch,
+                                                                tmp_path):
+    from pipeline.stages import generate
+
+    seen: dict = {}
+    monkeypatch.setattr(generate, "load_model_and_tokenizer", _recording_loader(seen))
+    cfg = composed("model=tiny", "generate=tiny")
+    prompts = [{"instruction": "Say hi.", "input": "", "dataset": "x"}]
+    with pytest.raises(Loaded):
+        generate._generate(tmp_path, prompts, cfg.generate, "float32", "g", None, tmp_path)
+    assert seen["device"] == "cuda"
+    # ... and the device is part of what the stage key hashes (other numerics than the CPU's)
+    assert generate.generate_params(cfg.generate, "float32")["device"] == "cuda"
+
+
+def test_generate_keys_on_the_cpu_have_no_device(monkeypatch):
+    from pipeline.stages import generate
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = composed("model=tiny", "generate=tiny")
+    assert "device" not in generate.generate_params(cfg.generate, "float32")
+
+
+def test_overfit_and_the_hf_worker_load_on_the_gpu(one_cuda_gpu, monkeypatch, tmp_path):
+    from pipeline.core import engines, models
+    from pipeline.core.store import StageResult, Store
+    from pipeline.stages import overfit
+
+    seen: dict = {}
+    monkeypatch.setattr(overfit, "load_model_and_tokenizer", _recording_loader(seen))
+    cfg = composed("model=tiny", "finetune=tiny", "overfit=tiny")
+    finetuned = StageResult("finetune-tiny-0123456789ab", tmp_path / "ft", {}, False)
+    with pytest.raises(Loaded):
+        overfit.overfit(finetuned, cfg.overfit, cfg.data, 64, "float32", Store(tmp_path / "s"))
+    assert seen["device"] == "cuda"
+
+    seen.clear()
+    monkeypatch.setattr(models, "load_model_and_tokenizer", _recording_loader(seen))
+    request = engines.make_request("hf", str(tmp_path), "float32", ["hi"], max_new_tokens=4,
+                                   max_total_length=64, repetition_penalty=1.0)
+    with pytest.raises(Loaded):
+        engines._hf_engine(request)
+    assert seen["device"] == "cuda"
+
+
+@pytest.mark.parametrize("gpus, expected", [(1, {"device_map": "cuda:0"}),
+                                            (8, {"device_map": "sequential"})])
+def test_inference_weights_go_to_the_gpus(monkeypatch, gpus, expected):
+    """One GPU: all on it. Several: filled in order, so a 70B model spans the node."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.core import models
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    seen: dict = {}
+
+    def from_pretrained(location, **kwargs):
+        seen.update(kwargs)
+        raise Loaded
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *a, **k: object())
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    with pytest.raises(Loaded):
+        models.load_model_and_tokenizer("/m", "bfloat16", device="cuda")
+    assert seen["device_map"] == expected["device_map"]
+    seen.clear()
+    with pytest.raises(Loaded):  # training loads leave placement to the Trainer
+        models.load_model_and_tokenizer("/m", "bfloat16")
+    assert "device_map" not in seen
+
+
+def test_lm_eval_runs_on_the_gpu_and_splits_a_model_over_several(tmp_path):
+    from pipeline.stages.openllm import hflm_placement
+
+    assert hflm_placement("cpu", 0, tmp_path) == {"device": "cpu"}
+    assert hflm_placement("cuda", 1, tmp_path) == {"device": "cuda"}
+    split = hflm_placement("cuda", 8, tmp_path)  # 70B: 138 GB in bf16 is no single GPU's
+    assert split["parallelize"] is True and "device" not in split
+    assert split["offload_folder"].startswith(str(tmp_path))  # never ./offload of the cwd
+
+
+@pytest.mark.parametrize("flags, expected", [({"avx512f", "amx_bf16"}, "bfloat16"),
+                                             ({"avx512f", "avx512_bf16"}, "bfloat16"),
+                                             ({"avx512f", "avx2"}, "float32"), (set(), "float32")])
+def test_auto_dtype_on_a_cpu_is_bf16_only_where_native(monkeypatch, flags, expected):
+    monkeypatch.setattr(devices, "cpu_flags", lambda: flags)
+    assert devices.resolve_dtype("auto", "cpu") == expected
+    assert devices.resolve_dtype("float32", "cpu") == "float32"  # explicit wins
+
+
+def test_auto_dtype_on_cuda_follows_bf16_support(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert devices.resolve_dtype("auto", "cuda") == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert devices.resolve_dtype("auto", "cuda") == "float32"
+    with pytest.raises(ValueError, match="bf32"):
+        devices.resolve_dtype("bf32")
+
+
+def test_the_resolved_dtype_not_auto_is_what_the_point_runs_with(monkeypatch):
+    from pipeline.plan import check_all
+
+    monkeypatch.setattr(devices, "cpu_flags", lambda: set())
+    cfg = composed("model=llama2_7b", "finetune=tiny", "generate=tiny", "judge=local_tiny")
+    assert cfg.model.dtype == "auto"
+    devices.resolve_precision(cfg)
+    assert cfg.model.dtype == "float32" and cfg.judge.model.dtype == "float32"
+    assert "resolve_precision(cfg)" in Path(check_all.__code__.co_filename).read_text()
+
+
+def test_penalty_skips_left_padding_as_vllm_does():
+    """HF's repetition_penalty penalises the pad id of a padded row; ours only real tokens."""
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from pipeline.core.models import penalty_ignoring_padding
+
+    pad, vocab = 0, 6
+    scores = torch.tensor([[2.0, 1.0, 0.5, -1.0, 3.0, 0.1]] * 2)
+    ids = torch.tensor([[pad, pad, 3, 4], [5, 5, 3, 4]])  # row 0 padded, row 1 not
+    mask = (torch.arange(4) >= torch.tensor([[2], [0]])).long()
+    ours = penalty_ignoring_padding(1.2, mask)[0](ids, scores.clone())
+    alone = RepetitionPenaltyLogitsProcessor(1.2)(ids[:1, 2:], scores[:1].clone())
+    assert torch.equal(ours[0], alone[0])  # the padded row is penalised as if alone
+    assert ours[0, pad] == 2.0 and ours[0, 3] == -1.2 and ours[0, 4] == 2.5
+    hf = RepetitionPenaltyLogitsProcessor(1.2)(ids, scores.clone())
+    assert hf[0, pad] != 2.0 and vocab == scores.shape[1]  # what made answers batch-dependent
+
+
+@pytest.mark.e2e
+def test_an_fp32_answer_is_the_same_alone_and_in_any_batch():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pipeline.core.data import ASSETS, format_prompt
+    from pipeline.core.models import build_tiny_tokenizer, generate_batched
+
+    tok = build_tiny_tokenizer(512)
+    tok.pad_token = tok.eos_token  # pad == EOS, as for many real tokenizers
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    rows = json.loads((ASSETS / "default_eval.json").read_text(encoding="utf-8"))[:10]
+    texts = [format_prompt({"instruction": r["instruction"], "input": r.get("input", "")},
+                           False) for r in rows]
+    alone = [generate_batched(model, tok, [t], 1, 24, 1024, 1.2)[0][0] for t in texts]
+    for batch in (3, 10):
+        assert generate_batched(model, tok, texts, batch, 24, 1024, 1.2)[0] == alone
+
+
+def _fsdp_probe(fp32_master: bool, tmp_path: Path) -> dict:
+    """Run scripts/gpu_acceptance.py's FSDP probe (accelerate's own fsdp2_prepare_model on a
+    bf16 Llama, gloo, world size 1) in a fresh process; returns what it measured."""
+    out = tmp_path / "probe.json"
+    code = ("import sys, json; from scripts.gpu_acceptance import fsdp_probe; "
+            f"json.dump(fsdp_probe({fp32_master}, sys.argv[1]), open(sys.argv[2], 'w'))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ck"), str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("fp32_master, dtype", [(False, "torch.bfloat16"),
+                                                (True, "torch.float32")])
+def test_fsdp_trains_the_precision_the_key_says(tmp_path, fp32_master, dtype):
+    """fp32_master_weights false: bf16 parameters after accelerate's prepare (8 B/param);
+    true: fp32 masters. Sharded checkpoints; rank-0 loading switched on before the load."""
+    probe = _fsdp_probe(fp32_master, tmp_path)
+    assert probe["param_dtypes"] == [dtype]
+    assert probe["mixed_precision"] == ("bf16" if fp32_master else "no")
+    assert probe["state_dict_type"] == "StateDictType.SHARDED_STATE_DICT"
+    assert probe["rank0_loading_seen_by_from_pretrained"] is True
+    assert probe["activation_checkpointing"] == {"training_argument": False, "fsdp": True}
+
+
+def test_generation_continues_from_the_batches_a_killed_run_wrote(tmp_path):
+    """A requeued generate job skips the batches it finished (805 prompts of a 7B model are
+    not redone), and runs the rest in the same batches as an uninterrupted run."""
+    from pipeline.core.models import generate_batched
+
+    model, tok = _tiny_model()
+    texts = [f"Name {n} colours." for n in ("two", "three", "four", "five")]
+    full, full_counts = generate_batched(model, tok, texts, 2, 8, 256, 1.2)
+    progress = tmp_path / "progress.jsonl"
+    assert generate_batched(model, tok, texts, 2, 8, 256, 1.2, progress=progress)[0] == full
+    first_batch = [json.loads(line) for line in progress.read_text().splitlines()[:2]]
+    for row in first_batch:  # marked, to see that they are taken, not recomputed
+        row["output"] = f"KEPT {row['i']}"
+    progress.write_text("".join(json.dumps(r) + "\n" for r in first_batch) + '{"i": 2, "ou')
+    resumed, counts = generate_batched(model, tok, texts, 2, 8, 256, 1.2, progress=progress)
+    kept = {row["i"] for row in first_batch}
+    assert all(resumed[i] == f"KEPT {i}" for i in kept)
+    assert [o for i, o in enumerate(resumed) if i not in kept] == \
+        [o for i, o in enumerate(full) if i not in kept] and counts == full_counts
+    assert len(progress.read_text().splitlines()) == 2 + 2  # kept, the cut line dropped, 1 batch
+
+
+def _tiny_model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pipeline.core.models import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer(512)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config), tok
