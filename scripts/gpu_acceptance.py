@@ -21,11 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,12 +30,12 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from pipeline.core.devices import compute_device, inference_placement, resolve_dtype  # noqa: E402
+from pipeline.core.devices import compute_device, resolve_dtype  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, per GPU
 
 
-def _tiny_llama(dtype, hidden=32, layers=2, vocab=None, heads=4, inter=64):
+def tiny_llama(dtype, hidden=32, layers=2, vocab=None, heads=4, inter=64):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from pipeline.core.models import build_tiny_tokenizer
@@ -67,7 +64,7 @@ def check_inference_device(device: str) -> dict:
 
     from pipeline.core.models import generate_batched, load_model_and_tokenizer
 
-    model, tok = _tiny_llama(torch.float32)
+    model, tok = tiny_llama(torch.float32)
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -84,7 +81,7 @@ def check_neft_training(device: str, big: bool) -> dict:
 
     dtype = getattr(torch, resolve_dtype("auto", device))
     shape = dict(hidden=2048, layers=16, vocab=32000, heads=16, inter=5632) if big else {}
-    model, _ = _tiny_llama(dtype, **shape)
+    model, _ = tiny_llama(dtype, **shape)
     model.to(device).train()
     n_params = sum(p.numel() for p in model.parameters())
     batch, length, alpha = (4, 512, 5.0) if big else (2, 64, 5.0)
@@ -135,117 +132,6 @@ def _mfu(n_params: int, tokens_per_s: float, device: str) -> str:
     return f"{6 * n_params * tokens_per_s / (peak * 1e12):.1%} of {peak:.0f} TFLOP/s"
 
 
-def fsdp_probe(fp32_master: bool, ckpt_dir: str) -> dict:
-    """accelerate's fsdp2_prepare_model on a bf16 Llama with the arguments the pipeline builds
-    (world size 1; gloo on a CPU). Call in a fresh process: it starts a process group."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29700 + int(fp32_master)),
-                      RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
-    from accelerate.utils import FullyShardedDataParallelPlugin
-    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
-    from transformers.distributed.fsdp import is_fsdp_enabled
-
-    from pipeline.core.trainer_args import prepare_rank0_loading, training_arguments
-
-    cfg = _fsdp_train_cfg(fp32_master)
-    args = training_arguments(cfg, [], Path(ckpt_dir), 1)
-    prepare_rank0_loading(args, cfg)
-    rank0 = is_fsdp_enabled()  # what from_pretrained asks before loading
-    plugin = FullyShardedDataParallelPlugin(**args.fsdp_plugin_args)
-    mixed = "bf16" if args.bf16 else "no"
-    if mixed != "no":
-        plugin.set_mixed_precision(mixed)
-    accelerator = types.SimpleNamespace(state=types.SimpleNamespace(fsdp_plugin=plugin),
-                                        mixed_precision=mixed, is_main_process=True,
-                                        device=args.device)
-    model, _ = _tiny_llama(torch.bfloat16)
-    model = fsdp2_prepare_model(accelerator, model.to(args.device))
-    return {"param_dtypes": sorted({str(p.dtype) for p in model.parameters()}),
-            "mixed_precision": mixed, "state_dict_type": str(plugin.state_dict_type),
-            "rank0_loading_seen_by_from_pretrained": rank0,
-            "activation_checkpointing": {"training_argument": bool(args.activation_checkpointing),
-                                         "fsdp": bool(args.fsdp_plugin_args.get(
-                                             "activation_checkpointing"))}}
-
-
-def _fsdp_train_cfg(fp32_master: bool, max_steps: int = 2) -> dict:
-    return {"epochs": 1, "max_steps": max_steps, "per_device_batch_size": 1,
-            "gradient_accumulation_steps": 1, "learning_rate": 1e-4, "lr_scheduler": "constant",
-            "warmup_ratio": 0.0, "weight_decay": 0.0, "max_grad_norm": 1.0,
-            "optim": "adamw_torch", "bf16": True, "gradient_checkpointing": True,
-            "logging_steps": 1, "save_steps": 1, "sampling": "random", "seed": 0,
-            "distributed": {"strategy": "fsdp", "timeout_s": 600, "fsdp": {
-                "sharding": "full_shard", "fp32_master_weights": fp32_master,
-                "cpu_offload": False, "rank0_load": True}}}
-
-
-def check_fsdp_prepare(work: Path) -> dict:
-    measured = {}
-    for fp32_master in (False, True):
-        out = work / f"probe{int(fp32_master)}.json"
-        code = ("import json, sys; from scripts.gpu_acceptance import fsdp_probe; "
-                f"json.dump(fsdp_probe({fp32_master}, sys.argv[1]), open(sys.argv[2], 'w'))")
-        done = subprocess.run([sys.executable, "-c", code, str(work / "ck"), str(out)],
-                              cwd=ROOT, capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
-            return {"check": "FSDP prepare (world 1)", "measured": done.stderr[-300:],
-                    "expected": "runs", "ok": False}
-        measured[fp32_master] = json.loads(out.read_text())
-    ok = (measured[False]["param_dtypes"] == ["torch.bfloat16"]
-          and measured[True]["param_dtypes"] == ["torch.float32"]
-          and all(m["rank0_loading_seen_by_from_pretrained"] for m in measured.values())
-          and all("SHARDED" in m["state_dict_type"] for m in measured.values()))
-    return {"check": "FSDP prepare (world 1)",
-            "measured": f"fp32_master=false: {measured[False]['param_dtypes']}; true: "
-                        f"{measured[True]['param_dtypes']}; "
-                        f"{measured[False]['state_dict_type']}",
-            "expected": "bf16 / fp32 params, sharded checkpoints, rank-0 loading", "ok": ok}
-
-
-def fsdp_trainer_run(work: str) -> None:
-    """Under torchrun (1 process, a GPU): the real Trainer with the pipeline's FSDP arguments,
-    two steps, a checkpoint after each; then the consolidated save. Writes fsdp_trainer.json."""
-    from transformers import Trainer
-
-    from pipeline.core.ranks import save_consolidated
-    from pipeline.core.trainer_args import prepare_rank0_loading, training_arguments
-
-    cfg, out = _fsdp_train_cfg(False), Path(work)
-    args = training_arguments(cfg, [], out / "checkpoints", 1)
-    prepare_rank0_loading(args, cfg)
-    model, _ = _tiny_llama(torch.bfloat16)
-    ids = torch.randint(0, model.config.vocab_size, (4, 32))
-    data = [{"input_ids": row, "attention_mask": torch.ones_like(row), "labels": row}
-            for row in ids]
-    trainer = Trainer(model=model, args=args, train_dataset=data)
-    trainer.train()
-    ckpt = out / "checkpoints" / "checkpoint-1"
-    dtypes = sorted({str(p.dtype) for p in trainer.model.parameters()})
-    save_consolidated(trainer.model, out / "model", True, "bfloat16")
-    from safetensors import safe_open
-
-    with safe_open(str(out / "model" / "model.safetensors"), "pt") as fh:
-        saved = sorted({str(fh.get_tensor(k).dtype) for k in fh.keys()})
-    (out / "fsdp_trainer.json").write_text(json.dumps({
-        "fsdp_enabled": trainer.is_fsdp_enabled, "param_dtypes": dtypes, "saved_dtypes": saved,
-        "checkpoint_files": sorted(p.name for p in ckpt.iterdir())}))
-
-
-def check_fsdp_trainer(work: Path, device: str) -> dict:
-    row = {"check": "FSDP Trainer under torchrun (world 1)",
-           "expected": "FSDP on, bf16 params, sharded checkpoint dir, bf16 safetensors"}
-    if device != "cuda":
-        return row | {"measured": "needs CUDA (accelerate shards on GPUs only)", "ok": None}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=1", "--standalone",
-           str(Path(__file__).resolve()), "--fsdp-trainer", str(work / "fsdp")]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        return row | {"measured": done.stderr[-400:].replace("\n", " "), "ok": False}
-    got = json.loads((work / "fsdp" / "fsdp_trainer.json").read_text())
-    sharded = any("fsdp" in name for name in got["checkpoint_files"])
-    ok = (got["fsdp_enabled"] and got["param_dtypes"] == ["torch.bfloat16"] and sharded
-          and got["saved_dtypes"] == ["torch.bfloat16"])
-    return row | {"measured": json.dumps(got), "ok": ok}
-
 
 def check_memory_plan(device: str) -> dict:
     """Peak GPU memory of AdamW steps on a random ~1B Llama (bf16) vs the memory plan."""
@@ -255,7 +141,7 @@ def check_memory_plan(device: str) -> dict:
     if device != "cuda":
         return row | {"measured": "needs CUDA", "expected": "within 25% of the plan",
                       "ok": None}
-    model, _ = _tiny_llama(torch.bfloat16, hidden=2048, layers=16, vocab=32000, heads=16,
+    model, _ = tiny_llama(torch.bfloat16, hidden=2048, layers=16, vocab=32000, heads=16,
                            inter=5632)
     model.to(device).train()
     model.gradient_checkpointing_enable()
@@ -282,7 +168,7 @@ def check_memory_plan(device: str) -> dict:
 def check_batch_invariance(device: str) -> dict:
     from pipeline.core.models import generate_batched
 
-    model, tok = _tiny_llama(torch.float32)
+    model, tok = tiny_llama(torch.float32)
     model.to(device)
     texts = _prompts(8)
     alone = [generate_batched(model, tok, [t], 1, 24, 1024, 1.2)[0][0] for t in texts]
@@ -301,7 +187,7 @@ def check_lm_eval(device: str, work: Path) -> dict:
     from pipeline.core.devices import cuda_gpu_count
     from pipeline.stages.openllm import hflm_placement
 
-    model, tok = _tiny_llama(torch.float32)
+    model, tok = tiny_llama(torch.float32)
     model.save_pretrained(work / "lm")
     tok.save_pretrained(work / "lm")
     lm = HFLM(pretrained=str(work / "lm"), dtype=torch.float32, batch_size=2,
@@ -313,12 +199,10 @@ def check_lm_eval(device: str, work: Path) -> dict:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="markdown table to write")
-    parser.add_argument("--fsdp-trainer", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
-    if opts.fsdp_trainer:
-        fsdp_trainer_run(opts.fsdp_trainer)
-        return 0
     import tempfile
+
+    from scripts.gpu_fsdp_checks import check_fsdp_prepare, check_fsdp_trainer
 
     device = compute_device()
     out = opts.out or ROOT / "results/bench" / ("gpu.md" if device == "cuda"

@@ -191,10 +191,10 @@ def test_an_fp32_answer_is_the_same_alone_and_in_any_batch():
 
 
 def _fsdp_probe(fp32_master: bool, tmp_path: Path) -> dict:
-    """Run scripts/gpu_acceptance.py's FSDP probe (accelerate's own fsdp2_prepare_model on a
+    """Run scripts/gpu_fsdp_checks.py's FSDP probe (accelerate's own fsdp2_prepare_model on a
     bf16 Llama, gloo, world size 1) in a fresh process; returns what it measured."""
     out = tmp_path / "probe.json"
-    code = ("import sys, json; from scripts.gpu_acceptance import fsdp_probe; "
+    code = ("import sys, json; from scripts.gpu_fsdp_checks import fsdp_probe; "
             f"json.dump(fsdp_probe({fp32_master}, sys.argv[1]), open(sys.argv[2], 'w'))")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ck"), str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -248,3 +248,18 @@ def _tiny_model():
                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     torch.manual_seed(0)
     return LlamaForCausalLM(config), tok
+
+
+@pytest.mark.e2e
+def test_the_gpu_acceptance_script_runs_on_a_cpu_and_marks_what_needs_cuda(tmp_path):
+    """CI runs it on the tiny model, so the script a GPU session runs cannot rot."""
+    out = tmp_path / "gpu.md"
+    done = subprocess.run([sys.executable, "scripts/gpu_acceptance.py", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    table = out.read_text()
+    for check in ("generation device", "NEFT", "FSDP prepare", "FSDP Trainer", "memory plan",
+                  "alone vs one batch", "lm-eval"):
+        assert check in table
+    assert "FAIL" not in table
+    assert table.count("| not run here |") == 2  # the Trainer's FSDP and the GPU memory peak

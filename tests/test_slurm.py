@@ -184,7 +184,7 @@ def test_multinode_sbatch_trains_through_srun_torchrun_c10d(two_nodes, tmp_path)
         time.sleep(1)
     log = (store / f"slurm-{job_id}.out").read_text()
     assert "done in" in log, log[-3000:]
-    assert f"--nnodes=2 --rdzv-backend=c10d" in log and f"--rdzv-id={job_id}" in log
+    assert "--nnodes=2 --rdzv-backend=c10d" in log and f"--rdzv-id={job_id}" in log
     # both arms' fine-tunes: one torchrun per node, with the job's CPUs (no GPUs asked here)
     assert log.count("srun --nodes=2 --ntasks=2 --ntasks-per-node=1 --cpus-per-task=1 --kill") == 2
     for ft in finished(store, "finetune"):

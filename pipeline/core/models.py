@@ -228,29 +228,8 @@ def generate_batched(
         idx = order[start : start + batch_size]
         if all(i in done for i in idx):
             continue
-        batch = tok([texts[i] for i in idx], return_tensors="pt", padding=True).to(model.device)
-        room = max_total_length - batch["input_ids"].shape[1]
-        if room < max(min_new_tokens, 1):
-            raise ValueError(
-                f"a prompt of {batch['input_ids'].shape[1]} tokens leaves {room} new tokens within "
-                f"max_total_length={max_total_length}; at least {max(min_new_tokens, 1)} are needed"
-            )
-        penalty = {}
-        if repetition_penalty != 1.0:
-            penalty["logits_processor"] = penalty_ignoring_padding(
-                repetition_penalty, batch["attention_mask"])
-        with torch.no_grad():
-            out = model.generate(
-                **batch,
-                do_sample=False,
-                max_new_tokens=min(max_new_tokens, room),
-                min_new_tokens=min_new_tokens,
-                repetition_penalty=1.0,  # applied by penalty_ignoring_padding instead
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
-                **penalty,
-            )
-        new = out[:, batch["input_ids"].shape[1] :].cpu()
+        new = _generate_batch(model, tok, [texts[i] for i in idx], max_new_tokens,
+                              max_total_length, repetition_penalty, min_new_tokens)
         for row, i in enumerate(idx):
             tokens = new[row]
             counts[i] = (
@@ -266,6 +245,34 @@ def generate_batched(
                 fh.flush()
                 os.fsync(fh.fileno())
     return outputs, counts
+
+
+def _generate_batch(model, tok, texts: list[str], max_new_tokens: int, max_total_length: int,
+                    repetition_penalty: float, min_new_tokens: int) -> torch.Tensor:
+    """The new tokens of one left-padded batch (on the CPU), greedy."""
+    batch = tok(texts, return_tensors="pt", padding=True).to(model.device)
+    room = max_total_length - batch["input_ids"].shape[1]
+    if room < max(min_new_tokens, 1):
+        raise ValueError(
+            f"a prompt of {batch['input_ids'].shape[1]} tokens leaves {room} new tokens within "
+            f"max_total_length={max_total_length}; at least {max(min_new_tokens, 1)} are needed"
+        )
+    penalty = {}
+    if repetition_penalty != 1.0:
+        penalty["logits_processor"] = penalty_ignoring_padding(repetition_penalty,
+                                                               batch["attention_mask"])
+    with torch.no_grad():
+        out = model.generate(
+            **batch,
+            do_sample=False,
+            max_new_tokens=min(max_new_tokens, room),
+            min_new_tokens=min_new_tokens,
+            repetition_penalty=1.0,  # applied by penalty_ignoring_padding instead
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            **penalty,
+        )
+    return out[:, batch["input_ids"].shape[1] :].cpu()
 
 
 def _read_progress(progress: Path | None, outputs: list[str], counts: list[int]) -> set[int]:

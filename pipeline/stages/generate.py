@@ -108,6 +108,21 @@ def generate_params(gen_cfg, dtype: str) -> dict:
     return params | {"dtype": dtype}
 
 
+def _generate_hf(model_dir: Path, texts: list[str], cfg, dtype: str, max_new: int, min_new: int,
+                 generator: str, work: Path) -> tuple[list[str], list[int], float]:
+    """transformers generate in this process, on this process's device; the GPU handed back."""
+    model, tok = load_model_and_tokenizer(str(model_dir), dtype, device=compute_device())
+    started = time.time()
+    outputs, counts = generate_batched(
+        model, tok, texts, cfg.batch_size, max_new, cfg.max_total_length,
+        cfg.repetition_penalty, min_new, desc=f"generate {generator}",
+        progress=work / "progress.jsonl")  # a requeued job continues where it stopped
+    elapsed = time.time() - started
+    del model
+    release_accelerator_memory()  # the next stage (vLLM above all) may need the whole GPU
+    return outputs, counts, elapsed
+
+
 def _generate(
     model_dir: Path,
     prompts: list[dict],
@@ -128,17 +143,10 @@ def _generate(
         format_prompt(p | {"instruction": p["instruction"] + suffix}, for_training=False)
         for p in prompts
     ]
-    engine_metrics = {}
     if cfg.engine == "hf":
-        model, tok = load_model_and_tokenizer(str(model_dir), dtype, device=compute_device())
-        started = time.time()
-        outputs, new_token_counts = generate_batched(
-            model, tok, texts, cfg.batch_size, max_new, cfg.max_total_length,
-            cfg.repetition_penalty, min_new, desc=f"generate {generator}",
-            progress=work / "progress.jsonl")  # a requeued job continues where it stopped
-        elapsed = time.time() - started
-        del model
-        release_accelerator_memory()  # the next stage may need the whole GPU
+        outputs, new_token_counts, elapsed = _generate_hf(model_dir, texts, cfg, dtype, max_new,
+                                                          min_new, generator, work)
+        engine_metrics = {}
     else:
         options = OmegaConf.to_container(cfg.vllm, resolve=True)
         options.pop("python")
