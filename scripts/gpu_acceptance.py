@@ -196,6 +196,20 @@ def check_lm_eval(device: str, work: Path) -> dict:
     return row | {"measured": where, "ok": where.startswith(device)}
 
 
+BEGIN, END = "<!-- gpu_acceptance: begin -->", "<!-- gpu_acceptance: end -->"
+
+
+def write_table(out: Path, table: str) -> None:
+    """Write `table` to `out`, or between its BEGIN/END markers when it has them (gpu.md keeps
+    the history of earlier GPU checks around the table)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = out.read_text(encoding="utf-8") if out.is_file() else ""
+    if BEGIN in text and END in text:
+        head, _, rest = text.partition(BEGIN)
+        table = f"{head}{BEGIN}\n{table}{END}{rest.partition(END)[2]}"
+    out.write_text(table, encoding="utf-8")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="markdown table to write")
@@ -218,15 +232,14 @@ def main(argv: list[str]) -> int:
             rows.append(check())
             print(json.dumps(rows[-1]), flush=True)
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU (no CUDA)"
-    lines = [f"# GPU acceptance ({name}, torch {torch.__version__}, "
+    lines = [f"### GPU acceptance ({name}, torch {torch.__version__}, "
              f"{time.time() - started:.0f} s)", "",
              "Written by `python scripts/gpu_acceptance.py`.", "",
              "| check | measured | expected | result |", "|---|---|---|---|"]
     verdict = {True: "pass", False: "FAIL", None: "not run here"}
     lines += [f"| {r['check']} | {r['measured']} | {r['expected']} | {verdict[r['ok']]} |"
               for r in rows]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_table(out, "\n".join(lines) + "\n")
     print(f"wrote {out}")
     return 1 if any(r["ok"] is False for r in rows) else 0
 

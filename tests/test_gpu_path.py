@@ -263,3 +263,12 @@ def test_the_gpu_acceptance_script_runs_on_a_cpu_and_marks_what_needs_cuda(tmp_p
         assert check in table
     assert "FAIL" not in table
     assert table.count("| not run here |") == 2  # the Trainer's FSDP and the GPU memory peak
+
+
+def test_the_acceptance_table_replaces_only_its_section_of_gpu_md(tmp_path):
+    from scripts.gpu_acceptance import BEGIN, END, write_table
+
+    gpu_md = tmp_path / "gpu.md"
+    gpu_md.write_text(f"# history\n{BEGIN}\nold table\n{END}\n## issue 14 notes\n")
+    write_table(gpu_md, "new table\n")
+    assert gpu_md.read_text() == f"# history\n{BEGIN}\nnew table\n{END}\n## issue 14 notes\n"

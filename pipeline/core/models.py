@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from pipeline.core.devices import DTYPE_CHOICES, DTYPES, inference_placement
+from pipeline.core.progress import append_progress, read_progress
 from pipeline.core.store import Store, stage_key
 
 SOURCES = ("hub", "local", "gguf_package", "tiny")
@@ -223,7 +224,7 @@ def generate_batched(
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])
     outputs: list[str] = [""] * len(texts)
     counts = [0] * len(texts)
-    done = _read_progress(progress, outputs, counts)
+    done = read_progress(progress, outputs, counts)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
         idx = order[start : start + batch_size]
         if all(i in done for i in idx):
@@ -239,11 +240,7 @@ def generate_batched(
             )
             outputs[i] = tok.decode(tokens, skip_special_tokens=True).strip()
         if progress is not None:
-            with open(progress, "a", encoding="utf-8") as fh:  # one line per answer, then flush
-                fh.writelines(json.dumps({"i": i, "output": outputs[i], "new_tokens": counts[i]},
-                                         ensure_ascii=False) + "\n" for i in idx)
-                fh.flush()
-                os.fsync(fh.fileno())
+            append_progress(progress, [(i, outputs[i], counts[i]) for i in idx])
     return outputs, counts
 
 
@@ -273,28 +270,6 @@ def _generate_batch(model, tok, texts: list[str], max_new_tokens: int, max_total
             **penalty,
         )
     return out[:, batch["input_ids"].shape[1] :].cpu()
-
-
-def _read_progress(progress: Path | None, outputs: list[str], counts: list[int]) -> set[int]:
-    """Fill in the answers a killed run already wrote. A cut last line is dropped from the file
-    (its batch is redone), so that what is appended next starts a line of its own."""
-    done: set[int] = set()
-    if progress is None or not progress.is_file():
-        return done
-    text = progress.read_text(encoding="utf-8")
-    if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-        tmp = progress.with_name(progress.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, progress)
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        outputs[row["i"]], counts[row["i"]] = row["output"], row["new_tokens"]
-        done.add(row["i"])
-    return done
 
 
 def _until_eos(tokens, eos_id: int) -> int:
