@@ -16,10 +16,10 @@ from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
-from pipeline.core.devices import resolve_precision
-from pipeline.core.judging import Reference, reference_from_stage
-from pipeline.core.noise import noise_label, noise_params
-from pipeline.core.store import StageResult, Store
+from pipeline.models.devices import resolve_precision
+from pipeline.judging.judges import Reference, reference_from_stage
+from pipeline.train.noise import noise_label, noise_params
+from pipeline.store.store import StageResult, Store
 from pipeline.results.points import Arm, Comparison, Effect, StageRef, Variant
 from pipeline.stages import (
     alpaca_eval_stage, analysis, compare, finetune, generate, judge_calibration, openllm, overfit,

@@ -24,9 +24,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-import pipeline.core.config  # noqa: F401  (registers the config schema with Hydra)
-from pipeline.core.store import Store, stage_key, write_json_atomic
-from pipeline.core.tracking import Tracker
+import pipeline.config.schema  # noqa: F401  (registers the config schema with Hydra)
+from pipeline.store.store import Store, stage_key, write_json_atomic
+from pipeline.tracking.tracker import Tracker
 
 # Absolute, so the app finds its configs however it is started (python -m, python -c, submitit).
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -34,8 +34,8 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 def run_point(cfg: DictConfig, tracker: Tracker):
     """Check every stage, then run the plan of one point; returns the typed Point."""
-    from pipeline.core.judging import load_reference
-    from pipeline.core.launch import world_size
+    from pipeline.judging.judges import load_reference
+    from pipeline.train.launch import world_size
     from pipeline.plan import Context, check_all, run_plan
     from pipeline.results.points import Point
 

@@ -20,8 +20,8 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
     from hydra import compose, initialize_config_dir
 
-    import pipeline.core.config  # noqa: F401  (registers the schema)
-    from pipeline.core.store import Store, write_text_atomic
+    import pipeline.config.schema  # noqa: F401  (registers the schema)
+    from pipeline.store.store import Store, write_text_atomic
     from pipeline.stages.judge_calibration import judge_calibration
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from pipeline.core.devices import CPU_BF16_FLAGS, cpu_flags, resolve_dtype  # noqa: E402
+from pipeline.models.devices import CPU_BF16_FLAGS, cpu_flags, resolve_dtype  # noqa: E402
 
 GEMM_SHAPES = [(1280, 576, 1536), (1280, 576, 49152), (2048, 2048, 2048)]  # m, k, n
 
@@ -40,8 +40,8 @@ def gemm_gflops(dtype: torch.dtype, m: int, k: int, n: int, repeats: int = 5) ->
 def _default_model():
     from omegaconf import OmegaConf
 
-    from pipeline.core.models import base_model_dir, load_model_and_tokenizer
-    from pipeline.core.store import Store
+    from pipeline.models.loading import base_model_dir, load_model_and_tokenizer
+    from pipeline.store.store import Store
     from tests.composed import composed
 
     cfg = composed()
@@ -71,8 +71,8 @@ def train_tokens_per_s(location: str, load, mode: str, steps: int) -> dict:
 
 
 def generation(location: str, load, dtype: str, batch_sizes: list[int], n: int) -> list[dict]:
-    from pipeline.core.data import load_prompts, format_prompt
-    from pipeline.core.models import generate_batched
+    from pipeline.data.loading import load_prompts, format_prompt
+    from pipeline.generation.batched import generate_batched
 
     model, tok = load(location, dtype)
     prompts = load_prompts("pkg:default_eval.json", "alpaca_eval", n)

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from pipeline.core.devices import compute_device, resolve_dtype  # noqa: E402
+from pipeline.models.devices import compute_device, resolve_dtype  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, per GPU
 
@@ -38,7 +38,7 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, per G
 def tiny_llama(dtype, hidden=32, layers=2, vocab=None, heads=4, inter=64):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pipeline.core.models import build_tiny_tokenizer
+    from pipeline.models.loading import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer(512)
     config = LlamaConfig(vocab_size=vocab or len(tok), hidden_size=hidden,
@@ -51,7 +51,7 @@ def tiny_llama(dtype, hidden=32, layers=2, vocab=None, heads=4, inter=64):
 
 
 def _prompts(n: int) -> list[str]:
-    from pipeline.core.data import ASSETS, format_prompt
+    from pipeline.data.loading import ASSETS, format_prompt
 
     rows = json.loads((ASSETS / "default_eval.json").read_text(encoding="utf-8"))[:n]
     return [format_prompt({"instruction": r["instruction"], "input": r.get("input", "")}, False)
@@ -62,7 +62,8 @@ def check_inference_device(device: str) -> dict:
     """Where a saved model lands when the pipeline loads it for generation."""
     import tempfile
 
-    from pipeline.core.models import generate_batched, load_model_and_tokenizer
+    from pipeline.models.loading import load_model_and_tokenizer
+    from pipeline.generation.batched import generate_batched
 
     model, tok = tiny_llama(torch.float32)
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,7 +78,7 @@ def check_inference_device(device: str) -> dict:
 
 def check_neft_training(device: str, big: bool) -> dict:
     """bf16 steps with the NEFT hook: noise norm per sequence, loss, tokens/s, MFU."""
-    from pipeline.core.noise import attach_neftune
+    from pipeline.train.noise import attach_neftune
 
     dtype = getattr(torch, resolve_dtype("auto", device))
     shape = dict(hidden=2048, layers=16, vocab=32000, heads=16, inter=5632) if big else {}
@@ -135,7 +136,7 @@ def _mfu(n_params: int, tokens_per_s: float, device: str) -> str:
 
 def check_memory_plan(device: str) -> dict:
     """Peak GPU memory of AdamW steps on a random ~1B Llama (bf16) vs the memory plan."""
-    from pipeline.core.memory_plan import activation_gb, plan_memory
+    from pipeline.train.memory_plan import activation_gb, plan_memory
 
     row = {"check": "memory plan, ~1B Llama, bf16 AdamW"}
     if device != "cuda":
@@ -166,7 +167,7 @@ def check_memory_plan(device: str) -> dict:
 
 
 def check_batch_invariance(device: str) -> dict:
-    from pipeline.core.models import generate_batched
+    from pipeline.generation.batched import generate_batched
 
     model, tok = tiny_llama(torch.float32)
     model.to(device)
@@ -184,7 +185,7 @@ def check_lm_eval(device: str, work: Path) -> dict:
         from lm_eval.models.huggingface import HFLM
     except ImportError:
         return row | {"measured": "lm-eval not installed (bring its wheel)", "ok": None}
-    from pipeline.core.devices import cuda_gpu_count
+    from pipeline.models.devices import cuda_gpu_count
     from pipeline.stages.openllm import hflm_placement
 
     model, tok = tiny_llama(torch.float32)

@@ -31,7 +31,7 @@ def fsdp_probe(fp32_master: bool, ckpt_dir: str) -> dict:
     from accelerate.utils.fsdp_utils import fsdp2_prepare_model
     from transformers.distributed.fsdp import is_fsdp_enabled
 
-    from pipeline.core.trainer_args import prepare_rank0_loading, training_arguments
+    from pipeline.train.trainer_args import prepare_rank0_loading, training_arguments
 
     cfg = _fsdp_train_cfg(fp32_master)
     args = training_arguments(cfg, [], Path(ckpt_dir), 1)
@@ -91,8 +91,8 @@ def fsdp_trainer_run(work: str) -> None:
     two steps, a checkpoint after each; then the consolidated save. Writes fsdp_trainer.json."""
     from transformers import Trainer
 
-    from pipeline.core.ranks import save_consolidated
-    from pipeline.core.trainer_args import prepare_rank0_loading, training_arguments
+    from pipeline.train.ranks import save_consolidated
+    from pipeline.train.trainer_args import prepare_rank0_loading, training_arguments
 
     cfg, out = _fsdp_train_cfg(False), Path(work)
     args = training_arguments(cfg, [], out / "checkpoints", 1)

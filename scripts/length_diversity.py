@@ -4,7 +4,7 @@ Run: python scripts/length_diversity.py OUTPUTS.json [--cutoff K] [--definition 
      [--per-output]
 Prints one JSON object with the keys of the analysis stage's metrics.json; the per-output lists
 only with --per-output. --definition paper (default) is the arithmetic behind the paper's numbers,
-corrected the clean one (see pipeline/core/diversity.py).
+corrected the clean one (see pipeline/metrics/diversity.py).
 """
 
 import argparse
@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.core.diversity import DEFINITIONS, length_diversity  # noqa: E402
+from pipeline.metrics.diversity import DEFINITIONS, length_diversity  # noqa: E402
 from pipeline.stages.analysis import read_outputs  # noqa: E402
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("IS_ALPACA_EVAL_2", "False")
 
-from pipeline.core.winrate import length_controlled, winrate_metrics  # noqa: E402
+from pipeline.metrics.winrate import length_controlled, winrate_metrics  # noqa: E402
 
 
 @contextmanager

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-import pipeline.core.config  # noqa: F401  (registers the config schema)
+import pipeline.config.schema  # noqa: F401  (registers the config schema)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-import pipeline.core.config  # noqa: F401  (registers the config schema)
+import pipeline.config.schema  # noqa: F401  (registers the config schema)
 
-from pipeline.core.judging import JudgeError, annotator, judge_pairs, load_reference, validate_judge
-from pipeline.core.winrate import winrate_metrics
+from pipeline.judging.judges import JudgeError, annotator, judge_pairs, load_reference, validate_judge
+from pipeline.metrics.winrate import winrate_metrics
 from pipeline.stages.alpaca_eval_stage import alpaca_eval_stage
-from pipeline.core.store import StageResult, Store
+from pipeline.store.store import StageResult, Store
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -60,8 +60,8 @@ class CountingJudge:
 
 @pytest.fixture(scope="module")
 def tiny_judge(tmp_path_factory):
-    from pipeline.core.judging import local_judge_completions
-    from pipeline.core.models import base_model_dir
+    from pipeline.judging.judges import local_judge_completions
+    from pipeline.models.loading import base_model_dir
 
     cfg = judge_cfg("local_tiny")
     cache = Store(tmp_path_factory.mktemp("cache"))

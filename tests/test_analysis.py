@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.store import Store
+from pipeline.store.store import Store
 from pipeline.stages.analysis import VERSION, analysis, length_diversity, repetition
 
 ROOT = Path(__file__).resolve().parents[1]

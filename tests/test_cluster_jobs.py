@@ -12,7 +12,7 @@ from composed import composed
 from omegaconf import OmegaConf
 
 from pipeline.cluster.jobs import group_arrays, point_job
-from pipeline.core import launch
+from pipeline.train import launch
 
 ROOT = Path(__file__).resolve().parents[1]
 

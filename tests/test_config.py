@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-import pipeline.core.config  # noqa: F401  (registers the config schema)
+import pipeline.config.schema  # noqa: F401  (registers the config schema)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -88,7 +88,7 @@ def test_yaml_options_hold_only_differences_from_the_schema():
     """No group option repeats a schema default (the schema declares every key once)."""
     import yaml
 
-    from pipeline.core import config as schema
+    from pipeline.config import schema
 
     types = {"data": schema.DataConfig, "noise": schema.NoiseConfig,
              "finetune": schema.FinetuneConfig, "generate": schema.GenerateConfig,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipeline.core.store import Store
+from pipeline.store.store import Store
 from pipeline.results.cost import cost_section, stage_costs
 from pipeline.results.points import Arm, Point, StageRef
 

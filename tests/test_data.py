@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pipeline.core.data import DataError, format_prompt, load_prompts, load_train
+from pipeline.data.loading import DataError, format_prompt, load_prompts, load_train
 
 
 def write(tmp_path, rows, name="train.json"):

@@ -17,9 +17,9 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from composed import composed
-from pipeline.core.launch import LaunchError, accumulation_steps, command, world_size
-from pipeline.core.noise import rank_generator
-from pipeline.core.store import Store
+from pipeline.train.launch import LaunchError, accumulation_steps, command, world_size
+from pipeline.train.noise import rank_generator
+from pipeline.store.store import Store
 from pipeline.plan import Call, Context, arm_specs
 from pipeline.stages import finetune, generate
 
@@ -70,7 +70,7 @@ def test_one_node_is_torchrun_standalone_and_several_are_srun_with_c10d(tmp_path
     req = tmp_path / "request.json"
     cmd = command(dist_cfg(nproc_per_node="2", strategy="ddp"), req, env={})
     assert cmd[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=2", "--nnodes=1",
-                       "--standalone", "-m", "pipeline.core.training", str(req)]
+                       "--standalone", "-m", "pipeline.train.training", str(req)]
     env = {"SLURM_JOB_ID": "77", "SLURM_JOB_NUM_NODES": "2"}
     cmd = command(dist_cfg(nproc_per_node="8", nnodes=2, strategy="fsdp",
                            rdzv_endpoint="node01:29500"), req, env=env)
@@ -78,7 +78,7 @@ def test_one_node_is_torchrun_standalone_and_several_are_srun_with_c10d(tmp_path
                        "--kill-on-bad-exit=1"]
     assert cmd[6:] == ["-m", "torch.distributed.run", "--nproc-per-node=8", "--nnodes=2",
                        "--rdzv-backend=c10d", "--rdzv-endpoint=node01:29500", "--rdzv-id=77",
-                       "-m", "pipeline.core.training", str(req)]
+                       "-m", "pipeline.train.training", str(req)]
     # Two nodes asked inside a one-node allocation: refused, not two ranks crowded on one node.
     with pytest.raises(ValueError, match="this SLURM job has 1 node"):
         command(dist_cfg(nnodes=2, strategy="ddp", rdzv_endpoint="h:1"), req,
@@ -206,8 +206,8 @@ FSDP2_SAVE = '''
 import sys, torch, torch.distributed as dist
 from pathlib import Path
 from torch.distributed.fsdp import fully_shard
-from pipeline.core.models import load_model_and_tokenizer
-from pipeline.core.training import save_consolidated
+from pipeline.models.loading import load_model_and_tokenizer
+from pipeline.train.training import save_consolidated
 base, out = sys.argv[1], Path(sys.argv[2])
 dist.init_process_group("gloo")
 torch.manual_seed(0)
@@ -231,7 +231,7 @@ dist.destroy_process_group()
 def test_fsdp2_sharded_model_is_saved_whole_and_loads_like_any_model(tmp_path):
     """Two gloo ranks shard the tiny model (FSDP2), take one AdamW step and save it consolidated:
     the weights equal the same step taken unsharded in one process."""
-    from pipeline.core.models import base_model_dir, load_model_and_tokenizer
+    from pipeline.models.loading import base_model_dir, load_model_and_tokenizer
 
     cfg = composed(*TINY[:4])
     base = base_model_dir(cfg.model, Store(tmp_path / "cache"))

@@ -15,11 +15,13 @@ from composed import composed
 from omegaconf import OmegaConf
 
 import pipeline.stages.generate as generate_stage
-from pipeline.core import engines
-from pipeline.core.data import format_prompt, load_prompts
-from pipeline.core.engines import EngineError, generate_in_subprocess, make_request
-from pipeline.core.models import base_model_dir, generate_batched, load_model_and_tokenizer
-from pipeline.core.store import StageResult, Store, stage_key
+from pipeline.generation import engines
+from pipeline.models import devices
+from pipeline.data.loading import format_prompt, load_prompts
+from pipeline.generation.engines import EngineError, generate_in_subprocess, make_request
+from pipeline.models.loading import base_model_dir, load_model_and_tokenizer
+from pipeline.generation.batched import generate_batched
+from pipeline.store.store import StageResult, Store, stage_key
 
 ROOT = Path(__file__).resolve().parents[1]
 UPSTREAM = "finetune-tiny-llama_base-0123456789ab"
@@ -65,13 +67,13 @@ def test_worker_module_needs_only_the_standard_library(tmp_path):
     req.write_text(json.dumps(make_request("nonesuch", "m", "float32", ["p"], max_new_tokens=1,
                                            max_total_length=8, repetition_penalty=1.0)))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    worker = [sys.executable, "-S", "-m", "pipeline.core.engines", "worker", str(req), str(resp)]
+    worker = [sys.executable, "-S", "-m", "pipeline.generation.engines", "worker", str(req), str(resp)]
     done = subprocess.run(worker, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 1, done.stderr
     assert json.loads(resp.read_text()) == {
         "protocol": 1, "error": "ValueError: engine 'nonesuch' is unknown; use one of "
                                 "('hf', 'vllm')"}
-    usage = subprocess.run([sys.executable, "-S", "-m", "pipeline.core.engines"], env=env,
+    usage = subprocess.run([sys.executable, "-S", "-m", "pipeline.generation.engines"], env=env,
                            capture_output=True, text=True, check=False)
     assert usage.returncode == 2 and "usage:" in usage.stderr
 
@@ -253,15 +255,15 @@ def test_gpus_of_the_driver_count_when_torch_is_cpu_only(tmp_path, monkeypatch, 
     # A CPU-only torch on a GPU node: the driver's GPU list, cut by CUDA_VISIBLE_DEVICES.
     for i in range(2):
         (tmp_path / f"0000:0{i}:00.0").mkdir()
-    monkeypatch.setattr(engines, "NVIDIA_GPUS", tmp_path)
+    monkeypatch.setattr(devices, "NVIDIA_GPUS", tmp_path)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     if visible is None:
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     else:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
-    assert engines.visible_cuda_gpus() == count
-    monkeypatch.setattr(engines, "NVIDIA_GPUS", tmp_path / "absent")
-    assert engines.visible_cuda_gpus() == 0
+    assert devices.visible_cuda_gpus() == count
+    monkeypatch.setattr(devices, "NVIDIA_GPUS", tmp_path / "absent")
+    assert devices.visible_cuda_gpus() == 0
 
 
 def _vllm_python() -> str | None:
@@ -272,7 +274,7 @@ def _vllm_python() -> str | None:
 
 
 def test_vllm_engine_agrees_with_the_hf_engine_on_a_gpu(tmp_path):
-    if engines.visible_cuda_gpus() == 0:
+    if devices.visible_cuda_gpus() == 0:
         pytest.skip("no CUDA GPU visible: vLLM needs one (run this test on a GPU node)")
     python = _vllm_python()
     if python is None:

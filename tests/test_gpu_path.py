@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.core import devices
+from pipeline.models import devices
 from tests.composed import composed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,8 +62,9 @@ def test_generate_keys_on_the_cpu_have_no_device(monkeypatch):
 
 
 def test_overfit_and_the_hf_worker_load_on_the_gpu(one_cuda_gpu, monkeypatch, tmp_path):
-    from pipeline.core import engines, models
-    from pipeline.core.store import StageResult, Store
+    from pipeline.generation import engines
+    from pipeline.models import loading as models
+    from pipeline.store.store import StageResult, Store
     from pipeline.stages import overfit
 
     seen: dict = {}
@@ -89,7 +90,7 @@ def test_inference_weights_go_to_the_gpus(monkeypatch, gpus, expected):
     """One GPU: all on it. Several: filled in order, so a 70B model spans the node."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.core import models
+    from pipeline.models import loading as models
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
@@ -154,7 +155,7 @@ def test_penalty_skips_left_padding_as_vllm_does():
     """HF's repetition_penalty penalises the pad id of a padded row; ours only real tokens."""
     from transformers import RepetitionPenaltyLogitsProcessor
 
-    from pipeline.core.models import penalty_ignoring_padding
+    from pipeline.generation.batched import penalty_ignoring_padding
 
     pad, vocab = 0, 6
     scores = torch.tensor([[2.0, 1.0, 0.5, -1.0, 3.0, 0.1]] * 2)
@@ -172,8 +173,9 @@ def test_penalty_skips_left_padding_as_vllm_does():
 def test_an_fp32_answer_is_the_same_alone_and_in_any_batch():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pipeline.core.data import ASSETS, format_prompt
-    from pipeline.core.models import build_tiny_tokenizer, generate_batched
+    from pipeline.data.loading import ASSETS, format_prompt
+    from pipeline.models.loading import build_tiny_tokenizer
+    from pipeline.generation.batched import generate_batched
 
     tok = build_tiny_tokenizer(512)
     tok.pad_token = tok.eos_token  # pad == EOS, as for many real tokenizers
@@ -218,7 +220,7 @@ def test_fsdp_trains_the_precision_the_key_says(tmp_path, fp32_master, dtype):
 def test_generation_continues_from_the_batches_a_killed_run_wrote(tmp_path):
     """A requeued generate job skips the batches it finished (805 prompts of a 7B model are
     not redone), and runs the rest in the same batches as an uninterrupted run."""
-    from pipeline.core.models import generate_batched
+    from pipeline.generation.batched import generate_batched
 
     model, tok = _tiny_model()
     texts = [f"Name {n} colours." for n in ("two", "three", "four", "five")]
@@ -240,7 +242,7 @@ def test_generation_continues_from_the_batches_a_killed_run_wrote(tmp_path):
 def _tiny_model():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pipeline.core.models import build_tiny_tokenizer
+    from pipeline.models.loading import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer(512)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,

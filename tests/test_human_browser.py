@@ -183,7 +183,7 @@ def test_two_annotators_reload_and_sigkill(tmp_path):
     got = sorted((a["annotator"], a["pair_id"], a["preference"]) for a in anns)
     assert got == sorted(cast) and len(cast) == 2 * len(RECORDS)
     assert len({(a, p) for a, p, _ in cast}) == len(cast)  # every pair once per annotator
-    from pipeline.core.winrate import winrate_metrics
+    from pipeline.metrics.winrate import winrate_metrics
 
     expected = 100 * sum(p - 1 for _, _, p in cast) / len(cast)
     assert winrate_metrics(anns)["win_rate"] == pytest.approx(expected)

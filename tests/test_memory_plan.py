@@ -6,7 +6,7 @@ import pytest
 from composed import composed
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from pipeline.core.memory_plan import (
+from pipeline.train.memory_plan import (
     KNOWN_PARAMS,
     activation_gb,
     check_plan,
@@ -182,7 +182,7 @@ def test_memory_table_lists_models_strategies_and_gpus():
 
 
 def test_a_configured_13b_single_gpu_full_finetune_is_refused_before_launch():
-    from pipeline.core.memory_plan import check_finetune_memory
+    from pipeline.train.memory_plan import check_finetune_memory
 
     cfg = composed("model=llama2_13b", "finetune=paper")
     with pytest.raises(ValueError, match=r"13B full fine-tune needs about 132 GB "
@@ -194,8 +194,8 @@ def test_a_configured_13b_single_gpu_full_finetune_is_refused_before_launch():
     ("table2_llama2_13b", 4, 32.5), ("table2_llama2_70b", 16, 43.125),
     ("table2_llama2_7b_chat", 1, 67.4)])
 def test_the_paper_table2_points_carry_settings_that_fit(point, world, per_gpu):
-    from pipeline.core.launch import accumulation_steps
-    from pipeline.core.memory_plan import check_finetune_memory
+    from pipeline.train.launch import accumulation_steps
+    from pipeline.train.memory_plan import check_finetune_memory
 
     cfg = composed("experiment=paper_table2", f"+point={point}")
     plan = check_finetune_memory(cfg)
@@ -207,7 +207,7 @@ def test_the_paper_table2_points_carry_settings_that_fit(point, world, per_gpu):
 
 
 def test_the_plan_is_skipped_where_no_gpu_memory_is_known():
-    from pipeline.core.memory_plan import check_finetune_memory
+    from pipeline.train.memory_plan import check_finetune_memory
 
     plan = check_finetune_memory(composed())  # the CPU default: no GPU, none configured
     assert plan.fits is None

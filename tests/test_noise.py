@@ -7,7 +7,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.integrations.neftune import neftune_post_forward_hook
 
-from pipeline.core.noise import attach_neftune, neftune_noise, token_lengths, validate_noise
+from pipeline.train.noise import attach_neftune, neftune_noise, token_lengths, validate_noise
 
 D = 64
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_noise import D, captured_noise, tiny_llama
 
-from pipeline.core.noise import attach_neftune, neftune_noise, rank_generator
+from pipeline.train.noise import attach_neftune, neftune_noise, rank_generator
 
 MASK = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10], [5, 6, 7, 0, 0, 0]])

@@ -8,7 +8,7 @@ import pytest
 from composed import composed
 
 from pipeline.stages.openllm import LOCAL_DATA, LOCAL_TASKS, openllm, validate_openllm
-from pipeline.core.store import Store
+from pipeline.store.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e

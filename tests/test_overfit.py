@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from pipeline.core.data import load_train, tokenize_examples
-from pipeline.core.models import base_model_dir, generate_batched, load_model_and_tokenizer
-from pipeline.core.noise import attach_neftune
+from pipeline.data.loading import load_train, tokenize_examples
+from pipeline.models.loading import base_model_dir, load_model_and_tokenizer
+from pipeline.generation.batched import generate_batched
+from pipeline.train.noise import attach_neftune
 from pipeline.stages.overfit import overlap_scores, response_losses
-from pipeline.core.store import Store
+from pipeline.store.store import Store
 from composed import composed
 
 

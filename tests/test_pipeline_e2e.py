@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.data import load_prompts
+from pipeline.data.loading import load_prompts
 from wandb_offline import read_run
 
 ROOT = Path(__file__).resolve().parents[1]

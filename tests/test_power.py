@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from pipeline.core.stats import detectable_effect, paired_bootstrap_diff, winrate_diff_ci
+from pipeline.metrics.stats import detectable_effect, paired_bootstrap_diff, winrate_diff_ci
 from pipeline.results.power import (
     detectable, null_words, paper_effect, prompts_to_detect, standard_error, default_paper,
 )

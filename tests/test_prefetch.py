@@ -23,7 +23,7 @@ def mirror(tmp_path_factory) -> Path:
     """DIR/models/org/tiny (a random 2-layer Llama + tokenizer), DIR/datasets/org/data."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pipeline.core.models import build_tiny_tokenizer
+    from pipeline.models.loading import build_tiny_tokenizer
 
     root = tmp_path_factory.mktemp("mirror")
     tok = build_tiny_tokenizer(300)
@@ -91,9 +91,9 @@ def test_prefetch_from_mirror_then_offline_load(mirror, tmp_path):
     assert f"export HF_DATASETS_CACHE={hf_home / 'datasets'}" in first.stdout
     assert "export HF_HUB_OFFLINE=1" in first.stdout
 
-    load = ("from pipeline.core.models import load_model_and_tokenizer\n"
-            "from pipeline.core.data import load_train\n"
-            "from pipeline.core.winrate import find_lc_data\n"
+    load = ("from pipeline.models.loading import load_model_and_tokenizer\n"
+            "from pipeline.data.loading import load_train\n"
+            "from pipeline.metrics.winrate import find_lc_data\n"
             "model, tok = load_model_and_tokenizer('org/tiny', 'float32')\n"
             "print(type(model).__name__, len(tok), len(load_train('hf:org/data')),\n"
             "      open(find_lc_data('hub')).read().splitlines()[0])\n")

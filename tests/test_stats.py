@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.core import stats
+from pipeline.metrics import agreement, stats
 
 ROOT = Path(__file__).resolve().parents[1]
 ANNOTATIONS = ROOT.parent / "shared" / "data" / "alpaca_eval_gpt4_annotations"
@@ -68,7 +68,7 @@ def test_win_scores_follow_alpaca_evals_preference_scale():
 
 @needs_data
 def test_winrate_diff_ci_on_real_verdicts_matches_the_win_rates_and_the_paired_se():
-    from pipeline.core.winrate import winrate_metrics
+    from pipeline.metrics.winrate import winrate_metrics
 
     falcon, guanaco = load("falcon-7b-instruct"), load("guanaco-65b")
     got = stats.winrate_diff_ci([r["preference"] for r in falcon],
@@ -85,7 +85,7 @@ def test_winrate_diff_ci_on_real_verdicts_matches_the_win_rates_and_the_paired_s
 
 @needs_data
 def test_lc_diff_ci_refits_alpaca_evals_minimal_glm_per_resample():
-    from pipeline.core.winrate import length_controlled
+    from pipeline.metrics.winrate import length_controlled
 
     falcon, guanaco = load("falcon-7b-instruct"), load("guanaco-65b")
     got = stats.lc_diff_ci(falcon, guanaco, n_resamples=200, seed=1)  # a few seconds
@@ -126,7 +126,7 @@ def test_judge_agreement_counts_ties_as_alpaca_evals_absolute_rule():
     judge = [2, 1, 1.5, 2, 0]  # 0: alpaca_eval's legacy tie
     reference = [2, 2, 2, 1.5, 1.5]
     # per pair 1 - |judge - reference|: 1, 0, 0.5, 0.5, 1 -> 60%
-    got = stats.judge_agreement(judge, reference, [10, 10, 5, 7, 3], [20, 5, 5, 9, 1])
+    got = agreement.judge_agreement(judge, reference, [10, 10, 5, 7, 3], [20, 5, 5, 9, 1])
     theirs = SCORING_RULES["absolute"]().score(judge, reference)
     assert got["accuracy"]["mean"] == pytest.approx(60.0) == pytest.approx(100 * theirs)
     # length rule: 2, 1, 1.5 (equal), 2, 1 -> 1, 0, 0.5, 0.5, 0.5 -> 50%
@@ -141,8 +141,8 @@ def test_judge_agreement_counts_ties_as_alpaca_evals_absolute_rule():
 def test_length_rule_as_a_judge_on_real_gpt4_verdicts():
     ann = load("phi-2-sft")
     l1, l2 = [len(r["output_1"]) for r in ann], [len(r["output_2"]) for r in ann]
-    rule = stats.length_rule(l1, l2)
-    got = stats.judge_agreement(rule, [r["preference"] for r in ann], l1, l2)
+    rule = agreement.length_rule(l1, l2)
+    got = agreement.judge_agreement(rule, [r["preference"] for r in ann], l1, l2)
     # GPT-4 sides with the longer answer on 73.6% of phi-2-sft's pairs (one verdict unparsed)
     assert got["n"] == 804 and got["n_dropped"] == 1
     assert got["accuracy"]["mean"] == pytest.approx(73.570, abs=1e-3)
@@ -155,19 +155,19 @@ def test_length_rule_as_a_judge_on_real_gpt4_verdicts():
 def test_position_consistency_compares_the_chosen_output_across_orders():
     # pairs: (1, swapped 2) same output; (2, 1) same; (1.5, 1.5) tie both ways; (2, 2) flips;
     # (None, 1) dropped -> 3 of 4 consistent
-    got = stats.position_consistency([1, 2, 1.5, 2, None], [2, 1, 1.5, 2, 1])
+    got = agreement.position_consistency([1, 2, 1.5, 2, None], [2, 1, 1.5, 2, 1])
     assert got["mean"] == 75.0 and got["n"] == 4 and got["n_dropped"] == 1
 
 
 def test_is_informative_verdicts_in_plain_words():
     length = {"mean": 68.0}
-    good = stats.is_informative({"mean": 80.0, "ci_low": 75.0, "ci_high": 85.0, "n": 100}, length)
+    good = agreement.is_informative({"mean": 80.0, "ci_low": 75.0, "ci_high": 85.0, "n": 100}, length)
     assert good["informative"] and good["chance_verdict"].startswith("distinguishable from chance")
     assert good["length_verdict"].startswith("better than the length rule")
-    near = stats.is_informative({"mean": 70.0, "ci_low": 65.0, "ci_high": 75.0, "n": 100}, length)
+    near = agreement.is_informative({"mean": 70.0, "ci_low": 65.0, "ci_high": 75.0, "n": 100}, length)
     assert near["better_than_chance"] and not near["better_than_length"]
     assert near["length_verdict"].startswith("not better than the length rule")
-    coin = stats.is_informative({"mean": 52.0, "ci_low": 45.0, "ci_high": 59.0, "n": 100}, length)
+    coin = agreement.is_informative({"mean": 52.0, "ci_low": 45.0, "ci_high": 59.0, "n": 100}, length)
     assert coin["chance_verdict"].startswith("not distinguishable from chance")
-    bad = stats.is_informative({"mean": 40.0, "ci_low": 35.0, "ci_high": 45.0, "n": 100}, length)
+    bad = agreement.is_informative({"mean": 40.0, "ci_low": 35.0, "ci_high": 45.0, "n": 100}, length)
     assert bad["chance_verdict"].startswith("worse than chance") and not bad["informative"]

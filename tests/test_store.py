@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core import locking
-from pipeline.core.store import MARKER, StageLock, Store, stage_key
+from pipeline.store import locking
+from pipeline.store.store import MARKER, StageLock, Store, stage_key
 
 
 def test_key_is_readable_and_depends_on_params_inputs_and_version():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.store import write_json_atomic
+from pipeline.store.store import write_json_atomic
 from pipeline.results.aggregate import write_results
 from pipeline.results.cells import KEY_SUFFIX
 from pipeline.results.points import Arm, Comparison, Point, StageRef, Variant, read_points

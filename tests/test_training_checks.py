@@ -15,7 +15,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.core.ranks import last_checkpoint
+from pipeline.train.ranks import last_checkpoint
 from tests.composed import composed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ import torch, json, sys
 torch.cuda.is_available = lambda: True
 torch.cuda.device_count = lambda: 4
 torch.cuda.set_device = lambda *a: None
-from pipeline.core.trainer_args import single_device, training_arguments
+from pipeline.train.trainer_args import single_device, training_arguments
 from tests.composed import composed
 from omegaconf import OmegaConf
 cfg = OmegaConf.to_container(composed("finetune=tiny").finetune, resolve=True)
@@ -81,7 +81,7 @@ def test_settings_the_trainer_rejects_late_fail_in_the_check_naming_our_key(over
 
 
 def test_hybrid_shard_is_refused_naming_what_fsdp2_offers():
-    from pipeline.core.trainer_args import check_training
+    from pipeline.train.trainer_args import check_training
 
     cfg = composed(*TINY, "finetune.distributed.strategy=fsdp",
                    "finetune.distributed.fsdp.sharding=hybrid_shard").finetune
@@ -90,7 +90,7 @@ def test_hybrid_shard_is_refused_naming_what_fsdp2_offers():
 
 
 def test_an_empty_local_model_directory_is_named_in_the_check(tmp_path):
-    from pipeline.core.models import validate_model
+    from pipeline.models.loading import validate_model
 
     cfg = composed("model=tiny", "model.source=local", f"model.id={tmp_path}")
     with pytest.raises(ValueError, match=f"{tmp_path}.*config.json"):
@@ -116,8 +116,9 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_naming_the_file(
 def test_the_stage_hands_the_gpu_back_after_an_in_process_finetune(tmp_path, monkeypatch):
     """vLLM, started after an in-process fine-tune, needs the GPU memory the model held: the
     stage frees it (no reference left, the caching allocator emptied) before it returns."""
-    from pipeline.core import devices, models
-    from pipeline.core.store import Store
+    from pipeline.models import devices
+    from pipeline.models import loading as models
+    from pipeline.store.store import Store
     from pipeline.plan import ArmSpec, Call, Context
     from pipeline.stages import finetune
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.core.stats import paired_bootstrap_diff, winrate_diff_ci
+from pipeline.metrics.stats import paired_bootstrap_diff, winrate_diff_ci
 from pipeline.results.points import Arm, Effect, Point, StageRef, read_points
 from pipeline.results.trend import BOOTSTRAP, SUMMARY, families, trend_lines, trends
 

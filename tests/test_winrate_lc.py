@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.core import winrate
-from pipeline.core.winrate import length_controlled, winrate_metrics
+from pipeline.metrics import winrate
+from pipeline.metrics.winrate import length_controlled, winrate_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 ANNOTATIONS = ROOT.parent / "shared" / "data" / "alpaca_eval_gpt4_annotations"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from pipeline.core.memory_plan import check_plan, finetune_plan, model_params
+from pipeline.train.memory_plan import check_plan, finetune_plan, model_params
 
 SHAREGPT_KEY = "${paths.sharegpt_train}"
 
@@ -140,7 +140,7 @@ def plan_lines(plan) -> list[str]:
 
 def point_job(index: int, overrides: list[str], cfg, opts: ClusterOptions) -> PointJob:
     """Size `cfg`'s job, check that it can run, and say which of its stages are stored."""
-    from pipeline.core.launch import accumulation_steps, world_size
+    from pipeline.train.launch import accumulation_steps, world_size
 
     job = PointJob(index, cfg.point_name or f"{cfg.model.name}_{cfg.data.name}", overrides)
     dist = cfg.finetune.distributed
@@ -175,7 +175,7 @@ def point_job(index: int, overrides: list[str], cfg, opts: ClusterOptions) -> Po
 def _check_data(job: PointJob, cfg) -> None:
     """A local training file must exist and parse (as the job's check will ask); then the
     point's stored stages can be looked up."""
-    from pipeline.core.data import check_source
+    from pipeline.data.loading import check_source
 
     if not str(cfg.data.train).startswith("hf:"):
         try:
@@ -203,7 +203,7 @@ def stored_stages(cfg) -> str:
     if str(cfg.data.train).startswith("hf:"):
         return "not computed (hub training data: a finetune key hashes the records)"
     try:
-        from pipeline.core.store import is_complete
+        from pipeline.store.store import is_complete
         from pipeline.plan import arm_specs
         from pipeline.stages import finetune
 

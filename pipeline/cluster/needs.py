@@ -23,7 +23,7 @@ from functools import lru_cache
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.core.winrate import GAMED_FILE, HUB_REPO
+from pipeline.metrics.winrate import GAMED_FILE, HUB_REPO
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def _value(cfg, key: str):
 
 
 def parse_hf_source(source: str) -> tuple[str, str | None]:
-    """(dataset, config) of a data source `hf:<dataset>[:<config>][@<split>]` (pipeline/core/data.py
+    """(dataset, config) of a data source `hf:<dataset>[:<config>][@<split>]` (pipeline/data/loading.py
     syntax); every split is fetched, so the split is dropped."""
     name = source[len("hf:"):].partition("@")[0]
     name, _, config = name.partition(":")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-import pipeline.core.config  # noqa: F401  (registers the config schema with Hydra)
+import pipeline.config.schema  # noqa: F401  (registers the config schema with Hydra)
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 

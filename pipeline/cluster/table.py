@@ -5,7 +5,7 @@ Run: python -m pipeline.cluster.table
 
 from __future__ import annotations
 
-from pipeline.core.memory_plan import (
+from pipeline.train.memory_plan import (
     DEFAULT_GPU_GB, PRECISIONS, RESERVE, min_sharded_gpus, plan_memory,
 )
 

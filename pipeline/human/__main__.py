@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.human.export import annotations, summarize
 
     if args.command == "export":
-        from pipeline.core.store import write_json_atomic
+        from pipeline.store.store import write_json_atomic
 
         anns = annotations(study, db.current_votes())
         out = Path(args.out) if args.out else study.dir / "human_annotations.json"

@@ -88,8 +88,8 @@ def human_winrate(anns: list[dict], seed: int = 0) -> dict:
     """alpaca_eval win rate of +NEFT over all votes, its LC beside it, and a 95% CI from a
     bootstrap over pairs (each pair's votes stay together, so annotators are not counted as
     independent prompts)."""
-    from pipeline.core.stats import bootstrap_mean_ci, win_scores
-    from pipeline.core.winrate import length_controlled, winrate_metrics
+    from pipeline.metrics.stats import bootstrap_mean_ci, win_scores
+    from pipeline.metrics.winrate import length_controlled, winrate_metrics
 
     out = winrate_metrics(anns)
     per_pair = [sum(win_scores(list(p.values()))) / len(p) for p in _by_pair(anns).values()]
@@ -106,7 +106,7 @@ def human_winrate(anns: list[dict], seed: int = 0) -> dict:
 
 def judge_vs_humans(study: Study, anns: list[dict]) -> list[dict]:
     """Per judge stage of the point: agreement with the human majority on the same instructions."""
-    from pipeline.core.stats import judge_agreement
+    from pipeline.metrics.agreement import judge_agreement
 
     major = majority(anns)
     out = []

@@ -14,7 +14,7 @@ from pathlib import Path
 from pipeline.human.db import VoteDB
 from pipeline.human.export import summarize
 from pipeline.human.study import Study, existing_studies
-from pipeline.results.escape import escape_mathtext, escape_md
+from pipeline.text.escape import escape_mathtext, escape_md
 
 # Jain et al. 2023, human study: 140 prompts, NEFT preferred 88 times, 22 draws, "74.6% win".
 PAPER = {"n": 140, "neft": 88, "draws": 22}

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.core.store import readable_of, write_json_atomic
+from pipeline.store.store import readable_of, write_json_atomic
 
 PREFIX = "human_study"
 JUDGE_STAGE = "head_to_head"  # arms' stages whose name starts so: a judge of +NEFT vs base

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.core.data import ASSETS
+from pipeline.data.loading import ASSETS
 from pipeline.results.cells import write_table
 from pipeline.results.cost import cost_section
 from pipeline.results.findings import findings

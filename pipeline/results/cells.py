@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.core.store import write_text_atomic
+from pipeline.store.store import write_text_atomic
 from pipeline.results.points import Arm
 
 KEY_SUFFIX = " — stage key"

@@ -15,8 +15,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.core.manifest import MARKER
-from pipeline.results.escape import escape_md
+from pipeline.store.manifest import MARKER
+from pipeline.text.escape import escape_md
 from pipeline.results.points import Point, StageRef
 
 RUNTIME_METRIC = {"finetune": "train_runtime_s", "generate": "gen_runtime_s"}

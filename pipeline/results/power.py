@@ -17,8 +17,8 @@ import math
 import yaml
 from scipy.stats import norm
 
-from pipeline.core.data import ASSETS
-from pipeline.core.stats import detectable_effect
+from pipeline.data.loading import ASSETS
+from pipeline.metrics.stats import detectable_effect
 
 POWER = 0.8  # as the compare stage's (compare.POWER); a config key (compare.power) to be
 # The paper's datasets, as point.dataset names them, and their column of Table 4.

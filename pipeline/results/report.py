@@ -14,9 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.core.store import write_text_atomic
+from pipeline.store.store import write_text_atomic
 from pipeline.results.cost import cost_section
-from pipeline.results.escape import escape_md
+from pipeline.text.escape import escape_md
 from pipeline.results.findings import findings
 from pipeline.results.points import Point
 

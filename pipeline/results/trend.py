@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.stats import norm
 
-from pipeline.core.stats import detectable_effect
+from pipeline.metrics.stats import detectable_effect
 from pipeline.results.cells import Cell, Table
 from pipeline.results.points import Effect, Point
 from pipeline.results.power import POWER, standard_error

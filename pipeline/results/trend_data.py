@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.stats import win_scores
+from pipeline.metrics.stats import win_scores
 from pipeline.results.points import Arm, Point
 
 STAGE = {"chars": "analysis", "log_diversity": "analysis", "win_rate": "alpaca_eval",
@@ -79,7 +79,7 @@ def _stat_matrix(values, measure: str, idx: np.ndarray, lc_resamples: int) -> np
 def _lc_matrix(values, idx: np.ndarray) -> np.ndarray:
     """Minimal-GLM LC of each arm on each resample, each arm at the C its cross-validation chose
     on all prompts (as stats.lc_diff_ci)."""
-    from pipeline.core.winrate import annotation_frame, fit_minimal_design, minimal_glm_design
+    from pipeline.metrics.glm import annotation_frame, fit_minimal_design, minimal_glm_design
 
     columns = []
     for records in values:

@@ -1,7 +1,7 @@
 """alpaca_eval stage: win rate of a generate stage's outputs against a reference, judged through
 the alpaca-eval package (its annotators, its caching, its win-rate maths).
 
-The judges themselves are in pipeline/core/judging.py (conf/judge/).
+The judges themselves are in pipeline/judging/judges.py (conf/judge/).
 
 Writes annotations.json (alpaca_eval's cache: every verdict; a rerun never re-asks a judged pair),
 scored.json (one preference per instruction, what the win rate is computed from),
@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.core.data import load_prompts
-from pipeline.core.judging import (
+from pipeline.data.loading import load_prompts
+from pipeline.judging.judges import (
     Reference, annotator, check_references, judge_key_params, judge_pairs, load_reference,
     pairs_against, validate_judge,
 )
-from pipeline.core.store import StageResult, Store, readable_of, stage_key, write_json_atomic
+from pipeline.store.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
 VERSION = 3  # 2: an LC win rate on every judged comparison; 3: with a standard error
 
@@ -56,7 +56,7 @@ def alpaca_eval_stage(
     def compute(work: Path) -> dict:
         import pandas as pd
 
-        from pipeline.core.winrate import length_controlled, winrate_metrics
+        from pipeline.metrics.winrate import length_controlled, winrate_metrics
 
         outputs = json.loads((generated.path / "outputs.json").read_text(encoding="utf-8"))
         pairs = pairs_against(outputs, reference, str(generated.path / "outputs.json"))

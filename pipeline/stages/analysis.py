@@ -1,6 +1,6 @@
 """analysis stage: length and diversity of outputs (paper Table 4), or of the training responses.
 
-Definitions (DESIGN.md, pipeline/core/diversity.py): mean characters and whitespace tokens over all
+Definitions (DESIGN.md, pipeline/metrics/diversity.py): mean characters and whitespace tokens over all
 outputs; repetition and diversity on the first K whitespace tokens of each output, outputs shorter
 than K dropped; rep-n, diversity and log-diversity as in Kirchenbauer et al. 2023's reference code
 (definition="paper", the default: what the paper's Table 4 means) or its clean arithmetic
@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.core.diversity import length_diversity, repetition  # noqa: F401  (re-exported)
-from pipeline.core.data import check_source, load_train, records_digest
-from pipeline.core.store import StageResult, Store, readable_of, stage_key, write_json_atomic
+from pipeline.metrics.diversity import length_diversity, repetition  # noqa: F401  (re-exported)
+from pipeline.data.loading import check_source, load_train, records_digest
+from pipeline.store.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
 VERSION = 2  # 2: the paper's arithmetic by default, the definition in the key, per-output lists
 

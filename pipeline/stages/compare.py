@@ -20,8 +20,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from pipeline.core.alpaca_import import pin_alpaca_eval_version
-from pipeline.core.store import StageResult, Store, readable_of, stage_key
+from pipeline.judging.alpaca_import import pin_alpaca_eval_version
+from pipeline.store.store import StageResult, Store, readable_of, stage_key
 
 VERSION = 3  # 2: each difference says how many prompts have a value in each arm; 3: se and mde
 # Power of the detectable effect (mde) each difference carries; a config key (compare.power) to be.
@@ -82,7 +82,7 @@ def _aligned(pairs: list[dict]) -> dict:
 def _openllm(pairs: list[dict], compare_cfg) -> dict:
     """Per leaderboard task, paired over questions: McNemar's exact test where scores are 0/1
     (accuracy), a paired bootstrap of the score otherwise (TruthfulQA mc2), in points."""
-    from pipeline.core.stats import mcnemar, paired_bootstrap_diff
+    from pipeline.metrics.stats import mcnemar, paired_bootstrap_diff
 
     scores: dict[str, dict[str, list]] = {}
     for pair in pairs:
@@ -110,7 +110,7 @@ def compare(pairs: list[dict], compare_cfg, store: Store) -> StageResult:
     key = stage_key("compare", f"{treated}_vs_base", params, inputs, VERSION)
 
     def compute(work: Path) -> dict:
-        from pipeline.core.stats import lc_diff_ci, paired_bootstrap_diff, winrate_diff_ci
+        from pipeline.metrics.stats import lc_diff_ci, paired_bootstrap_diff, winrate_diff_ci
 
         v = _aligned(pairs)
         b, t = v["base"], v["treated"]

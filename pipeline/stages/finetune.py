@@ -1,8 +1,8 @@
 """finetune stage: instruction fine-tuning with or without NEFTune noise (Hugging Face Trainer).
 
 Loss on response tokens only, Alpaca template, EOS appended. The training itself is
-pipeline.core.training: in this process when one process trains (the default), else in torchrun
-workers that pipeline.core.launch starts (finetune.distributed: DDP or FSDP, one node or several
+pipeline.train.training: in this process when one process trains (the default), else in torchrun
+workers that pipeline.train.launch starts (finetune.distributed: DDP or FSDP, one node or several
 under SLURM). This module owns the stage: its key, the memory plan checked before anything loads,
 and the store (lock, .partial, COMPLETE), which workers never touch. Resumes from its last
 checkpoint when rerun after a kill, bit-identical to an uninterrupted run. Writes model/
@@ -22,17 +22,17 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.core.config import config_params
-from pipeline.core.data import check_source, load_train, records_digest
-from pipeline.core.launch import accumulation_steps, distributed_key_params, run_workers, world_size
-from pipeline.core.launch import check_allocation
-from pipeline.core.memory_plan import check_finetune_memory
-from pipeline.core.models import base_model_dir, validate_model
-from pipeline.core.noise import noise_label, noise_params
-from pipeline.core.store import StageResult, Store, stage_key
-from pipeline.core.devices import release_accelerator_memory
-from pipeline.core.trainer_args import check_training
-from pipeline.core.training import TRAINED, TrainRequest, train
+from pipeline.config.schema import config_params
+from pipeline.data.loading import check_source, load_train, records_digest
+from pipeline.train.launch import accumulation_steps, distributed_key_params, run_workers, world_size
+from pipeline.train.launch import check_allocation
+from pipeline.train.memory_plan import check_finetune_memory
+from pipeline.models.loading import base_model_dir, validate_model
+from pipeline.train.noise import noise_label, noise_params
+from pipeline.store.store import StageResult, Store, stage_key
+from pipeline.models.devices import release_accelerator_memory
+from pipeline.train.trainer_args import check_training
+from pipeline.train.training import TRAINED, TrainRequest, train
 
 VERSION = 2  # 2: train_loss over all steps from the loss log, which is logged at every checkpoint
 

@@ -3,7 +3,7 @@
 Prompts are sorted by length and batched with left padding; outputs.json holds one record per
 prompt in input order: {instruction, output, generator, dataset}.
 generate.engine=hf (default) runs transformers in this process; generate.engine=vllm runs vLLM in
-its own environment through the worker of pipeline.core.engines (same outputs.json).
+its own environment through the worker of pipeline.generation.engines (same outputs.json).
 
 Run: python -m pipeline.run            (generates from both fine-tuned models of the default)
 """
@@ -15,11 +15,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from pipeline.core.data import check_source, format_prompt, load_prompts
-from pipeline.core.devices import compute_device, device_key_params, release_accelerator_memory
-from pipeline.core.engines import check_engine, generate_in_subprocess, make_request
-from pipeline.core.models import generate_batched, load_model_and_tokenizer
-from pipeline.core.store import StageResult, Store, readable_of, stage_key, write_json_atomic
+from pipeline.data.loading import check_source, format_prompt, load_prompts
+from pipeline.models.devices import compute_device, device_key_params, release_accelerator_memory
+from pipeline.generation.engines import check_engine, generate_in_subprocess, make_request
+from pipeline.models.loading import load_model_and_tokenizer
+from pipeline.generation.batched import generate_batched
+from pipeline.store.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
 VERSION = 2  # 2: the repetition penalty skips left padding (an answer no longer depends on its
 # batch), and the batch goes to the model's device

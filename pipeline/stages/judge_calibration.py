@@ -22,8 +22,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from pipeline.core.judging import annotator, judge_key_params, judge_pairs, validate_judge
-from pipeline.core.store import StageResult, Store, stage_key, write_json_atomic
+from pipeline.judging.judges import annotator, judge_key_params, judge_pairs, validate_judge
+from pipeline.store.store import StageResult, Store, stage_key, write_json_atomic
 
 VERSION = 1
 
@@ -90,7 +90,7 @@ def judge_calibration(judge_cfg, calibration_cfg, store: Store, cache: Store) ->
                     [digest], VERSION)
 
     def compute(work: Path) -> dict:
-        from pipeline.core.stats import judge_agreement, position_consistency
+        from pipeline.metrics.agreement import judge_agreement, position_consistency
 
         pairs = sample_pairs(files, calibration_cfg.n_pairs, calibration_cfg.seed)
         asked = [{k: v for k, v in p.items() if k != "reference_preference"} for p in pairs]

@@ -21,11 +21,11 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
-from pipeline.core.data import ASSETS
-from pipeline.core.devices import (
+from pipeline.data.loading import ASSETS
+from pipeline.models.devices import (
     DTYPES, compute_device, cuda_gpu_count, device_key_params, release_accelerator_memory,
 )
-from pipeline.core.store import StageResult, Store, readable_of, stage_key, write_json_atomic
+from pipeline.store.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
 VERSION = 2  # 2: per_question.json (each question's score, for paired tests)
 

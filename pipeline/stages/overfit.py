@@ -19,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from pipeline.core.data import (
+from pipeline.data.loading import (
     check_source,
     format_prompt,
     load_train,
@@ -27,11 +27,12 @@ from pipeline.core.data import (
     records_digest,
     tokenize_examples,
 )
-from pipeline.core.devices import compute_device, device_key_params, release_accelerator_memory
-from pipeline.core.models import generate_batched, load_model_and_tokenizer
-from pipeline.core.store import StageResult, Store, readable_of, stage_key, write_json_atomic
+from pipeline.models.devices import compute_device, device_key_params, release_accelerator_memory
+from pipeline.models.loading import load_model_and_tokenizer
+from pipeline.generation.batched import generate_batched
+from pipeline.store.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
-VERSION = 2  # 2: generations with the padding-free repetition penalty (models.generate_batched)
+VERSION = 2  # 2: generations with the padding-free repetition penalty (generation.batched.generate_batched)
 
 
 def check(cfg) -> None:

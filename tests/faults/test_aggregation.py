@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.store import write_json_atomic
-from pipeline.core.tracking import Tracker
+from pipeline.store.store import write_json_atomic
+from pipeline.tracking.tracker import Tracker
 from pipeline.results.aggregate import write_results
 from tests.test_tables import point
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.data import DataError
-from pipeline.core.judging import JudgeError
+from pipeline.data.loading import DataError
+from pipeline.judging.judges import JudgeError
 from pipeline.plan import check_all
 from tests.composed import composed
 
@@ -55,7 +55,7 @@ def test_prompts_without_a_reference_answer_fail_the_checks_naming_the_row(tmp_p
 def test_a_results_directory_that_cannot_be_written_fails_before_any_stage(tmp_path,
                                                                            monkeypatch):
     import pipeline.plan
-    from pipeline.core.tracking import Tracker
+    from pipeline.tracking.tracker import Tracker
     from pipeline.run import run_point
 
     def trained(*args, **kwargs):

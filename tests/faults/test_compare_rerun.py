@@ -14,9 +14,9 @@ RERUN = """
 import json, sys
 from pathlib import Path
 from types import SimpleNamespace
-from pipeline.core.store import StageResult, Store
+from pipeline.store.store import StageResult, Store
 from pipeline.stages import compare
-from pipeline.core import judging
+from pipeline.judging import judges as judging
 from tests.composed import composed
 
 base = Path(sys.argv[1])

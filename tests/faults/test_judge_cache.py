@@ -15,8 +15,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from composed import composed
-from pipeline.core.judging import JudgeError, Reference, annotator, judge_pairs
-from pipeline.core.store import StageResult, Store
+from pipeline.judging.judges import JudgeError, Reference, annotator, judge_pairs
+from pipeline.store.store import StageResult, Store
 from pipeline.stages.alpaca_eval_stage import alpaca_eval_stage
 
 BROKEN = "broken"  # instructions containing this get a garbage answer while the judge is broken
@@ -187,7 +187,7 @@ def test_local_judge_garbage_is_not_cached_and_only_those_pairs_are_asked_again(
 def test_a_cache_poisoned_by_alpaca_eval_defaults_is_cleaned_and_reasked(tmp_path, capsys):
     from alpaca_eval.annotators import PairwiseAnnotator
 
-    from pipeline.core.judging import ANNOTATORS_DIR
+    from pipeline.judging.judges import ANNOTATORS_DIR
 
     cfg, cache = composed("judge=local_tiny").judge, Store(tmp_path / "cache")
     answers = {"asked": 0, "broken": True}

@@ -112,7 +112,7 @@ def test_a_missing_prompts_file_fails_before_anything_is_trained(bad_input_runs)
     missing = tmp / "no_such_prompts.json"
     assert done.returncode == 1
     assert error_line(done.stderr) == (
-        f"pipeline.core.data.DataError: generate.prompts='{missing}': no such file ({missing}); "
+        f"pipeline.data.loading.DataError: generate.prompts='{missing}': no such file ({missing}); "
         "give a local .json/.jsonl path, pkg:<file in pipeline/assets> or hf:<dataset>")
     assert "[finetune]" not in done.stdout  # no stage was even looked up
     assert_nothing_trained(store)
@@ -128,7 +128,7 @@ def test_a_file_that_is_not_utf8_fails_before_training_naming_it(bad_input_runs,
     # base model had trained and been stored; data.train gave a bare UnicodeDecodeError.
     assert_nothing_trained(store)
     assert error_line(done.stderr) == (
-        f"pipeline.core.data.DataError: {key}: {tmp / 'latin1.json'}: not UTF-8 text (byte "
+        f"pipeline.data.loading.DataError: {key}: {tmp / 'latin1.json'}: not UTF-8 text (byte "
         f"{offset}: invalid continuation byte); re-save it as UTF-8")
 
 
@@ -138,7 +138,7 @@ def test_a_prompt_row_without_instruction_fails_before_training(bad_input_runs):
     assert done.returncode == 1
     assert_nothing_trained(store)  # before the fix: found after the base model was trained
     assert error_line(done.stderr) == (
-        f"pipeline.core.data.DataError: {tmp / 'prompts.json'}: row 1: missing field "
+        f"pipeline.data.loading.DataError: {tmp / 'prompts.json'}: row 1: missing field "
         "'instruction'; every record needs it")
 
 

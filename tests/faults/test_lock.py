@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.locking import StageLock
-from pipeline.core.store import Store, StoreError
+from pipeline.store.locking import StageLock
+from pipeline.store.store import Store, StoreError
 
 WAITERS = 4
 HOLD_S = 0.003

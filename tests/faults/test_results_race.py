@@ -16,7 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
-from pipeline.core.store import write_json_atomic
+from pipeline.store.store import write_json_atomic
 from pipeline.results.aggregate import write_results
 
 from test_tables import point  # tests/ is on sys.path under pytest, as for `composed`

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.stages.alpaca_eval_stage import alpaca_eval_stage
-from pipeline.core.store import Store
+from pipeline.store.store import Store
 
 from .test_judge_cache import (  # noqa: F401 (fake_judge: a fixture)
     FakeJudge, compatible_judge, fake_generate, fake_judge)
@@ -49,7 +49,7 @@ from pathlib import Path
 sys.path.insert(0, "tests")  # as pytest imports the tests
 from composed import composed
 from faults.test_judge_cache import fake_generate
-from pipeline.core.store import Store
+from pipeline.store.store import Store
 from pipeline.stages.alpaca_eval_stage import alpaca_eval_stage
 tmp = Path(sys.argv[1])
 generated, reference = fake_generate(tmp, n=5, broken=0)

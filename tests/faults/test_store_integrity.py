@@ -14,8 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 
-import pipeline.core.store as store_mod
-from pipeline.core.store import (
+import pipeline.store.store as store_mod
+from pipeline.store.store import (
     MANIFEST,
     MARKER,
     METRICS,

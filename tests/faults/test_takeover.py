@@ -32,7 +32,7 @@ def _worker(conn, cache: str) -> None:
     import torch
     from omegaconf import OmegaConf
 
-    from pipeline.core.store import Store
+    from pipeline.store.store import Store
     from pipeline.stages.finetune import finetune
     from tests.composed import composed
 

@@ -1,7 +1,7 @@
 """How a fine-tune is spread over processes: world size, batch arithmetic, the torchrun launch.
 
 The pipeline process owns the stage store; a fine-tune on more than one process runs as
-`torchrun ... -m pipeline.core.training <request.json>` (one node), or under SLURM on several
+`torchrun ... -m pipeline.train.training <request.json>` (one node), or under SLURM on several
 nodes as `srun --nodes=N --ntasks-per-node=1 torchrun --nnodes=N --rdzv-backend=c10d ...`, a
 subprocess that writes only inside the stage's work directory. torchrun, not a launcher of our
 own: it does rendezvous, worker restarts and signal forwarding the way every cluster recipe
@@ -19,7 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.core.engines import log_tail, visible_cuda_gpus
+from pipeline.models.devices import visible_cuda_gpus
+from pipeline.text.logs import log_tail
 
 STRATEGIES = ("none", "ddp", "fsdp")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -130,7 +131,7 @@ def command(dist_cfg, request: Path, env: dict | None = None) -> list[str]:
     env = dict(os.environ if env is None else env)
     nproc, nnodes = nproc_per_node(dist_cfg), dist_cfg.nnodes
     torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
-    worker = ["-m", "pipeline.core.training", str(request)]
+    worker = ["-m", "pipeline.train.training", str(request)]
     if nnodes == 1:
         return torchrun + ["--nnodes=1", "--standalone"] + worker
     job = env.get("SLURM_JOB_ID")

@@ -6,11 +6,11 @@ Layout under the store root::
     <key>/COMPLETE          {"key": <key>, "started_at", "finished_at", "wall_s", "device"}: a
                             stage names its own key and records what its computation cost
     <key>/MANIFEST.json     size and sha256 of the stage's other files, written before COMPLETE
-    <key>.<tag>.partial/    work in progress of one lock holder (pipeline.core.workdirs)
-    <key>.lock              lock file (see pipeline.core.locking)
+    <key>.<tag>.partial/    work in progress of one lock holder (pipeline.store.workdirs)
+    <key>.lock              lock file (see pipeline.store.locking)
     <key>.corrupt-<time>/   a stage that failed its check, moved aside (never deleted)
 
-A reused stage is checked (pipeline.core.manifest): its marker names its key, its manifest lists
+A reused stage is checked (pipeline.store.manifest): its marker names its key, its manifest lists
 exactly its files, sizes match (sha256 too with ``verify="full"``). One that fails, or has no
 manifest, is moved aside and recomputed.
 """
@@ -32,11 +32,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.locking import StageLock
-from pipeline.core.manifest import (
+from pipeline.store.locking import StageLock
+from pipeline.store.manifest import (
     MANIFEST, MARKER, METRICS, Defect, checked_metrics, manifest_of, sha256_of,
 )
-from pipeline.core.workdirs import claim_work, discard, publish, remove_unfinished
+from pipeline.store.workdirs import claim_work, discard, publish, remove_unfinished
 
 __all__ = [
     "MANIFEST", "MARKER", "METRICS", "StageLock", "StageResult", "Store", "StoreError",
@@ -161,7 +161,7 @@ class Store:
     root: Path
     lock_stale_after_s: float = 300.0
     lock_heartbeat_s: float = 15.0
-    tracker: Any = None  # pipeline.core.tracking.Tracker: a W&B run around every computed stage
+    tracker: Any = None  # pipeline.tracking.tracker.Tracker: a W&B run around every computed stage
     verify: str = "size"
 
     def __post_init__(self) -> None:

@@ -24,7 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
-from pipeline.core.manifest import MANIFEST, MARKER
+from pipeline.store.manifest import MANIFEST, MARKER
 
 SUFFIX = ".partial"
 

@@ -10,6 +10,7 @@ key is computed, so keys and reports name what really ran.
 from __future__ import annotations
 
 import gc
+import os
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 DTYPE_CHOICES = ("auto", *DTYPES)
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of native bf16 arithmetic
 CPUINFO = Path("/proc/cpuinfo")
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # one entry per GPU the driver knows
 
 
 def compute_device() -> str:
@@ -90,3 +92,25 @@ def release_accelerator_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def visible_cuda_gpus() -> int:
+    """CUDA GPUs this process may use: torch's count, else the NVIDIA driver's (a CPU-only
+    torch on a GPU node), limited by CUDA_VISIBLE_DEVICES."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.device_count()
+    except ImportError:
+        pass
+    n = len(list(NVIDIA_GPUS.iterdir())) if NVIDIA_GPUS.is_dir() else 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = []
+        for v in visible.split(","):  # CUDA stops at the first invalid entry ("-1" hides all)
+            if not v.strip() or v.strip().startswith("-"):
+                break
+            ids.append(v)
+        n = min(n, len(ids))
+    return n

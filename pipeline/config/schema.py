@@ -35,7 +35,7 @@ class ModelConfig:
     id: Optional[str] = None  # hub id, local dir, or <python package>/<file.gguf>
     revision: Optional[str] = None  # hub revision; null = main
     dtype: str = "auto"  # auto: bf16 where native (CUDA, AMX/AVX512-BF16 CPUs), else float32 |
-    # float32 | bfloat16 | float16; the resolved dtype enters stage keys (pipeline/core/devices.py)
+    # float32 | bfloat16 | float16; the resolved dtype enters stage keys (pipeline/models/devices.py)
     arch: Optional[TinyArch] = None  # only for source=tiny
 
 

@@ -1,7 +1,7 @@
 """Progress of a batched generation, kept so that a killed (requeued) run continues.
 
 A JSON-lines file in the stage's work directory, one line per answer ({"i", "output",
-"new_tokens"}), appended and fsynced after every batch (pipeline.core.models.generate_batched).
+"new_tokens"}), appended and fsynced after every batch (pipeline.generation.batched.generate_batched).
 """
 
 from __future__ import annotations

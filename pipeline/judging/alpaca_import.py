@@ -1,7 +1,7 @@
 """Importing alpaca_eval at the configured AlpacaEval version, wherever it is imported first.
 
 alpaca_eval reads IS_ALPACA_EVAL_2 once, at import, and defaults to 2 (the paper used 1); every
-stage that imports it (judges, and compare through pipeline.core.winrate) pins the version first.
+stage that imports it (judges, and compare through pipeline.metrics.winrate) pins the version first.
 """
 
 from __future__ import annotations

@@ -2,14 +2,14 @@
 
 `train(request, records)` is the whole run (Hugging Face Trainer, loss on response tokens only).
 One process (world size 1, strategy none) calls it in the pipeline process, as before; otherwise
-pipeline.core.launch starts `torchrun ... -m pipeline.core.training <request.json>` and every
+pipeline.train.launch starts `torchrun ... -m pipeline.train.training <request.json>` and every
 rank runs it. It writes only inside the stage's work directory: each rank its checkpoint files,
 rank 0 the consolidated model, loss_log.json and trained.json. The stage store (lock, .partial,
 COMPLETE) stays with the pipeline process. A kill at any point resumes bit-identically: the last
 step is always checkpointed, NEFTune noise generators are checkpointed per rank, and train_loss
 is the mean over every step from the checkpointed loss log.
 
-Run (by pipeline.core.launch): torchrun --nproc-per-node=2 -m pipeline.core.training REQUEST
+Run (by pipeline.train.launch): torchrun --nproc-per-node=2 -m pipeline.train.training REQUEST
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from pipeline.core.ranks import (
+from pipeline.train.ranks import (
     WORLD_FILE, check_world_size, exit_with_parent, last_checkpoint, noise_rng_file, rank_info,
     save_consolidated, write_rank_record,
 )
-from pipeline.core.store import write_json_atomic
-from pipeline.core.trainer_args import (
+from pipeline.store.store import write_json_atomic
+from pipeline.train.trainer_args import (
     prepare_rank0_loading, single_device, training_arguments, use_4bit, uses_fsdp,
 )
 
@@ -125,9 +125,9 @@ def train(req: TrainRequest, records: list[dict]) -> dict | None:
     """Train as configured; returns the metrics on rank 0 (None on other ranks)."""
     from transformers import Trainer, TrainerState
 
-    from pipeline.core.data import pad_batch, tokenize_examples
-    from pipeline.core.models import load_model_and_tokenizer
-    from pipeline.core.noise import attach_neftune, rank_generator
+    from pipeline.data.loading import pad_batch, tokenize_examples
+    from pipeline.models.loading import load_model_and_tokenizer
+    from pipeline.train.noise import attach_neftune, rank_generator
 
     cfg, work = req.train, Path(req.work)
     rank, local_rank, world = rank_info()

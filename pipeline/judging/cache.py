@@ -17,7 +17,7 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from pipeline.core.store import write_text_atomic
+from pipeline.store.store import write_text_atomic
 
 
 def is_valid_preference(value) -> bool:

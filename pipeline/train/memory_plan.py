@@ -223,7 +223,7 @@ def count_params(arch: dict) -> int:
 def _local_arch(model_cfg) -> dict | None:
     """The architecture dict of a tiny or local model (None for others)."""
     if model_cfg.source == "tiny" and model_cfg.arch is not None:
-        # The tiny model ties its embeddings (pipeline.core.models._build_tiny).
+        # The tiny model ties its embeddings (pipeline.models.loading._build_tiny).
         return dict(model_cfg.arch) | {"tie_word_embeddings": True}
     config = Path(str(model_cfg.id)) / "config.json"
     if model_cfg.source == "local" and config.is_file():
@@ -262,7 +262,7 @@ LORA_TRAINABLE_FRACTION = 0.024  # r=64 adapters on every linear layer: 2.4% of 
 def finetune_plan(cfg, gpu_gb: float | None = None) -> tuple[MemoryPlan, dict]:
     """The plan of `cfg`'s fine-tune (model, finetune.lora, finetune.distributed) and the kwargs
     it was made with; GPU memory `gpu_gb`, else from torch, else finetune.distributed's."""
-    from pipeline.core.launch import world_size
+    from pipeline.train.launch import world_size
 
     ft = cfg.finetune
     dist, lora = ft.distributed, ft.lora

@@ -19,17 +19,18 @@ from __future__ import annotations
 import math
 import os
 import sys
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
-LC_V1, LC_MINIMAL = "length_controlled_v1", "length_controlled_minimal"
+from pipeline.metrics.glm import (
+    LC_MINIMAL, annotation_frame, fit_minimal_design, lc_bootstrap_se,
+    minimal_glm_design, quiet_sklearn,
+)
+
+LC_V1 = "length_controlled_v1"
 LC_LABELS = {LC_V1: "LC", LC_MINIMAL: "LC (minimal GLM)"}
 HUB_REPO, GAMED_FILE = "tatsu-lab/alpaca_eval", "df_gamed.csv"
 GAMED_COLUMNS = ("index", "preference", "std_delta_len", "instruction_difficulty",
                  "not_gamed_baseline", "model")
-REQUIRED = ("preference", "output_1", "output_2")
-MIN_PAIRS = 5  # alpaca_eval cross-validates its GLM with 5 folds
 
 
 LC_SE_RESAMPLES = 100  # bootstrap refits behind the minimal GLM's standard error
@@ -49,75 +50,6 @@ def hub_offline() -> bool:
 
     value = os.environ.get("HF_HUB_OFFLINE", "")
     return value.upper() in {"1", "ON", "YES", "TRUE"} or bool(hf.HF_HUB_OFFLINE)
-
-
-def annotation_frame(annotations):
-    """A DataFrame of `annotations`, with a clear error when a field the GLM needs is missing."""
-    import pandas as pd
-
-    df = pd.DataFrame(annotations).reset_index(drop=True)
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing or df.empty:
-        raise ValueError(f"length-controlled win rate needs annotations with fields {REQUIRED}; "
-                         f"missing: {missing or 'all rows (no annotations)'}")
-    for col in ("output_1", "output_2"):
-        bad = df.index[~df[col].map(lambda x: isinstance(x, str))]
-        if len(bad):
-            raise ValueError(f"annotation {bad[0]}: '{col}' is not a string")
-    return df
-
-
-@contextmanager
-def _quiet_sklearn():
-    """sklearn config and warnings stay as they were: alpaca_eval's fit sets a global config."""
-    import sklearn
-
-    with sklearn.config_context(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # sklearn 1.8 deprecations in alpaca_eval
-        yield
-
-
-def minimal_glm_design(preferences, len_1, len_2):
-    """alpaca_eval's design matrices of its length_controlled_minimal GLM: (training rows, the
-    zero-length row). Features as alpaca_eval builds them (length difference len_1 - len_2 over
-    its standard deviation, preferences shifted to [0, 1], ties 0.5); fit_minimal_design fits
-    them with alpaca_eval's CV logistic regression and predicts at zero length difference."""
-    import numpy as np
-    import pandas as pd
-    from alpaca_eval.metrics.glm_winrate import GLM_INFO, make_dmatrix_for_model
-
-    pref = pd.Series(preferences, dtype=float).replace({0.0: 1.5}) - 1.0
-    delta = pd.Series(np.asarray(len_1, dtype=float) - np.asarray(len_2, dtype=float))
-    sd = delta.std()
-    # No spread in lengths: nothing to control for (alpaca_eval would divide by zero).
-    std_delta = delta / sd if sd > 0 else delta * 0.0
-    train = pd.DataFrame({"preference": pref.to_numpy(), "std_delta_len": std_delta.to_numpy(),
-                          "not_gamed_baseline": True})
-    test = pd.DataFrame({"not_gamed_baseline": [True], "std_delta_len": [0.0]})
-    # Rows of missing verdicts stay (fit_minimal_design drops them): row i is pair i, so that
-    # the same resampled rows of two arms are the same prompts.
-    return make_dmatrix_for_model(train, test, formula=GLM_INFO[LC_MINIMAL]["formula"])
-
-
-def fit_minimal_design(x_train, x_test, C: float | None = None) -> tuple[float, float]:
-    """Fit the minimal GLM on its design rows (CV over C, or `C` given); (LC, C)."""
-    from alpaca_eval.metrics.glm_winrate import GLM_INFO, fit_LogisticRegressionCV
-
-    x_train = x_train[x_train["preference"].notna()]
-    if len(x_train) < MIN_PAIRS:
-        raise ValueError(f"length-controlled win rate needs at least {MIN_PAIRS} judged pairs, "
-                         f"got {len(x_train)}")
-    if x_train["preference"].nunique() == 1:
-        # Unanimous verdicts leave nothing for length to explain, and alpaca_eval's duplicated-
-        # row fit degenerates there (liblinear drops the zero-weight class, prints to stdout,
-        # and returns 50 when every verdict went to the reference): LC = the raw win rate.
-        return float(x_train["preference"].iloc[0] * 100), float("nan")
-    kwargs = dict(GLM_INFO[LC_MINIMAL]["kwargs"]) if C is None else {"n_splits": 0, "C": C}
-    with _quiet_sklearn():
-        model = fit_LogisticRegressionCV(x_train, "preference", is_ytrue_proba=True, **kwargs)
-    # Every test row is the same (zero length difference), so one prediction is the mean.
-    chosen = float(model.C_[0]) if C is None else float(C)
-    return float(model.predict_proba(x_test)[0, 1] * 100), chosen
 
 
 def find_lc_data(lc_data: str | None = None) -> str | None:
@@ -189,7 +121,7 @@ def _lc_v1(df, path: str) -> tuple[float, float]:
         if col not in frame.columns:
             frame[col] = default
     # alpaca_eval downloads df_gamed.csv inside the function; hand it the local file instead.
-    with mock.patch.object(glm_winrate, "hf_hub_download", local_file), _quiet_sklearn():
+    with mock.patch.object(glm_winrate, "hf_hub_download", local_file), quiet_sklearn():
         got = glm_winrate.get_length_controlled_winrate(frame, glm_name=LC_V1,
                                                         save_weights_dir=None)
     return got["length_controlled_winrate"], got["lc_standard_error"]
@@ -232,7 +164,6 @@ def _same_generators(df) -> bool:
 
 def _minimal_lc_and_se(df) -> tuple[float, float]:
     """The minimal GLM's LC and its bootstrap SE from one design and one cross-validation."""
-    from pipeline.core.stats import lc_bootstrap_se
 
     # alpaca_eval scores a model against itself 50 by construction, without a fit; so do we.
     if _same_generators(df):

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.core.workdirs import new_tag
+from pipeline.store.workdirs import new_tag
 
 HOST = socket.gethostname()
 

@@ -3,12 +3,12 @@
 vLLM pins its own torch and transformers, so it runs in a Python environment of its own
 (generate.vllm.python). The generate stage writes a request into its work dir and starts
 
-    <python> -m pipeline.core.engines worker <request.json> <response.json>
+    <python> -m pipeline.generation.engines worker <request.json> <response.json>
 
 with this project's root on PYTHONPATH. This module imports only the standard library at top
 level, since that environment has none of the project's dependencies; an engine imports its
 library when it runs. The hf engine behind the same entry point is the in-process path
-(models.generate_batched) and tests the protocol on a CPU.
+(generation.batched.generate_batched) and tests the protocol on a CPU.
 
 request.json   {"protocol": 1, "engine": "hf" | "vllm", "model_dir": str, "dtype": str,
                 "prompts": [str, ...] (formatted prompt texts, in order),
@@ -37,10 +37,11 @@ import time
 import traceback
 from pathlib import Path
 
+from pipeline.text.logs import log_tail
+
 PROTOCOL = 1
 ENGINES = ("hf", "vllm")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # one entry per GPU the driver knows
 VENV_HINT = ("create one (python -m venv ~/vllm-env && ~/vllm-env/bin/pip install vllm) and set "
              "generate.vllm.python=~/vllm-env/bin/python, or use generate.engine=hf")
 
@@ -88,7 +89,7 @@ def generate_in_subprocess(engine: str, python: str, request: dict, work: Path,
     # Only the project on the path: an inherited PYTHONPATH could shadow the pinned torch of
     # the engine's environment with this one's.
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
-    cmd = [exe, "-m", "pipeline.core.engines", "worker", str(req), str(resp)]
+    cmd = [exe, "-m", "pipeline.generation.engines", "worker", str(req), str(resp)]
     with open(log, "w", encoding="utf-8") as fh:
         try:
             done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
@@ -110,11 +111,6 @@ def generate_in_subprocess(engine: str, python: str, request: dict, work: Path,
     return response
 
 
-def log_tail(log: Path, lines: int = 30) -> str:
-    """'its log is <log>:' and its last `lines` lines, quoted: what a worker's failure says."""
-    tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
-    return f"its log is {log}:\n" + "\n".join("  | " + line for line in tail)
-
 
 def _failure(engine: str, what: str, log: Path) -> str:
     return f"generation worker (engine {engine}) {what}; {log_tail(log)}"
@@ -135,26 +131,13 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def visible_cuda_gpus() -> int:
-    """CUDA GPUs this process may use: torch's count, else the NVIDIA driver's (a CPU-only
-    torch on a GPU node), limited by CUDA_VISIBLE_DEVICES."""
-    try:
-        import torch
 
-        if torch.cuda.is_available():
-            return torch.cuda.device_count()
-    except ImportError:
-        pass
-    n = len(list(NVIDIA_GPUS.iterdir())) if NVIDIA_GPUS.is_dir() else 0
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        ids = []
-        for v in visible.split(","):  # CUDA stops at the first invalid entry ("-1" hides all)
-            if not v.strip() or v.strip().startswith("-"):
-                break
-            ids.append(v)
-        n = min(n, len(ids))
-    return n
+def visible_cuda_gpus() -> int:
+    """CUDA GPUs this process may use (models.devices); imported here, not at the top, because
+    the worker side of this module runs on the standard library alone."""
+    from pipeline.models.devices import visible_cuda_gpus as count
+
+    return count()
 
 
 def _has_module(python: str, module: str) -> bool:
@@ -193,8 +176,9 @@ def check_engine(engine: str, python: str | None = None, tensor_parallel_size: i
 def _hf_engine(request: dict) -> dict:
     import transformers
 
-    from pipeline.core.devices import compute_device
-    from pipeline.core.models import generate_batched, load_model_and_tokenizer
+    from pipeline.models.devices import compute_device
+    from pipeline.models.loading import load_model_and_tokenizer
+    from pipeline.generation.batched import generate_batched
 
     dec = request["decoding"]
     model, tok = load_model_and_tokenizer(request["model_dir"], request["dtype"],
@@ -264,7 +248,7 @@ def run_worker(request_path: str, response_path: str) -> int:
 def main(argv: list[str]) -> int:
     """Command line: `worker <request.json> <response.json>`."""
     if len(argv) != 3 or argv[0] != "worker":
-        print("usage: python -m pipeline.core.engines worker <request.json> <response.json>",
+        print("usage: python -m pipeline.generation.engines worker <request.json> <response.json>",
               file=sys.stderr)
         return 2
     return run_worker(argv[1], argv[2])

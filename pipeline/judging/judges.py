@@ -18,13 +18,13 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.core.alpaca_import import (  # noqa: F401  (JudgeError is imported from here too)
+from pipeline.judging.alpaca_import import (  # noqa: F401  (JudgeError is imported from here too)
     JudgeError, import_alpaca_eval, pin_alpaca_eval_version,
 )
-from pipeline.core.data import ASSETS, check_encodable
-from pipeline.core.devices import compute_device, device_key_params, inference_placement
-from pipeline.core.models import DTYPES, base_model_dir, validate_model
-from pipeline.core.store import StageResult, Store, write_text_atomic
+from pipeline.data.loading import ASSETS, check_encodable
+from pipeline.models.devices import compute_device, device_key_params, inference_placement
+from pipeline.models.loading import DTYPES, base_model_dir, validate_model
+from pipeline.store.store import StageResult, Store, write_text_atomic
 
 KINDS = ("local", "openai", "openai_compatible")
 ANNOTATORS_DIR = ASSETS / "annotators"
@@ -108,7 +108,7 @@ def local_judge_completions(model_dir: str, dtype: str, batch_size: int, max_pro
     tok.padding_side, tok.truncation_side = "left", "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    device = compute_device()  # the one place that decides (pipeline/core/devices.py)
+    device = compute_device()  # the one place that decides (pipeline/models/devices.py)
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=DTYPES[dtype], **inference_placement(device)).eval()
     ids = [tok.encode(c, add_special_tokens=False)[-1] for c in ("a", "b")]
@@ -139,7 +139,7 @@ def annotator(judge_cfg, work: Path, cache: Store, fn_completions=None):
     An API key is handed to alpaca_eval in memory only; no file written here contains it.
     """
     alpaca_eval = import_alpaca_eval(judge_cfg.alpaca_eval_version)
-    from pipeline.core.judge_cache import annotator_class
+    from pipeline.judging.cache import annotator_class
 
     kwargs = {
         "caching_path": str(work / "annotations.json"),
@@ -249,7 +249,7 @@ def judge_pairs(annotator, pairs: list[dict], both_orders: bool) -> list[dict]:
 
 
 def _raise_if_invalid(annotator, scored: list[dict], fields: list[str]) -> None:
-    from pipeline.core.judge_cache import invalid_verdicts_message
+    from pipeline.judging.cache import invalid_verdicts_message
 
     message = invalid_verdicts_message(annotator, scored, fields)
     if message:
@@ -292,7 +292,7 @@ def pairs_against(outputs: list[dict], reference: Reference, where: str) -> list
 def judge_key_params(judge_cfg) -> dict:
     """The judge's part of a stage key: its config, and for a local judge its device where it is
     not the CPU (a GPU's numerics can flip a close verdict)."""
-    from pipeline.core.config import config_params
+    from pipeline.config.schema import config_params
 
     params = {"judge": config_params(judge_cfg)}
     if judge_cfg.kind == "local":

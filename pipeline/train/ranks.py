@@ -1,7 +1,7 @@
 """What a rank of a multi-process fine-tune needs besides the Trainer: who it is, complete
 checkpoints of the world it was written by, consolidated weights, and dying with its launcher.
 
-Used by pipeline.core.training in the pipeline process (world size 1) and in torchrun workers.
+Used by pipeline.train.training in the pipeline process (world size 1) and in torchrun workers.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.core.store import write_json_atomic
+from pipeline.store.store import write_json_atomic
 
 WORLD_FILE = "world_size.json"  # in checkpoints/: the world size the checkpoints were written by
 
@@ -95,7 +95,7 @@ def full_state_dict(model) -> dict | None:
 def save_consolidated(model, out: Path, is_main: bool, dtype: str | None = None) -> None:
     """Write `model` (sharded or not) as plain safetensors that any loader reads, its floating
     tensors in `dtype` (FSDP's fp32 master weights are a training device, not the result)."""
-    from pipeline.core.devices import DTYPES
+    from pipeline.models.devices import DTYPES
 
     state = full_state_dict(model)
     if is_main:
