@@ -10,53 +10,29 @@ one Step below.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from types import ModuleType
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
 from pipeline.models.devices import resolve_precision
-from pipeline.judging.judges import Reference, reference_from_stage
+from pipeline.judging.judges import reference_from_stage
 from pipeline.train.noise import noise_label, noise_params
-from pipeline.store.store import StageResult, Store
+from pipeline.store.store import StageResult
 from pipeline.results.points import Arm, Comparison, Effect, StageRef, Variant
+from pipeline.stages.contract import ArmPair, ArmSpec, Call, Context, Stage
 from pipeline.stages import (
     alpaca_eval_stage, analysis, compare, finetune, generate, judge_calibration, openllm, overfit,
 )
+from pipeline.text.logs import get_logger
 
-
-@dataclass(frozen=True)
-class ArmSpec:
-    """One model to train: a noise setting and a seed."""
-
-    name: str
-    noise: Any  # a noise config node
-    seed: int
-    baseline: bool
-
-
-@dataclass(frozen=True)
-class Call:
-    """What a stage's `run` is asked to do: for which arm, on which upstream results."""
-
-    arm: ArmSpec
-    upstream: dict[str, StageResult]
-    variant: str | None = None  # a length_control.variants name (Table 5)
-    reference: Reference | None = None  # judge against this instead of generate.reference
-
-
-@dataclass(frozen=True)
-class Context:
-    store: Store
-    cache: Store
-    report_to: list[str] = field(default_factory=list)  # the Trainer's loggers
+LOG = get_logger("plan")
 
 
 @dataclass(frozen=True)
 class Step:
     stage: str  # name under which the result is kept (a chain's upstream, a point's stages)
-    module: ModuleType  # pipeline.stages.<module> with check(cfg) and run(cfg, ctx, call)
+    module: Stage  # pipeline.stages.<module> (stages/contract.py)
     enabled: Callable[[Any], bool]  # does this config run it?
 
 
@@ -77,6 +53,7 @@ VARIANT_CHAIN = tuple(s for s in ARM_CHAIN if s.stage in ("generate", "alpaca_ev
 COMPARISON = Step("head_to_head", alpaca_eval_stage, lambda cfg: cfg.head_to_head)
 # Per non-baseline arm, pooled over seeds: +NEFT minus base with paired-bootstrap CIs.
 EFFECT = Step("compare", compare, _always)
+COMPARED = ("alpaca_eval", "analysis", "openllm")  # the stages an effect pairs, seed by seed
 POINT_STEPS = (
     Step("train_analysis", analysis, _always),  # Table 4's training-data row
     Step("judge_calibration", judge_calibration, judge_calibration.enabled),  # trust in the judge
@@ -107,7 +84,7 @@ def _ref(result: StageResult) -> StageRef:
 
 def _say(stage: str, label: str, result: StageResult) -> None:
     how = "reused" if result.reused else "computed"
-    print(f"[{stage}] {label}: {how} -> {result.path}", flush=True)
+    LOG.info("[%s] %s: %s -> %s", stage, label, how, result.path)
 
 
 def _walk(cfg, ctx: Context, chain, call: Call, label: str) -> dict[str, StageResult]:
@@ -125,19 +102,17 @@ def _effects(cfg, ctx: Context, results: dict) -> list[Effect]:
     effects = []
     treated_names = dict.fromkeys(s.name for s in results if not s.baseline)
     for name in treated_names if EFFECT.enabled(cfg) else ():
-        upstream, seeds = {}, []
+        pairs = []
         for spec in (s for s in results if s.name == name):
             base = next(s for s in results if s.baseline and s.seed == spec.seed)
-            i = len(seeds)
-            seeds.append(spec.seed)
-            for stage in ("alpaca_eval", "analysis", "openllm"):
-                if stage in results[base] and stage in results[spec]:
-                    upstream[f"base_{stage}_{i}"] = results[base][stage]
-                    upstream[f"{stage}_{i}"] = results[spec][stage]
+            shared = [k for k in COMPARED if k in results[base] and k in results[spec]]
+            pairs.append(ArmPair(spec.seed, {k: results[base][k] for k in shared},
+                                 {k: results[spec][k] for k in shared}))
         spec = next(s for s in results if s.name == name)
-        result = EFFECT.module.run(cfg, ctx, Call(spec, upstream))
+        result = EFFECT.module.run(cfg, ctx, Call(spec, {}, pairs=tuple(pairs)))
         _say(EFFECT.stage, f"{name} vs base", result)
-        effects.append(Effect(name, "base", seeds, {EFFECT.stage: _ref(result)}))
+        effects.append(Effect(name, "base", [p.seed for p in pairs],
+                              {EFFECT.stage: _ref(result)}))
     return effects
 
 

@@ -35,7 +35,7 @@ from pipeline.cluster.needs import Item, config_items
 from pipeline.cluster.points import experiment_point_configs
 
 SOURCE_ENV = "NEFTUNE_PREFETCH_SOURCE"
-KIND_ORDER = ("model", "dataset", "hub_file", "file", "config")
+KIND_ORDER = ("model", "dataset", "hub_file", "calibration", "file", "config")
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
@@ -65,10 +65,11 @@ def caches() -> dict[str, str]:
             "HF_DATASETS_CACHE": str(datasets.config.HF_DATASETS_CACHE)}
 
 
-def point_label(point: list[str], overrides: list[str]) -> str:
-    """A point named by the overrides the sweep added to the user's."""
+def point_label(point: list[str], overrides: list[str], name: str | None = None) -> str:
+    """A point named by its point_name (hydra.sweeper.grids give every paper point one), else
+    by the overrides the sweep added to the user's."""
     added = [o for o in point if o not in overrides]
-    return " ".join(added) or "(single run)"
+    return name or " ".join(added) or "(single run)"
 
 
 def needed_items(overrides: list[str]) -> tuple[int, dict[Item, list[str]]]:
@@ -77,7 +78,7 @@ def needed_items(overrides: list[str]) -> tuple[int, dict[Item, list[str]]]:
     needed: dict[Item, list[str]] = {}
     points = experiment_point_configs(overrides)
     for point, cfg in points:
-        label = point_label(point, overrides)
+        label = point_label(point, overrides, cfg.point_name)
         for item in config_items(cfg):
             users = needed.setdefault(item, [])
             if label not in users:

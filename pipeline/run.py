@@ -36,7 +36,8 @@ def run_point(cfg: DictConfig, tracker: Tracker):
     """Check every stage, then run the plan of one point; returns the typed Point."""
     from pipeline.judging.judges import load_reference
     from pipeline.train.launch import world_size
-    from pipeline.plan import Context, check_all, run_plan
+    from pipeline.plan import check_all, run_plan
+    from pipeline.stages.contract import Context
     from pipeline.results.points import Point
 
     check_all(cfg)  # cheap checks first: a typo or a missing key must not cost a training run
@@ -110,7 +111,7 @@ def main(cfg: DictConfig) -> None:
     if hydra_cfg.mode == RunMode.MULTIRUN:  # rerun just this point, not the whole sweep
         point.overrides.append("hydra.mode=RUN")
     point.choices = dict(hydra_cfg.runtime.choices)
-    point.config = OmegaConf.to_container(cfg, resolve=True)
+    point.config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     out = Path(cfg.paths.results) / cfg.experiment.name
     (out / "points").mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "points" / f"{point.id}.json", point.to_json())

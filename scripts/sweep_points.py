@@ -14,16 +14,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def sweep_points(overrides: list[str]) -> list[list[str]]:
     """Override lists, one per point: the given overrides, hydra.mode=RUN and the point's own values."""
     from hydra import compose, initialize_config_dir
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
 
+    from pipeline.cluster.points import expand_grids  # the run's sweeper expands the same way
     from pipeline.run import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    params = cfg.hydra.sweeper.params or {}
-    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
-    points = [combo for batch in BasicSweeper.split_arguments(parsed, None) for combo in batch]
+    points = expand_grids(cfg.hydra.sweeper.params,
+                          OmegaConf.select(cfg, "hydra.sweeper.grids", default=None), [])
     return [[*overrides, "hydra.mode=RUN", *combo] for combo in points] or [[*overrides, "hydra.mode=RUN"]]
 
 

@@ -12,6 +12,7 @@ from composed import composed
 from omegaconf import OmegaConf
 
 from pipeline.cluster.jobs import group_arrays, point_job
+from pipeline.cluster.points import experiment_point_configs
 from pipeline.train import launch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,12 +36,12 @@ def test_the_paper_dry_run_lists_every_point_with_resources_that_fit(sharegpt, t
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert "48 of 48 point(s) can run" in out and "CANNOT RUN" not in out
-    assert "#17 table2_llama2_13b (array 1): 1 node(s) x 4 GPU(s), 1 task/node, 32 CPUs" in out
-    assert "#18 table2_llama2_70b (array 2): 2 node(s) x 8 GPU(s), 1 task/node, 64 CPUs" in out
+    assert "#16 table2_llama2_13b (array 1): 1 node(s) x 4 GPU(s), 1 task/node, 32 CPUs" in out
+    assert "#17 table2_llama2_70b (array 2): 2 node(s) x 8 GPU(s), 1 task/node, 64 CPUs" in out
     assert ("array 1: --nodes=1 --ntasks-per-node=1 --gpus-per-node=4 --cpus-per-task=32 "
-            "--mem=64G --time=1440  (1 points: #17)") in out
+            "--mem=64G --time=1440  (1 points: #16)") in out
     assert "array 2: --nodes=2 --ntasks-per-node=1 --gpus-per-node=8" in out
-    point_70b = out[out.index("#18 table2_llama2_70b"):out.index("#19 ")]
+    point_70b = out[out.index("#17 table2_llama2_70b"):out.index("#18 ")]
     for term in ("weights", "gradients", "AdamW states", "master copies", "AdamW temporary",
                  "DDP buckets", "activations"):
         assert f"  {term} " in point_70b
@@ -81,10 +82,10 @@ def test_sharegpt_unset_is_named_and_set_reaches_only_the_sharegpt_point():
     assert done.returncode != 0
     assert "#3 table1_sharegpt: paths.sharegpt_train is not set" in done.stderr
     assert "table1_alpaca:" not in done.stderr
-    points = OmegaConf.load(ROOT / "conf/experiment/paper_table1.yaml").hydra.sweeper.params
-    trains = {p: composed("experiment=paper_table1", f"+point={p}",
-                          "paths.sharegpt_train=/data/X.json").data.train
-              for p in points["+point"].split(",")}
+    points = experiment_point_configs(["experiment=paper_table1",
+                                       "paths.sharegpt_train=/data/X.json"])
+    trains = {cfg.point_name: cfg.data.train for _, cfg in points}
+    assert len(trains) == 4
     assert trains["table1_sharegpt"] == "/data/X.json"
     assert all(t.startswith("hf:") for p, t in trains.items() if p != "table1_sharegpt")
 

@@ -159,19 +159,20 @@ def test_every_experiment_and_sweep_point_composes():
 
 
 def test_paper_table1_points_have_the_papers_alpha_per_dataset():
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        got = {}
-        for point in ("table1_alpaca", "table1_evol_instruct", "table1_sharegpt", "table1_open_platypus"):
-            cfg = compose("config", overrides=["experiment=paper_table1", f"+point={point}"])
-            assert (cfg.model.id, cfg.judge.name, cfg.judge.alpaca_eval_version) == ("meta-llama/Llama-2-7b-hf", "alpaca_eval_gpt4", 1)
-            assert cfg.finetune.learning_rate == 5e-5 and cfg.openllm.name == "leaderboard_v1"
-            got[cfg.data.name] = cfg.noise.alpha
+    from pipeline.cluster.points import experiment_point_configs
+
+    got = {}
+    for _, cfg in experiment_point_configs(["experiment=paper_table1"]):
+        assert (cfg.model.id, cfg.judge.name, cfg.judge.alpaca_eval_version) == ("meta-llama/Llama-2-7b-hf", "alpaca_eval_gpt4", 1)
+        assert cfg.finetune.learning_rate == 5e-5 and cfg.openllm.name == "leaderboard_v1"
+        got[cfg.data.name] = cfg.noise.alpha
     assert got == {"alpaca": 5, "evol-instruct": 5, "sharegpt": 10, "open-platypus": 15}
 
 
 def test_alpha_grid_has_the_baseline_and_three_alphas():
     lines = [" ".join(p) for p in sweep_and_experiment_overrides() if "sweep=alpha_grid" in p]
-    assert [line.split()[-1] for line in lines] == ["+point=off", "+point=uniform5", "+point=uniform10", "+point=uniform15"]
+    assert [line.split()[-2:] for line in lines] == [["noise.kind=none", "noise.alpha=0"]] + [
+        ["noise.kind=uniform", f"noise.alpha={a}"] for a in (5, 10, 15)]
 
 
 def test_slurm_launcher_selects_submitit_with_arrays():

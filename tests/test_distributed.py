@@ -20,7 +20,8 @@ from composed import composed
 from pipeline.train.launch import LaunchError, accumulation_steps, command, world_size
 from pipeline.train.noise import rank_generator
 from pipeline.store.store import Store
-from pipeline.plan import Call, Context, arm_specs
+from pipeline.plan import arm_specs
+from pipeline.stages.contract import Call, Context
 from pipeline.stages import finetune, generate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -71,8 +71,7 @@ def test_worker_module_needs_only_the_standard_library(tmp_path):
     done = subprocess.run(worker, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 1, done.stderr
     assert json.loads(resp.read_text()) == {
-        "protocol": 1, "error": "ValueError: engine 'nonesuch' is unknown; use one of "
-                                "('hf', 'vllm')"}
+        "protocol": 1, "error": "ValueError: engine 'nonesuch' is unknown; registered: hf, vllm"}
     usage = subprocess.run([sys.executable, "-S", "-m", "pipeline.generation.engines"], env=env,
                            capture_output=True, text=True, check=False)
     assert usage.returncode == 2 and "usage:" in usage.stderr
@@ -156,7 +155,7 @@ def test_the_stage_through_the_worker_writes_the_same_outputs_json(tiny, tmp_pat
         seen.update(engine=engine, python=python, options=request["options"])
         return generate_in_subprocess("hf", sys.executable, request, work)
 
-    monkeypatch.setattr(generate_stage, "generate_in_subprocess", hf_behind_worker)
+    monkeypatch.setattr(engines, "generate_in_subprocess", hf_behind_worker)
     gen = OmegaConf.merge(cfg.generate, {"engine": "vllm", "vllm": {"python": "/venv/python"}})
     worker = generate_stage.generate(finetuned, gen, cfg.model.dtype, store)
 
@@ -223,7 +222,9 @@ def test_check_passes_the_default_and_explains_every_vllm_misconfiguration(tmp_p
             generate_stage.check(composed("model=tiny", "generate=tiny", *overrides))
         return str(err.value)
 
-    assert "use one of ('hf', 'vllm')" in fails("generate.engine=tgi")
+    msg = fails("generate.engine=tgi")
+    assert "generate.engine='tgi' is unknown; registered engines: hf, vllm" in msg
+    assert "pipeline/generation/engine_kinds/tgi.py" in msg and "@register_engine('tgi')" in msg
     msg = fails("generate.engine=vllm")
     assert "generate.vllm.python is not set" in msg and "pip install vllm" in msg
     assert "generate.engine=hf" in msg

@@ -55,8 +55,20 @@ def test_tiny_run_trains_both_arms_generates_in_order_and_reruns_from_the_store(
     base, neft = (json.loads((p / "metrics.json").read_text()) for p in finetunes)
     assert (base["noise_alpha"], neft["noise_alpha"]) == (0.0, 5.0)
     assert base["train_loss"] != neft["train_loss"]  # noise changed training
-
     judged = stage_dirs(store, "alpaca_eval")
+    _assert_judged_and_tabled(store, judged)
+    _assert_logged_to_wandb(store, finetunes, generates)
+
+    mtimes = {p: (p / "COMPLETE").stat().st_mtime for p in finetunes + generates + judged}
+    second = run_pipeline(store, *TINY)
+    assert second.returncode == 0, second.stderr[-3000:]
+    # 2 arms x (finetune, generate, judge, analysis, openllm) + head to head + compare + train + calibration
+    assert second.stdout.count(": reused ->") == 14 and ": computed ->" not in second.stdout
+    assert {p: (p / "COMPLETE").stat().st_mtime for p in finetunes + generates + judged} == mtimes
+
+
+def _assert_judged_and_tabled(store: Path, judged: list[Path]) -> None:
+    """Three judged stages with every verdict kept; tables and figures with the tiny numbers."""
     assert len(judged) == 3  # base and +NEFT vs the reference, +NEFT vs base
     for stage in judged:
         metrics = json.loads((stage / "metrics.json").read_text())
@@ -74,7 +86,10 @@ def test_tiny_run_trains_both_arms_generates_in_order_and_reruns_from_the_store(
     for png in ("winrate.png", "lengths.png", "openllm.png"):
         assert (results / png).stat().st_size > 1000
 
-    # W&B (offline by default): one run per stage execution, read back from the offline run files.
+
+def _assert_logged_to_wandb(store: Path, finetunes: list[Path], generates: list[Path]) -> None:
+    """W&B (offline by default): one run per stage execution, read back from the offline run files."""
+    results = store / "results" / "default"
     runs = {r["name"]: r for r in map(read_run, (store / "wandb" / "wandb").glob("offline-run-*"))}
     for ft in finetunes:
         run = runs[ft.name]
@@ -94,13 +109,6 @@ def test_tiny_run_trains_both_arms_generates_in_order_and_reruns_from_the_store(
     assert {"table1", "table4", "figure3", "noise_grid"} <= set(logged_tables)
     logged_images = {k.rsplit("/", 1)[0] for row in tables_run["history"] for k in row if k.endswith("/_type") and row[k] == "image-file"}
     assert logged_images == {"figure/winrate", "figure/lengths", "figure/openllm"}
-
-    mtimes = {p: (p / "COMPLETE").stat().st_mtime for p in finetunes + generates + judged}
-    second = run_pipeline(store, *TINY)
-    assert second.returncode == 0, second.stderr[-3000:]
-    # 2 arms x (finetune, generate, judge, analysis, openllm) + head to head + compare + train + calibration
-    assert second.stdout.count(": reused ->") == 14 and ": computed ->" not in second.stdout
-    assert {p: (p / "COMPLETE").stat().st_mtime for p in finetunes + generates + judged} == mtimes
 
 
 def test_a_table_number_leads_to_the_stage_that_computed_it(tmp_path):

@@ -62,7 +62,8 @@ def _rows(out: str) -> dict[str, list[str]]:
 
 def test_fetcher_registry_by_kind_and_origin(tmp_path):
     """One fetcher per (kind, origin); --source switches the hub kinds to the mirror ones."""
-    assert {k for k, _ in FETCHERS} == {"model", "dataset", "hub_file", "file", "config"}
+    assert {k for k, _ in FETCHERS} == {"model", "dataset", "hub_file", "calibration", "file",
+                                        "config"}
     assert isinstance(fetcher_for("model", tmp_path), MirrorModel)
     assert isinstance(fetcher_for("dataset", tmp_path), MirrorDataset)
     assert type(fetcher_for("model", None)).__name__ == "HubModel"
@@ -129,8 +130,7 @@ def test_dry_run_lists_every_paper_model(capsys):
                                       for p in (ROOT / "conf/model").glob("*.yaml"))
                 if cfg.get("source", "hub") == "hub"}
     assert "meta-llama/Llama-2-7b-hf" in expected and "facebook/opt-6.7b" in expected
-    experiment = yaml.safe_load((ROOT / "conf/experiment/paper_all.yaml").read_text())
-    n_points = len(experiment["hydra"]["sweeper"]["params"]["+point"].split(","))
+    n_points = 48  # Figure 2: 12, Figure 4: 1, Tables 1: 4, 2: 3, 3: 15, 5: 1, 6: 12
 
     assert main(["experiment=paper_all", "--dry-run"]) == 0
     out = capsys.readouterr().out

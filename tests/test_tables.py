@@ -157,12 +157,12 @@ def test_sections_without_points_say_so(tmp_path):
     assert not (tmp_path / "table3.csv").exists()
 
 
-def test_a_point_file_of_another_schema_is_refused_with_the_fix(tmp_path, capsys):
+def test_a_point_file_of_another_schema_is_refused_with_the_fix(tmp_path, caplog):
     (tmp_path / "points").mkdir()
     (tmp_path / "points" / "old.json").write_text(json.dumps({"id": "x", "base": {}}))
     with pytest.raises(RuntimeError, match="no usable point files"):
         write_results(tmp_path)
-    assert re.search("skipped point file .*old.json.*rerun its point", capsys.readouterr().out)
+    assert re.search("skipped point file .*old.json.*rerun its point", caplog.text)
 
 
 SHARED_PAPER = Path(__file__).resolve().parents[2] / "shared" / "paper_numbers.md"
@@ -267,3 +267,16 @@ def test_every_null_finding_gives_its_detectable_effect_and_the_prompts_for_the_
     # compare version 3 keeps lm-eval differences in points: shown as they are
     assert "lm-eval arc: +6.2 points (95% CI -6.2 to +18.8, n=16 questions)" in text
     assert "it could detect changes of ±16.8 points or more" in text
+
+
+def test_a_new_stage_gets_a_table_from_one_table_spec():
+    """arm_metrics builds any per-arm stage's table; each cell keeps the stage key it came from."""
+    from pipeline.results.model_tables import arm_metrics, has_stage
+
+    p = point("main", "neft-uniform5", 5, 47.0)
+    table = arm_metrics("alpaca_eval", ("win_rate", "n_total"), "caption")([p], {})
+    assert table.header == ["model, data", "arm", "win_rate", "n_total"]
+    assert [r[:2] for r in table.rows] == [["m, default", "base"], ["m, default", "neft-uniform5"]]
+    assert [r[2].text for r in table.rows] == ["40.00", "47.00"]
+    assert table.rows[1][2].keys == (p.arms[1].stages["alpaca_eval"].key,)
+    assert has_stage("alpaca_eval")(p) and not has_stage("overfit")(p)

@@ -103,11 +103,11 @@ def _checkpoint(root: Path, step: int, state: str) -> None:
 
 
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_naming_the_file(tmp_path,
-                                                                               capsys):
+                                                                               caplog):
     _checkpoint(tmp_path, 8, json.dumps({"global_step": 8}))
     _checkpoint(tmp_path, 12, "")  # what a kill inside the Trainer's in-place write leaves
     assert last_checkpoint(tmp_path).name == "checkpoint-8"
-    assert str(tmp_path / "checkpoint-12" / "trainer_state.json") in capsys.readouterr().out
+    assert str(tmp_path / "checkpoint-12" / "trainer_state.json") in caplog.text
     (tmp_path / "checkpoint-8" / "trainer_state.json").write_text('{"global_')
     assert last_checkpoint(tmp_path) is None  # nothing whole: train from the start
 
@@ -119,7 +119,7 @@ def test_the_stage_hands_the_gpu_back_after_an_in_process_finetune(tmp_path, mon
     from pipeline.models import devices
     from pipeline.models import loading as models
     from pipeline.store.store import Store
-    from pipeline.plan import ArmSpec, Call, Context
+    from pipeline.stages.contract import ArmSpec, Call, Context
     from pipeline.stages import finetune
 
     alive, released = [], []

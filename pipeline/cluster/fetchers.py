@@ -9,8 +9,9 @@ network, whether it is there already. Two origins:
   mirror  a local directory laid out like the hub (DIR/models/<org>/<name>/...,
           DIR/datasets/<org>/<name>/...), written into the same caches in the same layout
           (pipeline/cluster/mirror.py): for tests, and for sites that keep a hub mirror on disk
-Kinds: model, dataset, hub_file (one file of a hub repo), file (a local path the run reads:
-checked, cannot be downloaded), config (a required key left unset: always fails, naming it).
+Kinds: model, dataset, hub_file (one file of a hub repo), calibration (published calibration
+pairs, from GitHub into paths.cache), file (a local path the run reads: checked, cannot be
+downloaded), config (a required key left unset: always fails, naming it).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from pipeline.cluster.needs import Item
+from pipeline.judging.calibration_source import cached, download, published
 
 HUB, MIRROR = "hub", "mirror"
 # Formats a PyTorch job never loads; with safetensors present the .bin copies are skipped too
@@ -171,6 +173,22 @@ class HubDataset(Fetcher):
         datasets.load_dataset(item.id, item.name, revision=item.revision, **load_kwargs(item))
 
 
+@register("calibration", HUB, MIRROR)
+class PublishedPairs(Fetcher):
+    """Published judge-calibration pairs (calibration.pairs=<name>@<commit>): raw GitHub files
+    into <paths.cache>/calibration/, sha256-checked (pipeline/judging/calibration_source.py).
+    From GitHub with --source too: a hub mirror holds no GitHub files."""
+
+    def where(self, item: Item) -> Path:
+        return published(item.id).cache_dir(item.name)
+
+    def present(self, item: Item) -> bool:
+        return cached(published(item.id), item.name) is not None
+
+    def fetch(self, item: Item) -> None:
+        download(published(item.id), item.name)
+
+
 @register("file", HUB, MIRROR)
 class LocalFile(Fetcher):
     """A local file or folder the run reads (reference outputs, calibration pairs, a local
@@ -227,5 +245,3 @@ def explain(err: Exception) -> str:
     text = " ".join(str(err).split())
     return f"{type(err).__name__}: {text[:300]}"
 
-
-from pipeline.cluster import mirror as _mirror  # noqa: E402,F401  (registers the mirror fetchers)

@@ -9,6 +9,8 @@ Read from the places the pipeline downloads or reads something at run time:
                               dataset_name, **dataset_kwargs) of every task in each group
   judge.lc_data=hub           winrate.find_lc_data: hf_hub_download(tatsu-lab/alpaca_eval,
                               df_gamed.csv)
+  calibration.pairs=<name>@<commit>
+                              judging.calibration_source: GitHub raw files into paths.cache
   generate.reference, calibration.pairs, judge.lc_data=<path>, model.source=local
                               local files the run reads: checked, not downloadable
 Sources shipped with the project (pkg:...), tiny and gguf_package models need nothing.
@@ -23,6 +25,7 @@ from functools import lru_cache
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pipeline.judging.calibration_source import published
 from pipeline.metrics.winrate import GAMED_FILE, HUB_REPO
 
 
@@ -31,10 +34,10 @@ class Item:
     """One thing to have before a run; equal items (same kind, repo, revision, config, file,
     load kwargs) are fetched once however many points need them."""
 
-    kind: str  # model | dataset | hub_file | file | config (see pipeline/cluster/fetchers.py)
-    id: str  # hub repo id, local path, or the config key that is not set
+    kind: str  # model | dataset | hub_file | calibration | file | config (cluster/fetchers.py)
+    id: str  # hub repo id, local path, calibration source, or the config key that is not set
     revision: str | None = None  # hub revision (null = main)
-    name: str | None = None  # dataset config name, or the file inside a hub repo
+    name: str | None = None  # dataset config name, file inside a hub repo, or the cache root
     repo_type: str = "model"  # model | dataset (hub repos)
     kwargs: str = ""  # extra load_dataset kwargs as JSON (lm-eval's dataset_kwargs)
     optional: bool = field(default=False, compare=False)  # the run goes on without it
@@ -109,8 +112,13 @@ def _data_needs(cfg) -> list[Item]:
 
 
 def _calibration_needs(cfg) -> list[Item]:
-    # A missing calibration set only leaves the judge uncalibrated (judge_calibration.check).
-    return [Item("file", cfg.calibration.pairs, optional=True)] if cfg.calibration.enabled else []
+    # A missing calibration set only leaves the judge uncalibrated (judge_calibration.enabled).
+    if not cfg.calibration.enabled:
+        return []
+    pairs = cfg.calibration.pairs
+    if published(pairs) is not None:  # downloaded into paths.cache, where the run looks for it
+        return [Item("calibration", pairs, name=str(_value(cfg, "paths.cache")), optional=True)]
+    return [Item("file", pairs, optional=True)]
 
 
 @lru_cache(maxsize=1)

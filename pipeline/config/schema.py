@@ -4,6 +4,9 @@ Registered in Hydra's ConfigStore as `schema` (conf/config.yaml lists it first),
 conf/ holds only what differs from these defaults, and an unknown key or a value of the wrong type
 fails when the config is composed, before any work starts.
 Show the composed config: python -m pipeline.run --cfg job
+
+Fixed choices are Enums of pipeline/config/choices.py (a typo fails at composition); choices
+from a registry (noise.kind, judge.kind, generate.engine) are str, checked in the stages' check.
 """
 
 from __future__ import annotations
@@ -13,6 +16,19 @@ from typing import Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from pipeline.config.choices import (  # noqa: F401  (plain is imported from here too)
+    Definition,
+    Dtype,
+    LoggerMode,
+    ModelSource,
+    NoiseLength,
+    Sampling,
+    Strategy,
+    TaskSet,
+    Verify,
+    plain,
+)
 
 
 @dataclass
@@ -31,11 +47,11 @@ class TinyArch:
 @dataclass
 class ModelConfig:
     name: str = MISSING  # readable name in stage keys and tables
-    source: str = "hub"  # hub | local | gguf_package | tiny
+    source: ModelSource = ModelSource.hub  # hub | local | gguf_package | tiny
     id: Optional[str] = None  # hub id, local dir, or <python package>/<file.gguf>
     revision: Optional[str] = None  # hub revision; null = main
-    dtype: str = "auto"  # auto: bf16 where native (CUDA, AMX/AVX512-BF16 CPUs), else float32 |
-    # float32 | bfloat16 | float16; the resolved dtype enters stage keys (pipeline/models/devices.py)
+    dtype: Dtype = Dtype.auto  # auto: bf16 where native (CUDA, AMX/AVX512-BF16 CPUs), else
+    # float32 | float32 | bfloat16 | float16; the resolved dtype enters stage keys (models/devices)
     arch: Optional[TinyArch] = None  # only for source=tiny
 
 
@@ -50,9 +66,9 @@ class DataConfig:
 
 @dataclass
 class NoiseConfig:
-    kind: str = "uniform"  # none | uniform | gaussian; kind none or alpha 0 is the baseline
+    kind: str = "uniform"  # none | a kind of pipeline/train/noise_kinds/; none or alpha 0: baseline
     alpha: float = 5.0  # noise scale alpha (>= 0); the paper uses 5, 10, 15
-    length: str = "per_example"  # per_example: real length, no noise on padding | padded: HF hook
+    length: NoiseLength = NoiseLength.per_example  # per_example: no noise on padding | padded
 
 
 @dataclass
@@ -68,7 +84,7 @@ class LoraConfig:
 
 @dataclass
 class FsdpConfig:
-    sharding: str = "full_shard"  # FSDP2: full_shard (reshard after forward) | shard_grad_op
+    sharding: str = "full_shard"  # FSDP2: full_shard | shard_grad_op (checked: hybrid is FSDP1)
     fp32_master_weights: bool = False  # true: fp32 masters, grads, AdamW + bf16 compute (16
     # B/param, Trainer bf16 mixed precision); false: all in bf16 (8 B/param, the paper's code)
     cpu_offload: bool = False  # weights and optimiser states in CPU memory: fits more, slower
@@ -79,7 +95,7 @@ class FsdpConfig:
 class DistributedConfig:
     nproc_per_node: str = "1"  # processes per node: a number | auto (one per visible GPU)
     nnodes: int = 1  # nodes; > 1: srun starts torchrun on each (slurm/finetune_multinode.sbatch)
-    strategy: str = "none"  # none: one process | ddp: a full copy per GPU | fsdp: sharded (GPUs)
+    strategy: Strategy = Strategy.none  # none: 1 process | ddp: copy per GPU | fsdp: sharded
     rdzv_port: int = 29400  # c10d rendezvous port on the first node (nnodes > 1)
     rdzv_endpoint: Optional[str] = None  # host:port; null = the SLURM job's first host:rdzv_port
     gpu_memory_gb: Optional[float] = None  # GB per GPU for the memory plan where torch sees no GPU
@@ -108,7 +124,7 @@ class FinetuneConfig:
     gradient_checkpointing: bool = True  # trade compute for memory
     logging_steps: int = 10  # loss log interval in optimiser steps
     save_steps: int = 200  # checkpoint interval in optimiser steps (resume point after a kill)
-    sampling: str = "random"  # random | group_by_length (similar lengths batched: less padding)
+    sampling: Sampling = Sampling.random  # random | group_by_length (less padding)
     seed: int = 42  # data order and init of anything random
     lora: Optional[LoraConfig] = None  # adapters instead of a full finetune; null = full
     distributed: DistributedConfig = field(default_factory=DistributedConfig)  # processes
@@ -132,7 +148,7 @@ class GenerateConfig:
     max_new_tokens: int = 2048  # cap on generated tokens per answer
     max_total_length: int = 2048  # cap on prompt + answer tokens (the paper's 2048)
     repetition_penalty: float = 1.2  # the paper's value; 1.0 = off
-    engine: str = "hf"  # hf: transformers generate in this process | vllm: a vLLM subprocess
+    engine: str = "hf"  # registered in generation/engines.py: hf (this process) | vllm (subprocess)
     vllm: VllmConfig = field(default_factory=VllmConfig)  # engine=vllm only
 
 
@@ -141,7 +157,7 @@ class JudgeConfig:
     """Defaults are an AlpacaEval-1 API judge of the OpenAI API."""
 
     name: str = MISSING  # readable name in stage keys and tables
-    kind: str = "openai"  # local | openai | openai_compatible
+    kind: str = "openai"  # a kind of pipeline/judging/kinds/: local | openai | openai_compatible
     annotator: str = MISSING  # alpaca_eval annotator config (local: a dir in pipeline/assets)
     alpaca_eval_version: int = 1  # 1 (the paper's) | 2; alpaca_eval itself defaults to 2
     both_orders: bool = False  # judge (ref, model) and (model, ref) and average the verdicts
@@ -164,7 +180,7 @@ class OpenLLMTask:
 @dataclass
 class OpenLLMConfig:
     name: str = "none"  # readable name in stage keys and tables
-    task_set: str = "hub"  # hub: lm-eval's built-in tasks | local: the shipped files
+    task_set: TaskSet = TaskSet.hub  # hub: lm-eval's built-in tasks | local: the shipped files
     limit: Optional[int] = None  # at most this many questions per task (null = all)
     batch_size: int = 8  # lm-eval batch size
     seed: int = 1234  # lm-eval's python/numpy/torch/few-shot seeds
@@ -199,7 +215,7 @@ class LengthControlConfig:
 
 @dataclass
 class AnalysisConfig:
-    definition: str = "paper"  # Table-4 arithmetic: paper (the reference code's) | corrected
+    definition: Definition = Definition.paper  # Table-4: paper (reference code's) | corrected
 
 
 @dataclass
@@ -213,7 +229,9 @@ class CompareConfig:
 @dataclass
 class CalibrationConfig:
     enabled: bool = True  # measure the judge against reference verdicts (judge_calibration)
-    pairs: str = "../shared/data/alpaca_eval_gpt4_annotations"  # annotation file or folder
+    # alpaca_eval's published GPT-4 verdicts, pinned (pipeline/assets/calibration_sources.yaml):
+    # from paths.cache, else downloaded there, sha256-checked; or a local annotation file/folder
+    pairs: str = "alpaca_eval@cd543a149df89434d8a54582c0151c0b945c3d20"
     n_pairs: int = 200  # pairs sampled (seeded) from it; each asked in both orders
     seed: int = 0  # which pairs, which are swapped, and the bootstrap
     resamples: int = 2000  # bootstrap resamples of each agreement CI
@@ -225,7 +243,7 @@ class PathsConfig:
     cache: str = "${paths.store}/cache"  # converted/built base models
     lock_stale_after_s: float = 300.0  # a lock whose heartbeat is older (seconds) is taken over
     lock_heartbeat_s: float = 15.0  # how often (seconds) a lock holder refreshes its lock
-    verify: str = "size"  # reuse check of stored files: size (cheap) | full (sha256)
+    verify: Verify = Verify.size  # reuse check of stored files: size (cheap) | full (sha256)
     results: str = "results"  # tables and figures go to <results>/<experiment.name>/
     paper_numbers: str = "pkg:paper_numbers.yaml"  # the paper's figures (structured)
     sharegpt_train: Optional[str] = None  # Alpaca-format JSON of ShareGPT's 512-token chunks
@@ -234,7 +252,7 @@ class PathsConfig:
 
 @dataclass
 class LoggerConfig:
-    mode: str = "offline"  # disabled | offline | online (needs WANDB_API_KEY)
+    mode: LoggerMode = LoggerMode.offline  # disabled | offline | online (needs WANDB_API_KEY)
     project: str = "neftune-repro"  # W&B project
     dir: str = "${paths.store}/wandb"  # where W&B writes its run files
 
@@ -279,14 +297,13 @@ def config_params(node) -> dict:
     The schema gave every model an `arch` slot; a model that has none hashes as it did before the
     schema existed, so stage keys computed then are still found.
     """
-    from omegaconf import OmegaConf
 
     def strip(value):
         if isinstance(value, dict):
             return {k: strip(v) for k, v in value.items() if not (k == "arch" and v is None)}
         return value
 
-    return strip(OmegaConf.to_container(node, resolve=True))
+    return strip(plain(node))
 
 
 register()

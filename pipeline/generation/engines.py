@@ -24,12 +24,19 @@ response.json  {"protocol": 1, "engine": str, "library": "<name> <version>",
 The worker's stdout and stderr go to worker.log beside the request; any failure (an error
 response, a non-zero exit, a missing or malformed response) raises EngineError naming that log
 and quoting its last lines.
+
+Engines are registered by name (generate.engine): one module each in
+pipeline/generation/engine_kinds/, an Engine subclass decorated with @register_engine, found with
+pkgutil. Those modules, like this one, import only the standard library at top level.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import os
+import pkgutil
 import shutil
 import subprocess
 import sys
@@ -40,7 +47,7 @@ from pathlib import Path
 from pipeline.text.logs import log_tail
 
 PROTOCOL = 1
-ENGINES = ("hf", "vllm")
+ENGINES: dict[str, Engine] = {}
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 VENV_HINT = ("create one (python -m venv ~/vllm-env && ~/vllm-env/bin/pip install vllm) and set "
              "generate.vllm.python=~/vllm-env/bin/python, or use generate.engine=hf")
@@ -48,6 +55,84 @@ VENV_HINT = ("create one (python -m venv ~/vllm-env && ~/vllm-env/bin/pip instal
 
 class EngineError(RuntimeError):
     """The generation worker failed; the message names its log."""
+
+
+class Engine:
+    """One generation engine: its checks and key params (parent side), its generation."""
+
+    name = "?"  # set by @register_engine
+
+    def check(self, gen_cfg) -> None:
+        """Fail before any work when the engine cannot run here; say how to fix it."""
+
+    def key_params(self, settings: dict) -> dict:
+        """What of the engine enters the generate key: its name and settings (generate.<name>),
+        never the interpreter path (a location, not a setting)."""
+        return {"engine": self.name, self.name: {k: v for k, v in settings.items()
+                                                 if k != "python"}}
+
+    def generate(self, model_dir: Path, texts: list[str], gen_cfg, dtype: str, max_new: int,
+                 min_new: int, label: str, work: Path) -> tuple[list, list, float, dict]:
+        """(answers, new-token counts, generation seconds, metrics): by default through a worker
+        started by generate.<name>.python, with generate.<name> (less python) as options."""
+        from omegaconf import OmegaConf
+
+        options = OmegaConf.to_container(gen_cfg[self.name], resolve=True)
+        python = options.pop("python", None)
+        request = make_request(
+            self.name, str(model_dir), dtype, texts, max_new_tokens=max_new,
+            max_total_length=gen_cfg.max_total_length, min_new_tokens=min_new,
+            repetition_penalty=gen_cfg.repetition_penalty, batch_size=gen_cfg.batch_size,
+            options=options)
+        started = time.time()
+        response = generate_in_subprocess(self.name, python, request, work / "engine")
+        metrics = {"gen_engine": self.name, "gen_engine_library": response["library"],
+                   "gen_worker_wall_s": round(time.time() - started, 2)}
+        # runtime_s: generation only, model load excluded; the worker's wall in the metrics
+        return response["outputs"], response["new_tokens"], response["runtime_s"], metrics
+
+    def run(self, request: dict) -> dict:
+        """Worker side: answer `request` (imports the engine's library only now)."""
+        raise NotImplementedError
+
+
+def register_engine(name: str):
+    """Class decorator: an instance of the Engine subclass becomes generate.engine=`name`."""
+
+    def add(cls: type) -> type:
+        if name in ENGINES and type(ENGINES[name]) is not cls:
+            raise ValueError(f"engine {name!r} is already registered ({ENGINES[name]})")
+        cls.name = name
+        ENGINES[name] = cls()
+        return cls
+
+    return add
+
+
+@functools.cache
+def discover() -> None:
+    """Import every module of pipeline/generation/engine_kinds/ once (each registers one)."""
+    from pipeline.generation import engine_kinds
+
+    for info in pkgutil.iter_modules(engine_kinds.__path__):
+        importlib.import_module(f"{engine_kinds.__name__}.{info.name}")
+
+
+def engine_names() -> tuple[str, ...]:
+    """Every registered generate.engine."""
+    discover()
+    return tuple(sorted(ENGINES))
+
+
+def engine(name: str) -> Engine:
+    """The engine registered as `name`; unknown: ValueError naming them and what to add."""
+    if name not in engine_names():
+        raise ValueError(
+            f"generate.engine={name!r} is unknown; registered engines: "
+            f"{', '.join(engine_names())}. A new engine is pipeline/generation/engine_kinds/"
+            f"{name}.py (an Engine subclass decorated with @register_engine({name!r})), plus a "
+            f"generate.{name} section in pipeline/config/schema.py for settings of its own")
+    return ENGINES[name]
 
 
 def make_request(engine: str, model_dir: str, dtype: str, prompts: list[str], *,
@@ -111,7 +196,6 @@ def generate_in_subprocess(engine: str, python: str, request: dict, work: Path,
     return response
 
 
-
 def _failure(engine: str, what: str, log: Path) -> str:
     return f"generation worker (engine {engine}) {what}; {log_tail(log)}"
 
@@ -131,7 +215,6 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-
 def visible_cuda_gpus() -> int:
     """CUDA GPUs this process may use (models.devices); imported here, not at the top, because
     the worker side of this module runs on the standard library alone."""
@@ -146,82 +229,14 @@ def _has_module(python: str, module: str) -> bool:
     return done.returncode == 0
 
 
-def check_engine(engine: str, python: str | None = None, tensor_parallel_size: int = 1) -> None:
-    """Fail before any work when the engine cannot run here; the message says how to fix it."""
-    if engine not in ENGINES:
-        raise ValueError(f"generate.engine={engine!r} is unknown; use one of {ENGINES}")
-    if engine == "hf":
-        return
-    if not python:
-        raise ValueError("generate.engine=vllm runs vLLM in its own Python environment (vLLM "
-                         "pins its own torch), and generate.vllm.python is not set: " + VENV_HINT)
-    exe = resolve_python(python)
-    if exe is None:
-        raise ValueError(f"generate.vllm.python={python!r} is not an executable file: "
-                         + VENV_HINT)
-    if not _has_module(exe, "vllm"):
-        raise ValueError(f"generate.vllm.python={python!r} has no vllm installed: run "
-                         f"`{exe} -m pip install vllm`, or use generate.engine=hf")
-    gpus = visible_cuda_gpus()
-    if gpus == 0:
-        raise ValueError("generate.engine=vllm needs a CUDA GPU and none is visible here "
-                         f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}): "
-                         "run the generate stage on a GPU node (e.g. launcher=slurm), or set "
-                         "generate.engine=hf")
-    if tensor_parallel_size > gpus:
-        raise ValueError(f"generate.vllm.tensor_parallel_size={tensor_parallel_size} needs as "
-                         f"many GPUs; {gpus} visible: lower it or run on more GPUs")
+def check_engine(gen_cfg) -> None:
+    """Fail before any work when generate.engine is unknown or cannot run here."""
+    engine(gen_cfg.engine).check(gen_cfg)
 
 
 def _hf_engine(request: dict) -> dict:
-    import transformers
-
-    from pipeline.models.devices import compute_device
-    from pipeline.models.loading import load_model_and_tokenizer
-    from pipeline.generation.batched import generate_batched
-
-    dec = request["decoding"]
-    model, tok = load_model_and_tokenizer(request["model_dir"], request["dtype"],
-                                          device=compute_device())
-    started = time.time()
-    outputs, counts = generate_batched(
-        model, tok, request["prompts"], dec["batch_size"], dec["max_new_tokens"],
-        dec["max_total_length"], dec["repetition_penalty"], dec["min_new_tokens"],
-        desc="generate (hf worker)")
-    return {"outputs": outputs, "new_tokens": counts, "runtime_s": time.time() - started,
-            "library": f"transformers {transformers.__version__}"}
-
-
-def _vllm_engine(request: dict) -> dict:
-    import vllm
-    from vllm import LLM, SamplingParams
-
-    dec, opt = request["decoding"], request["options"]
-    limit = min(dec["max_total_length"], opt.get("max_model_len") or dec["max_total_length"])
-    llm = LLM(model=request["model_dir"], dtype=request["dtype"], seed=0, max_model_len=limit,
-              tensor_parallel_size=opt.get("tensor_parallel_size", 1),
-              gpu_memory_utilization=opt.get("gpu_memory_utilization", 0.9))
-    tok, low = llm.get_tokenizer(), max(dec["min_new_tokens"], 1)
-    params = []
-    for text in request["prompts"]:
-        # The cap is per prompt (vLLM does not pad), like the hf engine's per-batch cap.
-        room = limit - len(tok(text)["input_ids"])
-        if room < low:
-            raise ValueError(f"a prompt leaves {room} new tokens within max total length "
-                             f"{limit}; at least {low} are needed")
-        params.append(SamplingParams(
-            temperature=0.0, max_tokens=min(dec["max_new_tokens"], room),
-            min_tokens=dec["min_new_tokens"], repetition_penalty=dec["repetition_penalty"],
-            skip_special_tokens=True))
-    started = time.time()
-    results = llm.generate(request["prompts"], params)  # returned in prompt order
-    # token_ids include the EOS that ended an answer, as the hf engine's counts do.
-    return {"outputs": [r.outputs[0].text.strip() for r in results],
-            "new_tokens": [len(r.outputs[0].token_ids) for r in results],
-            "runtime_s": time.time() - started, "library": f"vllm {vllm.__version__}"}
-
-
-RUNNERS = {"hf": _hf_engine, "vllm": _vllm_engine}
+    """The hf engine's worker side (kept by name: tests call it)."""
+    return engine("hf").run(request)
 
 
 def run_worker(request_path: str, response_path: str) -> int:
@@ -231,9 +246,10 @@ def run_worker(request_path: str, response_path: str) -> int:
         if request.get("protocol") != PROTOCOL:
             raise ValueError(f"request protocol {request.get('protocol')!r}, worker speaks "
                              f"{PROTOCOL}: the worker's project copy is out of date")
-        if request.get("engine") not in RUNNERS:
-            raise ValueError(f"engine {request.get('engine')!r} is unknown; use one of {ENGINES}")
-        answer = RUNNERS[request["engine"]](request)
+        if request.get("engine") not in engine_names():
+            raise ValueError(f"engine {request.get('engine')!r} is unknown; registered: "
+                             f"{', '.join(engine_names())}")
+        answer = engine(request["engine"]).run(request)
     except Exception as err:  # noqa: BLE001 (any failure goes to the parent, traceback to the log)
         traceback.print_exc()
         _write_json(Path(response_path), {"protocol": PROTOCOL,
@@ -255,4 +271,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    # Run as the imported module, whose registry the engine_kinds modules fill (not __main__'s).
+    from pipeline.generation import engines as _engines
+
+    sys.exit(_engines.main(sys.argv[1:]))

@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.store.store import readable_of, write_json_atomic
+from pipeline.text.logs import get_logger
+
+LOG = get_logger("human")
 
 PREFIX = "human_study"
 JUDGE_STAGE = "head_to_head"  # arms' stages whose name starts so: a judge of +NEFT vs base
@@ -184,7 +186,7 @@ def existing_studies(results_dir: Path, store: Path | None = None) -> list[Study
                 found.append(_build(results_dir, results_dir.name, pfile, pdata, base, neft,
                                     root))
             except StudyError as err:  # a broken study must not break the whole report
-                print(f"[human] study {study_id(*keys)} skipped: {err}", file=sys.stderr)
+                LOG.warning("study %s skipped: %s", study_id(*keys), err)
     return found
 
 

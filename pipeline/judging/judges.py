@@ -5,29 +5,29 @@ Judges (conf/judge/): the paper's API judges (`alpaca_eval_gpt4`, `chatgpt_fn`: 
 (e.g. vLLM), and `local`: a local Hugging Face causal LM plugged in as alpaca_eval's
 `fn_completions`, which answers "Output (a)"/"Output (b)" by comparing its next-token logits and
 is asked in both orders so that its position bias cancels. Shared by the alpaca_eval and
-judge_calibration stages.
+judge_calibration stages. Each judge.kind is a JudgeKind of pipeline/judging/kinds/ (one module
+each: its check, its annotator config and arguments, its key params), looked up by name.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from pipeline.judging.alpaca_import import (  # noqa: F401  (JudgeError is imported from here too)
-    JudgeError, import_alpaca_eval, pin_alpaca_eval_version,
-)
 from pipeline.data.loading import ASSETS, check_encodable
-from pipeline.models.devices import compute_device, device_key_params, inference_placement
-from pipeline.models.loading import DTYPES, base_model_dir, validate_model
-from pipeline.store.store import StageResult, Store, write_text_atomic
-
-KINDS = ("local", "openai", "openai_compatible")
-ANNOTATORS_DIR = ASSETS / "annotators"
+from pipeline.judging.alpaca_import import (  # noqa: F401  (JudgeError is imported from here too)
+    JudgeError,
+    import_alpaca_eval,
+    pin_alpaca_eval_version,
+)
+from pipeline.judging.kinds import judge_kind
+from pipeline.judging.kinds.local import (  # noqa: F401  (imported from here by tests, stages)
+    ANNOTATORS_DIR,
+    local_judge_completions,
+)
+from pipeline.store.store import StageResult, Store
 
 
 @dataclass(frozen=True)
@@ -70,67 +70,11 @@ def reference_from_stage(stage: StageResult, label: str) -> Reference:
 
 def validate_judge(judge_cfg) -> None:
     """Fail before any training or generation when the judge cannot run."""
-    if judge_cfg.kind not in KINDS:
-        raise JudgeError(f"judge.kind={judge_cfg.kind!r} is unknown; use one of {KINDS}")
+    kind = judge_kind(judge_cfg.kind)  # an unknown kind names the registered ones
     if judge_cfg.alpaca_eval_version not in (1, 2):
         raise JudgeError(f"judge.alpaca_eval_version={judge_cfg.alpaca_eval_version!r}: use 1 "
                          "(the paper's) or 2")
-    if judge_cfg.kind == "local":
-        validate_model(judge_cfg.model)
-    elif judge_cfg.kind == "openai":
-        from_file = os.environ.get("OPENAI_CLIENT_CONFIG_PATH")
-        if not (os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_API_KEYS")
-                or (from_file and Path(from_file).is_file())):
-            raise JudgeError(
-                f"judge={judge_cfg.name} calls the OpenAI API but OPENAI_API_KEY is not set; "
-                "export OPENAI_API_KEY=... (or OPENAI_CLIENT_CONFIG_PATH), "
-                "or use judge=local offline"
-            )
-    else:
-        if not judge_cfg.base_url or not judge_cfg.served_model:
-            raise JudgeError(
-                "judge=openai_compatible needs judge.base_url (e.g. http://host:8000/v1) "
-                "and judge.served_model"
-            )
-        if not os.environ.get(judge_cfg.api_key_env):
-            raise JudgeError(
-                f"judge=openai_compatible reads its key from ${judge_cfg.api_key_env}, which is "
-                "not set; export it (vLLM accepts any token)"
-            )
-
-
-def local_judge_completions(model_dir: str, dtype: str, batch_size: int, max_prompt_tokens: int):
-    """An alpaca_eval `fn_completions`: a local causal LM picks "Output (a)" or "(b)" by logits."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    tok.padding_side, tok.truncation_side = "left", "left"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    device = compute_device()  # the one place that decides (pipeline/models/devices.py)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=DTYPES[dtype], **inference_placement(device)).eval()
-    ids = [tok.encode(c, add_special_tokens=False)[-1] for c in ("a", "b")]
-    if ids[0] == ids[1]:
-        raise JudgeError(f"judge tokenizer of {model_dir} cannot tell 'a' from 'b'")
-
-    def completions(prompts: list[str], **_decoding) -> dict:
-        out: list[str | None] = [None] * len(prompts)
-        # similar lengths share a batch
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = tok([prompts[i] for i in idx], return_tensors="pt", padding=True,
-                        truncation=True, max_length=max_prompt_tokens).to(model.device)
-            with torch.inference_mode():
-                # only the last position is needed
-                logits = model(**batch, logits_to_keep=1).logits[:, -1, ids]
-            for i, (a, b) in zip(idx, logits.tolist()):
-                out[i] = "Output (a)" if a >= b else "Output (b)"
-        return {"completions": out}
-
-    return completions
+    kind.validate(judge_cfg)
 
 
 def annotator(judge_cfg, work: Path, cache: Store, fn_completions=None):
@@ -138,82 +82,21 @@ def annotator(judge_cfg, work: Path, cache: Store, fn_completions=None):
 
     An API key is handed to alpaca_eval in memory only; no file written here contains it.
     """
-    alpaca_eval = import_alpaca_eval(judge_cfg.alpaca_eval_version)
+    import_alpaca_eval(judge_cfg.alpaca_eval_version)
     from pipeline.judging.cache import annotator_class
 
-    kwargs = {
-        "caching_path": str(work / "annotations.json"),
-        "is_randomize_output_order": not judge_cfg.both_orders,
-    }
-    if judge_cfg.kind == "local":
-        config = ANNOTATORS_DIR / judge_cfg.annotator / "configs.yaml"
-        if fn_completions is None:
-            location = base_model_dir(judge_cfg.model, cache)
-            fn_completions = local_judge_completions(
-                location, judge_cfg.model.dtype, judge_cfg.batch_size, judge_cfg.max_prompt_tokens
-            )
-        kwargs["fn_completions"] = fn_completions
-    elif judge_cfg.kind == "openai":
-        # alpaca_eval's own config; its OpenAI client reads OPENAI_API_KEY(S) from the environment.
-        config = (
-            Path(alpaca_eval.__file__).parent
-            / "evaluators_configs"
-            / judge_cfg.annotator
-            / "configs.yaml"
-        )
-    else:
-        config = _write_openai_compatible_config(judge_cfg, work)
+    kind = judge_kind(judge_cfg.kind)
+    config, extra = kind.annotator_args(judge_cfg, work, cache, fn_completions)
     if not config.is_file():
         raise JudgeError(
             f"judge.annotator={judge_cfg.annotator!r}: no annotator config at {config}"
         )
-    judge = annotator_class()(annotators_config=str(config), **kwargs)
+    judge = annotator_class()(
+        annotators_config=str(config), caching_path=str(work / "annotations.json"),
+        is_randomize_output_order=not judge_cfg.both_orders, **extra)
     judge.judge_name = judge_cfg.name
-    if judge_cfg.kind == "openai_compatible":
-        # In memory only: the config on disk names the variable, never its value.
-        for single in judge.annotators.values():
-            single.completions_kwargs["openai_api_keys"] = [os.environ[judge_cfg.api_key_env]]
+    kind.prepare(judge, judge_cfg)
     return judge
-
-
-def _write_openai_compatible_config(judge_cfg, work: Path) -> Path:
-    from alpaca_eval import constants
-
-    config = {
-        judge_cfg.annotator: {
-            "prompt_template": str(
-                constants.EVALUATORS_CONFIG_DIR
-                / "alpaca_eval_clf_gpt4_turbo"
-                / "alpaca_eval_clf.txt"
-            ),
-            "fn_completions": "openai_completions",
-            "completions_kwargs": {
-                "model_name": judge_cfg.served_model,
-                # alpaca_eval guesses plain completion for names containing "instruct"
-                "requires_chatml": True,
-                "max_tokens": 1,
-                "temperature": 1,
-                "logprobs": True,
-                "top_logprobs": 5,
-                "price_per_token": 0,
-                "openai_api_base": judge_cfg.base_url,
-            },
-            "fn_completion_parser": "logprob_parser",
-            "completion_parser_kwargs": {
-                "numerator_token": "m",
-                "denominator_tokens": ["m", "M"],
-                "is_binarize": False,
-            },
-            "completion_key": "completions_all",
-            "batch_size": 1,
-        }
-    }
-    path = work / "annotator" / "configs.yaml"
-    path.parent.mkdir(exist_ok=True)
-    note = (f"# API key: read from ${judge_cfg.api_key_env} when the judge runs and handed to "
-            "alpaca_eval in memory; never written here.\n")
-    write_text_atomic(path, note + yaml.safe_dump(config))
-    return path
 
 
 def judge_pairs(annotator, pairs: list[dict], both_orders: bool) -> list[dict]:
@@ -290,11 +173,8 @@ def pairs_against(outputs: list[dict], reference: Reference, where: str) -> list
 
 
 def judge_key_params(judge_cfg) -> dict:
-    """The judge's part of a stage key: its config, and for a local judge its device where it is
-    not the CPU (a GPU's numerics can flip a close verdict)."""
+    """The judge's part of a stage key: its config, and what its kind adds (a local judge: its
+    device where it is not the CPU, since a GPU's numerics can flip a close verdict)."""
     from pipeline.config.schema import config_params
 
-    params = {"judge": config_params(judge_cfg)}
-    if judge_cfg.kind == "local":
-        params |= device_key_params(compute_device())
-    return params
+    return {"judge": config_params(judge_cfg)} | judge_kind(judge_cfg.kind).key_params(judge_cfg)

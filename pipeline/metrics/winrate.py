@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from pathlib import Path
 
 from pipeline.metrics.glm import (
     LC_MINIMAL, annotation_frame, fit_minimal_design, lc_bootstrap_se,
     minimal_glm_design, quiet_sklearn,
 )
+from pipeline.text.logs import get_logger
+
+LOG = get_logger("winrate")
 
 LC_V1 = "length_controlled_v1"
 LC_LABELS = {LC_V1: "LC", LC_MINIMAL: "LC (minimal GLM)"}
@@ -79,8 +81,7 @@ def find_lc_data(lc_data: str | None = None) -> str | None:
                                cache_dir=constants.DEFAULT_CACHE_DIR,
                                token=constants.DATASETS_TOKEN)
     except Exception as err:  # unreachable hub, proxy, auth: fall back to the minimal GLM
-        print(f"[winrate] {GAMED_FILE} unavailable ({type(err).__name__}); minimal GLM",
-              file=sys.stderr, flush=True)
+        LOG.warning("%s unavailable (%s); minimal GLM", GAMED_FILE, type(err).__name__)
         return None
 
 
@@ -142,7 +143,7 @@ def length_controlled(annotations, lc_data: str | None = None) -> dict:
         if why_not and lc_data not in (None, "hub"):
             raise ValueError(why_not)
         if why_not:
-            print(f"[winrate] {why_not}; minimal GLM", file=sys.stderr, flush=True)
+            LOG.warning("%s; minimal GLM", why_not)
             path = None
     if path is not None:
         lc, se = _lc_v1(df, path)

@@ -25,6 +25,9 @@ from pipeline.results.findings import findings
 from pipeline.results.points import Point, read_point_files
 from pipeline.results.registry import TABLES
 from pipeline.results.report import write_report
+from pipeline.text.logs import get_logger
+
+LOG = get_logger("results")
 
 GENERATION = ".generation-"  # hidden: no glob that reads results (*.md, *.png) matches it
 ABANDONED_AFTER_S = 3600  # a generation directory this old was left by a killed aggregation
@@ -112,7 +115,7 @@ def write_results(out_dir: Path, paper_numbers: str = "pkg:paper_numbers.yaml") 
     points, unusable = _usable(points, paper)
     skipped = sorted(skipped + unusable)
     for path, why in skipped:
-        print(f"[results] WARNING: skipped point file {path}: {why}", flush=True)
+        LOG.warning("skipped point file %s: %s", path, why)
     if not points:
         raise ResultsError(f"{out_dir / 'points'}: no usable point files"
                            + (f" ({len(skipped)} skipped, see above)" if skipped else "")

@@ -13,6 +13,9 @@ import uuid
 from pathlib import Path
 
 from pipeline.results.points import Arm, Point
+from pipeline.text.logs import get_logger
+
+LOG = get_logger("results")
 
 COLORS = {"base": "#999999", "+NEFT": "#d62728"}
 OPENLLM_TASKS = ("arc", "hellaswag", "mmlu", "truthfulqa")
@@ -93,7 +96,7 @@ def _read_json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        print(f"[results] {path} is not readable here; its figure is skipped", flush=True)
+        LOG.warning("%s is not readable here; its figure is skipped", path)
         return None
 
 

@@ -43,8 +43,10 @@ def effect_line(what: str, unit: str, digits: int, d: dict, key: str, null: str 
 def judge_sentence(calibration: StageRef | None) -> tuple[str, bool | None]:
     """The judge's calibration in words, and whether its win rates are informative."""
     if calibration is None:
-        return ("The judge was not calibrated (no calibration pairs here): how far its win rates "
-                "can be trusted is unknown.", None)
+        return ("The judge was not calibrated (no calibration pairs here; get alpaca_eval's "
+                "published GPT-4 verdicts with `python -m pipeline.prefetch <the run's overrides>` "
+                "where there is internet, or give a local copy as `calibration.pairs=PATH`): how "
+                "far its win rates can be trusted is unknown.", None)
     m = calibration.metrics
     v = m["verdicts"]
     pc = m["position_consistency"]

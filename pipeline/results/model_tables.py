@@ -114,3 +114,27 @@ def overfit(points: list[Point], paper: dict) -> Table:
                "only): with NEFT the training loss is higher, the held-out loss slightly lower, "
                "ROUGE-L and BLEU lower.")
     return Table("overfit", caption, header, rows)
+
+
+def arm_metrics(stage: str, names: tuple[str, ...], caption: str):
+    """A builder of a table of any per-arm stage: one row per point and arm, one column per
+    metric in `names`, each cell linked to the `stage` results it came from (several seeds:
+    mean ± sd). For a new stage's table, one TableSpec in registry.py with this builder."""
+
+    def build(points: list[Point], paper: dict) -> Table:
+        header = ["model, data", "arm", *names]
+        rows = []
+        for p in points:
+            for name in dict.fromkeys(a.name for a in p.arms):
+                arms = [a for a in p.arms_named(name) if stage in a.stages]
+                if arms:
+                    rows.append([f"{p.model}, {p.dataset}", name,
+                                 *(metric(arms, stage, m) for m in names)])
+        return Table(stage, caption, header, rows)
+
+    return build
+
+
+def has_stage(stage: str):
+    """TableSpec.covers for the points where some arm ran `stage`."""
+    return lambda p: any(stage in a.stages for a in p.arms)

@@ -1,7 +1,8 @@
 """Every table of the report, declared once: what it covers, how it is built, its figures, its
-title and the paper's setting it is compared with. Adding a table: a builder (in
-winrate_tables.py or model_tables.py), its paper numbers in pipeline/assets/paper_numbers.yaml,
-and one TableSpec here.
+title and the paper's setting it is compared with. Adding a table: one TableSpec here, with a
+builder (model_tables.arm_metrics for any per-arm stage's metrics, or a function in
+winrate_tables.py / model_tables.py) and, to compare, its paper numbers in
+pipeline/assets/paper_numbers.yaml.
 """
 
 from __future__ import annotations

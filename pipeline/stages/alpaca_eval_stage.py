@@ -21,6 +21,7 @@ from pipeline.judging.judges import (
     Reference, annotator, check_references, judge_key_params, judge_pairs, load_reference,
     pairs_against, validate_judge,
 )
+from pipeline.stages.contract import Call, Context
 from pipeline.store.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
 VERSION = 3  # 2: an LC win rate on every judged comparison; 3: with a standard error
@@ -38,7 +39,7 @@ def check(cfg) -> None:
                          f"generate.prompts={prompts!r}", cfg.generate.reference)
 
 
-def run(cfg, ctx, call) -> StageResult:
+def run(cfg, ctx: Context, call: Call) -> StageResult:
     """Plan entry: judge the chain's generate stage against `call.reference` (or the reference)."""
     reference = call.reference or load_reference(cfg.generate.reference)
     return alpaca_eval_stage(call.upstream["generate"], reference, cfg.judge, ctx.store, ctx.cache)

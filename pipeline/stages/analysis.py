@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pipeline.metrics.diversity import length_diversity, repetition  # noqa: F401  (re-exported)
 from pipeline.data.loading import check_source, load_train, records_digest
+from pipeline.stages.contract import Call, Context
 from pipeline.store.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
 VERSION = 2  # 2: the paper's arithmetic by default, the definition in the key, per-output lists
@@ -38,7 +39,7 @@ def analysis(texts: list[str], label: str, cutoff: int, input_keys: list[str], s
              definition: str = "paper") -> StageResult:
     """Length/diversity of `texts` (a generate stage's outputs or the training responses named by
     `input_keys`) under `definition` ("paper" or "corrected")."""
-    params = {"cutoff": cutoff, "definition": definition}
+    params = {"cutoff": cutoff, "definition": str(definition)}  # plain str, not an Enum member
     key = stage_key("analysis", label, params, input_keys, VERSION)
 
     def compute(work: Path) -> dict:
@@ -60,7 +61,7 @@ def check(cfg) -> None:
     check_source(cfg.data.train, "data.train")
 
 
-def run(cfg, ctx, call) -> StageResult:
+def run(cfg, ctx: Context, call: Call) -> StageResult:
     """Plan entry: the chain's generated answers, or (no upstream) the training responses."""
     cutoff, definition = cfg.data.diversity_cutoff, cfg.analysis.definition
     if "generate" in call.upstream:

@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 from omegaconf import OmegaConf
 
 from pipeline.judging.alpaca_import import pin_alpaca_eval_version
+from pipeline.stages.contract import ArmPair, Call, Context
 from pipeline.store.store import StageResult, Store, readable_of, stage_key
 
 VERSION = 3  # 2: each difference says how many prompts have a value in each arm; 3: se and mde
 # Power of the detectable effect (mde) each difference carries; a config key (compare.power) to be.
 POWER = 0.8
+SIDES = ("base", "treated")  # the two ArmPair fields, in the order their keys are hashed
 
 
 def check(cfg) -> None:
@@ -38,17 +41,12 @@ def check(cfg) -> None:
         raise ValueError(f"compare.level={c.level}: a confidence level in (0, 1), e.g. 0.95")
 
 
-def run(cfg, ctx, call) -> StageResult:
-    """Plan entry: call.upstream holds, per seed, base_<stage>_<i> and <stage>_<i> results."""
-    # The LC interval imports alpaca_eval (core.winrate): first in a rerun whose judged stages
-    # are all reused, so it must import the version the judges after it will need.
+def run(cfg, ctx: Context, call: Call) -> StageResult:
+    """Plan entry: call.pairs holds, per seed, the baseline's and the treated arm's results."""
+    # The LC interval imports alpaca_eval (metrics.winrate): first in a rerun whose judged
+    # stages are all reused, so it must import the version the judges after it will need.
     pin_alpaca_eval_version(cfg.judge.alpaca_eval_version)
-    n = len([k for k in call.upstream if k.startswith("base_alpaca_eval_")])
-    stages = ("alpaca_eval", "analysis", "openllm")
-    pairs = [{side: {stage: call.upstream[f"{prefix}{stage}_{i}"] for stage in stages
-                     if f"{prefix}{stage}_{i}" in call.upstream}
-              for side, prefix in (("base", "base_"), ("treated", ""))} for i in range(n)]
-    return compare(pairs, cfg.compare, ctx.store)
+    return compare(call.pairs, cfg.compare, ctx.store)
 
 
 def _read(stage: StageResult, name: str):
@@ -60,26 +58,26 @@ def _read(stage: StageResult, name: str):
                          "delete its directory to recompute it") from err
 
 
-def _aligned(pairs: list[dict]) -> dict:
+def _aligned(pairs: Sequence[ArmPair]) -> dict:
     """Per-prompt values of both arms, seed by seed, checked to be on the same prompts."""
     out = {side: {"scored": [], "chars": [], "words": [], "log_diversity": []}
            for side in ("base", "treated")}
     for pair in pairs:
-        scored = {side: _read(pair[side]["alpaca_eval"], "scored.json") for side in pair}
+        scored = {side: _read(getattr(pair, side)["alpaca_eval"], "scored.json") for side in SIDES}
         prompts = [[r["instruction"] for r in scored[side]] for side in ("base", "treated")]
         if prompts[0] != prompts[1]:
-            raise ValueError(f"{pair['treated']['alpaca_eval'].key} and "
-                             f"{pair['base']['alpaca_eval'].key} judged different prompts; "
+            raise ValueError(f"{pair.treated['alpaca_eval'].key} and "
+                             f"{pair.base['alpaca_eval'].key} judged different prompts; "
                              "a paired comparison needs the same prompts in the same order")
         for side in ("base", "treated"):
-            per_output = _read(pair[side]["analysis"], "per_output.json")
+            per_output = _read(getattr(pair, side)["analysis"], "per_output.json")
             out[side]["scored"] += scored[side]
             for name in ("chars", "words", "log_diversity"):
                 out[side][name] += per_output[name]
     return out
 
 
-def _openllm(pairs: list[dict], compare_cfg) -> dict:
+def _openllm(pairs: Sequence[ArmPair], compare_cfg) -> dict:
     """Per leaderboard task, paired over questions: McNemar's exact test where scores are 0/1
     (accuracy), a paired bootstrap of the score otherwise (TruthfulQA mc2), in points."""
     from pipeline.metrics.stats import mcnemar, paired_bootstrap_diff
@@ -87,7 +85,7 @@ def _openllm(pairs: list[dict], compare_cfg) -> dict:
     scores: dict[str, dict[str, list]] = {}
     for pair in pairs:
         for side in ("base", "treated"):
-            for task, values in _read(pair[side]["openllm"], "per_question.json").items():
+            for task, values in _read(getattr(pair, side)["openllm"], "per_question.json").items():
                 scores.setdefault(task, {"base": [], "treated": []})[side] += values
     out = {}
     for task, v in scores.items():
@@ -101,12 +99,12 @@ def _openllm(pairs: list[dict], compare_cfg) -> dict:
     return out
 
 
-def compare(pairs: list[dict], compare_cfg, store: Store) -> StageResult:
+def compare(pairs: Sequence[ArmPair], compare_cfg, store: Store) -> StageResult:
     """Paired differences (+NEFT minus base) of each measure, pooled over the seeds in `pairs`."""
-    inputs = [pair[side][stage].key for pair in pairs for side in ("base", "treated")
-              for stage in sorted(pair[side])]
+    inputs = [getattr(pair, side)[stage].key for pair in pairs for side in SIDES
+              for stage in sorted(getattr(pair, side))]
     params = OmegaConf.to_container(compare_cfg, resolve=True)
-    treated = readable_of(pairs[0]["treated"]["analysis"].key)
+    treated = readable_of(pairs[0].treated["analysis"].key)
     key = stage_key("compare", f"{treated}_vs_base", params, inputs, VERSION)
 
     def compute(work: Path) -> dict:
@@ -128,7 +126,7 @@ def compare(pairs: list[dict], compare_cfg, store: Store) -> StageResult:
                 continue
             metrics[name] = paired_bootstrap_diff(b[name], t[name], compare_cfg.resamples,
                                                   **common)
-        if all("openllm" in pair[side] for pair in pairs for side in pair):
+        if all("openllm" in getattr(pair, side) for pair in pairs for side in SIDES):
             metrics["openllm"] = _openllm(pairs, compare_cfg)
         metrics["n_seeds"] = len(pairs)
         metrics["n_prompts"] = len(b["scored"]) // len(pairs)

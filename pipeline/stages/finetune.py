@@ -32,6 +32,7 @@ from pipeline.train.noise import noise_label, noise_params
 from pipeline.store.store import StageResult, Store, stage_key
 from pipeline.models.devices import release_accelerator_memory
 from pipeline.train.trainer_args import check_training
+from pipeline.stages.contract import Call, Context
 from pipeline.train.training import TRAINED, TrainRequest, train
 
 VERSION = 2  # 2: train_loss over all steps from the loss log, which is logged at every checkpoint
@@ -56,7 +57,7 @@ def check(cfg) -> None:
     check_finetune_memory(cfg)
 
 
-def run(cfg, ctx, call) -> StageResult:
+def run(cfg, ctx: Context, call: Call) -> StageResult:
     """Plan entry: fine-tune the arm (its noise, its seed)."""
     train_cfg = OmegaConf.merge(cfg.finetune, {"seed": call.arm.seed})
     return finetune(cfg.model, cfg.data, call.arm.noise, train_cfg, ctx.store, ctx.cache,
@@ -66,7 +67,7 @@ def run(cfg, ctx, call) -> StageResult:
 def _keyed(model_cfg, data_cfg, noise: dict, train_cfg, records: list[dict]):
     """(readable name, hashed params, resolved finetune config) of one fine-tune."""
     world = world_size(train_cfg.distributed)
-    resolved = OmegaConf.to_container(train_cfg, resolve=True)
+    resolved = OmegaConf.to_container(train_cfg, resolve=True, enum_to_str=True)  # plain str
     resolved["gradient_accumulation_steps"] = accumulation_steps(train_cfg, world)
     # Hashed as before the launch existed: the derived accumulation, not the effective batch;
     # the launch only when it is more than one process (then it changes what is computed).

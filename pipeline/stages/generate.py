@@ -10,16 +10,13 @@ Run: python -m pipeline.run            (generates from both fine-tuned models of
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from pipeline.data.loading import check_source, format_prompt, load_prompts
-from pipeline.models.devices import compute_device, device_key_params, release_accelerator_memory
-from pipeline.generation.engines import check_engine, generate_in_subprocess, make_request
-from pipeline.models.loading import load_model_and_tokenizer
-from pipeline.generation.batched import generate_batched
+from pipeline.generation.engines import check_engine, engine, engine_names
+from pipeline.stages.contract import Call, Context
 from pipeline.store.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
 VERSION = 2  # 2: the repetition penalty skips left padding (an answer no longer depends on its
@@ -35,15 +32,14 @@ def check(cfg) -> None:
                          "or null for all of them")
     if not cfg.generate.prompts.startswith("hf:"):  # rows too: a bad one must not wait for training
         load_prompts(cfg.generate.prompts, cfg.generate.dataset_name, cfg.generate.limit)
-    check_engine(cfg.generate.engine, cfg.generate.vllm.python,
-                 cfg.generate.vllm.tensor_parallel_size)
+    check_engine(cfg.generate)  # the registry's engine (unknown: names them), its own checks
     if cfg.length_control.enabled:
         for name, v in cfg.length_control.variants.items():
             _check_variant({"name": name, **OmegaConf.to_container(v, resolve=True)},
                            cfg.generate)
 
 
-def run(cfg, ctx, call) -> StageResult:
+def run(cfg, ctx: Context, call: Call) -> StageResult:
     """Plan entry: answer the evaluation prompts with the chain's fine-tuned model."""
     variant = None
     if call.variant is not None:
@@ -98,30 +94,12 @@ def generate_params(gen_cfg, dtype: str) -> dict:
     existed is still found; the interpreter path never does (a location, not a setting). The hf
     engine's device enters where it is not the CPU (devices.device_key_params).
     """
-    params = OmegaConf.to_container(gen_cfg, resolve=True)
+    params = OmegaConf.to_container(gen_cfg, resolve=True, enum_to_str=True)
     params.pop("reference", None)
-    engine, engine_settings = params.pop("engine", "hf"), params.pop("vllm", None) or {}
-    if engine != "hf":
-        params["engine"] = engine
-        params[engine] = {k: v for k, v in engine_settings.items() if k != "python"}
-    else:
-        params |= device_key_params(compute_device())
-    return params | {"dtype": dtype}
-
-
-def _generate_hf(model_dir: Path, texts: list[str], cfg, dtype: str, max_new: int, min_new: int,
-                 generator: str, work: Path) -> tuple[list[str], list[int], float]:
-    """transformers generate in this process, on this process's device; the GPU handed back."""
-    model, tok = load_model_and_tokenizer(str(model_dir), dtype, device=compute_device())
-    started = time.time()
-    outputs, counts = generate_batched(
-        model, tok, texts, cfg.batch_size, max_new, cfg.max_total_length,
-        cfg.repetition_penalty, min_new, desc=f"generate {generator}",
-        progress=work / "progress.jsonl")  # a requeued job continues where it stopped
-    elapsed = time.time() - started
-    del model
-    release_accelerator_memory()  # the next stage (vLLM above all) may need the whole GPU
-    return outputs, counts, elapsed
+    name = params.pop("engine", "hf")
+    settings = {n: params.pop(n) for n in engine_names() if n in params}  # generate.<engine>
+    # dtype as plain str: model.dtype is the schema's Enum member
+    return params | engine(name).key_params(settings.get(name) or {}) | {"dtype": str(dtype)}
 
 
 def _generate(
@@ -144,23 +122,8 @@ def _generate(
         format_prompt(p | {"instruction": p["instruction"] + suffix}, for_training=False)
         for p in prompts
     ]
-    if cfg.engine == "hf":
-        outputs, new_token_counts, elapsed = _generate_hf(model_dir, texts, cfg, dtype, max_new,
-                                                          min_new, generator, work)
-        engine_metrics = {}
-    else:
-        options = OmegaConf.to_container(cfg.vllm, resolve=True)
-        options.pop("python")
-        request = make_request(
-            cfg.engine, str(model_dir), dtype, texts, max_new_tokens=max_new,
-            max_total_length=cfg.max_total_length, repetition_penalty=cfg.repetition_penalty,
-            min_new_tokens=min_new, batch_size=cfg.batch_size, options=options)
-        started = time.time()
-        response = generate_in_subprocess(cfg.engine, cfg.vllm.python, request, work / "engine")
-        outputs, new_token_counts = response["outputs"], response["new_tokens"]
-        elapsed = response["runtime_s"]  # generation only, as for hf; the worker's wall below
-        engine_metrics = {"gen_engine": cfg.engine, "gen_engine_library": response["library"],
-                          "gen_worker_wall_s": round(time.time() - started, 2)}
+    outputs, new_token_counts, elapsed, engine_metrics = engine(cfg.engine).generate(
+        model_dir, texts, cfg, str(dtype), max_new, min_new, generator, work)
     records = [
         {
             "instruction": p["instruction"]

@@ -1,5 +1,6 @@
 """judge_calibration stage: how far the configured judge can be trusted, measured on pairs with
-reference verdicts (default: a seeded sample of the shipped GPT-4 AlpacaEval 1 verdicts).
+reference verdicts (default: a seeded sample of alpaca_eval's published GPT-4 AlpacaEval 1
+verdicts, pinned and sha256-checked: pipeline/judging/calibration_source.py).
 
 The judge runs through the same alpaca_eval path as the alpaca_eval stage, asked in both orders.
 Half of the sampled pairs (seeded) have their outputs swapped, the reference verdict flipped with
@@ -22,35 +23,73 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from pipeline.judging.calibration_source import (
+    CalibrationUnavailable,
+    how_to_get,
+    published,
+    resolve,
+)
 from pipeline.judging.judges import annotator, judge_key_params, judge_pairs, validate_judge
+from pipeline.stages.contract import Call, Context
 from pipeline.store.store import StageResult, Store, stage_key, write_json_atomic
 
 VERSION = 1
 
 
-def calibration_files(source: str) -> list[Path]:
-    """The annotation files of a calibration set: one JSON file, or every *.json in a folder."""
-    path = Path(source)
-    files = sorted(path.glob("*.json")) if path.is_dir() else [path] if path.is_file() else []
-    return files
+def calibration_files(source: str, cache_root) -> list[Path]:
+    """The annotation files of calibration.pairs=`source` (a local file or folder, or a published
+    set from the cache at `cache_root`, downloaded there first if need be), sorted by name;
+    raises CalibrationUnavailable when they are not to be had."""
+    return resolve(source, cache_root, allow_download=True)
+
+
+def _overrides() -> list[str]:
+    """This run's command-line overrides, for a command the user can paste."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def uncalibrated(cfg, why: Exception) -> str:
+    """What the run says when the judge goes uncalibrated: why, and how to get the pairs."""
+    return (f"[judge_calibration] the judge stays UNCALIBRATED ({why}): "
+            f"{how_to_get(cfg.calibration.pairs, _overrides())}")
 
 
 def check(cfg) -> None:
-    """Cheap: the judge can run; says so when the calibration set is missing (then skipped)."""
+    """Cheap: the judge can run and the pairs' source is valid; says when the pairs are not here
+    (a published set is then downloaded when the stage runs; a missing local one is skipped)."""
     validate_judge(cfg.judge)
     if cfg.calibration.n_pairs < 10:
         raise ValueError(f"calibration.n_pairs={cfg.calibration.n_pairs}: use at least 10")
-    if cfg.calibration.enabled and not enabled(cfg):
-        print(f"[judge_calibration] calibration.pairs={cfg.calibration.pairs!r} has no annotation "
-              "file here: the judge will be reported as uncalibrated", flush=True)
+    if not cfg.calibration.enabled:
+        return
+    spec = published(cfg.calibration.pairs)  # a published name at an unpinned commit: refused
+    try:
+        resolve(cfg.calibration.pairs, cfg.paths.cache, allow_download=False)
+    except CalibrationUnavailable as err:
+        if spec is None:
+            print(uncalibrated(cfg, err), flush=True)
+        else:
+            print(f"[judge_calibration] {err}: downloaded from {spec.repo} when the judge is "
+                  f"calibrated; where this run has no internet, "
+                  f"{how_to_get(cfg.calibration.pairs, _overrides())}", flush=True)
 
 
 def enabled(cfg) -> bool:
-    """Runs when calibration is on and its pairs are here."""
-    return bool(cfg.calibration.enabled and calibration_files(cfg.calibration.pairs))
+    """Runs when calibration is on and its pairs are here (or downloaded now); otherwise says
+    why and how to get them, and the judge is reported uncalibrated."""
+    if not cfg.calibration.enabled:
+        return False
+    try:
+        calibration_files(cfg.calibration.pairs, cfg.paths.cache)
+    except CalibrationUnavailable as err:
+        print(uncalibrated(cfg, err), flush=True)
+        return False
+    return True
 
 
-def run(cfg, ctx, call) -> StageResult:
+def run(cfg, ctx: Context, call: Call) -> StageResult:
     """Plan entry: calibrate cfg.judge."""
     return judge_calibration(cfg.judge, cfg.calibration, ctx.store, ctx.cache)
 
@@ -81,7 +120,9 @@ def sample_pairs(files: list[Path], n_pairs: int, seed: int) -> list[dict]:
 
 def judge_calibration(judge_cfg, calibration_cfg, store: Store, cache: Store) -> StageResult:
     """Agreement of `judge_cfg` with the reference verdicts of the calibration set."""
-    files = calibration_files(calibration_cfg.pairs)
+    # Keyed on the files' bytes, not on where they came from: the published set, its cached
+    # download and a local copy of it (../shared/data) give one key.
+    files = calibration_files(calibration_cfg.pairs, cache.root)
     digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
     params = judge_key_params(judge_cfg) | {"n_pairs": calibration_cfg.n_pairs,
               "seed": calibration_cfg.seed, "resamples": calibration_cfg.resamples,

@@ -25,6 +25,7 @@ from pipeline.data.loading import ASSETS
 from pipeline.models.devices import (
     DTYPES, compute_device, cuda_gpu_count, device_key_params, release_accelerator_memory,
 )
+from pipeline.stages.contract import Call, Context
 from pipeline.store.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
 VERSION = 2  # 2: per_question.json (each question's score, for paired tests)
@@ -35,7 +36,7 @@ def check(cfg) -> None:
     validate_openllm(cfg.openllm)
 
 
-def run(cfg, ctx, call) -> StageResult:
+def run(cfg, ctx: Context, call: Call) -> StageResult:
     """Plan entry: lm-eval scores of the chain's fine-tuned model."""
     return openllm(call.upstream["finetune"], cfg.openllm, cfg.model.dtype, ctx.store)
 LOCAL_DATA = ASSETS / "openllm"
@@ -90,7 +91,8 @@ def write_local_tasks(out: Path) -> None:
 def openllm(finetuned: StageResult, openllm_cfg, dtype: str, store: Store) -> StageResult:
     """lm-eval scores of the `finetuned` stage's model on the configured leaderboard tasks."""
     validate_openllm(openllm_cfg)
-    params = (OmegaConf.to_container(openllm_cfg, resolve=True) | {"dtype": dtype}
+    params = (OmegaConf.to_container(openllm_cfg, resolve=True, enum_to_str=True)
+              | {"dtype": str(dtype)}
               | device_key_params(compute_device()))
     label = f"{readable_of(finetuned.key)}_{openllm_cfg.name}"
     key = stage_key("openllm", label, params, [finetuned.key], VERSION)

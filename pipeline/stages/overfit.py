@@ -30,6 +30,7 @@ from pipeline.data.loading import (
 from pipeline.models.devices import compute_device, device_key_params, release_accelerator_memory
 from pipeline.models.loading import load_model_and_tokenizer
 from pipeline.generation.batched import generate_batched
+from pipeline.stages.contract import Call, Context
 from pipeline.store.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
 VERSION = 2  # 2: generations with the padding-free repetition penalty (generation.batched.generate_batched)
@@ -40,7 +41,7 @@ def check(cfg) -> None:
     check_source(cfg.overfit.heldout, "overfit.heldout")
 
 
-def run(cfg, ctx, call) -> StageResult:
+def run(cfg, ctx: Context, call: Call) -> StageResult:
     """Plan entry: noise-off losses and overlap of the chain's fine-tuned model."""
     return overfit(call.upstream["finetune"], cfg.overfit, cfg.data, cfg.finetune.max_length,
                    cfg.model.dtype, ctx.store)
@@ -97,14 +98,8 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def overfit(
-    finetuned: StageResult, overfit_cfg, data_cfg, max_length: int, dtype: str, store: Store
-) -> StageResult:
-    """Noise-off train/held-out losses and training-instruction overlap of the `finetuned` model."""
-    train = load_train(data_cfg.train, data_cfg.train_limit)
-    heldout = load_train(
-        overfit_cfg.heldout, overfit_cfg.heldout_limit
-    )  # bad rows fail here, before the model loads
+def _samples(train: list[dict], overfit_cfg) -> tuple[list[dict], list[dict]]:
+    """The training rows whose loss is measured and those whose instruction is answered."""
     rng = random.Random(overfit_cfg.seed)
     loss_rows = (
         train
@@ -114,64 +109,75 @@ def overfit(
     gen_rows = random.Random(overfit_cfg.seed).sample(
         train, min(overfit_cfg.generate_sample, len(train))
     )
+    return loss_rows, gen_rows
+
+
+def _measure(model_dir: Path, rows: dict, overfit_cfg, max_length: int, dtype: str,
+             work: Path) -> dict:
+    """Losses on `rows["loss"]` and `rows["heldout"]`, answers to `rows["generate"]`."""
+    model, tok = load_model_and_tokenizer(str(model_dir), dtype, device=compute_device())
+    batch = overfit_cfg.batch_size
+    train_loss, train_skipped = response_losses(
+        model, tok, rows["loss"], max_length, batch, "loss on training data"
+    )
+    heldout_loss, heldout_skipped = response_losses(
+        model, tok, rows["heldout"], max_length, batch, "loss on held-out data"
+    )
+    gen_rows = rows["generate"]
+    outputs, _ = generate_batched(
+        model,
+        tok,
+        [format_prompt(r, for_training=False) for r in gen_rows],
+        batch,
+        overfit_cfg.max_new_tokens,
+        max_length + overfit_cfg.max_new_tokens,
+        overfit_cfg.repetition_penalty,
+        desc="answer training instructions",
+    )
+    del model
+    release_accelerator_memory()  # the next stage may need the whole GPU
+    rouge, bleu = overlap_scores(outputs, [r["output"] for r in gen_rows])
+    generations = [
+        {"instruction": r["instruction"], "input": r["input"], "training_output": r["output"],
+         "output": o}
+        for r, o in zip(gen_rows, outputs)
+    ]
+    write_json_atomic(
+        work / "per_example.json",
+        {"train_loss": train_loss, "heldout_loss": heldout_loss, "rougeL": rouge, "bleu": bleu,
+         "generations": generations},
+    )
+    return {
+        "overfit_train_loss": _mean(train_loss),
+        "overfit_heldout_loss": _mean(heldout_loss),
+        "overfit_rougeL": _mean(rouge),
+        "overfit_bleu": _mean(bleu),
+        "overfit_n_train": len(train_loss),
+        "overfit_n_heldout": len(heldout_loss),
+        "overfit_n_generated": len(outputs),
+        "overfit_heldout": overfit_cfg.heldout,
+        "overfit_n_skipped_too_long": train_skipped + heldout_skipped,
+    }
+
+
+def overfit(
+    finetuned: StageResult, overfit_cfg, data_cfg, max_length: int, dtype: str, store: Store
+) -> StageResult:
+    """Noise-off train/held-out losses and training-instruction overlap of the `finetuned` model."""
+    train = load_train(data_cfg.train, data_cfg.train_limit)
+    # Bad rows fail here, before the model loads.
+    heldout = load_train(overfit_cfg.heldout, overfit_cfg.heldout_limit)
+    loss_rows, gen_rows = _samples(train, overfit_cfg)
     params = OmegaConf.to_container(overfit_cfg, resolve=True) | {
         "train": records_digest(train),
         "heldout_records": records_digest(heldout),
         "max_length": max_length,
-        "dtype": dtype,
+        "dtype": str(dtype),  # plain str, not the schema's Enum member
     } | device_key_params(compute_device())
     key = stage_key("overfit", readable_of(finetuned.key), params, [finetuned.key], VERSION)
+    rows = {"loss": loss_rows, "heldout": heldout, "generate": gen_rows}
 
     def compute(work: Path) -> dict:
-        model, tok = load_model_and_tokenizer(str(finetuned.path / "model"), dtype,
-                                              device=compute_device())
-        train_loss, train_skipped = response_losses(
-            model, tok, loss_rows, max_length, overfit_cfg.batch_size, "loss on training data"
-        )
-        heldout_loss, heldout_skipped = response_losses(
-            model, tok, heldout, max_length, overfit_cfg.batch_size, "loss on held-out data"
-        )
-        outputs, _ = generate_batched(
-            model,
-            tok,
-            [format_prompt(r, for_training=False) for r in gen_rows],
-            overfit_cfg.batch_size,
-            overfit_cfg.max_new_tokens,
-            max_length + overfit_cfg.max_new_tokens,
-            overfit_cfg.repetition_penalty,
-            desc="answer training instructions",
-        )
-        del model
-        release_accelerator_memory()  # the next stage may need the whole GPU
-        rouge, bleu = overlap_scores(outputs, [r["output"] for r in gen_rows])
-        write_json_atomic(
-            work / "per_example.json",
-            {
-                "train_loss": train_loss,
-                "heldout_loss": heldout_loss,
-                "rougeL": rouge,
-                "bleu": bleu,
-                "generations": [
-                    {
-                        "instruction": r["instruction"],
-                        "input": r["input"],
-                        "training_output": r["output"],
-                        "output": o,
-                    }
-                    for r, o in zip(gen_rows, outputs)
-                ],
-            },
-        )
-        return {
-            "overfit_train_loss": _mean(train_loss),
-            "overfit_heldout_loss": _mean(heldout_loss),
-            "overfit_rougeL": _mean(rouge),
-            "overfit_bleu": _mean(bleu),
-            "overfit_n_train": len(train_loss),
-            "overfit_n_heldout": len(heldout_loss),
-            "overfit_n_generated": len(outputs),
-            "overfit_heldout": overfit_cfg.heldout,
-            "overfit_n_skipped_too_long": train_skipped + heldout_skipped,
-        }
+        return _measure(finetuned.path / "model", rows, overfit_cfg, max_length, dtype, work)
 
     return store.materialize(key, compute, config=params)

@@ -37,6 +37,9 @@ from pipeline.store.manifest import (
     MANIFEST, MARKER, METRICS, Defect, checked_metrics, manifest_of, sha256_of,
 )
 from pipeline.store.workdirs import claim_work, discard, publish, remove_unfinished
+from pipeline.text.logs import get_logger
+
+LOG = get_logger("store")
 
 __all__ = [
     "MANIFEST", "MARKER", "METRICS", "StageLock", "StageResult", "Store", "StoreError",
@@ -199,8 +202,8 @@ class Store:
             os.rename(stage_dir, aside)
         except FileNotFoundError:
             return
-        print(f"[store] stage {key} is corrupt ({defect}); moved aside to {aside}; "
-              "it will be recomputed", flush=True)
+        LOG.warning("stage %s is corrupt (%s); moved aside to %s; it will be recomputed",
+                    key, defect, aside)
 
     def _compute(self, key: str, compute: Callable[[Path], dict], work: Path, config) -> dict:
         if self.tracker is None:
@@ -235,8 +238,8 @@ class Store:
         root.mkdir(parents=True, exist_ok=True)
         lock = StageLock(root / f"{key}.lock", self.lock_stale_after_s, self.lock_heartbeat_s)
         with _full_disk_reported(key, root):
-            lock.acquire(on_wait=lambda: print(
-                f"[store] waiting for another process computing {key}", flush=True))
+            lock.acquire(on_wait=lambda: LOG.info("waiting for another process computing %s",
+                                                  key))
         try:
             hit = self.lookup(key)
             if hit is not None:

@@ -20,7 +20,9 @@ import sys
 from pathlib import Path
 
 from pipeline.models.devices import visible_cuda_gpus
-from pipeline.text.logs import log_tail
+from pipeline.text.logs import get_logger, log_tail
+
+LOG = get_logger("finetune")
 
 STRATEGIES = ("none", "ddp", "fsdp")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -73,7 +75,7 @@ def distributed_key_params(dist_cfg, world: int) -> dict:
     settings otherwise (they change data order and numerics)."""
     if world == 1:
         return {}
-    params = {"world_size": world, "strategy": dist_cfg.strategy}
+    params = {"world_size": world, "strategy": str(dist_cfg.strategy)}  # plain str, not Enum
     if dist_cfg.strategy == "fsdp":
         params["fp32_master_weights"] = dist_cfg.fsdp.fp32_master_weights
     return params
@@ -165,8 +167,8 @@ def run_workers(dist_cfg, request: Path, log: Path) -> None:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(PROJECT_ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default, said once instead of warned
-    print(f"[finetune] {world_size(dist_cfg)} processes: {' '.join(cmd)}\n"
-          f"[finetune] worker log: {log}", flush=True)
+    LOG.info("%d processes: %s", world_size(dist_cfg), " ".join(cmd))
+    LOG.info("worker log: %s", log)
     with open(log, "a", encoding="utf-8") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
                                 cwd=str(PROJECT_ROOT), preexec_fn=_die_with_parent)

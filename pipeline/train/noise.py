@@ -1,6 +1,7 @@
 """NEFTune noise on the input embeddings of any Hugging Face causal LM (PEFT-wrapped included).
 
 X + (alpha / sqrt(L * d)) * eps, eps ~ Uniform(-1, 1) (N(0, 1) for `gaussian`), in training only.
+The samplers of eps are registered by name in pipeline/train/noise_kinds/ (one module per kind).
 
 - length="per_example": L is each sequence's real length from the attention mask, padding gets no
   noise, and when position_ids restart inside a row (packing) each segment uses its own length.
@@ -14,17 +15,19 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 
-KINDS = ("none", "uniform", "gaussian")
-LENGTHS = ("per_example", "padded")
+from pipeline.config.choices import NoiseLength
+from pipeline.train.noise_kinds import OFF, check_kind, sampler
+
+LENGTHS = tuple(m.value for m in NoiseLength)
 
 
 def validate_noise(kind: str, alpha: float, length: str) -> None:
-    """Reject a bad noise config before any model is loaded."""
-    if kind not in KINDS:
-        raise ValueError(f"noise.kind={kind!r} is unknown; use one of {KINDS}")
+    """Reject a bad noise config before any model is loaded (kind: by the registry)."""
+    check_kind(kind)
     if length not in LENGTHS:
         raise ValueError(f"noise.length={length!r} is unknown; use one of {LENGTHS}")
     # `alpha < 0` is False for NaN: test for a finite number explicitly.
@@ -38,14 +41,17 @@ def validate_noise(kind: str, alpha: float, length: str) -> None:
 def noise_params(noise_cfg) -> dict:
     """The part of the noise config that changes training; every 'off' setting hashes alike."""
     validate_noise(noise_cfg.kind, noise_cfg.alpha, noise_cfg.length)
-    if noise_cfg.kind == "none" or noise_cfg.alpha == 0:  # alpha 0 is the baseline, any kind
-        return {"kind": "none"}
-    return {"kind": noise_cfg.kind, "alpha": float(noise_cfg.alpha), "length": noise_cfg.length}
+    if noise_cfg.kind == OFF or noise_cfg.alpha == 0:  # alpha 0 is the baseline, any kind
+        return {"kind": OFF}
+    # Plain str, never the schema's Enum member: these values are hashed into stage keys.
+    length = noise_cfg.length
+    length = length.value if isinstance(length, Enum) else str(length)
+    return {"kind": str(noise_cfg.kind), "alpha": float(noise_cfg.alpha), "length": length}
 
 
 def noise_label(noise: dict) -> str:
     """An arm's name for a noise setting: base, neft-uniform5, neft-gaussian5-padded."""
-    if noise["kind"] == "none":
+    if noise["kind"] == OFF:
         return "base"
     alpha = noise["alpha"]
     alpha = int(alpha) if float(alpha).is_integer() else alpha
@@ -83,19 +89,12 @@ def neftune_noise(
     `generator` (on `embeds`' device) draws eps; None draws from torch's global RNG, as before.
     """
     _, seq_len, dim = embeds.shape
-    if kind == "none" or alpha == 0:
+    if kind == OFF or alpha == 0:
         return torch.zeros_like(embeds)
+    draw = sampler(kind)
     if length == "padded" or attention_mask is None:
-        mag = alpha / torch.sqrt(torch.tensor(seq_len * dim))
-        if kind == "uniform":
-            # Same call as transformers' hook, so equal seeds give equal noise.
-            return torch.zeros_like(embeds).uniform_(-mag, mag, generator=generator)
-        return torch.zeros_like(embeds).normal_(0.0, 1.0, generator=generator) * mag
-    eps = torch.zeros_like(embeds)
-    if kind == "uniform":
-        eps = eps.uniform_(-1.0, 1.0, generator=generator)
-    else:
-        eps = eps.normal_(0.0, 1.0, generator=generator)
+        return draw(embeds, alpha / torch.sqrt(torch.tensor(seq_len * dim)), generator)
+    eps = draw(embeds, 1.0, generator)
     # The scale in fp32 whatever the embeddings' dtype: bf16 holds integers exactly only up to
     # 256, so L = 257 would be scaled as 256. Only the final noise is cast.
     lengths = token_lengths(attention_mask, position_ids).to(torch.float32)
@@ -147,7 +146,7 @@ def attach_neftune(
     """
     validate_noise(kind, alpha, length)
     handle = NEFTuneHandle(alpha=alpha, kind=kind, length=length)
-    if kind == "none":
+    if kind == OFF:
         return handle
     embedding = model.get_input_embeddings()
 

@@ -16,6 +16,9 @@ from pathlib import Path
 import torch
 
 from pipeline.store.store import write_json_atomic
+from pipeline.text.logs import get_logger
+
+LOG = get_logger("finetune")
 
 WORLD_FILE = "world_size.json"  # in checkpoints/: the world size the checkpoints were written by
 
@@ -38,8 +41,8 @@ def _readable_state(ckpt: Path) -> bool:
         json.loads(path.read_text(encoding="utf-8"))
         return True
     except (OSError, ValueError) as err:
-        print(f"[finetune] {path} is damaged ({type(err).__name__}: {err}); resuming from an "
-              "earlier checkpoint instead", flush=True)
+        LOG.warning("%s is damaged (%s: %s); resuming from an earlier checkpoint instead",
+                    path, type(err).__name__, err)
         return False
 
 

@@ -22,6 +22,9 @@ import os
 from pathlib import Path
 
 import torch
+from pipeline.text.logs import get_logger
+
+LOG = get_logger("finetune")
 
 FSDP_SHARDING = ("full_shard", "shard_grad_op")  # what FSDP2 offers (hybrid_shard is FSDP1 only)
 BNB_OPTIMS = ("paged_", "bnb", "8bit")  # optimiser names that need bitsandbytes
@@ -122,9 +125,9 @@ def single_device(args) -> None:
     accumulation (computed for one device) does not expect."""
     _ = args.device  # sets args._n_gpu, which the Trainer reads
     if args.n_gpu > 1:
-        print(f"[finetune] one process, {args.n_gpu} GPUs visible: training on one (no "
-              "DataParallel); use finetune.distributed.nproc_per_node=auto strategy=ddp|fsdp "
-              "for all of them", flush=True)
+        LOG.warning("one process, %d GPUs visible: training on one (no DataParallel); use "
+                    "finetune.distributed.nproc_per_node=auto strategy=ddp|fsdp for all of them",
+                    args.n_gpu)
         args._n_gpu = 1
 
 

@@ -19,7 +19,8 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -32,6 +33,9 @@ from pipeline.store.store import write_json_atomic
 from pipeline.train.trainer_args import (
     prepare_rank0_loading, single_device, training_arguments, use_4bit, uses_fsdp,
 )
+from pipeline.text.logs import configure_logging, get_logger
+
+LOG = get_logger("finetune")
 
 TRAINED = "trained.json"  # written once model/ is complete: a rerun returns it without training
 
@@ -121,48 +125,78 @@ def _merged(peft_model, adapter_dir: Path, quantized: bool):
     return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
 
 
-def train(req: TrainRequest, records: list[dict]) -> dict | None:
-    """Train as configured; returns the metrics on rank 0 (None on other ranks)."""
-    from transformers import Trainer, TrainerState
+@dataclass
+class _Run:
+    """One rank's training run as train() assembles it."""
 
-    from pipeline.data.loading import pad_batch, tokenize_examples
+    cfg: dict
+    work: Path
+    rank: int
+    world: int
+    args: Any = None
+    model: Any = None
+    tok: Any = None
+    examples: list = field(default_factory=list)
+    dropped: int = 0
+    quantized: bool = False
+    trainable: int = 0
+    generator: Any = None
+    resume: Path | None = None
+    tokens_before: int = 0
+    wall_s: float = 0.0  # seconds in Trainer.train (or loading the final checkpoint)
+
+
+def _load(req: TrainRequest, records: list[dict]) -> _Run:
+    """Trainer arguments, the model (LoRA-wrapped if asked) and the tokenized examples."""
+    from pipeline.data.loading import tokenize_examples
     from pipeline.models.loading import load_model_and_tokenizer
-    from pipeline.train.noise import attach_neftune, rank_generator
 
-    cfg, work = req.train, Path(req.work)
-    rank, local_rank, world = rank_info()
-    ckpt_root = work / "checkpoints"
+    rank, _, world = rank_info()
+    run = _Run(req.train, Path(req.work), rank, world)
+    cfg, ckpt_root = run.cfg, run.work / "checkpoints"
     check_world_size(ckpt_root, world)
-    args = training_arguments(cfg, req.report_to, ckpt_root, world)
+    run.args = training_arguments(cfg, req.report_to, ckpt_root, world)
     if world == 1:
-        single_device(args)
-    prepare_rank0_loading(args, cfg)  # before from_pretrained, which reads it
-    quantized = cfg["lora"] is not None and use_4bit(cfg["lora"]["quantize_4bit"])
+        single_device(run.args)
+    prepare_rank0_loading(run.args, cfg)  # before from_pretrained, which reads it
+    run.quantized = cfg["lora"] is not None and use_4bit(cfg["lora"]["quantize_4bit"])
     # Loaded in model.dtype; under FSDP with fp32 masters accelerate upcasts what trains.
-    model, tok = load_model_and_tokenizer(req.base_dir, req.dtype, req.revision,
-                                          load_in_4bit=quantized)
+    run.model, run.tok = load_model_and_tokenizer(req.base_dir, req.dtype, req.revision,
+                                                  load_in_4bit=run.quantized)
     if cfg["lora"] is not None:
-        model = _with_lora(model, cfg["lora"], quantized)
-    examples, dropped = tokenize_examples(records, tok, cfg["max_length"])
-    if not examples:
+        run.model = _with_lora(run.model, cfg["lora"], run.quantized)
+    run.examples, run.dropped = tokenize_examples(records, run.tok, cfg["max_length"])
+    if not run.examples:
         raise ValueError(f"no training example has response tokens within "
                          f"finetune.max_length={cfg['max_length']}")
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    run.trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    return run
+
+
+def _fit(run: _Run, noise: dict):
+    """Attach the noise, resume from the last checkpoint, train; returns the Trainer."""
+    from transformers import Trainer, TrainerState
+
+    from pipeline.data.loading import pad_batch
+    from pipeline.train.noise import attach_neftune, rank_generator
+
+    cfg, ckpt_root, rank, world = run.cfg, run.work / "checkpoints", run.rank, run.world
     # One process draws from the global RNG (which the Trainer checkpoints), as before; ranks
     # draw from their own (seed, rank) generator so that their noise is independent.
-    generator = rank_generator(cfg["seed"], rank, args.device) if world > 1 else None
-    noise = req.noise
-    handle = attach_neftune(model, noise.get("alpha", 0.0), noise["kind"],
+    generator = rank_generator(cfg["seed"], rank, run.args.device) if world > 1 else None
+    handle = attach_neftune(run.model, noise.get("alpha", 0.0), noise["kind"],
                             noise.get("length", "per_example"), generator=generator)
     has_noise = generator is not None and noise["kind"] != "none"
     resume = last_checkpoint(ckpt_root, world, noise_rng=has_noise)
     if resume is not None and has_noise:
         generator.set_state(torch.load(resume / noise_rng_file(rank)))
     resumed = TrainerState.load_from_json(str(resume / "trainer_state.json")) if resume else None
-    tokens_before = resumed.num_input_tokens_seen if resumed else 0
+    run.generator, run.resume = generator, resume
+    run.tokens_before = resumed.num_input_tokens_seen if resumed else 0
     # The last step is always checkpointed: found, training is over.
     finished = resumed is not None and resumed.global_step >= resumed.max_steps > 0
-    trainer = Trainer(model=model, args=args, train_dataset=examples,
+    tok = run.tok
+    trainer = Trainer(model=run.model, args=run.args, train_dataset=run.examples,
                       data_collator=lambda feats: pad_batch(feats, tok.pad_token_id),
                       processing_class=tok, callbacks=_callbacks(rank, generator))
     if uses_fsdp(cfg) and not trainer.is_fsdp_enabled:
@@ -180,48 +214,63 @@ def train(req: TrainRequest, records: list[dict]) -> dict | None:
         trainer.state = resumed
     else:
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    wall = time.time() - started
+    run.wall_s = time.time() - started
     handle.remove()
     if generator is not None:
-        write_rank_record(work, rank, world, generator)
+        write_rank_record(run.work, rank, world, generator)
+    return trainer
 
-    model = trainer.model
-    if cfg["lora"] is not None:
-        if rank == 0:
-            model.save_pretrained(work / "adapter")
-        model = _merged(model, work / "adapter", quantized)
-    # Plain weights in model.dtype (fp32 masters are cast back): generate, openllm and overfit
-    # load them like any model.
-    save_consolidated(model, work / "model", rank == 0, req.dtype)
-    if rank != 0:
-        return None
-    tok.save_pretrained(work / "model")
-    log = [e for e in trainer.state.log_history if "loss" in e]
-    write_json_atomic(work / "loss_log.json", log)
-    tokens_this_run = trainer.state.num_input_tokens_seen - tokens_before
+
+def _metrics(run: _Run, trainer, noise: dict) -> dict:
+    """What finetune reports: the mean logged loss, steps, tokens, speed, noise, LoRA."""
+    state = trainer.state
+    log = [e for e in state.log_history if "loss" in e]
+    write_json_atomic(run.work / "loss_log.json", log)
     metrics = {
         # Not the Trainer's training_loss: that averages only the steps of this train() call.
-        "train_loss": mean_logged_loss(trainer.state.log_history),
+        "train_loss": mean_logged_loss(state.log_history),
         "train_final_logged_loss": float(log[-1]["loss"]) if log else float("nan"),
-        "train_steps": int(trainer.state.global_step),
-        "train_epochs": float(trainer.state.epoch or 0.0),
-        "train_examples": len(examples),
-        "train_tokens_seen": int(trainer.state.num_input_tokens_seen),
-        "train_examples_dropped": dropped,
-        "train_runtime_s": round(wall, 2),
-        "train_tokens_per_s": round(tokens_this_run / max(wall, 1e-9), 2),
-        "resumed_from_step": int(resume.name.split("-")[1]) if resume else 0,
+        "train_steps": int(state.global_step),
+        "train_epochs": float(state.epoch or 0.0),
+        "train_examples": len(run.examples),
+        "train_tokens_seen": int(state.num_input_tokens_seen),
+        "train_examples_dropped": run.dropped,
+        "train_runtime_s": round(run.wall_s, 2),
+        "train_tokens_per_s": round((state.num_input_tokens_seen - run.tokens_before)
+                                    / max(run.wall_s, 1e-9), 2),
+        "resumed_from_step": int(run.resume.name.split("-")[1]) if run.resume else 0,
         "noise_kind": noise["kind"],
         "noise_alpha": float(noise.get("alpha", 0.0)),
         "noise_length": noise.get("length", "none"),
-        "lora": cfg["lora"] is not None,
-        "lora_4bit": quantized,
-        "trainable_params": trainable,
+        "lora": run.cfg["lora"] is not None,
+        "lora_4bit": run.quantized,
+        "trainable_params": run.trainable,
     }
-    if world > 1:
-        metrics.update(world_size=world, strategy=cfg["distributed"]["strategy"])
-    write_json_atomic(work / TRAINED, metrics)  # after the model: from here on nothing is retrained
-    shutil.rmtree(ckpt_root, ignore_errors=True)  # optimiser state is large; the weights are kept
+    if run.world > 1:
+        metrics.update(world_size=run.world, strategy=run.cfg["distributed"]["strategy"])
+    return metrics
+
+
+def train(req: TrainRequest, records: list[dict]) -> dict | None:
+    """Train as configured; returns the metrics on rank 0 (None on other ranks)."""
+    run = _load(req, records)
+    trainer = _fit(run, req.noise)
+    model = trainer.model
+    if run.cfg["lora"] is not None:
+        if run.rank == 0:
+            model.save_pretrained(run.work / "adapter")
+        model = _merged(model, run.work / "adapter", run.quantized)
+    # Plain weights in model.dtype (fp32 masters are cast back): generate, openllm and overfit
+    # load them like any model.
+    save_consolidated(model, run.work / "model", run.rank == 0, req.dtype)
+    if run.rank != 0:
+        return None
+    run.tok.save_pretrained(run.work / "model")
+    metrics = _metrics(run, trainer, req.noise)
+    # After the model: from here on nothing is retrained.
+    write_json_atomic(run.work / TRAINED, metrics)
+    # Optimiser state is large; the weights are kept.
+    shutil.rmtree(run.work / "checkpoints", ignore_errors=True)
     return metrics
 
 
@@ -231,8 +280,8 @@ def main(argv: list[str]) -> int:
     request_path = Path(argv[0])
     req = TrainRequest.load(request_path)
     records = json.loads((request_path.parent / "records.json").read_text(encoding="utf-8"))
-    rank, _, world = rank_info()
-    print(f"[rank {rank}/{world}] pid {os.getpid()} on {os.uname().nodename}", flush=True)
+    configure_logging()  # a torchrun rank: no Hydra here; '[rank r/w]' on every line
+    LOG.info("pid %d on %s", os.getpid(), os.uname().nodename)
     train(req, records)
     import torch.distributed as dist
 

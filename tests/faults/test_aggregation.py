@@ -36,20 +36,20 @@ def _damaged(kind: str) -> object:
 
 
 @pytest.mark.parametrize("kind", sorted(DAMAGED))
-def test_a_damaged_point_file_is_named_skipped_and_the_rest_aggregated(tmp_path, kind, capsys):
+def test_a_damaged_point_file_is_named_skipped_and_the_rest_aggregated(tmp_path, kind, caplog):
     out = _experiment(tmp_path)
     write_results(out)
     before = (out / "table1.md").read_text()
     (out / "points" / "zz-damaged.json").write_text(json.dumps(_damaged(kind)))
     write_results(out)  # must not raise: every later run of the experiment ends here
-    assert f"skipped point file {out / 'points' / 'zz-damaged.json'}" in capsys.readouterr().out
+    assert f"skipped point file {out / 'points' / 'zz-damaged.json'}" in caplog.text
     report = (out / "REPORT.md").read_text()
     assert "point files skipped" in report and "zz-damaged.json" in report
     assert (out / "table1.md").read_text() == before  # the good points, as before
     assert "90.0" not in (out / "table1.md").read_text()
 
 
-def test_a_second_file_with_the_same_point_id_is_refused_not_a_second_row(tmp_path, capsys):
+def test_a_second_file_with_the_same_point_id_is_refused_not_a_second_row(tmp_path, caplog):
     out = _experiment(tmp_path)
     write_results(out)
     before = (out / "table1.md").read_text()
@@ -58,7 +58,7 @@ def test_a_second_file_with_the_same_point_id_is_refused_not_a_second_row(tmp_pa
     (out / "points" / ".point-main.json").write_text(json.dumps(copy))  # hidden: no point at all
     write_results(out)
     assert (out / "table1.md").read_text() == before
-    said = capsys.readouterr().out
+    said = caplog.text
     assert "copy-of-main.json: repeats point id point-main" in said
     assert ".point-main.json" not in said
 

@@ -16,18 +16,17 @@ from pathlib import Path
 from types import SimpleNamespace
 from pipeline.store.store import StageResult, Store
 from pipeline.stages import compare
+from pipeline.stages.contract import ArmPair
 from pipeline.judging import judges as judging
 from tests.composed import composed
 
 base = Path(sys.argv[1])
 cfg = composed("judge=local_tiny", "compare.resamples=1000", "compare.lc_resamples=20")
-upstream = {}
+sides = {}
 for prefix in ("base_", ""):
-    for stage in ("alpaca_eval", "analysis"):
-        path = base / f"{prefix}{stage}"
-        upstream[f"{prefix}{stage}_0"] = StageResult(f"{stage}-{prefix or 'neft'}x-0", path, {},
-                                                     True)
-call = SimpleNamespace(upstream=upstream)
+    sides[prefix] = {stage: StageResult(f"{stage}-{prefix or 'neft'}x-0", base / f"{prefix}{stage}",
+                                        {}, True) for stage in ("alpaca_eval", "analysis")}
+call = SimpleNamespace(pairs=(ArmPair(0, sides["base_"], sides[""]),))
 compare.run(cfg, SimpleNamespace(store=Store(base / "store")), call)
 importer = getattr(judging, "import_alpaca_eval", None) or judging._import_alpaca_eval
 importer(cfg.judge.alpaca_eval_version)  # what the judge of a later stage does

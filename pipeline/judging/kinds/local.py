@@ -1,0 +1,68 @@
+"""A local Hugging Face causal LM as alpaca_eval's `fn_completions`: it answers "Output (a)" or
+"Output (b)" by comparing its next-token logits (judge.model, e.g. SmolLM2-135M-Instruct)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.data.loading import ASSETS
+from pipeline.judging.alpaca_import import JudgeError
+from pipeline.judging.kinds import JudgeKind, register
+from pipeline.models.devices import compute_device, device_key_params, inference_placement
+from pipeline.models.loading import DTYPES, base_model_dir, validate_model
+
+ANNOTATORS_DIR = ASSETS / "annotators"
+
+
+@register("local")
+class LocalJudge(JudgeKind):
+    """judge.model on this process's device; annotator configs in pipeline/assets/annotators/."""
+
+    def validate(self, judge_cfg) -> None:
+        validate_model(judge_cfg.model)
+
+    def annotator_args(self, judge_cfg, work: Path, cache, fn_completions) -> tuple[Path, dict]:
+        if fn_completions is None:
+            fn_completions = local_judge_completions(
+                base_model_dir(judge_cfg.model, cache), judge_cfg.model.dtype,
+                judge_cfg.batch_size, judge_cfg.max_prompt_tokens)
+        config = ANNOTATORS_DIR / judge_cfg.annotator / "configs.yaml"
+        return config, {"fn_completions": fn_completions}
+
+    def key_params(self, judge_cfg) -> dict:
+        # A GPU's numerics can flip a close verdict: its device enters the key where not the CPU.
+        return device_key_params(compute_device())
+
+
+def local_judge_completions(model_dir: str, dtype: str, batch_size: int, max_prompt_tokens: int):
+    """An alpaca_eval `fn_completions`: a local causal LM picks "Output (a)" or "(b)" by logits."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.padding_side, tok.truncation_side = "left", "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    device = compute_device()  # the one place that decides (pipeline/models/devices.py)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=DTYPES[dtype], **inference_placement(device)).eval()
+    ids = [tok.encode(c, add_special_tokens=False)[-1] for c in ("a", "b")]
+    if ids[0] == ids[1]:
+        raise JudgeError(f"judge tokenizer of {model_dir} cannot tell 'a' from 'b'")
+
+    def completions(prompts: list[str], **_decoding) -> dict:
+        out: list[str | None] = [None] * len(prompts)
+        # similar lengths share a batch
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = tok([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                        truncation=True, max_length=max_prompt_tokens).to(model.device)
+            with torch.inference_mode():
+                # only the last position is needed
+                logits = model(**batch, logits_to_keep=1).logits[:, -1, ids]
+            for i, (a, b) in zip(idx, logits.tolist()):
+                out[i] = "Output (a)" if a >= b else "Output (b)"
+        return {"completions": out}
+
+    return completions
