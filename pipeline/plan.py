@@ -10,21 +10,29 @@ one Step below.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from omegaconf import OmegaConf
 
-from pipeline.models.devices import resolve_precision
 from pipeline.judging.judges import reference_from_stage
-from pipeline.train.noise import noise_label, noise_params
-from pipeline.store.store import StageResult
+from pipeline.models.devices import resolve_precision
 from pipeline.results.points import Arm, Comparison, Effect, StageRef, Variant
-from pipeline.stages.contract import ArmPair, ArmSpec, Call, Context, Stage
 from pipeline.stages import (
-    alpaca_eval_stage, analysis, compare, finetune, generate, judge_calibration, openllm, overfit,
+    alpaca_eval_stage,
+    analysis,
+    compare,
+    finetune,
+    generate,
+    judge_calibration,
+    openllm,
+    overfit,
 )
+from pipeline.stages.contract import ArmPair, ArmSpec, Call, Context, Stage
+from pipeline.store.store import StageResult
 from pipeline.text.logs import get_logger
+from pipeline.train.noise import noise_label, noise_params
 
 LOG = get_logger("plan")
 
@@ -65,8 +73,11 @@ def arm_specs(cfg) -> list[ArmSpec]:
     off = OmegaConf.create({"kind": "none", "alpha": 0.0, "length": cfg.noise.length})
     settings = [off] if noise_params(cfg.noise)["kind"] == "none" else [off, cfg.noise]
     seeds = list(cfg.seeds) if cfg.seeds else [cfg.finetune.seed]
-    return [ArmSpec(noise_label(noise_params(n)), n, seed, i == 0)
-            for seed in seeds for i, n in enumerate(settings)]
+    return [
+        ArmSpec(noise_label(noise_params(n)), n, seed, i == 0)
+        for seed in seeds
+        for i, n in enumerate(settings)
+    ]
 
 
 def check_all(cfg) -> None:
@@ -106,26 +117,38 @@ def _effects(cfg, ctx: Context, results: dict) -> list[Effect]:
         for spec in (s for s in results if s.name == name):
             base = next(s for s in results if s.baseline and s.seed == spec.seed)
             shared = [k for k in COMPARED if k in results[base] and k in results[spec]]
-            pairs.append(ArmPair(spec.seed, {k: results[base][k] for k in shared},
-                                 {k: results[spec][k] for k in shared}))
+            pairs.append(
+                ArmPair(
+                    spec.seed,
+                    {k: results[base][k] for k in shared},
+                    {k: results[spec][k] for k in shared},
+                )
+            )
         spec = next(s for s in results if s.name == name)
         result = EFFECT.module.run(cfg, ctx, Call(spec, {}, pairs=tuple(pairs)))
         _say(EFFECT.stage, f"{name} vs base", result)
-        effects.append(Effect(name, "base", [p.seed for p in pairs],
-                              {EFFECT.stage: _ref(result)}))
+        effects.append(Effect(name, "base", [p.seed for p in pairs], {EFFECT.stage: _ref(result)}))
     return effects
 
 
-def run_plan(cfg, ctx: Context) -> tuple[list[Arm], list[Variant], list[Comparison],
-                                         list[Effect], dict]:
+def run_plan(
+    cfg, ctx: Context
+) -> tuple[list[Arm], list[Variant], list[Comparison], list[Effect], dict]:
     """Run every stage of one point: its arms, variants, comparisons, effects, point stages."""
     arms, results = [], {}
     for spec in arm_specs(cfg):
         label = spec.name if len(cfg.seeds or []) < 2 else f"{spec.name}, seed {spec.seed}"
         results[spec] = _walk(cfg, ctx, ARM_CHAIN, Call(spec, {}), label)
         noise = noise_params(spec.noise)
-        arms.append(Arm(spec.name, spec.baseline, spec.seed, noise,
-                        {k: _ref(v) for k, v in results[spec].items()}))
+        arms.append(
+            Arm(
+                spec.name,
+                spec.baseline,
+                spec.seed,
+                noise,
+                {k: _ref(v) for k, v in results[spec].items()},
+            )
+        )
     variants, comparisons = [], []
     for base in (s for s in results if s.baseline):
         if cfg.length_control.enabled:
@@ -133,8 +156,14 @@ def run_plan(cfg, ctx: Context) -> tuple[list[Arm], list[Variant], list[Comparis
                 call = Call(base, {"finetune": results[base]["finetune"]}, variant=name)
                 done = _walk(cfg, ctx, VARIANT_CHAIN, call, f"{base.name}, {name}")
                 setting = OmegaConf.to_container(cfg.length_control.variants[name], resolve=True)
-                variants.append(Variant(name, base.seed, setting,
-                                        {k: _ref(v) for k, v in done.items() if k != "finetune"}))
+                variants.append(
+                    Variant(
+                        name,
+                        base.seed,
+                        setting,
+                        {k: _ref(v) for k, v in done.items() if k != "finetune"},
+                    )
+                )
         if not COMPARISON.enabled(cfg):
             continue
         for spec in (s for s in results if not s.baseline and s.seed == base.seed):
@@ -142,8 +171,9 @@ def run_plan(cfg, ctx: Context) -> tuple[list[Arm], list[Variant], list[Comparis
             call = Call(spec, {"generate": results[spec]["generate"]}, reference=reference)
             judged = COMPARISON.module.run(cfg, ctx, call)
             _say("alpaca_eval", f"{spec.name} vs {base.name}", judged)
-            comparisons.append(Comparison(spec.name, base.name, spec.seed,
-                                          {COMPARISON.stage: _ref(judged)}))
+            comparisons.append(
+                Comparison(spec.name, base.name, spec.seed, {COMPARISON.stage: _ref(judged)})
+            )
     effects = _effects(cfg, ctx, results)
     point_stages = {}
     for step in POINT_STEPS:

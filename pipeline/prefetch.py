@@ -61,8 +61,11 @@ def caches() -> dict[str, str]:
     import datasets
     from huggingface_hub import constants
 
-    return {"HF_HOME": constants.HF_HOME, "HF_HUB_CACHE": constants.HF_HUB_CACHE,
-            "HF_DATASETS_CACHE": str(datasets.config.HF_DATASETS_CACHE)}
+    return {
+        "HF_HOME": constants.HF_HOME,
+        "HF_HUB_CACHE": constants.HF_HUB_CACHE,
+        "HF_DATASETS_CACHE": str(datasets.config.HF_DATASETS_CACHE),
+    }
 
 
 def point_label(point: list[str], overrides: list[str], name: str | None = None) -> str:
@@ -118,8 +121,9 @@ def fetch_one(item: Item, users: list[str], source: Path | None, dry_run: bool) 
             unchanged = tree_bytes(result.where) == before
             result.status = "already present" if was_there and unchanged else "fetched"
     except Exception as err:  # reported in the table; the other items are still fetched
-        result.status = "missing (optional)" if item.optional else (
-            "will fail" if dry_run else "failed")
+        result.status = (
+            "missing (optional)" if item.optional else ("will fail" if dry_run else "failed")
+        )
         result.reason = explain(err)
     result.size = tree_bytes(result.where)
     return result
@@ -140,8 +144,10 @@ def table(results: list[Result]) -> str:
     lines = ["| kind | id | where | size | status | needed by |", "|---|---|---|---|---|---|"]
     for r in results:
         users = r.needed_by[0] if len(r.needed_by) == 1 else f"{len(r.needed_by)} points"
-        lines.append(f"| {r.item.kind} | {r.item.label()} | {r.where or '-'} | {human(r.size)} "
-                     f"| {r.status} | {users} |")
+        lines.append(
+            f"| {r.item.kind} | {r.item.label()} | {r.where or '-'} | {human(r.size)} "
+            f"| {r.status} | {users} |"
+        )
     return "\n".join(lines)
 
 
@@ -154,14 +160,18 @@ def exports(env: dict[str, str]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.prefetch",
-        description="Download every model and dataset an experiment needs into the HF caches.")
+        description="Download every model and dataset an experiment needs into the HF caches.",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for pipeline.run")
     parser.add_argument("--dry-run", action="store_true", help="list the items; fetch nothing")
     # Accepted so that a pipeline.run command line can be reused as is: sweeps always expand.
     parser.add_argument("-m", "--multirun", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--source", type=Path, default=os.environ.get(SOURCE_ENV) or None,
-                        help=f"a local hub mirror to copy from instead of the network "
-                             f"(default ${SOURCE_ENV})")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=os.environ.get(SOURCE_ENV) or None,
+        help=f"a local hub mirror to copy from instead of the network (default ${SOURCE_ENV})",
+    )
     return parser.parse_args(argv)
 
 
@@ -172,12 +182,17 @@ def main(argv: list[str] | None = None) -> int:
     print("[prefetch] caches: " + "  ".join(f"{k}={v}" for k, v in env.items()), flush=True)
     offline = [v for v in OFFLINE_VARS if os.environ.get(v, "").upper() in {"1", "ON", "TRUE"}]
     if offline and args.source is None and not args.dry_run:
-        print(f"[prefetch] warning: {', '.join(offline)} set: hub downloads will fail; unset "
-              "them on this login node", flush=True)
+        print(
+            f"[prefetch] warning: {', '.join(offline)} set: hub downloads will fail; unset "
+            "them on this login node",
+            flush=True,
+        )
     n_points, needed = needed_items(list(args.overrides))
-    print(f"[prefetch] {n_points} points, {len(needed)} distinct items"
-          f"{' (dry run)' if args.dry_run else ''}; from {args.source or 'the network'}",
-          flush=True)
+    print(
+        f"[prefetch] {n_points} points, {len(needed)} distinct items"
+        f"{' (dry run)' if args.dry_run else ''}; from {args.source or 'the network'}",
+        flush=True,
+    )
     ordered = sorted(needed, key=lambda i: (KIND_ORDER.index(i.kind), i.label()))
     results = []
     for item in ordered:
@@ -190,8 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     verdict = "WILL FAIL" if args.dry_run else "FAILED"
     for r in failed:
         users = ", ".join(r.needed_by[:3]) + (" ..." if len(r.needed_by) > 3 else "")
-        print(f"[prefetch] {verdict} {r.item.kind} {r.item.label()} (needed by {users}): "
-              f"{r.reason or 'not available'}", file=sys.stderr)
+        print(
+            f"[prefetch] {verdict} {r.item.kind} {r.item.label()} (needed by {users}): "
+            f"{r.reason or 'not available'}",
+            file=sys.stderr,
+        )
     return 1 if failed and not args.dry_run else 0
 
 

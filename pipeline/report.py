@@ -14,8 +14,11 @@ from pipeline.results.aggregate import write_results
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results_dir", type=Path, help="results/<experiment> (holds points/)")
-    parser.add_argument("--paper-numbers", default="pkg:paper_numbers.yaml",
-                        help="the paper's numbers (pkg:<asset> or a YAML path)")
+    parser.add_argument(
+        "--paper-numbers",
+        default="pkg:paper_numbers.yaml",
+        help="the paper's numbers (pkg:<asset> or a YAML path)",
+    )
     args = parser.parse_args(argv)
     out = write_results(args.results_dir, args.paper_numbers)
     print(f"tables, figures and REPORT.md: {out.resolve()}")

@@ -32,73 +32,114 @@ from pipeline.tracking.tracker import Tracker
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-def run_point(cfg: DictConfig, tracker: Tracker):
-    """Check every stage, then run the plan of one point; returns the typed Point."""
-    from pipeline.judging.judges import load_reference
+def _setting(cfg: DictConfig, arms, extra) -> dict:
+    """What the tables say of how a point was trained and evaluated."""
     from pipeline.train.launch import world_size
-    from pipeline.plan import check_all, run_plan
-    from pipeline.stages.contract import Context
-    from pipeline.results.points import Point
 
-    check_all(cfg)  # cheap checks first: a typo or a missing key must not cost a training run
-    from pipeline.results.aggregate import check_writable
-    check_writable(Path(cfg.paths.results) / cfg.experiment.name)  # before work, not after it
-    paths = cfg.paths
-    store = Store(Path(paths.store), paths.lock_stale_after_s, paths.lock_heartbeat_s, tracker,
-                  verify=paths.verify)
-    cache = Store(Path(paths.cache), paths.lock_stale_after_s, paths.lock_heartbeat_s,
-                  verify=paths.verify)
-    report_to = ["wandb"] if tracker.enabled else []  # the Trainer logs into the stage's run
-    arms, variants, comparisons, effects, extra = run_plan(cfg, Context(store, cache, report_to))
-    treated = next((a.name for a in arms if not a.baseline), "base")
-    # Named by what the point is, not by its stage keys: a rerun with other settings replaces it.
-    readable = f"{cfg.point_name or f'{cfg.model.name}_{cfg.data.name}'}_{treated}"
-    point_id = stage_key("point", readable, {"judge": cfg.judge.name,
-                                              "openllm": cfg.openllm.name}, [], 1)
     base_ft = arms[0].stages["finetune"].metrics
     ft = cfg.finetune
     method = "full finetune"
     if base_ft["lora"]:
         method = "LoRA (4-bit base)" if base_ft["lora_4bit"] else "LoRA (plain base, no 4-bit)"
     setting = {
-        "method": method, "lora": base_ft["lora"], "lora_4bit": base_ft["lora_4bit"],
-        "epochs": ft.epochs, "learning_rate": ft.learning_rate,
+        "method": method,
+        "lora": base_ft["lora"],
+        "lora_4bit": base_ft["lora_4bit"],
+        "epochs": ft.epochs,
+        "learning_rate": ft.learning_rate,
         "effective_batch": ft.effective_batch_size,
         "world_size": world_size(ft.distributed),
         "n_train": extra["train_analysis"].metrics["n_total"],
         "n_eval": arms[0].stages["generate"].metrics["gen_n_outputs"],
-        "cutoff": cfg.data.diversity_cutoff, "seeds": sorted({a.seed for a in arms}),
-        "openllm": {"name": cfg.openllm.name, "task_set": cfg.openllm.task_set,
-                    "limit": cfg.openllm.limit,
-                    "shots": {k: t.num_fewshot for k, t in cfg.openllm.tasks.items()}},
+        "cutoff": cfg.data.diversity_cutoff,
+        "seeds": sorted({a.seed for a in arms}),
+        "openllm": {
+            "name": cfg.openllm.name,
+            "task_set": cfg.openllm.task_set,
+            "limit": cfg.openllm.limit,
+            "shots": {k: t.num_fewshot for k, t in cfg.openllm.tasks.items()},
+        },
     }
-    return Point(point_id, cfg.point_name, cfg.experiment.name, str(Path(paths.store).resolve()),
-                 cfg.model.name, cfg.data.name, cfg.judge.name,
-                 load_reference(cfg.generate.reference).label, setting, arms, variants,
-                 comparisons, effects, extra)
+    return setting
+
+
+def run_point(cfg: DictConfig, tracker: Tracker):
+    """Check every stage, then run the plan of one point; returns the typed Point."""
+    from pipeline.judging.judges import load_reference
+    from pipeline.plan import check_all, run_plan
+    from pipeline.results.points import Point
+    from pipeline.stages.contract import Context
+
+    check_all(cfg)  # cheap checks first: a typo or a missing key must not cost a training run
+    from pipeline.results.aggregate import check_writable
+
+    check_writable(Path(cfg.paths.results) / cfg.experiment.name)  # before work, not after it
+    paths = cfg.paths
+    store = Store(
+        Path(paths.store),
+        paths.lock_stale_after_s,
+        paths.lock_heartbeat_s,
+        tracker,
+        verify=paths.verify,
+    )
+    cache = Store(
+        Path(paths.cache), paths.lock_stale_after_s, paths.lock_heartbeat_s, verify=paths.verify
+    )
+    report_to = ["wandb"] if tracker.enabled else []  # the Trainer logs into the stage's run
+    arms, variants, comparisons, effects, extra = run_plan(cfg, Context(store, cache, report_to))
+    treated = next((a.name for a in arms if not a.baseline), "base")
+    # Named by what the point is, not by its stage keys: a rerun with other settings replaces it.
+    readable = f"{cfg.point_name or f'{cfg.model.name}_{cfg.data.name}'}_{treated}"
+    point_id = stage_key(
+        "point", readable, {"judge": cfg.judge.name, "openllm": cfg.openllm.name}, [], 1
+    )
+    setting = _setting(cfg, arms, extra)
+    return Point(
+        point_id,
+        cfg.point_name,
+        cfg.experiment.name,
+        str(Path(paths.store).resolve()),
+        cfg.model.name,
+        cfg.data.name,
+        cfg.judge.name,
+        load_reference(cfg.generate.reference).label,
+        setting,
+        arms,
+        variants,
+        comparisons,
+        effects,
+        extra,
+    )
 
 
 def print_summary(point) -> None:
     print("\n== outputs ==")
-    print(f"{'arm':<16} {'seed':>5} {'train loss':>10} {'win rate':>9} {'mean chars':>10} "
-          f"{'openllm avg':>11}  outputs.json")
+    print(
+        f"{'arm':<16} {'seed':>5} {'train loss':>10} {'win rate':>9} {'mean chars':>10} "
+        f"{'openllm avg':>11}  outputs.json"
+    )
     for arm in point.arms:
         st = {k: v.metrics for k, v in arm.stages.items()}
         avg = f"{st['openllm']['openllm_average']:>11.3f}" if "openllm" in st else f"{'–':>11}"
         outputs = point.stage_path(arm.stages["generate"].key) / "outputs.json"
-        print(f"{arm.name:<16} {arm.seed:>5} {st['finetune']['train_loss']:>10.4f} "
-              f"{st['alpaca_eval']['win_rate']:>9.2f} "
-              f"{st['generate']['gen_mean_output_chars']:>10.1f} {avg}  {outputs}")
+        print(
+            f"{arm.name:<16} {arm.seed:>5} {st['finetune']['train_loss']:>10.4f} "
+            f"{st['alpaca_eval']['win_rate']:>9.2f} "
+            f"{st['generate']['gen_mean_output_chars']:>10.1f} {avg}  {outputs}"
+        )
     for c in point.comparisons:
         m = c.stages["head_to_head"].metrics
-        print(f"{c.arm} vs {c.baseline}, head to head: {m['win_rate']:.2f}% "
-              f"± {m['standard_error']:.2f}")
+        print(
+            f"{c.arm} vs {c.baseline}, head to head: {m['win_rate']:.2f}% "
+            f"± {m['standard_error']:.2f}"
+        )
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     if cfg.dry_run:  # this point's job and memory plan, nothing run (launcher=slurm: all points)
         from pipeline.cluster.jobs import dry_run_point
+
         return dry_run_point(cfg)
     started = time.time()
     from pipeline.results.aggregate import write_results
@@ -118,8 +159,9 @@ def main(cfg: DictConfig) -> None:
     write_results(out, cfg.paths.paper_numbers)
     tracker.log_tables(out)
     print(f"tables and figures: {out.resolve()}")
-    print(f"\ndone in {time.time() - started:.1f} s; stage store: "
-          f"{Path(cfg.paths.store).resolve()}")
+    print(
+        f"\ndone in {time.time() - started:.1f} s; stage store: {Path(cfg.paths.store).resolve()}"
+    )
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def train_tokens_per_s(location: str, load, mode: str, steps: int) -> dict:
 
 
 def generation(location: str, load, dtype: str, batch_sizes: list[int], n: int) -> list[dict]:
-    from pipeline.data.loading import load_prompts, format_prompt
+    from pipeline.data.loading import format_prompt, load_prompts
     from pipeline.generation.batched import generate_batched
 
     model, tok = load(location, dtype)
@@ -83,9 +83,15 @@ def generation(location: str, load, dtype: str, batch_sizes: list[int], n: int) 
         outputs, counts = generate_batched(model, tok, texts, batch, 60, 2048, 1.2)
         rate = sum(counts) / (time.perf_counter() - started)
         first = outputs if first is None else first
-        rows.append({"dtype": dtype, "batch": batch, "new_tokens_per_s": round(rate, 1),
-                     "mean_chars": round(sum(map(len, outputs)) / len(outputs), 1),
-                     "same_answers_as_first_batch_size": outputs == first})
+        rows.append(
+            {
+                "dtype": dtype,
+                "batch": batch,
+                "new_tokens_per_s": round(rate, 1),
+                "mean_chars": round(sum(map(len, outputs)) / len(outputs), 1),
+                "same_answers_as_first_batch_size": outputs == first,
+            }
+        )
     return rows
 
 
@@ -95,18 +101,31 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--prompts", type=int, default=20, help="default prompts generated")
     opts = parser.parse_args(argv)
     flags = cpu_flags()
-    result = {"cpu": platform.processor() or platform.machine(),
-              "native_bf16_flags": sorted(f for f in CPU_BF16_FLAGS if f in flags),
-              "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-              "auto_resolves_to": resolve_dtype("auto", "cpu"), "threads": torch.get_num_threads()}
-    result["gemm_gflops"] = [{"shape": s, "fp32": round(gemm_gflops(torch.float32, *s), 1),
-                              "bf16": round(gemm_gflops(torch.bfloat16, *s), 1)}
-                             for s in GEMM_SHAPES]
+    result = {
+        "cpu": platform.processor() or platform.machine(),
+        "native_bf16_flags": sorted(f for f in CPU_BF16_FLAGS if f in flags),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "auto_resolves_to": resolve_dtype("auto", "cpu"),
+        "threads": torch.get_num_threads(),
+    }
+    result["gemm_gflops"] = [
+        {
+            "shape": s,
+            "fp32": round(gemm_gflops(torch.float32, *s), 1),
+            "bf16": round(gemm_gflops(torch.bfloat16, *s), 1),
+        }
+        for s in GEMM_SHAPES
+    ]
     location, load = _default_model()
-    result["training"] = [train_tokens_per_s(location, load, mode, opts.steps)
-                          for mode in ("fp32", "autocast_bf16", "pure_bf16")]
-    result["generation"] = [row for dtype in ("float32", "bfloat16")
-                            for row in generation(location, load, dtype, [10, 20], opts.prompts)]
+    result["training"] = [
+        train_tokens_per_s(location, load, mode, opts.steps)
+        for mode in ("fp32", "autocast_bf16", "pure_bf16")
+    ]
+    result["generation"] = [
+        row
+        for dtype in ("float32", "bfloat16")
+        for row in generation(location, load, dtype, [10, 20], opts.prompts)
+    ]
     out = ROOT / "results" / "bench"
     out.mkdir(parents=True, exist_ok=True)
     (out / "precision.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
@@ -117,21 +136,41 @@ def main(argv: list[str]) -> int:
 
 def render(r: dict) -> str:
     fp32 = r["training"][0]["tokens_per_s"]
-    lines = [f"# Precision on this CPU ({r['torch_cpu_capability']}, {r['threads']} threads, "
-             f"native bf16 flags: {', '.join(r['native_bf16_flags']) or 'none'})", "",
-             f"`dtype: auto` resolves to **{r['auto_resolves_to']}** here. Written by "
-             "`python scripts/bench_precision.py` (one run: the ratios compare).", "",
-             "| GEMM m x k x n | fp32 GFLOP/s | bf16 GFLOP/s | bf16 / fp32 |", "|---|---|---|---|"]
-    lines += [f"| {' x '.join(map(str, g['shape']))} | {g['fp32']} | {g['bf16']} | "
-              f"{g['bf16'] / g['fp32']:.2f} |" for g in r["gemm_gflops"]]
-    lines += ["", "| training (SmolLM2-135M, 4 x 300 tokens) | tokens/s | vs fp32 | losses |",
-              "|---|---|---|---|"]
-    lines += [f"| {t['mode']} | {t['tokens_per_s']} | {t['tokens_per_s'] / fp32:.2f} | "
-              f"{' '.join(map(str, t['losses']))} |" for t in r["training"]]
-    lines += ["", "| generation | batch | new tokens/s | mean chars | same answers as batch 10 |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {g['dtype']} | {g['batch']} | {g['new_tokens_per_s']} | {g['mean_chars']} | "
-              f"{g['same_answers_as_first_batch_size']} |" for g in r["generation"]]
+    lines = [
+        f"# Precision on this CPU ({r['torch_cpu_capability']}, {r['threads']} threads, "
+        f"native bf16 flags: {', '.join(r['native_bf16_flags']) or 'none'})",
+        "",
+        f"`dtype: auto` resolves to **{r['auto_resolves_to']}** here. Written by "
+        "`python scripts/bench_precision.py` (one run: the ratios compare).",
+        "",
+        "| GEMM m x k x n | fp32 GFLOP/s | bf16 GFLOP/s | bf16 / fp32 |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {' x '.join(map(str, g['shape']))} | {g['fp32']} | {g['bf16']} | "
+        f"{g['bf16'] / g['fp32']:.2f} |"
+        for g in r["gemm_gflops"]
+    ]
+    lines += [
+        "",
+        "| training (SmolLM2-135M, 4 x 300 tokens) | tokens/s | vs fp32 | losses |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {t['mode']} | {t['tokens_per_s']} | {t['tokens_per_s'] / fp32:.2f} | "
+        f"{' '.join(map(str, t['losses']))} |"
+        for t in r["training"]
+    ]
+    lines += [
+        "",
+        "| generation | batch | new tokens/s | mean chars | same answers as batch 10 |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {g['dtype']} | {g['batch']} | {g['new_tokens_per_s']} | {g['mean_chars']} | "
+        f"{g['same_answers_as_first_batch_size']} |"
+        for g in r["generation"]
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -41,11 +41,18 @@ def tiny_llama(dtype, hidden=32, layers=2, vocab=None, heads=4, inter=64):
     from pipeline.models.loading import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer(512)
-    config = LlamaConfig(vocab_size=vocab or len(tok), hidden_size=hidden,
-                         intermediate_size=inter, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=heads,
-                         max_position_embeddings=2048, pad_token_id=tok.pad_token_id,
-                         eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=vocab or len(tok),
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=2048,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     return LlamaForCausalLM(config).to(dtype), tok
 
@@ -54,16 +61,18 @@ def _prompts(n: int) -> list[str]:
     from pipeline.data.loading import ASSETS, format_prompt
 
     rows = json.loads((ASSETS / "default_eval.json").read_text(encoding="utf-8"))[:n]
-    return [format_prompt({"instruction": r["instruction"], "input": r.get("input", "")}, False)
-            for r in rows]
+    return [
+        format_prompt({"instruction": r["instruction"], "input": r.get("input", "")}, False)
+        for r in rows
+    ]
 
 
 def check_inference_device(device: str) -> dict:
     """Where a saved model lands when the pipeline loads it for generation."""
     import tempfile
 
-    from pipeline.models.loading import load_model_and_tokenizer
     from pipeline.generation.batched import generate_batched
+    from pipeline.models.loading import load_model_and_tokenizer
 
     model, tok = tiny_llama(torch.float32)
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,8 +81,12 @@ def check_inference_device(device: str) -> dict:
         loaded, tok = load_model_and_tokenizer(tmp, "float32", device=device)
         generate_batched(loaded, tok, _prompts(2), 2, 8, 1024, 1.2)
     where = str(loaded.device)
-    return {"check": "generation device", "measured": where, "expected": device,
-            "ok": where.startswith(device)}
+    return {
+        "check": "generation device",
+        "measured": where,
+        "expected": device,
+        "ok": where.startswith(device),
+    }
 
 
 def check_neft_training(device: str, big: bool) -> dict:
@@ -112,10 +125,13 @@ def check_neft_training(device: str, big: bool) -> dict:
     mfu = _mfu(n_params, tokens_per_s, device)
     expected = alpha / math.sqrt(3)
     ok = abs(norm / expected - 1) < 0.05 and all(math.isfinite(x) for x in losses)
-    return {"check": f"NEFT {dtype} training ({n_params / 1e6:.0f}M params)",
-            "measured": f"noise norm {norm:.3f}; loss {losses[0]:.3f} -> {losses[-1]:.3f}; "
-                        f"{tokens_per_s:,.0f} tokens/s; MFU {mfu}",
-            "expected": f"norm {expected:.3f} (alpha/sqrt(3)) +-5%", "ok": ok}
+    return {
+        "check": f"NEFT {dtype} training ({n_params / 1e6:.0f}M params)",
+        "measured": f"noise norm {norm:.3f}; loss {losses[0]:.3f} -> {losses[-1]:.3f}; "
+        f"{tokens_per_s:,.0f} tokens/s; MFU {mfu}",
+        "expected": f"norm {expected:.3f} (alpha/sqrt(3)) +-5%",
+        "ok": ok,
+    }
 
 
 def _sync(device: str) -> None:
@@ -133,17 +149,14 @@ def _mfu(n_params: int, tokens_per_s: float, device: str) -> str:
     return f"{6 * n_params * tokens_per_s / (peak * 1e12):.1%} of {peak:.0f} TFLOP/s"
 
 
-
 def check_memory_plan(device: str) -> dict:
     """Peak GPU memory of AdamW steps on a random ~1B Llama (bf16) vs the memory plan."""
     from pipeline.train.memory_plan import activation_gb, plan_memory
 
     row = {"check": "memory plan, ~1B Llama, bf16 AdamW"}
     if device != "cuda":
-        return row | {"measured": "needs CUDA", "expected": "within 25% of the plan",
-                      "ok": None}
-    model, _ = tiny_llama(torch.bfloat16, hidden=2048, layers=16, vocab=32000, heads=16,
-                           inter=5632)
+        return row | {"measured": "needs CUDA", "expected": "within 25% of the plan", "ok": None}
+    model, _ = tiny_llama(torch.bfloat16, hidden=2048, layers=16, vocab=32000, heads=16, inter=5632)
     model.to(device).train()
     model.gradient_checkpointing_enable()
     n_params = sum(p.numel() for p in model.parameters())
@@ -158,12 +171,19 @@ def check_memory_plan(device: str) -> dict:
     peak = torch.cuda.max_memory_allocated() / 1e9
     config = model.config
     shape = (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, 32000)
-    plan = plan_memory(n_params, "none", 1, precision="bf16",
-                       activations_gb=activation_gb(shape, batch, length, True))
+    plan = plan_memory(
+        n_params,
+        "none",
+        1,
+        precision="bf16",
+        activations_gb=activation_gb(shape, batch, length, True),
+    )
     planned = plan.per_gpu_gb
-    return row | {"measured": f"peak {peak:.2f} GB ({n_params / 1e9:.2f}B params)",
-                  "expected": f"plan {planned:.2f} GB, within 25%",
-                  "ok": abs(peak / planned - 1) < 0.25}
+    return row | {
+        "measured": f"peak {peak:.2f} GB ({n_params / 1e9:.2f}B params)",
+        "expected": f"plan {planned:.2f} GB, within 25%",
+        "ok": abs(peak / planned - 1) < 0.25,
+    }
 
 
 def check_batch_invariance(device: str) -> dict:
@@ -175,8 +195,12 @@ def check_batch_invariance(device: str) -> dict:
     alone = [generate_batched(model, tok, [t], 1, 24, 1024, 1.2)[0][0] for t in texts]
     batched = generate_batched(model, tok, texts, 8, 24, 1024, 1.2)[0]
     differ = sum(a != b for a, b in zip(alone, batched))
-    return {"check": "fp32 answers alone vs one batch of 8", "measured": f"{differ} differ",
-            "expected": "0 differ", "ok": differ == 0}
+    return {
+        "check": "fp32 answers alone vs one batch of 8",
+        "measured": f"{differ} differ",
+        "expected": "0 differ",
+        "ok": differ == 0,
+    }
 
 
 def check_lm_eval(device: str, work: Path) -> dict:
@@ -191,8 +215,12 @@ def check_lm_eval(device: str, work: Path) -> dict:
     model, tok = tiny_llama(torch.float32)
     model.save_pretrained(work / "lm")
     tok.save_pretrained(work / "lm")
-    lm = HFLM(pretrained=str(work / "lm"), dtype=torch.float32, batch_size=2,
-              **hflm_placement(device, cuda_gpu_count(), work))
+    lm = HFLM(
+        pretrained=str(work / "lm"),
+        dtype=torch.float32,
+        batch_size=2,
+        **hflm_placement(device, cuda_gpu_count(), work),
+    )
     where = str(lm.model.device)
     return row | {"measured": where, "ok": where.startswith(device)}
 
@@ -220,26 +248,36 @@ def main(argv: list[str]) -> int:
     from scripts.gpu_fsdp_checks import check_fsdp_prepare, check_fsdp_trainer
 
     device = compute_device()
-    out = opts.out or ROOT / "results/bench" / ("gpu.md" if device == "cuda"
-                                                else "gpu_acceptance_cpu.md")
+    out = opts.out or ROOT / "results/bench" / (
+        "gpu.md" if device == "cuda" else "gpu_acceptance_cpu.md"
+    )
     rows, started = [], time.time()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for check in (lambda: check_inference_device(device),
-                      lambda: check_neft_training(device, big=device == "cuda"),
-                      lambda: check_fsdp_prepare(work), lambda: check_fsdp_trainer(work, device),
-                      lambda: check_memory_plan(device), lambda: check_batch_invariance(device),
-                      lambda: check_lm_eval(device, work)):
+        for check in (
+            lambda: check_inference_device(device),
+            lambda: check_neft_training(device, big=device == "cuda"),
+            lambda: check_fsdp_prepare(work),
+            lambda: check_fsdp_trainer(work, device),
+            lambda: check_memory_plan(device),
+            lambda: check_batch_invariance(device),
+            lambda: check_lm_eval(device, work),
+        ):
             rows.append(check())
             print(json.dumps(rows[-1]), flush=True)
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU (no CUDA)"
-    lines = [f"### GPU acceptance ({name}, torch {torch.__version__}, "
-             f"{time.time() - started:.0f} s)", "",
-             "Written by `python scripts/gpu_acceptance.py`.", "",
-             "| check | measured | expected | result |", "|---|---|---|---|"]
+    lines = [
+        f"### GPU acceptance ({name}, torch {torch.__version__}, {time.time() - started:.0f} s)",
+        "",
+        "Written by `python scripts/gpu_acceptance.py`.",
+        "",
+        "| check | measured | expected | result |",
+        "|---|---|---|---|",
+    ]
     verdict = {True: "pass", False: "FAIL", None: "not run here"}
-    lines += [f"| {r['check']} | {r['measured']} | {r['expected']} | {verdict[r['ok']]} |"
-              for r in rows]
+    lines += [
+        f"| {r['check']} | {r['measured']} | {r['expected']} | {verdict[r['ok']]} |" for r in rows
+    ]
     write_table(out, "\n".join(lines) + "\n")
     print(f"wrote {out}")
     return 1 if any(r["ok"] is False for r in rows) else 0

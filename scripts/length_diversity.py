@@ -20,15 +20,26 @@ from pipeline.stages.analysis import read_outputs  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("outputs", type=Path,
-                        help="AlpacaEval-format JSON list with an 'output' field per record")
-    parser.add_argument("--cutoff", type=int, default=50,
-                        help="K: whitespace tokens for repetition/diversity "
-                             "(paper: 50/100/150/150)")
-    parser.add_argument("--definition", choices=DEFINITIONS, default="paper",
-                        help="paper: the reference code's arithmetic (default); corrected: clean")
-    parser.add_argument("--per-output", action="store_true",
-                        help="also print the per-output lists (for paired bootstraps)")
+    parser.add_argument(
+        "outputs", type=Path, help="AlpacaEval-format JSON list with an 'output' field per record"
+    )
+    parser.add_argument(
+        "--cutoff",
+        type=int,
+        default=50,
+        help="K: whitespace tokens for repetition/diversity (paper: 50/100/150/150)",
+    )
+    parser.add_argument(
+        "--definition",
+        choices=DEFINITIONS,
+        default="paper",
+        help="paper: the reference code's arithmetic (default); corrected: clean",
+    )
+    parser.add_argument(
+        "--per-output",
+        action="store_true",
+        help="also print the per-output lists (for paired bootstraps)",
+    )
     args = parser.parse_args()
     if args.cutoff < 1:
         parser.error("--cutoff must be a positive number of whitespace tokens")

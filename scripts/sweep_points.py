@@ -12,7 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def sweep_points(overrides: list[str]) -> list[list[str]]:
-    """Override lists, one per point: the given overrides, hydra.mode=RUN and the point's own values."""
+    """Override lists, one per point: the given overrides, hydra.mode=RUN and the point's own
+    values."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -21,9 +22,12 @@ def sweep_points(overrides: list[str]) -> list[list[str]]:
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    points = expand_grids(cfg.hydra.sweeper.params,
-                          OmegaConf.select(cfg, "hydra.sweeper.grids", default=None), [])
-    return [[*overrides, "hydra.mode=RUN", *combo] for combo in points] or [[*overrides, "hydra.mode=RUN"]]
+    points = expand_grids(
+        cfg.hydra.sweeper.params, OmegaConf.select(cfg, "hydra.sweeper.grids", default=None), []
+    )
+    return [[*overrides, "hydra.mode=RUN", *combo] for combo in points] or [
+        [*overrides, "hydra.mode=RUN"]
+    ]
 
 
 if __name__ == "__main__":

@@ -38,17 +38,26 @@ def c_output_to_stderr():
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("annotations", type=Path,
-                        help="JSON list of alpaca_eval annotations with a 'preference' field")
-    parser.add_argument("--lc-data", default=None,
-                        help="local copy of alpaca_eval's df_gamed.csv (instruction difficulty) "
-                             "for length_controlled_v1")
+    parser.add_argument(
+        "annotations",
+        type=Path,
+        help="JSON list of alpaca_eval annotations with a 'preference' field",
+    )
+    parser.add_argument(
+        "--lc-data",
+        default=None,
+        help="local copy of alpaca_eval's df_gamed.csv (instruction difficulty) "
+        "for length_controlled_v1",
+    )
     args = parser.parse_args()
     records = json.loads(args.annotations.read_text(encoding="utf-8"))
-    if not isinstance(records, list) or not all(isinstance(r, dict) and "preference" in r
-                                                for r in records):
-        parser.error(f"{args.annotations}: expected a JSON list of records that each have a "
-                     "'preference' field")
+    if not isinstance(records, list) or not all(
+        isinstance(r, dict) and "preference" in r for r in records
+    ):
+        parser.error(
+            f"{args.annotations}: expected a JSON list of records that each have a "
+            "'preference' field"
+        )
     metrics = winrate_metrics(records)
     outputs = [r["output_2"] for r in records if isinstance(r.get("output_2"), str)]
     if outputs:
@@ -59,8 +68,15 @@ def main() -> None:
     except ValueError as err:
         if args.lc_data:  # asked for explicitly: fail loudly
             parser.error(str(err))
-        metrics.update({"lc_win_rate": None, "lc_standard_error": None, "lc_method": None,
-                        "lc_label": None, "lc_unavailable": str(err)})
+        metrics.update(
+            {
+                "lc_win_rate": None,
+                "lc_standard_error": None,
+                "lc_method": None,
+                "lc_label": None,
+                "lc_unavailable": str(err),
+            }
+        )
     print(json.dumps(metrics, indent=1))
 
 

@@ -1,15 +1,4 @@
-"""The config as the pipeline composes it (schema defaults + options), for tests that need a
-stage's config without running the app."""
+"""Kept for scripts/bench_precision.py (`from tests.composed import composed`); tests import
+tests.support.composed."""
 
-from pathlib import Path
-
-from hydra import compose, initialize_config_dir
-
-import pipeline.config.schema  # noqa: F401  (registers the config schema)
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def composed(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+from tests.support.composed import CONF, SMOKE, composed  # noqa: F401

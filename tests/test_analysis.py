@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.store.store import Store
 from pipeline.stages.analysis import VERSION, analysis, length_diversity, repetition
+from pipeline.store.store import Store
+from tests.support.skips import needs_shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -95,13 +96,18 @@ def test_stage_key_carries_the_definition(tmp_path):
 
 
 def _script(*args):
-    result = subprocess.run([sys.executable, "scripts/length_diversity.py", str(REFERENCE), *args],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "scripts/length_diversity.py", str(REFERENCE), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
-@pytest.mark.skipif(not REFERENCE.is_file(), reason="../shared/data is absent")
+@needs_shared_data("data", "alpaca_eval_v1_reference.json")
 def test_script_on_all_805_alpaca_eval_reference_outputs_both_definitions():
     records = json.loads(REFERENCE.read_text())
     paper = _script("--cutoff", "50")

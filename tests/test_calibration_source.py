@@ -14,7 +14,6 @@ from pathlib import Path
 from urllib.error import URLError
 
 import pytest
-from composed import composed
 from omegaconf import OmegaConf
 
 from pipeline.cluster.fetchers import fetcher_for
@@ -23,6 +22,7 @@ from pipeline.config.schema import CalibrationConfig
 from pipeline.judging import calibration_source as cs
 from pipeline.stages import judge_calibration as stage
 from pipeline.store.store import Store
+from tests.support.composed import composed
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "alpaca_eval_gpt4_annotations"
@@ -68,8 +68,15 @@ class _Server:
 def served(monkeypatch):
     """A published source `test@<commit>` of two small files, served over real HTTP; the spec
     file is swapped for it and the offline switch (set by conftest) is lifted."""
-    spec = cs.Published("test", "org/repo", "c" * 40, "", tuple(
-        cs.PublishedFile(name, f"results/{name}", _sha(data)) for name, data in CONTENT.items()))
+    spec = cs.Published(
+        "test",
+        "org/repo",
+        "c" * 40,
+        "",
+        tuple(
+            cs.PublishedFile(name, f"results/{name}", _sha(data)) for name, data in CONTENT.items()
+        ),
+    )
     server = _Server({f"org/repo/{spec.commit}/results/{n}": d for n, d in CONTENT.items()})
     spec = dataclasses.replace(spec, url_template=server.url + "/{repo}/{commit}/{path}")
     monkeypatch.setattr(cs, "load_sources", lambda path=None: {"test": spec})
@@ -93,7 +100,8 @@ def test_spec_pins_the_local_copies():
     assert len(PINNED.commit) == 40
     assert PINNED.url(PINNED.files[0]) == (
         "https://raw.githubusercontent.com/tatsu-lab/alpaca_eval/"
-        f"{PINNED.commit}/results/falcon-7b-instruct/alpaca_eval_gpt4/annotations.json")
+        f"{PINNED.commit}/results/falcon-7b-instruct/alpaca_eval_gpt4/annotations.json"
+    )
     assert CalibrationConfig().pairs == PINNED.source  # the default: the published set
     with pytest.raises(ValueError, match=PINNED.commit):
         cs.published("alpaca_eval@" + "0" * 40)  # an unpinned commit has no known sha256
@@ -146,8 +154,9 @@ def test_local_path_used_as_is(tmp_path, monkeypatch):
 
 
 def _cfg(pairs, cache: Path):
-    return OmegaConf.create({"calibration": {"enabled": True, "pairs": str(pairs)},
-                             "paths": {"cache": str(cache)}})
+    return OmegaConf.create(
+        {"calibration": {"enabled": True, "pairs": str(pairs)}, "paths": {"cache": str(cache)}}
+    )
 
 
 def test_no_data_no_network_says_how_to_get_it(tmp_path, monkeypatch, capsys):
@@ -169,7 +178,8 @@ def test_no_data_no_network_says_how_to_get_it(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert f"calibration.pairs={PINNED.source}" in out and "pipeline.prefetch" in out
     assert cs.how_to_get(PINNED.source, ["experiment=paper_all", "judge=gpt4"]).startswith(
-        "get them with `python -m pipeline.prefetch experiment=paper_all judge=gpt4`")
+        "get them with `python -m pipeline.prefetch experiment=paper_all judge=gpt4`"
+    )
 
 
 @needs_shared
@@ -185,8 +195,9 @@ def test_stage_key_is_the_content_not_the_path(tmp_path, monkeypatch):
     cfg = composed("calibration.n_pairs=40")
     store, cache = Store(tmp_path / "store"), Store(tmp_path / "cache")
     for pairs in (PINNED.source, str(SHARED)):
-        stage.judge_calibration(cfg.judge, OmegaConf.merge(cfg.calibration, {"pairs": pairs}),
-                                store, cache)
+        stage.judge_calibration(
+            cfg.judge, OmegaConf.merge(cfg.calibration, {"pairs": pairs}), store, cache
+        )
     assert len(keys) == 2 and keys[0] == keys[1]
 
 

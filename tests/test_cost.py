@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from pipeline.store.store import Store
 from pipeline.results.cost import cost_section, stage_costs
 from pipeline.results.points import Arm, Point, StageRef
+from pipeline.store.store import Store
 
 
 def test_the_store_records_wall_time_and_device_in_complete(tmp_path):
@@ -23,23 +23,40 @@ def test_the_store_records_wall_time_and_device_in_complete(tmp_path):
 
 def _point(store, judge_kind: str) -> Point:
     def arm(name, alpha):
-        stages = {"finetune": StageRef(f"finetune-{name}-0", {"train_runtime_s": 100.0}),
-                  "alpaca_eval": StageRef(f"alpaca_eval-{name}-0", {"n_total": 3.0})}
+        stages = {
+            "finetune": StageRef(f"finetune-{name}-0", {"train_runtime_s": 100.0}),
+            "alpaca_eval": StageRef(f"alpaca_eval-{name}-0", {"n_total": 3.0}),
+        }
         noise = {"kind": "none"} if alpha == 0 else {"kind": "uniform", "alpha": alpha}
         return Arm(name, alpha == 0, 42, noise, stages)
 
-    return Point(f"p-{judge_kind}", None, "e", str(store), "m", "d", "j", "r", {},
-                 [arm("base", 0), arm("neft", 5)], choices={"finetune": "cpu"},
-                 config={"judge": {"kind": judge_kind}})
+    return Point(
+        f"p-{judge_kind}",
+        None,
+        "e",
+        str(store),
+        "m",
+        "d",
+        "j",
+        "r",
+        {},
+        [arm("base", 0), arm("neft", 5)],
+        choices={"finetune": "cpu"},
+        config={"judge": {"kind": judge_kind}},
+    )
 
 
 def test_costs_trace_to_complete_markers_metrics_and_annotations(tmp_path):
     (tmp_path / "finetune-neft-0").mkdir()
-    (tmp_path / "finetune-neft-0" / "COMPLETE").write_text(json.dumps(
-        {"key": "finetune-neft-0", "wall_s": 40.0, "device": {"kind": "cuda", "count": 2}}))
+    (tmp_path / "finetune-neft-0" / "COMPLETE").write_text(
+        json.dumps(
+            {"key": "finetune-neft-0", "wall_s": 40.0, "device": {"kind": "cuda", "count": 2}}
+        )
+    )
     (tmp_path / "alpaca_eval-neft-0").mkdir()
-    (tmp_path / "alpaca_eval-neft-0" / "annotations.json").write_text(json.dumps(
-        [{"preference": 2.0, "price_per_example": 0.01}] * 3))
+    (tmp_path / "alpaca_eval-neft-0" / "annotations.json").write_text(
+        json.dumps([{"preference": 2.0, "price_per_example": 0.01}] * 3)
+    )
     api, local = _point(tmp_path, "api"), _point(tmp_path, "local")
     costs = {c.key: c for c in stage_costs([api])}
     assert costs["finetune-neft-0"].gpu_s == 80.0 and costs["finetune-neft-0"].device == "2 x cuda"

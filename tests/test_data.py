@@ -1,4 +1,5 @@
-"""Data loading and validation: messages name the file, row and field; templates match the paper's."""
+"""Data loading and validation: messages name the file, row and field; templates match the
+paper's."""
 
 import json
 
@@ -76,7 +77,9 @@ def test_shipped_datasets_are_valid_and_large_enough():
     prompts = load_prompts("pkg:default_eval.json", "x")
     assert len(train) >= 150 and len(prompts) >= 40
     lengths = sorted(len(r["output"]) for r in train)
-    assert lengths[len(lengths) // 6] < 100 and lengths[-len(lengths) // 6] > 500  # short and long answers
+    assert (
+        lengths[len(lengths) // 6] < 100 and lengths[-len(lengths) // 6] > 500
+    )  # short and long answers
     assert not {p["instruction"] for p in prompts} & {r["instruction"] for r in train}
 
 

@@ -16,40 +16,56 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from composed import composed
+from pipeline.plan import arm_specs
+from pipeline.stages import finetune, generate
+from pipeline.stages.contract import Call, Context
+from pipeline.store.store import Store
 from pipeline.train.launch import LaunchError, accumulation_steps, command, world_size
 from pipeline.train.noise import rank_generator
-from pipeline.store.store import Store
-from pipeline.plan import arm_specs
-from pipeline.stages.contract import Call, Context
-from pipeline.stages import finetune, generate
+from tests.support.composed import SMOKE, composed
+from tests.support.skips import needs_no_cuda
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model=tiny", "finetune=tiny", "generate=tiny", "judge=local_tiny", "openllm=none",
-        "logger=disabled", "finetune.lr_scheduler=constant"]
-DDP2 = ["finetune.distributed.nproc_per_node=2", "finetune.distributed.strategy=ddp",
-        "finetune.effective_batch_size=8"]
+TINY = [*SMOKE, "openllm=none", "logger=disabled", "finetune.lr_scheduler=constant"]
+DDP2 = [
+    "finetune.distributed.nproc_per_node=2",
+    "finetune.distributed.strategy=ddp",
+    "finetune.effective_batch_size=8",
+]
 # Keys of the default's and the tiny model's fine-tunes before finetune.distributed existed: one
 # process trains exactly what it trained before, so they must not move.
 KEYS_BEFORE = {
-    (): ("finetune-smollm2-135m_default_base-27fee4388980",
-         "finetune-smollm2-135m_default_neft-uniform5-77e1128fd186"),
-    tuple(TINY[:4]): ("finetune-tiny-llama_default_base-9b45a5206426",
-                      "finetune-tiny-llama_default_neft-uniform5-ee0819dab874"),
+    (): (
+        "finetune-smollm2-135m_default_base-27fee4388980",
+        "finetune-smollm2-135m_default_neft-uniform5-77e1128fd186",
+    ),
+    tuple(SMOKE): (
+        "finetune-tiny-llama_default_base-9b45a5206426",
+        "finetune-tiny-llama_default_neft-uniform5-ee0819dab874",
+    ),
 }
 
 
 def dist_cfg(**kw):
-    base = {"nproc_per_node": "1", "nnodes": 1, "strategy": "none", "rdzv_port": 29400,
-            "rdzv_endpoint": None, "fsdp": {"fp32_master_weights": False}}
+    base = {
+        "nproc_per_node": "1",
+        "nnodes": 1,
+        "strategy": "none",
+        "rdzv_port": 29400,
+        "rdzv_endpoint": None,
+        "fsdp": {"fp32_master_weights": False},
+    }
     return OmegaConf.create({**base, **kw})
 
 
 def test_accumulation_is_the_effective_batch_over_devices_and_must_divide():
     train = OmegaConf.create({"effective_batch_size": 128, "per_device_batch_size": 4})
     assert [accumulation_steps(train, w) for w in (1, 2, 4, 8, 32)] == [32, 16, 8, 4, 1]
-    with pytest.raises(ValueError, match=r"effective_batch_size=128 is not a multiple of "
-                                         r"per_device_batch_size x world size = 4 x 3 = 12"):
+    with pytest.raises(
+        ValueError,
+        match=r"effective_batch_size=128 is not a multiple of "
+        r"per_device_batch_size x world size = 4 x 3 = 12",
+    ):
         accumulation_steps(train, 3)
     with pytest.raises(ValueError, match="4 x 64 = 256"):
         accumulation_steps(train, 64)
@@ -70,20 +86,48 @@ def test_world_size_checks_strategy_and_counts():
 def test_one_node_is_torchrun_standalone_and_several_are_srun_with_c10d(tmp_path):
     req = tmp_path / "request.json"
     cmd = command(dist_cfg(nproc_per_node="2", strategy="ddp"), req, env={})
-    assert cmd[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=2", "--nnodes=1",
-                       "--standalone", "-m", "pipeline.train.training", str(req)]
+    assert cmd[1:] == [
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        "--nnodes=1",
+        "--standalone",
+        "-m",
+        "pipeline.train.training",
+        str(req),
+    ]
     env = {"SLURM_JOB_ID": "77", "SLURM_JOB_NUM_NODES": "2"}
-    cmd = command(dist_cfg(nproc_per_node="8", nnodes=2, strategy="fsdp",
-                           rdzv_endpoint="node01:29500"), req, env=env)
-    assert cmd[:5] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1",
-                       "--kill-on-bad-exit=1"]
-    assert cmd[6:] == ["-m", "torch.distributed.run", "--nproc-per-node=8", "--nnodes=2",
-                       "--rdzv-backend=c10d", "--rdzv-endpoint=node01:29500", "--rdzv-id=77",
-                       "-m", "pipeline.train.training", str(req)]
+    cmd = command(
+        dist_cfg(nproc_per_node="8", nnodes=2, strategy="fsdp", rdzv_endpoint="node01:29500"),
+        req,
+        env=env,
+    )
+    assert cmd[:5] == [
+        "srun",
+        "--nodes=2",
+        "--ntasks=2",
+        "--ntasks-per-node=1",
+        "--kill-on-bad-exit=1",
+    ]
+    assert cmd[6:] == [
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=8",
+        "--nnodes=2",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=node01:29500",
+        "--rdzv-id=77",
+        "-m",
+        "pipeline.train.training",
+        str(req),
+    ]
     # Two nodes asked inside a one-node allocation: refused, not two ranks crowded on one node.
     with pytest.raises(ValueError, match="this SLURM job has 1 node"):
-        command(dist_cfg(nnodes=2, strategy="ddp", rdzv_endpoint="h:1"), req,
-                env={"SLURM_JOB_ID": "5", "SLURM_JOB_NUM_NODES": "1"})
+        command(
+            dist_cfg(nnodes=2, strategy="ddp", rdzv_endpoint="h:1"),
+            req,
+            env={"SLURM_JOB_ID": "5", "SLURM_JOB_NUM_NODES": "1"},
+        )
     with pytest.raises(ValueError, match="runs under SLURM"):
         command(dist_cfg(nnodes=2, strategy="ddp"), req, env={})
 
@@ -95,33 +139,40 @@ def test_one_process_keeps_the_keys_of_before(overrides):
 
 
 def test_one_process_trains_as_before_whatever_the_strategy_says():
-    plain, ddp1 = composed(*TINY[:4]), composed(*TINY[:4], "finetune.distributed.strategy=ddp")
+    plain, ddp1 = composed(*SMOKE), composed(*SMOKE, "finetune.distributed.strategy=ddp")
     assert finetune.key_of(ddp1, arm_specs(ddp1)[0]) == finetune.key_of(plain, arm_specs(plain)[0])
 
 
 def test_world_size_above_one_enters_the_key():
-    cfg = composed(*TINY[:4])
+    cfg = composed(*SMOKE)
     one = finetune.key_of(cfg, arm_specs(cfg)[0])
-    two = composed(*TINY[:4], *DDP2)
+    two = composed(*SMOKE, *DDP2)
     key_two = finetune.key_of(two, arm_specs(two)[0])
     assert key_two != one
-    four = composed(*TINY[:4], "finetune.distributed.nproc_per_node=4",
-                    "finetune.distributed.strategy=ddp", "finetune.effective_batch_size=16")
+    four = composed(
+        *SMOKE,
+        "finetune.distributed.nproc_per_node=4",
+        "finetune.distributed.strategy=ddp",
+        "finetune.effective_batch_size=16",
+    )
     assert finetune.key_of(four, arm_specs(four)[0]) not in (one, key_two)
 
 
 def test_fsdp_without_a_gpu_fails_in_the_check_naming_the_fix():
-    cfg = composed(*TINY[:4], "finetune.distributed.nproc_per_node=2",
-                   "finetune.distributed.strategy=fsdp", "finetune.effective_batch_size=8")
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is visible: FSDP can run")
+    cfg = composed(
+        *SMOKE,
+        "finetune.distributed.nproc_per_node=2",
+        "finetune.distributed.strategy=fsdp",
+        "finetune.effective_batch_size=8",
+    )
+    needs_no_cuda("FSDP can run")
     with pytest.raises(ValueError, match="strategy=fsdp needs CUDA GPUs.*strategy=ddp"):
         finetune.check(cfg)
 
 
 # --- the real launcher on this CPU ------------------------------------------------------------
 
-KILL_LAUNCHER = '''
+KILL_LAUNCHER = """
 import os, signal
 if os.environ.get("KILL_LAUNCHER_AT_STEP") and os.environ.get("RANK") == "0":
     import transformers
@@ -132,7 +183,7 @@ if os.environ.get("KILL_LAUNCHER_AT_STEP") and os.environ.get("RANK") == "0":
             import time; time.sleep(30)  # the worker must notice by itself and exit
         return _step(self, *args, **kwargs)
     transformers.Trainer.training_step = _killing_step
-'''
+"""
 
 
 def train_ddp(store: Path, cfg=None):
@@ -152,14 +203,12 @@ def workers_of(request: Path) -> list[int]:
 
 
 @pytest.mark.e2e
-def test_two_ddp_ranks_train_with_independent_noise_and_generate_loads_the_weights(
-        uninterrupted):
+def test_two_ddp_ranks_train_with_independent_noise_and_generate_loads_the_weights(uninterrupted):
     results, cfg, ctx = uninterrupted
     base, neft = (r.metrics for r in results)
     for m in (base, neft):
         assert m["world_size"] == 2 and m["strategy"] == "ddp" and m["train_steps"] == 24
-    ranks = [json.loads((results[1].path / "launch" / f"rank{r}.json").read_text())
-             for r in (0, 1)]
+    ranks = [json.loads((results[1].path / "launch" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rank"] for r in ranks] == [0, 1]
     seeds = [r["noise_seed"] for r in ranks]
     assert seeds[0] != seeds[1]
@@ -203,7 +252,7 @@ def test_sigkill_of_the_launcher_resumes_bit_identical(uninterrupted, tmp_path, 
     assert ranks[0]["noise_state_sha256"] == ranks[1]["noise_state_sha256"]
 
 
-FSDP2_SAVE = '''
+FSDP2_SAVE = """
 import sys, torch, torch.distributed as dist
 from pathlib import Path
 from torch.distributed.fsdp import fully_shard
@@ -225,7 +274,7 @@ save_consolidated(model, out, dist.get_rank() == 0)
 if dist.get_rank() == 0:
     tok.save_pretrained(out)  # as the finetune stage does: the dir then loads like any model
 dist.destroy_process_group()
-'''
+"""
 
 
 @pytest.mark.e2e
@@ -234,14 +283,27 @@ def test_fsdp2_sharded_model_is_saved_whole_and_loads_like_any_model(tmp_path):
     the weights equal the same step taken unsharded in one process."""
     from pipeline.models.loading import base_model_dir, load_model_and_tokenizer
 
-    cfg = composed(*TINY[:4])
+    cfg = composed(*SMOKE)
     base = base_model_dir(cfg.model, Store(tmp_path / "cache"))
     script = tmp_path / "fsdp2_save.py"
     script.write_text(FSDP2_SAVE)
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
-                           "--standalone", str(script), base, str(tmp_path / "saved")],
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node=2",
+            "--standalone",
+            str(script),
+            base,
+            str(tmp_path / "saved"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
     torch.manual_seed(0)

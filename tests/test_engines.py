@@ -11,17 +11,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from composed import composed
 from omegaconf import OmegaConf
 
 import pipeline.stages.generate as generate_stage
-from pipeline.generation import engines
-from pipeline.models import devices
 from pipeline.data.loading import format_prompt, load_prompts
-from pipeline.generation.engines import EngineError, generate_in_subprocess, make_request
-from pipeline.models.loading import base_model_dir, load_model_and_tokenizer
+from pipeline.generation import engines
 from pipeline.generation.batched import generate_batched
+from pipeline.generation.engines import EngineError, generate_in_subprocess, make_request
+from pipeline.models import devices
+from pipeline.models.loading import base_model_dir, load_model_and_tokenizer
 from pipeline.store.store import StageResult, Store, stage_key
+from tests.support.composed import composed
+from tests.support.skips import needs_cuda, needs_vllm
 
 ROOT = Path(__file__).resolve().parents[1]
 UPSTREAM = "finetune-tiny-llama_base-0123456789ab"
@@ -56,24 +57,54 @@ def scrambled(cfg, root: Path) -> str:
 
 def request_of(cfg, model_dir, texts, **decoding):
     gen = cfg.generate
-    settings = {"max_new_tokens": gen.max_new_tokens, "max_total_length": gen.max_total_length,
-                "repetition_penalty": gen.repetition_penalty, "batch_size": gen.batch_size}
+    settings = {
+        "max_new_tokens": gen.max_new_tokens,
+        "max_total_length": gen.max_total_length,
+        "repetition_penalty": gen.repetition_penalty,
+        "batch_size": gen.batch_size,
+    }
     return make_request("hf", model_dir, cfg.model.dtype, texts, **(settings | decoding))
 
 
 def test_worker_module_needs_only_the_standard_library(tmp_path):
     # -S: no site-packages at all, as in a venv without this project's dependencies.
     req, resp = tmp_path / "request.json", tmp_path / "response.json"
-    req.write_text(json.dumps(make_request("nonesuch", "m", "float32", ["p"], max_new_tokens=1,
-                                           max_total_length=8, repetition_penalty=1.0)))
+    req.write_text(
+        json.dumps(
+            make_request(
+                "nonesuch",
+                "m",
+                "float32",
+                ["p"],
+                max_new_tokens=1,
+                max_total_length=8,
+                repetition_penalty=1.0,
+            )
+        )
+    )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    worker = [sys.executable, "-S", "-m", "pipeline.generation.engines", "worker", str(req), str(resp)]
+    worker = [
+        sys.executable,
+        "-S",
+        "-m",
+        "pipeline.generation.worker",
+        "worker",
+        str(req),
+        str(resp),
+    ]
     done = subprocess.run(worker, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 1, done.stderr
     assert json.loads(resp.read_text()) == {
-        "protocol": 1, "error": "ValueError: engine 'nonesuch' is unknown; registered: hf, vllm"}
-    usage = subprocess.run([sys.executable, "-S", "-m", "pipeline.generation.engines"], env=env,
-                           capture_output=True, text=True, check=False)
+        "protocol": 1,
+        "error": "ValueError: engine 'nonesuch' is unknown; registered: hf, vllm",
+    }
+    usage = subprocess.run(
+        [sys.executable, "-S", "-m", "pipeline.generation.worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert usage.returncode == 2 and "usage:" in usage.stderr
 
 
@@ -83,8 +114,16 @@ def test_hf_worker_gives_exactly_the_in_process_texts_and_counts(tiny, tmp_path)
     gen = cfg.generate
 
     def in_process(min_new):
-        return generate_batched(model, tok, texts, gen.batch_size, gen.max_new_tokens,
-                                gen.max_total_length, gen.repetition_penalty, min_new)
+        return generate_batched(
+            model,
+            tok,
+            texts,
+            gen.batch_size,
+            gen.max_new_tokens,
+            gen.max_total_length,
+            gen.repetition_penalty,
+            min_new,
+        )
 
     free, want = in_process(0), in_process(12)
     assert free[1] == [16, 9, 16, 16, 16, 16] and len(set(free[0])) == 6  # one stops at EOS
@@ -96,9 +135,14 @@ def test_hf_worker_gives_exactly_the_in_process_texts_and_counts(tiny, tmp_path)
     assert got["library"].startswith("transformers ") and got["runtime_s"] > 0
     sent = json.loads((tmp_path / "request.json").read_text())
     assert sent["engine"] == "hf" and sent["prompts"] == texts
-    assert sent["decoding"] == {"greedy": True, "max_new_tokens": 16, "max_total_length": 1024,
-                                "repetition_penalty": 1.2, "min_new_tokens": min_new,
-                                "batch_size": 4}
+    assert sent["decoding"] == {
+        "greedy": True,
+        "max_new_tokens": 16,
+        "max_total_length": 1024,
+        "repetition_penalty": 1.2,
+        "min_new_tokens": min_new,
+        "batch_size": 4,
+    }
 
 
 def test_an_engine_error_names_the_worker_log_and_quotes_it(tiny, tmp_path):
@@ -121,8 +165,7 @@ def test_a_worker_crash_without_response_names_the_worker_log(tiny, tmp_path):
     work.mkdir()
     (work / "response.json").write_text('{"outputs": ["stale"], "new_tokens": [1]}')
     with pytest.raises(EngineError) as err:
-        generate_in_subprocess("vllm", str(crashing), request_of(cfg, model_dir, texts[:1]),
-                               work)
+        generate_in_subprocess("vllm", str(crashing), request_of(cfg, model_dir, texts[:1]), work)
     message = str(err.value)
     assert "generation worker (engine vllm) exited with code 139" in message
     assert f"its log is {work / 'worker.log'}" in message
@@ -133,8 +176,9 @@ def test_a_worker_crash_without_response_names_the_worker_log(tiny, tmp_path):
 def test_a_missing_interpreter_is_named(tiny, tmp_path):
     cfg, model_dir, texts = tiny
     with pytest.raises(EngineError, match=r"generate.vllm.python='/nonexistent/python' is not"):
-        generate_in_subprocess("vllm", "/nonexistent/python",
-                               request_of(cfg, model_dir, texts), tmp_path)
+        generate_in_subprocess(
+            "vllm", "/nonexistent/python", request_of(cfg, model_dir, texts), tmp_path
+        )
 
 
 def test_the_stage_through_the_worker_writes_the_same_outputs_json(tiny, tmp_path, monkeypatch):
@@ -160,10 +204,18 @@ def test_the_stage_through_the_worker_writes_the_same_outputs_json(tiny, tmp_pat
     worker = generate_stage.generate(finetuned, gen, cfg.model.dtype, store)
 
     assert worker.key != in_process.key
-    assert seen == {"engine": "vllm", "python": "/venv/python", "options": {
-        "tensor_parallel_size": 1, "gpu_memory_utilization": 0.9, "max_model_len": None}}
-    assert (worker.path / "outputs.json").read_text() == \
-        (in_process.path / "outputs.json").read_text()
+    assert seen == {
+        "engine": "vllm",
+        "python": "/venv/python",
+        "options": {
+            "tensor_parallel_size": 1,
+            "gpu_memory_utilization": 0.9,
+            "max_model_len": None,
+        },
+    }
+    assert (worker.path / "outputs.json").read_text() == (
+        in_process.path / "outputs.json"
+    ).read_text()
     assert (worker.path / "engine" / "worker.log").is_file()
     same = {k: v for k, v in in_process.metrics.items() if "runtime" not in k and "per_s" not in k}
     assert {k: worker.metrics[k] for k in same} == same
@@ -205,7 +257,10 @@ def test_engine_vllm_and_its_settings_enter_the_key_but_not_the_interpreter_path
     hf_key, _ = key()
     vllm_key, params = key("generate.engine=vllm", "generate.vllm.python=/a/python")
     assert params["engine"] == "vllm" and params["vllm"] == {
-        "tensor_parallel_size": 1, "gpu_memory_utilization": 0.9, "max_model_len": None}
+        "tensor_parallel_size": 1,
+        "gpu_memory_utilization": 0.9,
+        "max_model_len": None,
+    }
     assert vllm_key != hf_key
     assert key("generate.engine=vllm", "generate.vllm.python=/b/python")[0] == vllm_key
     assert key("generate.engine=vllm", "generate.vllm.tensor_parallel_size=2")[0] != vllm_key
@@ -213,8 +268,7 @@ def test_engine_vllm_and_its_settings_enter_the_key_but_not_the_interpreter_path
     assert key("generate.vllm.tensor_parallel_size=4")[0] == hf_key
 
 
-def test_check_passes_the_default_and_explains_every_vllm_misconfiguration(tmp_path,
-                                                                          monkeypatch):
+def test_check_passes_the_default_and_explains_every_vllm_misconfiguration(tmp_path, monkeypatch):
     generate_stage.check(composed("model=tiny", "generate=tiny"))
 
     def fails(*overrides):
@@ -241,15 +295,25 @@ def test_check_passes_the_default_and_explains_every_vllm_misconfiguration(tmp_p
     msg = fails("generate.engine=vllm", f"generate.vllm.python={sys.executable}")
     assert "needs a CUDA GPU and none is visible" in msg and "generate.engine=hf" in msg
     monkeypatch.setattr(engines, "visible_cuda_gpus", lambda: 1)
-    generate_stage.check(composed("model=tiny", "generate=tiny", "generate.engine=vllm",
-                                  f"generate.vllm.python={sys.executable}"))
-    msg = fails("generate.engine=vllm", f"generate.vllm.python={sys.executable}",
-                "generate.vllm.tensor_parallel_size=2")
+    generate_stage.check(
+        composed(
+            "model=tiny",
+            "generate=tiny",
+            "generate.engine=vllm",
+            f"generate.vllm.python={sys.executable}",
+        )
+    )
+    msg = fails(
+        "generate.engine=vllm",
+        f"generate.vllm.python={sys.executable}",
+        "generate.vllm.tensor_parallel_size=2",
+    )
     assert "tensor_parallel_size=2 needs as many GPUs; 1 visible" in msg
 
 
-@pytest.mark.parametrize("visible,count", [(None, 2), ("0", 1), ("1,0", 2), ("-1", 0),
-                                           ("", 0), ("1,-1,0", 1)])
+@pytest.mark.parametrize(
+    "visible,count", [(None, 2), ("0", 1), ("1,0", 2), ("-1", 0), ("", 0), ("1,-1,0", 1)]
+)
 def test_gpus_of_the_driver_count_when_torch_is_cpu_only(tmp_path, monkeypatch, visible, count):
     import torch
 
@@ -267,31 +331,24 @@ def test_gpus_of_the_driver_count_when_torch_is_cpu_only(tmp_path, monkeypatch, 
     assert devices.visible_cuda_gpus() == 0
 
 
-def _vllm_python() -> str | None:
-    python = os.environ.get("NEFTUNE_VLLM_PYTHON")
-    if python:
-        return python
-    return sys.executable if importlib.util.find_spec("vllm") is not None else None
-
-
 def test_vllm_engine_agrees_with_the_hf_engine_on_a_gpu(tmp_path):
-    if devices.visible_cuda_gpus() == 0:
-        pytest.skip("no CUDA GPU visible: vLLM needs one (run this test on a GPU node)")
-    python = _vllm_python()
-    if python is None:
-        pytest.skip("vllm is not installed here: set NEFTUNE_VLLM_PYTHON to a venv's python "
-                    "that has it (pip install vllm in that venv)")
+    needs_cuda("vLLM needs one")
+    python = needs_vllm()
     # head_dim 64 (hidden 128 / 2 heads): the tiny model's head_dim 8 is below what vLLM's
     # FlashAttention kernels take.
-    cfg = composed("model=tiny", "generate=tiny", "model.arch.hidden_size=128",
-                   "model.arch.num_heads=2")
+    cfg = composed(
+        "model=tiny", "generate=tiny", "model.arch.hidden_size=128", "model.arch.num_heads=2"
+    )
     model_dir = scrambled(cfg, tmp_path)
     prompts = load_prompts(cfg.generate.prompts, cfg.generate.dataset_name, cfg.generate.limit)
     texts = [format_prompt(p, for_training=False) for p in prompts]
     request = request_of(cfg, model_dir, texts)
     hf = generate_in_subprocess("hf", sys.executable, request, tmp_path / "hf")
-    request["options"] = {"tensor_parallel_size": 1, "gpu_memory_utilization": 0.3,
-                          "max_model_len": None}
+    request["options"] = {
+        "tensor_parallel_size": 1,
+        "gpu_memory_utilization": 0.3,
+        "max_model_len": None,
+    }
     vllm = generate_in_subprocess("vllm", python, request, tmp_path / "vllm")
     assert vllm["library"].startswith("vllm ")
     assert all(1 <= n <= 16 for n in vllm["new_tokens"])

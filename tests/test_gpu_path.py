@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pipeline.models import devices
-from tests.composed import composed
+from tests.support.composed import composed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,12 +38,13 @@ def _recording_loader(seen: dict):
     return load
 
 
-def test_generate_loads_its_model_on_the_gpu_when_there_is_one(one_cuda_gpu, monkeypatch,
-                                                                tmp_path):
+def test_generate_loads_its_model_on_the_gpu_when_there_is_one(one_cuda_gpu, monkeypatch, tmp_path):
+    from pipeline.models import loading
     from pipeline.stages import generate
 
     seen: dict = {}
-    monkeypatch.setattr(generate, "load_model_and_tokenizer", _recording_loader(seen))
+    # The hf engine (generation/engine_kinds/hf.py) loads through models.loading at call time.
+    monkeypatch.setattr(loading, "load_model_and_tokenizer", _recording_loader(seen))
     cfg = composed("model=tiny", "generate=tiny")
     prompts = [{"instruction": "Say hi.", "input": "", "dataset": "x"}]
     with pytest.raises(Loaded):
@@ -64,8 +65,8 @@ def test_generate_keys_on_the_cpu_have_no_device(monkeypatch):
 def test_overfit_and_the_hf_worker_load_on_the_gpu(one_cuda_gpu, monkeypatch, tmp_path):
     from pipeline.generation import engines
     from pipeline.models import loading as models
-    from pipeline.store.store import StageResult, Store
     from pipeline.stages import overfit
+    from pipeline.store.store import StageResult, Store
 
     seen: dict = {}
     monkeypatch.setattr(overfit, "load_model_and_tokenizer", _recording_loader(seen))
@@ -77,15 +78,23 @@ def test_overfit_and_the_hf_worker_load_on_the_gpu(one_cuda_gpu, monkeypatch, tm
 
     seen.clear()
     monkeypatch.setattr(models, "load_model_and_tokenizer", _recording_loader(seen))
-    request = engines.make_request("hf", str(tmp_path), "float32", ["hi"], max_new_tokens=4,
-                                   max_total_length=64, repetition_penalty=1.0)
+    request = engines.make_request(
+        "hf",
+        str(tmp_path),
+        "float32",
+        ["hi"],
+        max_new_tokens=4,
+        max_total_length=64,
+        repetition_penalty=1.0,
+    )
     with pytest.raises(Loaded):
         engines._hf_engine(request)
     assert seen["device"] == "cuda"
 
 
-@pytest.mark.parametrize("gpus, expected", [(1, {"device_map": "cuda:0"}),
-                                            (8, {"device_map": "sequential"})])
+@pytest.mark.parametrize(
+    "gpus, expected", [(1, {"device_map": "cuda:0"}), (8, {"device_map": "sequential"})]
+)
 def test_inference_weights_go_to_the_gpus(monkeypatch, gpus, expected):
     """One GPU: all on it. Several: filled in order, so a 70B model spans the node."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -121,9 +130,15 @@ def test_lm_eval_runs_on_the_gpu_and_splits_a_model_over_several(tmp_path):
     assert split["offload_folder"].startswith(str(tmp_path))  # never ./offload of the cwd
 
 
-@pytest.mark.parametrize("flags, expected", [({"avx512f", "amx_bf16"}, "bfloat16"),
-                                             ({"avx512f", "avx512_bf16"}, "bfloat16"),
-                                             ({"avx512f", "avx2"}, "float32"), (set(), "float32")])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ({"avx512f", "amx_bf16"}, "bfloat16"),
+        ({"avx512f", "avx512_bf16"}, "bfloat16"),
+        ({"avx512f", "avx2"}, "float32"),
+        (set(), "float32"),
+    ],
+)
 def test_auto_dtype_on_a_cpu_is_bf16_only_where_native(monkeypatch, flags, expected):
     monkeypatch.setattr(devices, "cpu_flags", lambda: flags)
     assert devices.resolve_dtype("auto", "cpu") == expected
@@ -174,19 +189,28 @@ def test_an_fp32_answer_is_the_same_alone_and_in_any_batch():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from pipeline.data.loading import ASSETS, format_prompt
-    from pipeline.models.loading import build_tiny_tokenizer
     from pipeline.generation.batched import generate_batched
+    from pipeline.models.loading import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer(512)
     tok.pad_token = tok.eos_token  # pad == EOS, as for many real tokenizers
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     rows = json.loads((ASSETS / "default_eval.json").read_text(encoding="utf-8"))[:10]
-    texts = [format_prompt({"instruction": r["instruction"], "input": r.get("input", "")},
-                           False) for r in rows]
+    texts = [
+        format_prompt({"instruction": r["instruction"], "input": r.get("input", "")}, False)
+        for r in rows
+    ]
     alone = [generate_batched(model, tok, [t], 1, 24, 1024, 1.2)[0][0] for t in texts]
     for batch in (3, 10):
         assert generate_batched(model, tok, texts, batch, 24, 1024, 1.2)[0] == alone
@@ -196,16 +220,22 @@ def _fsdp_probe(fp32_master: bool, tmp_path: Path) -> dict:
     """Run scripts/gpu_fsdp_checks.py's FSDP probe (accelerate's own fsdp2_prepare_model on a
     bf16 Llama, gloo, world size 1) in a fresh process; returns what it measured."""
     out = tmp_path / "probe.json"
-    code = ("import sys, json; from scripts.gpu_fsdp_checks import fsdp_probe; "
-            f"json.dump(fsdp_probe({fp32_master}, sys.argv[1]), open(sys.argv[2], 'w'))")
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ck"), str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    code = (
+        "import sys, json; from scripts.gpu_fsdp_checks import fsdp_probe; "
+        f"json.dump(fsdp_probe({fp32_master}, sys.argv[1]), open(sys.argv[2], 'w'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "ck"), str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("fp32_master, dtype", [(False, "torch.bfloat16"),
-                                                (True, "torch.float32")])
+@pytest.mark.parametrize("fp32_master, dtype", [(False, "torch.bfloat16"), (True, "torch.float32")])
 def test_fsdp_trains_the_precision_the_key_says(tmp_path, fp32_master, dtype):
     """fp32_master_weights false: bf16 parameters after accelerate's prepare (8 B/param);
     true: fp32 masters. Sharded checkpoints; rank-0 loading switched on before the load."""
@@ -234,8 +264,9 @@ def test_generation_continues_from_the_batches_a_killed_run_wrote(tmp_path):
     resumed, counts = generate_batched(model, tok, texts, 2, 8, 256, 1.2, progress=progress)
     kept = {row["i"] for row in first_batch}
     assert all(resumed[i] == f"KEPT {i}" for i in kept)
-    assert [o for i, o in enumerate(resumed) if i not in kept] == \
-        [o for i, o in enumerate(full) if i not in kept] and counts == full_counts
+    assert [o for i, o in enumerate(resumed) if i not in kept] == [
+        o for i, o in enumerate(full) if i not in kept
+    ] and counts == full_counts
     assert len(progress.read_text().splitlines()) == 2 + 2  # kept, the cut line dropped, 1 batch
 
 
@@ -245,9 +276,16 @@ def _tiny_model():
     from pipeline.models.loading import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer(512)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(0)
     return LlamaForCausalLM(config), tok
 
@@ -256,12 +294,24 @@ def _tiny_model():
 def test_the_gpu_acceptance_script_runs_on_a_cpu_and_marks_what_needs_cuda(tmp_path):
     """CI runs it on the tiny model, so the script a GPU session runs cannot rot."""
     out = tmp_path / "gpu.md"
-    done = subprocess.run([sys.executable, "scripts/gpu_acceptance.py", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "scripts/gpu_acceptance.py", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     table = out.read_text()
-    for check in ("generation device", "NEFT", "FSDP prepare", "FSDP Trainer", "memory plan",
-                  "alone vs one batch", "lm-eval"):
+    for check in (
+        "generation device",
+        "NEFT",
+        "FSDP prepare",
+        "FSDP Trainer",
+        "memory plan",
+        "alone vs one batch",
+        "lm-eval",
+    ):
         assert check in table
     assert "FAIL" not in table
     assert table.count("| not run here |") == 2  # the Trainer's FSDP and the GPU memory peak

@@ -4,9 +4,7 @@ through Flask's test client, the alpaca_eval export, kappa and the REPORT.md sec
 from __future__ import annotations
 
 import json
-import os
 import re
-from pathlib import Path
 
 import pytest
 
@@ -15,55 +13,9 @@ from pipeline.human.app import create_app
 from pipeline.human.db import EVENTS, VoteDB
 from pipeline.human.export import annotations, cohen_kappa, fleiss_kappa, majority, summarize
 from pipeline.human.report import human_report_section, markdown_html
-from pipeline.human.study import StudyError, ensure_dir, load_study, sequence_for
-
-BASE_KEY = "generate-tiny_off-aaaaaaaaaaaa"
-NEFT_KEY = "generate-tiny_neft-uniform5-bbbbbbbbbbbb"
-JUDGE_KEY = "alpaca_eval-tiny_neft-uniform5_vs_base_local-cccccccccccc"
-
-
-def instruction(i: int) -> str:
-    return f"Instruction {i}: describe the number {i} in one sentence."
-
-
-def make_experiment(root: Path, n_pairs: int = 8, experiment: str = "exp",
-                    records: list[tuple[str, str, str]] | None = None) -> Path:
-    """A results dir with one point file and a store with both arms' outputs.json and a judge's
-    scored.json (+NEFT wins odd pairs). `records`: (instruction, base answer, +NEFT answer);
-    by default made up, the +NEFT answers the longer ones. Returns the results root (the
-    experiment is results/<experiment>)."""
-    store, results = root / "store", root / "results"
-    records = records or [(instruction(i), f"The base answer about {i}.",
-                           " ".join([f"The neft answer about {i}."] * 4)) for i in range(n_pairs)]
-    for key, arm, col in ((BASE_KEY, "base", 1), (NEFT_KEY, "neft", 2)):
-        (store / key).mkdir(parents=True)
-        outs = [{"instruction": r[0], "generator": f"tiny_{arm}", "dataset": "demo",
-                 "output": r[col]} for r in records]
-        (store / key / "outputs.json").write_text(json.dumps(outs))
-    (store / JUDGE_KEY).mkdir()
-    scored = [{"instruction": r[0], "preference": 2.0 if i % 2 else 1.0}
-              for i, r in enumerate(records)]
-    (store / JUDGE_KEY / "scored.json").write_text(json.dumps(scored))
-    arms = [{"name": "off", "baseline": True, "seed": 0,
-             "stages": {"generate": {"key": BASE_KEY, "metrics": {}}}},
-            {"name": "neft-uniform5", "baseline": False, "seed": 0,
-             "stages": {"generate": {"key": NEFT_KEY, "metrics": {}},
-                        "head_to_head": {"key": JUDGE_KEY, "metrics": {"win_rate": 50.0}}}}]
-    points = results / experiment / "points"
-    points.mkdir(parents=True)
-    point = {"id": "point-demo", "store": str(store), "arms": arms}
-    (points / "point-demo.json").write_text(json.dumps(point))
-    return results
-
-
-@pytest.fixture
-def study(tmp_path):
-    st = load_study(make_experiment(tmp_path), "exp")
-    ensure_dir(st)
-    return st
-
-
-PG_URL = os.environ.get("NEFTUNE_HUMAN_PG_URL")  # e.g. postgresql+psycopg://postgres@host/db
+from pipeline.human.study import StudyError, load_study, sequence_for
+from tests.support.human import NEFT_KEY, make_experiment
+from tests.support.skips import needs_postgres
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -71,16 +23,15 @@ def served(request, study):
     """(study, db, app) on the default SQLite file, and on PostgreSQL when NEFTUNE_HUMAN_PG_URL
     names a scratch database (its human_* tables are dropped first)."""
     if request.param == "postgresql":
-        if not PG_URL:
-            pytest.skip("set NEFTUNE_HUMAN_PG_URL to a scratch PostgreSQL database to run this")
+        pg_url = needs_postgres()
         from sqlalchemy import create_engine
 
         from pipeline.human.db import META
 
-        engine = create_engine(PG_URL)
+        engine = create_engine(pg_url)
         META.drop_all(engine)
         engine.dispose()
-    db = VoteDB(PG_URL if request.param == "postgresql" else study.default_db_url, study.id)
+    db = VoteDB(pg_url if request.param == "postgresql" else study.default_db_url, study.id)
     app = create_app(study, db)
     yield study, db, app
     db.dispose()
@@ -95,9 +46,11 @@ def login(app, name: str):
 def page(client, pos: int | None = None) -> dict:
     """The vote page's pair id, nonce and progress text."""
     html = client.get("/vote" if pos is None else f"/vote?pos={pos}").get_data(as_text=True)
-    return {"pair": int(re.search(r'name="pair" value="(\d+)"', html).group(1)),
-            "nonce": re.search(r'name="nonce" value="([^"]+)"', html).group(1),
-            "progress": re.search(r'id="progress"[^>]*>([^<]+)<', html).group(1)}
+    return {
+        "pair": int(re.search(r'name="pair" value="(\d+)"', html).group(1)),
+        "nonce": re.search(r'name="nonce" value="([^"]+)"', html).group(1),
+        "progress": re.search(r'id="progress"[^>]*>([^<]+)<', html).group(1),
+    }
 
 
 def n_events(db) -> int:
@@ -156,8 +109,7 @@ def test_rejections_store_nothing(served):
         (bob, {"pair": p["pair"], "nonce": p["nonce"], "choice": "A"}, 403),
         (app.test_client(), {"pair": p["pair"], "nonce": p["nonce"], "choice": "A"}, 403),
         (alice, {"pair": p["pair"], "nonce": p["nonce"], "choice": "maybe"}, 400),
-        (alice, {"pair": p["pair"], "nonce": p["nonce"], "choice": "A", "pad": "x" * 20000},
-         413),
+        (alice, {"pair": p["pair"], "nonce": p["nonce"], "choice": "A", "pad": "x" * 20000}, 413),
     ]
     for client, form, status in cases:
         resp = client.post("/vote", data=form)
@@ -194,20 +146,43 @@ def test_export_is_base_vs_neft_whatever_was_shown(served, tmp_path):
         assert alice.post("/vote", data={**p, "choice": "A"}).status_code == 303
     assert alice.get("/vote").headers["Location"].endswith("/done")
     anns = annotations(study, db.current_votes())
-    assert {k for k in anns[0]} >= {"instruction", "output_1", "output_2", "generator_1",
-                                    "generator_2", "preference", "annotator"}
+    assert {k for k in anns[0]} >= {
+        "instruction",
+        "output_1",
+        "output_2",
+        "generator_1",
+        "generator_2",
+        "preference",
+        "annotator",
+    }
     for a in anns:  # "A" is +NEFT exactly where the pair was shown swapped
         assert a["preference"] == (2.0 if shown[a["pair_id"]] else 1.0)
         assert a["output_1"].startswith("The base") and a["generator_2"] == "tiny_neft"
     out = tmp_path / "ann.json"
-    assert main(["export", "experiment=exp", "--results", str(tmp_path / "results"),
-                 "--out", str(out), "--db", db.url]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "experiment=exp",
+                "--results",
+                str(tmp_path / "results"),
+                "--out",
+                str(out),
+                "--db",
+                db.url,
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text()) == json.loads(json.dumps(anns))
 
 
 def votes_of(table: dict[str, list[float]]) -> list[dict]:
-    return [{"annotator": name, "pair_id": i, "preference": p}
-            for name, prefs in table.items() for i, p in enumerate(prefs)]
+    return [
+        {"annotator": name, "pair_id": i, "preference": p}
+        for name, prefs in table.items()
+        for i, p in enumerate(prefs)
+    ]
 
 
 def test_kappa_and_majority_by_hand(study):
@@ -215,8 +190,9 @@ def test_kappa_and_majority_by_hand(study):
     # p_o = 3/4, p_e = 1/4*2/4 + 1/4*1/4 + 2/4*1/4 = 5/16: kappa = (12 - 5) / (16 - 5) = 7/11
     assert cohen_kappa(anns, "alice", "bob")["kappa"] == pytest.approx(7 / 11)
     assert majority(anns) == {0: 1.0, 1: 2.0, 2: 1.5, 3: 1.5}
-    three = annotations(study, votes_of({"a": [1, 2, 1, 1.5], "b": [1, 2, 2, 1.5],
-                                         "c": [1, 2, 2, 1.5]}))
+    three = annotations(
+        study, votes_of({"a": [1, 2, 1, 1.5], "b": [1, 2, 2, 1.5], "c": [1, 2, 2, 1.5]})
+    )
     # P_i = 1, 1, 1/3, 1; p_j = 4/12, 3/12, 5/12: kappa = (10/12 - 50/144) / (1 - 50/144)
     assert fleiss_kappa(three)["kappa"] == pytest.approx((10 / 12 - 50 / 144) / (94 / 144))
     assert majority(three)[2] == 2.0
@@ -243,8 +219,12 @@ def test_report_section(study, tmp_path):
     for name in ("alice", "bob"):
         sess = db.session(db.start_session(name))
         for pid in range(len(study.pairs)):
-            vote = {"preference": 2.0 if pid < 6 else 1.0, "choice": "A", "swapped": True,
-                    "longer": "neft"}
+            vote = {
+                "preference": 2.0 if pid < 6 else 1.0,
+                "choice": "A",
+                "swapped": True,
+                "longer": "neft",
+            }
             db.record_vote(sess, pid, db.issue_nonce(sess["session_id"], pid), vote)
     db.dispose()
     text = human_report_section(results_dir)

@@ -21,40 +21,62 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_human import make_experiment
+
+from tests.support.human import make_experiment
+from tests.support.skips import needs_chromium, needs_selenium
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs chromium and chromedriver: "
-                       "apt-get install -y --no-install-recommends chromium chromium-driver"),
-]
-webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip)")
+pytestmark = [pytest.mark.e2e, needs_chromium]
+webdriver = needs_selenium()
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 RECORDS = [  # (instruction, base answer, +NEFT answer): +NEFT answers longer, as in the paper
-    ("Give three tips for staying healthy.", "Eat well, sleep, exercise.",
-     "1. Eat a balanced diet with plenty of vegetables and fruit.\n2. Sleep seven to nine hours "
-     "a night.\n3. Move every day: even a brisk 30-minute walk helps."),
-    ("What is the capital of Australia?", "Sydney.",
-     "The capital of Australia is Canberra. Sydney is the largest city, but Canberra was chosen "
-     "as a compromise between Sydney and Melbourne."),
-    ("Translate 'good morning' into French.", "Bonjour.",
-     "'Good morning' in French is 'Bonjour'. In the evening you would say 'Bonsoir'."),
-    ("Write a haiku about autumn.", "Leaves fall down.\nIt is cold.\nAutumn is here.",
-     "Crimson maples fall,\nwhispering to the cold earth—\nthe year exhales slow."),
-    ("Explain what a prime number is.", "A number divisible by 1 and itself.",
-     "A prime number is a whole number greater than 1 whose only divisors are 1 and itself, "
-     "e.g. 2, 3, 5, 7 and 11. 4 is not prime, since 2 divides it."),
-    ("Suggest a name for a bakery.", "Bread Shop.",
-     "How about 'The Rolling Scone'? It is playful, easy to remember, and says what you sell."),
-    ("Convert 100 degrees Fahrenheit to Celsius.", "About 37.8 °C.",
-     "(100 − 32) × 5/9 ≈ 37.8 °C, a little above normal body temperature."),
-    ("Name two renewable sources of energy.", "Solar and wind.",
-     "Two renewable sources are solar power, from sunlight, and wind power, from turbines."),
+    (
+        "Give three tips for staying healthy.",
+        "Eat well, sleep, exercise.",
+        "1. Eat a balanced diet with plenty of vegetables and fruit.\n2. Sleep seven to nine hours "
+        "a night.\n3. Move every day: even a brisk 30-minute walk helps.",
+    ),
+    (
+        "What is the capital of Australia?",
+        "Sydney.",
+        "The capital of Australia is Canberra. Sydney is the largest city, but Canberra was chosen "
+        "as a compromise between Sydney and Melbourne.",
+    ),
+    (
+        "Translate 'good morning' into French.",
+        "Bonjour.",
+        "'Good morning' in French is 'Bonjour'. In the evening you would say 'Bonsoir'.",
+    ),
+    (
+        "Write a haiku about autumn.",
+        "Leaves fall down.\nIt is cold.\nAutumn is here.",
+        "Crimson maples fall,\nwhispering to the cold earth—\nthe year exhales slow.",
+    ),
+    (
+        "Explain what a prime number is.",
+        "A number divisible by 1 and itself.",
+        "A prime number is a whole number greater than 1 whose only divisors are 1 and itself, "
+        "e.g. 2, 3, 5, 7 and 11. 4 is not prime, since 2 divides it.",
+    ),
+    (
+        "Suggest a name for a bakery.",
+        "Bread Shop.",
+        "How about 'The Rolling Scone'? It is playful, easy to remember, and says what you sell.",
+    ),
+    (
+        "Convert 100 degrees Fahrenheit to Celsius.",
+        "About 37.8 °C.",
+        "(100 − 32) × 5/9 ≈ 37.8 °C, a little above normal body temperature.",
+    ),
+    (
+        "Name two renewable sources of energy.",
+        "Solar and wind.",
+        "Two renewable sources are solar power, from sunlight, and wind power, from turbines.",
+    ),
 ]
 PLAN = {"alice": "ABtBAtAB", "bob": "BBAtABBA"}  # the n-th vote of each annotator
 
@@ -69,8 +91,17 @@ class Server:
     """`python -m pipeline.human serve` in a subprocess, killable with SIGKILL."""
 
     def __init__(self, results: Path, port: int, log: Path):
-        self.cmd = [sys.executable, "-m", "pipeline.human", "serve", "experiment=exp",
-                    "--results", str(results), "--port", str(port)]
+        self.cmd = [
+            sys.executable,
+            "-m",
+            "pipeline.human",
+            "serve",
+            "experiment=exp",
+            "--results",
+            str(results),
+            "--port",
+            str(port),
+        ]
         self.url, self.log, self.proc = f"http://127.0.0.1:{port}", log, None
 
     def start(self) -> None:
@@ -95,18 +126,30 @@ class Server:
 def chrome(profile: Path):
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1280,900",
-                 f"--user-data-dir={profile}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,900",
+        f"--user-data-dir={profile}",
+    ):
         opts.add_argument(flag)
     return webdriver.Chrome(service=webdriver.ChromeService(executable_path=DRIVER), options=opts)
 
 
 def shown(driver) -> dict:
     el = driver.find_element(By.ID, "progress")
-    return {"el": el, "pair": int(el.get_attribute("data-pair")), "progress": el.text,
-            "A": driver.find_element(By.ID, "answer-A").text}
+    return {
+        "el": el,
+        "pair": int(el.get_attribute("data-pair")),
+        "progress": el.text,
+        "A": driver.find_element(By.ID, "answer-A").text,
+    }
 
 
 def vote(driver, name: str, n: int, cast: list) -> None:
@@ -124,8 +167,9 @@ def vote(driver, name: str, n: int, cast: list) -> None:
             driver.find_element(By.CSS_SELECTOR, "input[name=longer][value=B]").click()
         driver.find_element(By.ID, {"A": "vote-A", "B": "vote-B", "t": "vote-tie"}[choice]).click()
     WebDriverWait(driver, 10).until(ec.staleness_of(page["el"]))
-    WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.ID, "progress")
-                                    or d.find_elements(By.ID, "done"))
+    WebDriverWait(driver, 10).until(
+        lambda d: d.find_elements(By.ID, "progress") or d.find_elements(By.ID, "done")
+    )
     cast.append((name, page["pair"], pref))
 
 
@@ -139,8 +183,9 @@ def login(driver, url: str, name: str) -> None:
 def test_two_annotators_reload_and_sigkill(tmp_path):
     started = time.time()
     results = make_experiment(tmp_path, records=RECORDS)
-    shots = ROOT / "results" / "default" if os.environ.get("NEFTUNE_SCREENSHOTS") == "1" \
-        else tmp_path
+    shots = (
+        ROOT / "results" / "default" if os.environ.get("NEFTUNE_SCREENSHOTS") == "1" else tmp_path
+    )
     server = Server(results, free_port(), tmp_path / "server.log")
     server.start()
     drivers, cast = {}, []
@@ -177,8 +222,21 @@ def test_two_annotators_reload_and_sigkill(tmp_path):
             driver.quit()
         server.kill()
     out = tmp_path / "annotations.json"
-    subprocess.run([sys.executable, "-m", "pipeline.human", "export", "experiment=exp",
-                    "--results", str(results), "--out", str(out)], cwd=ROOT, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.human",
+            "export",
+            "experiment=exp",
+            "--results",
+            str(results),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        check=True,
+    )
     anns = json.loads(out.read_text())
     got = sorted((a["annotator"], a["pair_id"], a["preference"]) for a in anns)
     assert got == sorted(cast) and len(cast) == 2 * len(RECORDS)

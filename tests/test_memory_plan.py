@@ -3,20 +3,18 @@
 import math
 
 import pytest
-from composed import composed
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from pipeline.cluster.table import memory_table
 from pipeline.train.memory_plan import (
-    KNOWN_PARAMS,
     activation_gb,
     check_plan,
-    count_params,
     finetune_plan,
     min_sharded_gpus,
-    model_params,
     plan_memory,
 )
-from pipeline.cluster.table import memory_table
+from pipeline.train.model_size import KNOWN_PARAMS, count_params, model_params
+from tests.support.composed import composed
 
 
 def test_full_finetune_state_bytes_match_the_issue():
@@ -51,8 +49,11 @@ def test_ddp_keeps_a_bucket_copy_of_the_gradients():
 
 @pytest.mark.parametrize("master, per_param", [(False, 8.0), (True, 16.0)])
 def test_fsdp_fp32_master_weights_count_16_bytes_and_bf16_8(master, per_param):
-    cfg = composed("experiment=paper_table2", "+point=table2_llama2_13b",
-                   f"finetune.distributed.fsdp.fp32_master_weights={str(master).lower()}")
+    cfg = composed(
+        "experiment=paper_table2",
+        "+point=table2_llama2_13b",
+        f"finetune.distributed.fsdp.fp32_master_weights={str(master).lower()}",
+    )
     plan, kw = finetune_plan(cfg)
     assert kw["precision"] == ("mixed" if master else "bf16")
     assert plan.bytes_per_param == per_param
@@ -61,9 +62,14 @@ def test_fsdp_fp32_master_weights_count_16_bytes_and_bf16_8(master, per_param):
     assert plan.term("weights") == pytest.approx(13.0 * per_param / 4 / 4)
     assert plan.term("AdamW temporary") == pytest.approx(plan.term("weights"))
     # One process never has FSDP's masters: model states stay in the model's dtype.
-    one, kw = finetune_plan(composed(
-        "model=llama2_7b", "finetune=paper", "finetune.distributed.strategy=fsdp",
-        f"finetune.distributed.fsdp.fp32_master_weights={str(master).lower()}"))
+    one, kw = finetune_plan(
+        composed(
+            "model=llama2_7b",
+            "finetune=paper",
+            "finetune.distributed.strategy=fsdp",
+            f"finetune.distributed.fsdp.fp32_master_weights={str(master).lower()}",
+        )
+    )
     assert kw["precision"] == "bf16" and one.bytes_per_param == 8.0
 
 
@@ -85,7 +91,8 @@ def test_refuses_a_13b_single_gpu_full_finetune_and_names_the_fix():
         "13B full fine-tune needs about 130 GB on one GPU (weights 26.0, gradients 26.0, AdamW "
         "states 52.0, AdamW temporary 26.0), more than 72 GB (90% of 80 GB, the rest kept for "
         "the CUDA context and fragmentation); set finetune.distributed.strategy=fsdp with at "
-        "least 2 GPUs")
+        "least 2 GPUs"
+    )
     # Under fp32 master weights the same model needs twice the GPUs.
     with pytest.raises(ValueError, match="260 GB .* with at least 4 GPUs$"):
         check_plan(plan_memory(13.0e9, gpu_gb=80, precision="mixed"), precision="mixed")
@@ -105,16 +112,21 @@ def test_70b_fits_fsdp_on_two_nodes_of_eight_but_not_one():
     assert two_nodes.per_gpu_gb == pytest.approx(43.125)
     with pytest.raises(ValueError) as err:
         check_plan(plan_memory(69.0e9, "fsdp", 8, gpu_gb=80), label="llama2-70b")
-    assert str(err.value).startswith("llama2-70b full fine-tune needs about 86 GB on each of "
-                                     "8 GPUs")
+    assert str(err.value).startswith(
+        "llama2-70b full fine-tune needs about 86 GB on each of 8 GPUs"
+    )
     assert str(err.value).endswith("with at least 16 GPUs (2 nodes of 8)")
 
 
 def test_smallest_fsdp_world_sizes_on_80gb():
-    assert [min_sharded_gpus(KNOWN_PARAMS[m]) for m in
-            ("llama2-7b", "llama2-13b", "llama1-30b", "llama2-70b")] == [1, 2, 8, 16]
-    assert [min_sharded_gpus(KNOWN_PARAMS[m], precision="mixed") for m in
-            ("llama2-7b", "llama2-13b", "llama1-30b", "llama2-70b")] == [2, 4, 16, 24]
+    assert [
+        min_sharded_gpus(KNOWN_PARAMS[m])
+        for m in ("llama2-7b", "llama2-13b", "llama1-30b", "llama2-70b")
+    ] == [1, 2, 8, 16]
+    assert [
+        min_sharded_gpus(KNOWN_PARAMS[m], precision="mixed")
+        for m in ("llama2-7b", "llama2-13b", "llama1-30b", "llama2-70b")
+    ] == [2, 4, 16, 24]
     assert min_sharded_gpus(13.0e9, gpu_gb=40) == 4  # 130 / 36 usable -> 3.6 -> 4
 
 
@@ -150,34 +162,58 @@ def test_parameter_counts_of_configs():
     assert model_params(composed("model=smollm2_135m", "generate=tiny").model) == 1.35e8
     tiny = composed("model=tiny", "generate=tiny").model
     a = tiny.arch
-    built = LlamaForCausalLM(LlamaConfig(
-        vocab_size=a.vocab_size, hidden_size=a.hidden_size, intermediate_size=a.intermediate_size,
-        num_hidden_layers=a.num_layers, num_attention_heads=a.num_heads,
-        num_key_value_heads=a.num_heads, tie_word_embeddings=True))
+    built = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=a.vocab_size,
+            hidden_size=a.hidden_size,
+            intermediate_size=a.intermediate_size,
+            num_hidden_layers=a.num_layers,
+            num_attention_heads=a.num_heads,
+            num_key_value_heads=a.num_heads,
+            tie_word_embeddings=True,
+        )
+    )
     assert model_params(tiny) == sum(p.numel() for p in built.parameters())
     assert model_params(tiny, n_params=123) == 123.0
     # LLaMA-2-7B's config.json gives its published 6.74B.
-    llama2_7b = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
-                 "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32}
+    llama2_7b = {
+        "vocab_size": 32000,
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+    }
     assert count_params(llama2_7b) == 6_738_415_616
     # LLaMA-2-70B: grouped-query attention (8 KV heads).
-    llama2_70b = {"vocab_size": 32000, "hidden_size": 8192, "intermediate_size": 28672,
-                  "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8}
+    llama2_70b = {
+        "vocab_size": 32000,
+        "hidden_size": 8192,
+        "intermediate_size": 28672,
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 8,
+    }
     assert math.isclose(count_params(llama2_70b), 68.98e9, rel_tol=1e-3)
 
 
 def test_memory_table_lists_models_strategies_and_gpus():
     table = memory_table()
     lines = table.splitlines()
-    assert lines[0] == ("| model | params | precision (B/param) | none x1 | ddp x8 | fsdp x4 "
-                        "| fsdp x8 | fsdp x16 | smallest fsdp on 80 GB |")
+    assert lines[0] == (
+        "| model | params | precision (B/param) | none x1 | ddp x8 | fsdp x4 "
+        "| fsdp x8 | fsdp x16 | smallest fsdp on 80 GB |"
+    )
     assert "| LLaMA-2-7B | 6.74B | bf16 (8) | 67.4 | 80.9 ✗ | 16.9 | 8.4 | 4.2 | 1 |" in lines
-    assert ("| LLaMA-2-13B | 13B | bf16 (8) | 130.0 ✗ | 156.0 ✗ | 32.5 | 16.2 | 8.1 | 2 |"
-            in lines)
-    assert ("| LLaMA-2-70B | 69B | bf16 (8) | 690.0 ✗ | 828.0 ✗ | 172.5 ✗ | 86.2 ✗ | 43.1 | 16 |"
-            in lines)
-    assert ("| LLaMA-2-70B | 69B | mixed (16) | 1380.0 ✗ | 1656.0 ✗ | 345.0 ✗ | 172.5 ✗ | "
-            "86.2 ✗ | 24 |" in lines)
+    assert "| LLaMA-2-13B | 13B | bf16 (8) | 130.0 ✗ | 156.0 ✗ | 32.5 | 16.2 | 8.1 | 2 |" in lines
+    assert (
+        "| LLaMA-2-70B | 69B | bf16 (8) | 690.0 ✗ | 828.0 ✗ | 172.5 ✗ | 86.2 ✗ | 43.1 | 16 |"
+        in lines
+    )
+    assert (
+        "| LLaMA-2-70B | 69B | mixed (16) | 1380.0 ✗ | 1656.0 ✗ | 345.0 ✗ | 172.5 ✗ | "
+        "86.2 ✗ | 24 |" in lines
+    )
     assert sum(line.startswith("| LLaMA") for line in lines) == 6
 
 
@@ -185,14 +221,22 @@ def test_a_configured_13b_single_gpu_full_finetune_is_refused_before_launch():
     from pipeline.train.memory_plan import check_finetune_memory
 
     cfg = composed("model=llama2_13b", "finetune=paper")
-    with pytest.raises(ValueError, match=r"13B full fine-tune needs about 132 GB "
-                                         r"on one GPU.*strategy=fsdp with at least 2 GPUs"):
+    with pytest.raises(
+        ValueError,
+        match=r"13B full fine-tune needs about 132 GB "
+        r"on one GPU.*strategy=fsdp with at least 2 GPUs",
+    ):
         check_finetune_memory(cfg)
 
 
-@pytest.mark.parametrize("point, world, per_gpu", [
-    ("table2_llama2_13b", 4, 32.5), ("table2_llama2_70b", 16, 43.125),
-    ("table2_llama2_7b_chat", 1, 67.4)])
+@pytest.mark.parametrize(
+    "point, world, per_gpu",
+    [
+        ("table2_llama2_13b", 4, 32.5),
+        ("table2_llama2_70b", 16, 43.125),
+        ("table2_llama2_7b_chat", 1, 67.4),
+    ],
+)
 def test_the_paper_table2_points_carry_settings_that_fit(point, world, per_gpu):
     from pipeline.train.launch import accumulation_steps
     from pipeline.train.memory_plan import check_finetune_memory

@@ -1,46 +1,23 @@
-"""NEFTune noise: scale, padding, eval mode, per_example vs padded, agreement with transformers' hook."""
+"""NEFTune noise: scale, padding, eval mode, per_example vs padded, agreement with transformers'
+hook."""
 
 import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.integrations.neftune import neftune_post_forward_hook
 
 from pipeline.train.noise import attach_neftune, neftune_noise, token_lengths, validate_noise
-
-D = 64
-
-
-def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=100, hidden_size=D, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128, pad_token_id=0)
-    return LlamaForCausalLM(cfg)
-
-
-def captured_noise(model, forward_model, **batch) -> torch.Tensor:
-    """Run one forward and return what the hook added to the embeddings."""
-    emb = model.get_input_embeddings()
-    seen = {}
-
-    def grab(_m, _i, out):
-        seen["out"] = out.detach().clone()
-
-    # Registered after attach_neftune, so it sees the noised output.
-    h = emb.register_forward_hook(grab)
-    with torch.no_grad():
-        forward_model(**batch)
-    h.remove()
-    clean = emb.weight[batch["input_ids"]]
-    return seen["out"] - clean
+from tests.support.tiny import D, captured_noise, tiny_llama
 
 
 def test_noise_norm_is_alpha_over_sqrt3():
     torch.manual_seed(1)
     alpha, n, length = 5.0, 4000, 37
     x = torch.zeros(n, length, D)
-    noise = neftune_noise(x, alpha, "uniform", "per_example", torch.ones(n, length, dtype=torch.long))
+    noise = neftune_noise(
+        x, alpha, "uniform", "per_example", torch.ones(n, length, dtype=torch.long)
+    )
     norms = noise.flatten(1).norm(dim=1)
     # ||noise||^2 = alpha^2/(L d) * sum U^2, E[U^2] = 1/3 -> E||noise||^2 = alpha^2/3.
     assert math.isclose(norms.pow(2).mean().item(), alpha**2 / 3, rel_tol=0.01)
@@ -49,7 +26,13 @@ def test_noise_norm_is_alpha_over_sqrt3():
 
 def test_gaussian_norm_is_alpha():
     torch.manual_seed(2)
-    noise = neftune_noise(torch.zeros(3000, 20, D), 5.0, "gaussian", "per_example", torch.ones(3000, 20, dtype=torch.long))
+    noise = neftune_noise(
+        torch.zeros(3000, 20, D),
+        5.0,
+        "gaussian",
+        "per_example",
+        torch.ones(3000, 20, dtype=torch.long),
+    )
     assert math.isclose(noise.flatten(1).norm(dim=1).pow(2).mean().item(), 25.0, rel_tol=0.01)
 
 
@@ -65,7 +48,9 @@ def test_padding_gets_exactly_zero_noise_and_real_tokens_are_scaled_by_their_len
     # Uniform(-m, m) with m = alpha / sqrt(L_i d): bounded by each row's own magnitude.
     assert noise[0].abs().max() <= 10.0 / math.sqrt(6 * D) + 1e-6
     assert noise[1].abs().max() <= 10.0 / math.sqrt(3 * D) + 1e-6
-    assert noise[1].abs().max() > 10.0 / math.sqrt(6 * D)  # would be impossible with the padded length
+    assert noise[1].abs().max() > 10.0 / math.sqrt(
+        6 * D
+    )  # would be impossible with the padded length
 
 
 def test_no_noise_in_eval_mode():
@@ -83,7 +68,12 @@ def test_remove_detaches_the_hook():
     handle.remove()
     model.train()
     ids = torch.tensor([[5, 6, 7]])
-    assert torch.count_nonzero(captured_noise(model, model, input_ids=ids, attention_mask=torch.ones_like(ids))) == 0
+    assert (
+        torch.count_nonzero(
+            captured_noise(model, model, input_ids=ids, attention_mask=torch.ones_like(ids))
+        )
+        == 0
+    )
 
 
 def test_per_example_and_padded_differ_by_sqrt_length_ratio():
@@ -94,7 +84,9 @@ def test_per_example_and_padded_differ_by_sqrt_length_ratio():
     torch.manual_seed(3)
     per_ex = neftune_noise(x, 5.0, "uniform", "per_example", mask)
     torch.testing.assert_close(per_ex[0], padded[0], rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(per_ex[1, :5], padded[1, :5] * math.sqrt(8 / 5), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        per_ex[1, :5], padded[1, :5] * math.sqrt(8 / 5), rtol=1e-5, atol=1e-7
+    )
     assert torch.count_nonzero(per_ex[1, 5:]) == 0 and torch.count_nonzero(padded[1, 5:]) == 3 * D
 
 
@@ -136,7 +128,9 @@ def test_hook_reads_position_ids_for_packed_batches():
     torch.manual_seed(5)
     noise = captured_noise(model, model, input_ids=ids, position_ids=pos)
     torch.manual_seed(5)
-    expected = neftune_noise(torch.zeros(1, 6, D), 5.0, "uniform", "per_example", torch.ones_like(ids), pos)
+    expected = neftune_noise(
+        torch.zeros(1, 6, D), 5.0, "uniform", "per_example", torch.ones_like(ids), pos
+    )
     torch.testing.assert_close(noise, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -156,14 +150,24 @@ def test_works_through_a_peft_wrapper():
 
 
 def test_alpha_zero_is_no_noise():
-    assert torch.count_nonzero(neftune_noise(torch.zeros(2, 3, D), 0.0, "uniform", "per_example", torch.ones(2, 3))) == 0
+    assert (
+        torch.count_nonzero(
+            neftune_noise(torch.zeros(2, 3, D), 0.0, "uniform", "per_example", torch.ones(2, 3))
+        )
+        == 0
+    )
 
 
 @pytest.mark.parametrize(
     "kind,alpha,length,match",
-    [("uniform", -1.0, "per_example", "alpha"), ("laplace", 5.0, "per_example", "kind"),
-     ("uniform", 5.0, "batch", "length"), ("uniform", float("nan"), "per_example", "finite"),
-     ("uniform", float("inf"), "per_example", "finite"), ("uniform", True, "per_example", "alpha")],
+    [
+        ("uniform", -1.0, "per_example", "alpha"),
+        ("laplace", 5.0, "per_example", "kind"),
+        ("uniform", 5.0, "batch", "length"),
+        ("uniform", float("nan"), "per_example", "finite"),
+        ("uniform", float("inf"), "per_example", "finite"),
+        ("uniform", True, "per_example", "alpha"),
+    ],
 )
 def test_bad_noise_config_is_rejected(kind, alpha, length, match):
     with pytest.raises(ValueError, match=match):

@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
-from test_noise import D, captured_noise, tiny_llama
 
 from pipeline.train.noise import attach_neftune, neftune_noise, rank_generator
+from tests.support.tiny import D, captured_noise, tiny_llama
 
 MASK = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10], [5, 6, 7, 0, 0, 0]])
@@ -61,11 +61,17 @@ def test_no_generator_draws_exactly_what_it_drew_before(kind, length):
     x = torch.zeros(2, 6, D)
     if length == "padded":
         mag = 5.0 / torch.sqrt(torch.tensor(6 * D))
-        want = (torch.zeros_like(x).uniform_(-mag, mag) if kind == "uniform"
-                else torch.zeros_like(x).normal_(0.0, 1.0) * mag)
+        want = (
+            torch.zeros_like(x).uniform_(-mag, mag)
+            if kind == "uniform"
+            else torch.zeros_like(x).normal_(0.0, 1.0) * mag
+        )
     else:
-        eps = (torch.zeros_like(x).uniform_(-1.0, 1.0) if kind == "uniform"
-               else torch.zeros_like(x).normal_(0.0, 1.0))
+        eps = (
+            torch.zeros_like(x).uniform_(-1.0, 1.0)
+            if kind == "uniform"
+            else torch.zeros_like(x).normal_(0.0, 1.0)
+        )
         lengths = torch.tensor([6.0, 3.0]).view(2, 1, 1) * MASK.unsqueeze(-1)
         want = eps * torch.where(lengths > 0, 5.0 / torch.sqrt(lengths.clamp(min=1) * D), 0.0)
     assert torch.equal(got, want)

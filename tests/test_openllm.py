@@ -1,21 +1,24 @@
-"""openllm stage on the tiny model with the local task set: scores in [0,1], the leaderboard's few-shot
+"""openllm stage on the tiny model with the local task set: scores in [0,1], the leaderboard's
+few-shot
 counts are what lm-eval used, a rerun is a store hit."""
 
 import json
 from pathlib import Path
 
 import pytest
-from composed import composed
 
 from pipeline.stages.openllm import LOCAL_DATA, LOCAL_TASKS, openllm, validate_openllm
 from pipeline.store.store import Store
+from tests.support.composed import composed
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
 
 
 def leaderboard_on_local_files(limit: int):
-    return composed("openllm=leaderboard_v1", "openllm.task_set=local", f"openllm.limit={limit}").openllm
+    return composed(
+        "openllm=leaderboard_v1", "openllm.task_set=local", f"openllm.limit={limit}"
+    ).openllm
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,9 @@ def tiny_finetuned(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
     cfg = composed("model=tiny", "noise=off", "finetune=tiny", "finetune.max_steps=4")
     model, data, noise, train = cfg.model, cfg.data, cfg.noise, cfg.finetune
-    return finetune(model, data, noise, train, Store(root), Store(root / "cache"), report_to=[]), Store(root)
+    return finetune(
+        model, data, noise, train, Store(root), Store(root / "cache"), report_to=[]
+    ), Store(root)
 
 
 def test_leaderboard_shots_are_what_lm_eval_used_and_rerun_is_a_store_hit(tiny_finetuned):
@@ -37,7 +42,9 @@ def test_leaderboard_shots_are_what_lm_eval_used_and_rerun_is_a_store_hit(tiny_f
     m = first.metrics
     for short in ("arc", "hellaswag", "mmlu", "truthfulqa"):
         assert 0.0 <= m[f"openllm_{short}"] <= 1.0
-    assert m["openllm_average"] == pytest.approx(sum(m[f"openllm_{s}"] for s in ("arc", "hellaswag", "mmlu", "truthfulqa")) / 4)
+    assert m["openllm_average"] == pytest.approx(
+        sum(m[f"openllm_{s}"] for s in ("arc", "hellaswag", "mmlu", "truthfulqa")) / 4
+    )
     results = json.loads((first.path / "lm_eval_results.json").read_text())
     used = {task: results["n-shot"][f"{task}_local"] for task in LOCAL_TASKS}
     assert used == {"arc_challenge": 25, "hellaswag": 10, "mmlu": 5, "truthfulqa_mc2": 0}

@@ -1,21 +1,24 @@
-"""Overfitting analysis (Figs 4-5) and the shared generation loop, on the tiny random Llama: numbers with known answers."""
+"""Overfitting analysis (Figs 4-5) and the shared generation loop, on the tiny random Llama:
+numbers with known answers."""
 
 import pytest
 import torch
 
 from pipeline.data.loading import load_train, tokenize_examples
-from pipeline.models.loading import base_model_dir, load_model_and_tokenizer
 from pipeline.generation.batched import generate_batched
-from pipeline.train.noise import attach_neftune
+from pipeline.models.loading import base_model_dir, load_model_and_tokenizer
 from pipeline.stages.overfit import overlap_scores, response_losses
 from pipeline.store.store import Store
-from composed import composed
+from pipeline.train.noise import attach_neftune
+from tests.support.composed import composed
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     model_cfg = composed("model=tiny").model
-    model, tok = load_model_and_tokenizer(base_model_dir(model_cfg, Store(tmp_path_factory.mktemp("cache"))), "float32")
+    model, tok = load_model_and_tokenizer(
+        base_model_dir(model_cfg, Store(tmp_path_factory.mktemp("cache"))), "float32"
+    )
     return model, tok
 
 
@@ -23,7 +26,10 @@ RECORDS = load_train("pkg:default_train.json", limit=6)
 
 
 def test_overlap_of_identical_texts_is_perfect_and_of_disjoint_texts_zero():
-    texts = ["The cat sat on the mat and looked out of the window.", "Paris is the capital of France."]
+    texts = [
+        "The cat sat on the mat and looked out of the window.",
+        "Paris is the capital of France.",
+    ]
     rouge, bleu = overlap_scores(texts, texts)
     assert rouge == pytest.approx([1.0, 1.0]) and bleu == pytest.approx([100.0, 100.0])
     rouge, bleu = overlap_scores(["alpha beta gamma delta"], ["one two three four"])
@@ -38,7 +44,9 @@ def test_loss_equals_the_models_own_loss_on_the_response_tokens(tiny):
     model, tok = tiny
     (example,), _ = tokenize_examples(RECORDS[:1], tok, 256)
     with torch.no_grad():
-        expected = model(input_ids=torch.tensor([example["input_ids"]]), labels=torch.tensor([example["labels"]])).loss.item()
+        expected = model(
+            input_ids=torch.tensor([example["input_ids"]]), labels=torch.tensor([example["labels"]])
+        ).loss.item()
     losses, skipped = response_losses(model, tok, RECORDS[:1], 256, 1)
     assert skipped == 0 and losses == pytest.approx([expected], rel=1e-5)
 
@@ -84,6 +92,8 @@ def test_generation_keeps_input_order_and_honours_min_new_tokens(tiny):
     forced, counts = generate_batched(model, tok, prompts, 4, 30, 1024, 1.2, min_new_tokens=25)
     assert min(counts) >= 25 and max(free_counts) <= 8
     single = [generate_batched(model, tok, [p], 1, 8, 1024, 1.2)[0][0] for p in prompts[:2]]
-    assert free[:2] == single  # batch position does not change a greedy answer, and outputs come back in input order
+    assert (
+        free[:2] == single
+    )  # batch position does not change a greedy answer, and outputs come back in input order
     with pytest.raises(ValueError, match="max_total_length=20"):
         generate_batched(model, tok, prompts, 4, 8, 20, 1.2)

@@ -1,4 +1,5 @@
-"""End-to-end runs of `python -m pipeline.run` on the tiny model: finetune -> generate, reuse, kill + resume."""
+"""End-to-end runs of `python -m pipeline.run` on the tiny model: finetune -> generate, reuse,
+kill + resume."""
 
 import json
 import os
@@ -9,27 +10,36 @@ from pathlib import Path
 import pytest
 
 from pipeline.data.loading import load_prompts
-from wandb_offline import read_run
+from tests.support.composed import SMOKE
+from tests.support.wandb_offline import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model=tiny", "finetune=tiny", "generate=tiny", "judge=local_tiny"]
 pytestmark = pytest.mark.e2e
 
 
 def run_pipeline(store: Path, *overrides: str, prelude: str = "") -> subprocess.CompletedProcess:
-    """Run the pipeline in a fresh interpreter (prelude: Python run before it, e.g. a kill switch)."""
-    code = f"{prelude}\nimport sys\nfrom pipeline.run import main\nsys.argv = ['pipeline.run', *{list(overrides)!r}, 'paths.store={store}', 'paths.results={store}/results']\nmain()\n"
+    """Run the pipeline in a fresh interpreter (prelude: Python run before it, e.g. a kill
+    switch)."""
+    argv = [*overrides, f"paths.store={store}", f"paths.results={store}/results"]
+    code = (
+        f"{prelude}\nimport sys\nfrom pipeline.run import main\n"
+        f"sys.argv = ['pipeline.run', *{argv!r}]\nmain()\n"
+    )
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def stage_dirs(store: Path, stage: str) -> list[Path]:
-    return sorted(p for p in store.glob(f"{stage}-*") if p.is_dir() and not p.name.endswith(".partial"))
+    return sorted(
+        p for p in store.glob(f"{stage}-*") if p.is_dir() and not p.name.endswith(".partial")
+    )
 
 
 def test_tiny_run_trains_both_arms_generates_in_order_and_reruns_from_the_store(tmp_path):
     store = tmp_path / "store"
-    first = run_pipeline(store, *TINY)
+    first = run_pipeline(store, *SMOKE)
     assert first.returncode == 0, first.stderr[-3000:]
     finetunes, generates = stage_dirs(store, "finetune"), stage_dirs(store, "generate")
     assert [p.name.split("_")[-1].rsplit("-", 1)[0] for p in finetunes] == ["base", "neft-uniform5"]
@@ -49,7 +59,9 @@ def test_tiny_run_trains_both_arms_generates_in_order_and_reruns_from_the_store(
         metrics = json.loads((ft / "metrics.json").read_text())
         assert metrics["train_steps"] == 24 and metrics["resumed_from_step"] == 0
         assert 0 < metrics["train_loss"] < 10 and metrics["train_tokens_per_s"] > 0
-        assert (ft / "model" / "model.safetensors").is_file() and (ft / "model" / "tokenizer.json").is_file()
+        assert (ft / "model" / "model.safetensors").is_file() and (
+            ft / "model" / "tokenizer.json"
+        ).is_file()
         assert len(json.loads((ft / "loss_log.json").read_text())) == 12
         assert not (ft / "checkpoints").exists()
     base, neft = (json.loads((p / "metrics.json").read_text()) for p in finetunes)
@@ -60,9 +72,10 @@ def test_tiny_run_trains_both_arms_generates_in_order_and_reruns_from_the_store(
     _assert_logged_to_wandb(store, finetunes, generates)
 
     mtimes = {p: (p / "COMPLETE").stat().st_mtime for p in finetunes + generates + judged}
-    second = run_pipeline(store, *TINY)
+    second = run_pipeline(store, *SMOKE)
     assert second.returncode == 0, second.stderr[-3000:]
-    # 2 arms x (finetune, generate, judge, analysis, openllm) + head to head + compare + train + calibration
+    # 2 arms x (finetune, generate, judge, analysis, openllm) + head to head + compare + train
+    # + calibration
     assert second.stdout.count(": reused ->") == 14 and ": computed ->" not in second.stdout
     assert {p: (p / "COMPLETE").stat().st_mtime for p in finetunes + generates + judged} == mtimes
 
@@ -73,22 +86,35 @@ def _assert_judged_and_tabled(store: Path, judged: list[Path]) -> None:
     for stage in judged:
         metrics = json.loads((stage / "metrics.json").read_text())
         assert metrics["n_total"] == 6 and 0 <= metrics["win_rate"] <= 100
-        if "_vs_neftune_repro_reference_" in stage.name:  # (identical pairs, as tiny models make, are one entry)
-            assert len(json.loads((stage / "annotations.json").read_text())) == 12  # every verdict, both orders
+        if (
+            "_vs_neftune_repro_reference_" in stage.name
+        ):  # (identical pairs, as tiny models make, are one entry)
+            assert (
+                len(json.loads((stage / "annotations.json").read_text())) == 12
+            )  # every verdict, both orders
     results = store / "results" / "default"
     table1 = (results / "table1.md").read_text()
-    assert "| default | tiny-llama | local-tiny / neftune_repro_reference |" in table1 and "29.79" in table1
+    assert (
+        "| default | tiny-llama | local-tiny / neftune_repro_reference |" in table1
+        and "29.79" in table1
+    )
     table4 = (results / "table4.md").read_text()
     assert "| +NEFT, characters |" in table4 and "1061.89" in table4
     figure3 = (results / "figure3.md").read_text()
-    assert "| ours | tiny-llama, default | +NEFT |" in figure3 and "local_cpu (local task set, shots arc 3" in figure3
-    assert "| paper (≈, read off a chart) | LLaMA-2-7B Alpaca | base | 56.4 | 80.0 | 47.9 | 41.6 |" in figure3
+    assert (
+        "| ours | tiny-llama, default | +NEFT |" in figure3
+        and "local_cpu (local task set, shots arc 3" in figure3
+    )
+    assert (
+        "| paper (≈, read off a chart) | LLaMA-2-7B Alpaca | base | 56.4 | 80.0 | 47.9 | 41.6 |"
+        in figure3
+    )
     for png in ("winrate.png", "lengths.png", "openllm.png"):
         assert (results / png).stat().st_size > 1000
 
 
 def _assert_logged_to_wandb(store: Path, finetunes: list[Path], generates: list[Path]) -> None:
-    """W&B (offline by default): one run per stage execution, read back from the offline run files."""
+    """W&B (offline by default): one run per stage execution, read back from the offline runs."""
     results = store / "results" / "default"
     runs = {r["name"]: r for r in map(read_run, (store / "wandb" / "wandb").glob("offline-run-*"))}
     for ft in finetunes:
@@ -99,15 +125,34 @@ def _assert_logged_to_wandb(store: Path, finetunes: list[Path], generates: list[
         assert run["config"]["noise"]["kind"] in ("none", "uniform")
         assert sum("train/loss" in row for row in run["history"]) == 12  # the Trainer's curve
     for gen in generates:
-        assert runs[gen.name]["job_type"] == "generate" and runs[gen.name]["artifacts"] == [f"outputs-{gen.name}"]
-    assert {r["job_type"] for r in runs.values()} == {"finetune", "generate", "alpaca_eval", "analysis", "openllm",
-                                                      "compare", "judge_calibration", "tables"}
+        assert runs[gen.name]["job_type"] == "generate" and runs[gen.name]["artifacts"] == [
+            f"outputs-{gen.name}"
+        ]
+    assert {r["job_type"] for r in runs.values()} == {
+        "finetune",
+        "generate",
+        "alpaca_eval",
+        "analysis",
+        "openllm",
+        "compare",
+        "judge_calibration",
+        "tables",
+    }
     (tables_run,) = [r for r in runs.values() if r["job_type"] == "tables"]
-    logged_tables = {k.split("/")[0]: row[f"{k.split('/')[0]}/nrows"] for row in tables_run["history"] for k in row
-                     if k.endswith("/_type") and row[k] == "table-file"}
+    logged_tables = {
+        k.split("/")[0]: row[f"{k.split('/')[0]}/nrows"]
+        for row in tables_run["history"]
+        for k in row
+        if k.endswith("/_type") and row[k] == "table-file"
+    }
     assert logged_tables["table1"] == len((results / "table1.csv").read_text().splitlines()) - 1
     assert {"table1", "table4", "figure3", "noise_grid"} <= set(logged_tables)
-    logged_images = {k.rsplit("/", 1)[0] for row in tables_run["history"] for k in row if k.endswith("/_type") and row[k] == "image-file"}
+    logged_images = {
+        k.rsplit("/", 1)[0]
+        for row in tables_run["history"]
+        for k in row
+        if k.endswith("/_type") and row[k] == "image-file"
+    }
     assert logged_images == {"figure/winrate", "figure/lengths", "figure/openllm"}
 
 
@@ -118,14 +163,17 @@ def test_a_table_number_leads_to_the_stage_that_computed_it(tmp_path):
     from pipeline.results.cells import KEY_SUFFIX
 
     store = tmp_path / "store"
-    done = run_pipeline(store, *TINY, "logger=disabled", "calibration.n_pairs=10")
+    done = run_pipeline(store, *SMOKE, "logger=disabled", "calibration.n_pairs=10")
     assert done.returncode == 0, done.stderr[-3000:]
     results = store / "results" / "default"
     table = list(csv.reader((results / "table1.csv").open(encoding="utf-8")))
     header, row = table[0], table[1]
     checked = 0
-    for column, metric in (("ours: base", "win_rate"), ("ours: +NEFT", "win_rate"),
-                           ("ours: +NEFT, LC", "lc_win_rate")):
+    for column, metric in (
+        ("ours: base", "win_rate"),
+        ("ours: +NEFT", "win_rate"),
+        ("ours: +NEFT, LC", "lc_win_rate"),
+    ):
         key = row[header.index(column + KEY_SUFFIX)]
         metrics = json.loads((store / key / "metrics.json").read_text())
         assert row[header.index(column)].split(" ± ")[0] == f"{metrics[metric]:.2f}"
@@ -157,13 +205,16 @@ transformers.Trainer.training_step = _killing_step
 
 def test_sigkilled_finetune_resumes_from_its_checkpoint(tmp_path):
     store = tmp_path / "store"
-    killed = run_pipeline(store, *TINY, "noise=off", prelude=KILL_AT_STEP_12)
+    killed = run_pipeline(store, *SMOKE, "noise=off", prelude=KILL_AT_STEP_12)
     assert killed.returncode == -9
     partial = [p for p in store.glob("finetune-*.partial")]
-    assert len(partial) == 1 and (partial[0] / "checkpoints" / "checkpoint-8" / "trainer_state.json").is_file()
+    assert (
+        len(partial) == 1
+        and (partial[0] / "checkpoints" / "checkpoint-8" / "trainer_state.json").is_file()
+    )
     assert stage_dirs(store, "finetune") == []  # nothing marked done
 
-    resumed = run_pipeline(store, *TINY, "noise=off")
+    resumed = run_pipeline(store, *SMOKE, "noise=off")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     (ft,) = stage_dirs(store, "finetune")
     metrics = json.loads((ft / "metrics.json").read_text())
@@ -171,7 +222,7 @@ def test_sigkilled_finetune_resumes_from_its_checkpoint(tmp_path):
     assert not partial[0].exists() and not list(store.glob("*.lock"))
 
     # The resumed run ends where an uninterrupted one does.
-    fresh = run_pipeline(tmp_path / "fresh", *TINY, "noise=off")
+    fresh = run_pipeline(tmp_path / "fresh", *SMOKE, "noise=off")
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     (ft_fresh,) = stage_dirs(tmp_path / "fresh", "finetune")
     log_resumed = json.loads((ft / "loss_log.json").read_text())
@@ -182,9 +233,16 @@ def test_sigkilled_finetune_resumes_from_its_checkpoint(tmp_path):
 
 def test_bad_training_row_fails_before_training_and_marks_nothing_done(tmp_path):
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps([{"instruction": "a", "input": "", "output": "b"}, {"instruction": "c", "input": "", "output": ""}]))
+    bad.write_text(
+        json.dumps(
+            [
+                {"instruction": "a", "input": "", "output": "b"},
+                {"instruction": "c", "input": "", "output": ""},
+            ]
+        )
+    )
     store = tmp_path / "store"
-    result = run_pipeline(store, *TINY, f"data.train={bad}")
+    result = run_pipeline(store, *SMOKE, f"data.train={bad}")
     assert result.returncode != 0
     assert f"{bad}: row 1: field 'output' is empty" in result.stderr
     assert not list(store.glob("finetune-*")) and not list(store.glob("generate-*"))
@@ -192,7 +250,7 @@ def test_bad_training_row_fails_before_training_and_marks_nothing_done(tmp_path)
 
 def test_alpha_grid_sweep_trains_the_baseline_once_and_tables_every_alpha(tmp_path):
     store = tmp_path / "store"
-    result = run_pipeline(store, "sweep=alpha_grid", *TINY, "logger=disabled")
+    result = run_pipeline(store, "sweep=alpha_grid", *SMOKE, "logger=disabled")
     assert result.returncode == 0, result.stderr[-3000:]
     finetunes = [p.name for p in stage_dirs(store, "finetune")]
     assert len(finetunes) == 4 and sum("_base-" in name for name in finetunes) == 1
@@ -207,13 +265,19 @@ def test_alpha_grid_sweep_trains_the_baseline_once_and_tables_every_alpha(tmp_pa
 
 def test_lora_finetune_trains_adapters_with_noise_through_the_peft_wrapper(tmp_path):
     store = tmp_path / "store"
-    result = run_pipeline(store, "model=tiny", "finetune=lora_tiny", "generate=tiny", "judge=local_tiny", "logger=disabled")
+    result = run_pipeline(store, *SMOKE, "finetune=lora_tiny", "logger=disabled")
     assert result.returncode == 0, result.stderr[-3000:]
-    base, neft = (json.loads((p / "metrics.json").read_text()) for p in stage_dirs(store, "finetune"))
+    base, neft = (
+        json.loads((p / "metrics.json").read_text()) for p in stage_dirs(store, "finetune")
+    )
     for metrics in (base, neft):
         assert metrics["lora"] and not metrics["lora_4bit"]  # no GPU here: plain LoRA
-        assert 0 < metrics["trainable_params"] < 20_000  # adapters only (the tiny model has ~37k parameters)
-    assert base["train_loss"] != neft["train_loss"]  # the noise reached the embeddings through the PEFT wrapper
+        assert (
+            0 < metrics["trainable_params"] < 20_000
+        )  # adapters only (the tiny model has ~37k parameters)
+    assert (
+        base["train_loss"] != neft["train_loss"]
+    )  # the noise reached the embeddings through the PEFT wrapper
     for ft in stage_dirs(store, "finetune"):
         assert (ft / "adapter" / "adapter_config.json").is_file()
         assert (ft / "model" / "model.safetensors").is_file()  # merged, loadable as a plain model
@@ -221,11 +285,15 @@ def test_lora_finetune_trains_adapters_with_noise_through_the_peft_wrapper(tmp_p
 
 
 def test_report_points_fill_every_section_of_the_report(tmp_path):
-    """The points of experiment=default_all, on the tiny model: main (+ overfit, length control), a noise variant, LoRA."""
+    """The points of experiment=default_all, on the tiny model: main (+ overfit, length
+    control), a noise variant, LoRA."""
     store = tmp_path / "store"
-    common = [*TINY, "experiment.name=all", "logger=disabled"]
-    for extra in (["+point=all_main", "overfit=tiny", "length_control=tiny"], ["+point=all_gaussian5"],
-                  ["+point=all_lora", "finetune=lora_tiny"]):
+    common = [*SMOKE, "experiment.name=all", "logger=disabled"]
+    for extra in (
+        ["+point=all_main", "overfit=tiny", "length_control=tiny"],
+        ["+point=all_gaussian5"],
+        ["+point=all_lora", "finetune=lora_tiny"],
+    ):
         done = run_pipeline(store, *common, *extra)
         assert done.returncode == 0, done.stderr[-3000:]
     out = store / "results" / "all"
@@ -234,14 +302,30 @@ def test_report_points_fill_every_section_of_the_report(tmp_path):
     for title in ("Table 1", "Table 3", "Table 4", "Table 5", "Table 6", "Figure 3", "Figures 4-5"):
         assert f"## {title}" in report
     assert "| transformers |" in report and "![overfit_loss.png](overfit_loss.png)" in report
-    assert (out / "overfit_loss.png").stat().st_size > 0 and (out / "overfit_overlap.png").stat().st_size > 0
+    assert (out / "overfit_loss.png").stat().st_size > 0 and (
+        out / "overfit_overlap.png"
+    ).stat().st_size > 0
 
-    # Table 5: the variants come from the noise-off model; the forced one really is longer, the judge saw plain instructions.
-    plain = json.loads((next(p for p in stage_dirs(store, "generate") if p.name.startswith("generate-tiny-llama_default_base-"))
-                        / "outputs.json").read_text())
+    # Table 5: the variants come from the noise-off model; the forced one really is longer, the
+    # judge saw plain instructions.
+    plain = json.loads(
+        (
+            next(
+                p
+                for p in stage_dirs(store, "generate")
+                if p.name.startswith("generate-tiny-llama_default_base-")
+            )
+            / "outputs.json"
+        ).read_text()
+    )
     forced = next(p for p in stage_dirs(store, "generate") if "_min_20_tokens-" in p.name)
     assert json.loads((forced / "metrics.json").read_text())["gen_min_new_tokens"] >= 20
-    long_prompted = json.loads((next(p for p in stage_dirs(store, "generate") if "_base_long-" in p.name) / "outputs.json").read_text())
+    long_prompted = json.loads(
+        (
+            next(p for p in stage_dirs(store, "generate") if "_base_long-" in p.name)
+            / "outputs.json"
+        ).read_text()
+    )
     assert [r["instruction"] for r in long_prompted] == [r["instruction"] for r in plain]
     table5 = (out / "table5.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in table5[1:]] == ["base", "long", "min_20_tokens", "+NEFT"]
@@ -252,11 +336,15 @@ def test_report_points_fill_every_section_of_the_report(tmp_path):
     for stage in fitted:
         m = json.loads((stage / "metrics.json").read_text())
         assert 0 < m["overfit_train_loss"] < 10 and 0 < m["overfit_heldout_loss"] < 10
-        assert 0 <= m["overfit_rougeL"] <= 1 and 0 <= m["overfit_bleu"] <= 100 and m["overfit_n_generated"] == 6
+        assert (
+            0 <= m["overfit_rougeL"] <= 1
+            and 0 <= m["overfit_bleu"] <= 100
+            and m["overfit_n_generated"] == 6
+        )
 
     # Table 6 has the baseline, uniform 5 and gaussian 5 rows; Table 3 the LoRA base and alpha 5.
     table6 = [row.split(",")[0] for row in (out / "table6.csv").read_text().splitlines()[1:]]
     assert table6 == ["base", "neft-uniform5", "neft-gaussian5"]
     table3 = (out / "table3.csv").read_text().splitlines()
-    assert table3[1].startswith("tiny-llama / default,\"ours, LoRA (plain base)\"")
+    assert table3[1].startswith('tiny-llama / default,"ours, LoRA (plain base)"')
     assert len(stage_dirs(store, "openllm")) == 2  # only the main point runs the leaderboard tasks

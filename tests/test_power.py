@@ -9,7 +9,12 @@ from scipy.stats import norm
 
 from pipeline.metrics.stats import detectable_effect, paired_bootstrap_diff, winrate_diff_ci
 from pipeline.results.power import (
-    detectable, null_words, paper_effect, prompts_to_detect, standard_error, default_paper,
+    default_paper,
+    detectable,
+    null_words,
+    paper_effect,
+    prompts_to_detect,
+    standard_error,
 )
 
 Z = norm.ppf(0.975) + norm.ppf(0.8)  # 1.960 + 0.842
@@ -41,7 +46,7 @@ def test_detectable_win_rate_matches_the_paired_proportion_formula():
     assert d["mde"] == pytest.approx(closed, rel=0.06)
     # and the n that detects the paper's +35 points is the closed-form sample size
     need = prompts_to_detect(n, d["mde"], 35.0)
-    closed_n = Z ** 2 * (p10 + p01 - (p10 - p01) ** 2) / 0.35 ** 2
+    closed_n = Z**2 * (p10 + p01 - (p10 - p01) ** 2) / 0.35**2
     assert need == pytest.approx(closed_n, rel=0.15, abs=2)
 
 
@@ -72,14 +77,25 @@ def test_null_words_state_the_detectable_effect_and_the_prompts_for_the_papers_e
     assert paper_effect(paper, "default", "chars")[0] == pytest.approx(1061.89 - 375.22)
     assert paper_effect(paper, "sharegpt", "log_diversity")[0] == pytest.approx(0.20)
     assert paper_effect(paper, "alpaca", "lc_win_rate") is None
-    d = {"diff": -1.0, "ci_low": -5.0, "ci_high": 3.0, "n": 50, "level": 0.95, "se": 2.0,
-         "mde": Z * 2.0, "power": 0.8}
+    d = {
+        "diff": -1.0,
+        "ci_low": -5.0,
+        "ci_high": 3.0,
+        "n": 50,
+        "level": 0.95,
+        "se": 2.0,
+        "mde": Z * 2.0,
+        "power": 0.8,
+    }
     text = null_words(d, "points", 1, 50, 1, (4.0, "Table X"))
     need = math.ceil(50 * (Z * 2.0 / 4.0) ** 2)
     assert f"it could detect changes of ±{Z * 2:.1f} points or more" in text
     assert f"about {need} prompts would detect the paper's +4.0 points (Table X)" in text
     text = null_words(d, "points", 1, 50, 1, (35.0, "Table 1"))
-    assert "these 50 prompts would detect the paper's +35.0 points (Table 1); the CI excludes it" \
+    assert (
+        "these 50 prompts would detect the paper's +35.0 points (Table 1); the CI excludes it"
         in text
-    assert "cannot be estimated" in null_words({**d, "se": 0.0, "mde": 0.0}, "points", 1, 50, 1,
-                                               None)
+    )
+    assert "cannot be estimated" in null_words(
+        {**d, "se": 0.0, "mde": 0.0}, "points", 1, 50, 1, None
+    )

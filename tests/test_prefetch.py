@@ -27,9 +27,16 @@ def mirror(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("mirror")
     tok = build_tiny_tokenizer(300)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
-                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     LlamaForCausalLM(config).save_pretrained(root / "models/org/tiny")
     tok.save_pretrained(root / "models/org/tiny")
     data = root / "datasets/org/data"
@@ -42,28 +49,46 @@ def mirror(tmp_path_factory) -> Path:
 
 
 def _env(hf_home: Path) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HF_HUB_CACHE", "HF_DATASETS_CACHE", "HUGGINGFACE_HUB_CACHE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HF_HUB_CACHE", "HF_DATASETS_CACHE", "HUGGINGFACE_HUB_CACHE")
+    }
     # Offline throughout: the mirror fetchers must not need the network.
     return env | {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 def _prefetch(hf_home: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.prefetch", *args], cwd=ROOT,
-                          env=_env(hf_home), capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.prefetch", *args],
+        cwd=ROOT,
+        env=_env(hf_home),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _rows(out: str) -> dict[str, list[str]]:
     """Table rows by id: [kind, id, where, size, status, needed by]."""
-    cells = [[c.strip() for c in line.strip("|").split("|")]
-             for line in out.splitlines() if line.startswith("| ") and " kind " not in line]
+    cells = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in out.splitlines()
+        if line.startswith("| ") and " kind " not in line
+    ]
     return {c[1]: c for c in cells}
 
 
 def test_fetcher_registry_by_kind_and_origin(tmp_path):
     """One fetcher per (kind, origin); --source switches the hub kinds to the mirror ones."""
-    assert {k for k, _ in FETCHERS} == {"model", "dataset", "hub_file", "calibration", "file",
-                                        "config"}
+    assert {k for k, _ in FETCHERS} == {
+        "model",
+        "dataset",
+        "hub_file",
+        "calibration",
+        "file",
+        "config",
+    }
     assert isinstance(fetcher_for("model", tmp_path), MirrorModel)
     assert isinstance(fetcher_for("dataset", tmp_path), MirrorDataset)
     assert type(fetcher_for("model", None)).__name__ == "HubModel"
@@ -75,9 +100,16 @@ def test_prefetch_from_mirror_then_offline_load(mirror, tmp_path):
     it already present, and an item the mirror lacks fails the command, named."""
     hf_home, pairs = tmp_path / "hf", tmp_path / "pairs.json"
     pairs.write_text("[]")
-    overrides = ["experiment=default_all", "model.source=hub", "model.id=org/tiny",
-                 "model.dtype=float32", "data.train=hf:org/data", "judge=local_tiny",
-                 "judge.lc_data=hub", f"calibration.pairs={pairs}"]
+    overrides = [
+        "experiment=default_all",
+        "model.source=hub",
+        "model.id=org/tiny",
+        "model.dtype=float32",
+        "data.train=hf:org/data",
+        "judge=local_tiny",
+        "judge.lc_data=hub",
+        f"calibration.pairs={pairs}",
+    ]
     first = _prefetch(hf_home, *overrides, "--source", str(mirror))
     assert first.returncode == 0, first.stdout + first.stderr
     assert f"HF_HUB_CACHE={hf_home / 'hub'}" in first.stdout  # the caches, printed first
@@ -92,14 +124,22 @@ def test_prefetch_from_mirror_then_offline_load(mirror, tmp_path):
     assert f"export HF_DATASETS_CACHE={hf_home / 'datasets'}" in first.stdout
     assert "export HF_HUB_OFFLINE=1" in first.stdout
 
-    load = ("from pipeline.models.loading import load_model_and_tokenizer\n"
-            "from pipeline.data.loading import load_train\n"
-            "from pipeline.metrics.winrate import find_lc_data\n"
-            "model, tok = load_model_and_tokenizer('org/tiny', 'float32')\n"
-            "print(type(model).__name__, len(tok), len(load_train('hf:org/data')),\n"
-            "      open(find_lc_data('hub')).read().splitlines()[0])\n")
-    offline = subprocess.run([sys.executable, "-c", load], cwd=ROOT, env=_env(hf_home),
-                             capture_output=True, text=True, timeout=300)
+    load = (
+        "from pipeline.models.loading import load_model_and_tokenizer\n"
+        "from pipeline.data.loading import load_train\n"
+        "from pipeline.metrics.winrate import find_lc_data\n"
+        "model, tok = load_model_and_tokenizer('org/tiny', 'float32')\n"
+        "print(type(model).__name__, len(tok), len(load_train('hf:org/data')),\n"
+        "      open(find_lc_data('hub')).read().splitlines()[0])\n"
+    )
+    offline = subprocess.run(
+        [sys.executable, "-c", load],
+        cwd=ROOT,
+        env=_env(hf_home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert offline.returncode == 0, offline.stderr
     assert offline.stdout.split()[-4:] == ["LlamaForCausalLM", "300", "3", "index,preference"]
 
@@ -109,8 +149,15 @@ def test_prefetch_from_mirror_then_offline_load(mirror, tmp_path):
     assert rows["org/tiny"][4] == rows["org/data"][4] == rows[lc_file][4] == "already present"
 
     absent = tmp_path / "no_pairs"
-    missing = _prefetch(hf_home, *overrides[:4], "data.train=hf:org/nope", "judge=local_tiny",
-                        f"calibration.pairs={absent}", "--source", str(mirror))
+    missing = _prefetch(
+        hf_home,
+        *overrides[:4],
+        "data.train=hf:org/nope",
+        "judge=local_tiny",
+        f"calibration.pairs={absent}",
+        "--source",
+        str(mirror),
+    )
     assert missing.returncode == 1
     assert "FAILED dataset org/nope" in missing.stderr
     assert "not in the mirror" in missing.stderr
@@ -126,9 +173,11 @@ def test_dry_run_lists_every_paper_model(capsys):
     listed (with the leaderboard's lm-eval datasets), nothing fetched."""
     from pipeline.prefetch import main
 
-    expected = {cfg["id"] for cfg in (yaml.safe_load(p.read_text())
-                                      for p in (ROOT / "conf/model").glob("*.yaml"))
-                if cfg.get("source", "hub") == "hub"}
+    expected = {
+        cfg["id"]
+        for cfg in (yaml.safe_load(p.read_text()) for p in (ROOT / "conf/model").glob("*.yaml"))
+        if cfg.get("source", "hub") == "hub"
+    }
     assert "meta-llama/Llama-2-7b-hf" in expected and "facebook/opt-6.7b" in expected
     n_points = 48  # Figure 2: 12, Figure 4: 1, Tables 1: 4, 2: 3, 3: 15, 5: 1, 6: 12
 
@@ -139,7 +188,11 @@ def test_dry_run_lists_every_paper_model(capsys):
     models = {i for i, row in rows.items() if row[0] == "model"}
     assert models == expected
     assert all(rows[m][4] in ("to fetch", "present") for m in models)
-    for dataset in ("tatsu-lab/alpaca", "WizardLM/WizardLM_evol_instruct_70k",
-                    "allenai/ai2_arc:ARC-Challenge", "cais/mmlu:anatomy"):
+    for dataset in (
+        "tatsu-lab/alpaca",
+        "WizardLM/WizardLM_evol_instruct_70k",
+        "allenai/ai2_arc:ARC-Challenge",
+        "cais/mmlu:anatomy",
+    ):
         assert rows[dataset][0] == "dataset"
     assert "fetched" not in {row[4] for row in rows.values()}

@@ -7,7 +7,6 @@ import textwrap
 
 import pytest
 import torch
-from composed import CONF, composed
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
@@ -17,17 +16,18 @@ from pipeline.stages import alpaca_eval_stage, finetune
 from pipeline.store.store import Store
 from pipeline.train import noise_kinds
 from pipeline.train.noise import attach_neftune, noise_label, noise_params
+from tests.support.composed import CONF, composed
 
-NOISE_MODULE = '''
+NOISE_MODULE = """
 import torch
 from pipeline.train.noise_kinds import register
 
 @register("constant")
 def constant(like, mag, generator):
     return torch.ones_like(like) * mag  # every entry +mag: easy to check
-'''
+"""
 
-JUDGE_MODULE = '''
+JUDGE_MODULE = """
 from pipeline.judging.kinds import JudgeKind, register
 from pipeline.judging.kinds.local import ANNOTATORS_DIR
 from pipeline.judging.alpaca_import import JudgeError
@@ -44,7 +44,7 @@ class AlwaysB(JudgeKind):
 
     def key_params(self, judge_cfg):
         return {"always": "b"}
-'''
+"""
 
 
 def _plug_in(monkeypatch, tmp_path, package, registry: dict, name: str, module: str):
@@ -62,14 +62,16 @@ def _plug_in(monkeypatch, tmp_path, package, registry: dict, name: str, module: 
 
 @pytest.fixture
 def constant_noise(monkeypatch, tmp_path):
-    yield from _plug_in(monkeypatch, tmp_path, noise_kinds, noise_kinds.SAMPLERS, "constant",
-                        NOISE_MODULE)
+    yield from _plug_in(
+        monkeypatch, tmp_path, noise_kinds, noise_kinds.SAMPLERS, "constant", NOISE_MODULE
+    )
 
 
 @pytest.fixture
 def always_b_judge(monkeypatch, tmp_path):
-    yield from _plug_in(monkeypatch, tmp_path, judge_kinds, judge_kinds.KINDS, "always_b",
-                        JUDGE_MODULE)
+    yield from _plug_in(
+        monkeypatch, tmp_path, judge_kinds, judge_kinds.KINDS, "always_b", JUDGE_MODULE
+    )
 
 
 def conf_with(tmp_path, group: str, name: str, text: str, *overrides: str):
@@ -78,8 +80,10 @@ def conf_with(tmp_path, group: str, name: str, text: str, *overrides: str):
     (extra / group).mkdir(parents=True)
     (extra / group / f"{name}.yaml").write_text(textwrap.dedent(text))
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=[f"hydra.searchpath=[file://{extra}]",
-                                            f"{group}={name}", *overrides])
+        return compose(
+            "config",
+            overrides=[f"hydra.searchpath=[file://{extra}]", f"{group}={name}", *overrides],
+        )
 
 
 def test_a_new_noise_kind_is_one_module_and_one_yaml(constant_noise, tmp_path):
@@ -127,11 +131,21 @@ def test_a_new_judge_kind_is_one_module_and_one_yaml(always_b_judge, tmp_path):
     params = judge_key_params(cfg.judge)
     assert params["always"] == "b" and params["judge"]["kind"] == "always_b"
     with pytest.raises(JudgeError, match="needs judge.annotator=local_logprob"):
-        alpaca_eval_stage.check(conf_with(tmp_path / "bad", "judge", "always_b", yaml,
-                                          "judge.annotator=other"))
+        alpaca_eval_stage.check(
+            conf_with(tmp_path / "bad", "judge", "always_b", yaml, "judge.annotator=other")
+        )
     judge = annotator(cfg.judge, tmp_path, Store(tmp_path / "cache"))
-    pairs = [{"instruction": f"q{i}", "output_1": "a", "output_2": "b", "generator_1": "ref",
-              "generator_2": "model", "dataset": "t"} for i in range(3)]
+    pairs = [
+        {
+            "instruction": f"q{i}",
+            "output_1": "a",
+            "output_2": "b",
+            "generator_1": "ref",
+            "generator_2": "model",
+            "dataset": "t",
+        }
+        for i in range(3)
+    ]
     # "(b)" whatever the order: the two orders cancel to a draw.
     assert [s["preference"] for s in judge_pairs(judge, pairs, True)] == [1.5] * 3
 
@@ -140,18 +154,22 @@ def test_an_unknown_judge_kind_fails_in_check_naming_the_registered_kinds():
     with pytest.raises(JudgeError) as err:
         alpaca_eval_stage.check(composed("judge.kind=claude"))
     msg = str(err.value)
-    assert "judge.kind='claude' is unknown; registered kinds: local, openai, " \
-           "openai_compatible" in msg
+    assert (
+        "judge.kind='claude' is unknown; registered kinds: local, openai, openai_compatible" in msg
+    )
     assert "pipeline/judging/kinds/claude.py" in msg and "@register('claude')" in msg
 
 
-@pytest.mark.parametrize("override, choices", [
-    ("noise.length=perexample", "per_example, padded"),
-    ("model.dtype=fp32", "auto, float32, bfloat16, float16"),
-    ("finetune.distributed.strategy=dpp", "none, ddp, fsdp"),
-    ("paths.verify=sha", "size, full"),
-    ("model.source=hf", "hub, local, gguf_package, tiny"),
-])
+@pytest.mark.parametrize(
+    "override, choices",
+    [
+        ("noise.length=perexample", "per_example, padded"),
+        ("model.dtype=fp32", "auto, float32, bfloat16, float16"),
+        ("finetune.distributed.strategy=dpp", "none, ddp, fsdp"),
+        ("paths.verify=sha", "size, full"),
+        ("model.source=hf", "hub, local, gguf_package, tiny"),
+    ],
+)
 def test_a_typo_in_a_fixed_choice_fails_at_composition(override, choices):
     with pytest.raises(ConfigCompositionException) as err:
         composed(override)
@@ -175,9 +193,13 @@ def test_params_that_stage_keys_hash_hold_plain_str_not_enum_members():
 
     cfg = composed("noise.length=padded", "finetune.sampling=group_by_length")
     assert type(cfg.model.dtype) is not str  # the schema's Enum member ...
-    built = [noise_params(cfg.noise), config_params(cfg.model), judge_key_params(cfg.judge),
-             generate_params(cfg.generate, cfg.model.dtype), finetune._keyed(
-                 cfg.model, cfg.data, noise_params(cfg.noise), cfg.finetune, [])[1]]
+    built = [
+        noise_params(cfg.noise),
+        config_params(cfg.model),
+        judge_key_params(cfg.judge),
+        generate_params(cfg.generate, cfg.model.dtype),
+        finetune._keyed(cfg.model, cfg.data, noise_params(cfg.noise), cfg.finetune, [])[1],
+    ]
     strs = [v for params in built for v in _leaves(params) if isinstance(v, str)]
     assert "padded" in strs and "group_by_length" in strs and "float32" in strs
     assert all(type(v) is str for v in strs)  # ... but what is hashed is plain str

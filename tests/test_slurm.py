@@ -1,6 +1,7 @@
 """SLURM on a real local cluster (Debian's slurm-wlm + munge, started by scripts/local_slurm.sh):
-the alpha_grid sweep as a job array through hydra-submitit-launcher and through slurm/sweep_array.sbatch,
-and a task requeued mid-finetune (scontrol requeue) that resumes without duplicating the baseline."""
+the alpha_grid sweep as a job array through hydra-submitit-launcher and through
+slurm/sweep_array.sbatch, and a task requeued mid-finetune (scontrol requeue) that resumes
+without duplicating the baseline."""
 
 import json
 import os
@@ -13,25 +14,39 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.composed import SMOKE
+from tests.support.skips import needs_slurm
+
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model=tiny", "finetune=tiny", "generate=tiny", "judge=local_tiny", "logger=disabled"]
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(shutil.which("slurmctld") is None,
-                       reason="SLURM is not installed (apt-get install slurmctld slurmd slurm-client munge)"),
-]
+TINY = [*SMOKE, "logger=disabled"]
+pytestmark = [pytest.mark.e2e, needs_slurm]
 
 
 def local_cluster(nodes: int, **settings: str):
     """Start a local cluster (scripts/local_slurm.sh) with `nodes` slurmds, each with 4
     placeholder GPUs (GPU requests are scheduled for real) and 8 CPUs; yield the environment
     that talks to it, and stop exactly its daemons afterwards."""
-    state = tempfile.mkdtemp(prefix="slurm", dir="/tmp")  # short: slurmd's socket paths must fit 108 bytes
+    state = tempfile.mkdtemp(
+        prefix="slurm", dir="/tmp"
+    )  # short: slurmd's socket paths must fit 108 bytes
     script = str(ROOT / "scripts" / "local_slurm.sh")
-    conf = dict(os.environ, LOCAL_SLURM_NODES=str(nodes), LOCAL_SLURM_GPUS="4", LOCAL_SLURM_CPUS="8", **settings)
-    started = subprocess.run(["bash", script, "start", state], capture_output=True, text=True, timeout=120, env=conf)
+    conf = dict(
+        os.environ,
+        LOCAL_SLURM_NODES=str(nodes),
+        LOCAL_SLURM_GPUS="4",
+        LOCAL_SLURM_CPUS="8",
+        **settings,
+    )
+    started = subprocess.run(
+        ["bash", script, "start", state], capture_output=True, text=True, timeout=120, env=conf
+    )
     assert started.returncode == 0, started.stderr
-    env = dict(os.environ, SLURM_CONF=f"{state}/slurm.conf", PATH=f"{state}/bin:{os.environ['PATH']}", PYTHON=sys.executable)
+    env = dict(
+        os.environ,
+        SLURM_CONF=f"{state}/slurm.conf",
+        PATH=f"{state}/bin:{os.environ['PATH']}",
+        PYTHON=sys.executable,
+    )
     daemons = [int(p) for p in Path(state, "pids").read_text().split()]
     assert len(daemons) == 2 + nodes  # munged, slurmctld, a slurmd per node
     try:
@@ -71,7 +86,9 @@ def finished(store: Path, stage: str) -> list[Path]:
 
 def assert_sweep_done(store: Path, experiment: str, alphas: list[int]) -> None:
     finetunes = finished(store, "finetune")
-    assert len(finetunes) == len(alphas) and sum("_base-" in p.name for p in finetunes) == 1  # baseline once
+    assert (
+        len(finetunes) == len(alphas) and sum("_base-" in p.name for p in finetunes) == 1
+    )  # baseline once
     assert not list(store.glob("*.partial")) and not list(store.glob("*.lock"))
     grid = (store / "results" / experiment / "noise_grid.md").read_text()
     assert "| base |" in grid and all(f"| neft-uniform{a} |" in grid for a in alphas if a)
@@ -80,11 +97,27 @@ def assert_sweep_done(store: Path, experiment: str, alphas: list[int]) -> None:
 def test_submitit_launcher_runs_the_alpha_grid_as_one_array(cluster, tmp_path):
     store = tmp_path / "store"
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.run", "sweep=alpha_grid", "launcher=slurm", *TINY,
-         "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
-         "hydra.launcher.array_parallelism=2", "hydra.launcher.timeout_min=20",
-         f"paths.store={store}", f"paths.results={store}/results"],
-        cwd=ROOT, env=cluster, capture_output=True, text=True, timeout=1200)
+        [
+            sys.executable,
+            "-m",
+            "pipeline.run",
+            "sweep=alpha_grid",
+            "launcher=slurm",
+            *TINY,
+            "hydra.launcher.gpus_per_node=0",
+            "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.mem_gb=2",
+            "hydra.launcher.array_parallelism=2",
+            "hydra.launcher.timeout_min=20",
+            f"paths.store={store}",
+            f"paths.results={store}/results",
+        ],
+        cwd=ROOT,
+        env=cluster,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert_sweep_done(store, "alpha_grid", [0, 5, 10, 15])
     logs = list((store / "submitit").rglob("*_log.out"))
@@ -92,12 +125,25 @@ def test_submitit_launcher_runs_the_alpha_grid_as_one_array(cluster, tmp_path):
 
 
 def sbatch_array(env: dict, store: Path, tasks: str, *overrides: str, wait: bool) -> str:
-    cmd = ["sbatch", "--parsable", f"--array={tasks}", "--cpus-per-task=1", "--mem=2G",
-           f"--output={store}/slurm-%A_%a.out", *(["--wait"] if wait else []),
-           "slurm/sweep_array.sbatch", "sweep=alpha_grid", *TINY, *overrides,
-           f"paths.store={store}", f"paths.results={store}/results"]
+    cmd = [
+        "sbatch",
+        "--parsable",
+        f"--array={tasks}",
+        "--cpus-per-task=1",
+        "--mem=2G",
+        f"--output={store}/slurm-%A_%a.out",
+        *(["--wait"] if wait else []),
+        "slurm/sweep_array.sbatch",
+        "sweep=alpha_grid",
+        *TINY,
+        *overrides,
+        f"paths.store={store}",
+        f"paths.results={store}/results",
+    ]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stderr[-3000:] + "".join(p.read_text()[-2000:] for p in store.glob("slurm-*.out"))
+    assert result.returncode == 0, result.stderr[-3000:] + "".join(
+        p.read_text()[-2000:] for p in store.glob("slurm-*.out")
+    )
     return result.stdout.strip().split(";")[0]
 
 
@@ -121,7 +167,9 @@ def test_requeued_task_resumes_its_finetune_without_a_duplicate_baseline(cluster
     store = tmp_path / "store"
     store.mkdir()
     # Points alpha 0 and 5 both need the baseline; long enough to be caught mid-training.
-    job = sbatch_array(cluster, store, "0-1", "finetune.max_steps=600", "finetune.save_steps=20", wait=False)
+    job = sbatch_array(
+        cluster, store, "0-1", "finetune.max_steps=600", "finetune.save_steps=20", wait=False
+    )
 
     deadline, victim = time.time() + 600, None
     while time.time() < deadline and victim is None:
@@ -138,11 +186,15 @@ def test_requeued_task_resumes_its_finetune_without_a_duplicate_baseline(cluster
                 break
         time.sleep(0.2)
     assert victim, "no finetune reached a checkpoint"
-    requeue = subprocess.run(["scontrol", "requeue", f"{job}_{victim[0]}"], env=cluster, capture_output=True, text=True)
+    requeue = subprocess.run(
+        ["scontrol", "requeue", f"{job}_{victim[0]}"], env=cluster, capture_output=True, text=True
+    )
     assert requeue.returncode == 0, requeue.stderr
 
     while time.time() < deadline:
-        queue = subprocess.run(["squeue", "-h", "-j", job], env=cluster, capture_output=True, text=True).stdout.strip()
+        queue = subprocess.run(
+            ["squeue", "-h", "-j", job], env=cluster, capture_output=True, text=True
+        ).stdout.strip()
         if not queue:
             break
         time.sleep(1)
@@ -168,19 +220,36 @@ def test_multinode_sbatch_trains_through_srun_torchrun_c10d(two_nodes, tmp_path)
     cluster = two_nodes
     store = tmp_path / "store"
     store.mkdir()
-    cmd = ["sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1", "--mem=2G",
-           f"--output={store}/slurm-%j.out", "slurm/finetune_multinode.sbatch", *TINY,
-           "openllm=none", "calibration.enabled=false", "finetune.distributed.strategy=ddp",
-           "finetune.distributed.nnodes=2", "finetune.effective_batch_size=8",
-           f"finetune.distributed.rdzv_port={free_port()}", "experiment.name=multinode",
-           f"paths.store={store}", f"paths.results={store}/results"]
+    cmd = [
+        "sbatch",
+        "--parsable",
+        "--nodes=2",
+        "--ntasks-per-node=1",
+        "--cpus-per-task=1",
+        "--mem=2G",
+        f"--output={store}/slurm-%j.out",
+        "slurm/finetune_multinode.sbatch",
+        *TINY,
+        "openllm=none",
+        "calibration.enabled=false",
+        "finetune.distributed.strategy=ddp",
+        "finetune.distributed.nnodes=2",
+        "finetune.effective_batch_size=8",
+        f"finetune.distributed.rdzv_port={free_port()}",
+        "experiment.name=multinode",
+        f"paths.store={store}",
+        f"paths.results={store}/results",
+    ]
     job = subprocess.run(cmd, cwd=ROOT, env=cluster, capture_output=True, text=True, timeout=60)
     assert job.returncode == 0, job.stderr
     job_id = job.stdout.strip()
     deadline = time.time() + 900
-    while time.time() < deadline and subprocess.run(
+    while (
+        time.time() < deadline
+        and subprocess.run(
             ["squeue", "-h", "-j", job_id], env=cluster, capture_output=True, text=True
-    ).stdout.strip():
+        ).stdout.strip()
+    ):
         time.sleep(1)
     log = (store / f"slurm-{job_id}.out").read_text()
     assert "done in" in log, log[-3000:]
@@ -200,8 +269,17 @@ def pending_arrays(env: dict, count: int, timeout: float) -> list[str]:
     """The ids of `count` pending array jobs, once slurmctld has them all."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        ids = sorted(set(subprocess.run(["squeue", "-h", "-t", "PD", "-o", "%F"], env=env,
-                                        capture_output=True, text=True).stdout.split()), key=int)
+        ids = sorted(
+            set(
+                subprocess.run(
+                    ["squeue", "-h", "-t", "PD", "-o", "%F"],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                ).stdout.split()
+            ),
+            key=int,
+        )
         if len(ids) >= count:
             return ids
         time.sleep(1)
@@ -212,19 +290,37 @@ def test_the_launcher_sizes_each_job_and_slurm_gets_one_array_per_shape(cluster,
     """Points of 1, 4 and 1 GPUs through launcher=slurm: two arrays, whose resources slurmctld
     records as asked (held, so nothing runs; the launcher is stopped once they are seen)."""
     store = tmp_path / "store"
-    cmd = [sys.executable, "-m", "pipeline.run", "-m", *TINY, "launcher=slurm",
-           "finetune.distributed.nproc_per_node=1,4,1", "finetune.distributed.strategy=ddp",
-           "finetune.per_device_batch_size=1", "finetune.effective_batch_size=8",
-           "hydra.launcher.cpus_per_task=1", "hydra.launcher.cpus_per_gpu=2",
-           "hydra.launcher.mem_gb=1", "hydra.launcher.process_mem_gb=0.5",
-           "hydra.launcher.node_gpus=4", "+hydra.launcher.additional_parameters.hold=true",
-           f"paths.store={store}", f"paths.results={store}/results"]
-    launcher = subprocess.Popen(cmd, cwd=ROOT, env=cluster, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.run",
+        "-m",
+        *TINY,
+        "launcher=slurm",
+        "finetune.distributed.nproc_per_node=1,4,1",
+        "finetune.distributed.strategy=ddp",
+        "finetune.per_device_batch_size=1",
+        "finetune.effective_batch_size=8",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.cpus_per_gpu=2",
+        "hydra.launcher.mem_gb=1",
+        "hydra.launcher.process_mem_gb=0.5",
+        "hydra.launcher.node_gpus=4",
+        "+hydra.launcher.additional_parameters.hold=true",
+        f"paths.store={store}",
+        f"paths.results={store}/results",
+    ]
+    launcher = subprocess.Popen(
+        cmd, cwd=ROOT, env=cluster, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         arrays = pending_arrays(cluster, 2, 300)
-        shown = {a: subprocess.run(["scontrol", "show", "job", a], env=cluster,
-                                   capture_output=True, text=True).stdout for a in arrays}
+        shown = {
+            a: subprocess.run(
+                ["scontrol", "show", "job", a], env=cluster, capture_output=True, text=True
+            ).stdout
+            for a in arrays
+        }
     finally:
         launcher.terminate()
         launcher.wait(timeout=60)

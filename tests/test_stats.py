@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from pipeline.metrics import agreement, stats
+from tests.support.skips import needs_shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
 ANNOTATIONS = ROOT.parent / "shared" / "data" / "alpaca_eval_gpt4_annotations"
-needs_data = pytest.mark.skipif(not ANNOTATIONS.is_dir(),
-                                reason="../shared/data/alpaca_eval_gpt4_annotations is absent")
+needs_data = needs_shared_data("data", "alpaca_eval_gpt4_annotations")
 
 
 def load(model: str) -> list[dict]:
@@ -71,12 +71,14 @@ def test_winrate_diff_ci_on_real_verdicts_matches_the_win_rates_and_the_paired_s
     from pipeline.metrics.winrate import winrate_metrics
 
     falcon, guanaco = load("falcon-7b-instruct"), load("guanaco-65b")
-    got = stats.winrate_diff_ci([r["preference"] for r in falcon],
-                                [r["preference"] for r in guanaco])
+    got = stats.winrate_diff_ci(
+        [r["preference"] for r in falcon], [r["preference"] for r in guanaco]
+    )
     expected = winrate_metrics(guanaco)["win_rate"] - winrate_metrics(falcon)["win_rate"]
     assert got["diff"] == pytest.approx(expected) and got["diff"] == pytest.approx(26.087, abs=1e-3)
     d = stats.win_scores([r["preference"] for r in guanaco]) - stats.win_scores(
-        [r["preference"] for r in falcon])
+        [r["preference"] for r in falcon]
+    )
     half = 1.96 * np.std(d, ddof=1) / math.sqrt(len(d))  # paired normal approximation, ~3.8
     assert got["ci_low"] == pytest.approx(got["diff"] - half, abs=0.1 * half)
     assert got["ci_high"] == pytest.approx(got["diff"] + half, abs=0.1 * half)
@@ -91,7 +93,8 @@ def test_lc_diff_ci_refits_alpaca_evals_minimal_glm_per_resample():
     got = stats.lc_diff_ci(falcon, guanaco, n_resamples=200, seed=1)  # a few seconds
     lc = {m: length_controlled(a)["lc_win_rate"] for m, a in (("f", falcon), ("g", guanaco))}
     assert got["diff"] == pytest.approx(lc["g"] - lc["f"]) and got["diff"] == pytest.approx(
-        53.427 - 39.624, abs=1e-3)
+        53.427 - 39.624, abs=1e-3
+    )
     assert got["ci_low"] < got["diff"] < got["ci_high"] and got["n_resamples"] == 200
     assert 5 < got["ci_high"] - got["ci_low"] < 40  # the length coefficient is itself uncertain
     assert stats.lc_diff_ci(falcon, guanaco, n_resamples=200, seed=1) == got  # seeded
@@ -108,7 +111,7 @@ def test_mcnemar_exact_on_discordant_pairs():
     assert got["diff"] == pytest.approx(100 * (7 - 5) / 8) and not got["excludes_zero"]
     # 10 vs 25 discordant: p = 2 * sum_{k>=25} C(35, k) / 2^35
     big = stats.mcnemar([1] * 10 + [0] * 25 + [1] * 65, [0] * 10 + [1] * 25 + [1] * 65)
-    exact = 2 * sum(math.comb(35, k) for k in range(25, 36)) / 2 ** 35
+    exact = 2 * sum(math.comb(35, k) for k in range(25, 36)) / 2**35
     assert big["p_value"] == pytest.approx(exact) and big["diff"] == pytest.approx(15.0)
     assert stats.mcnemar([1, 0], [1, 0])["p_value"] == 1.0
 
@@ -161,13 +164,21 @@ def test_position_consistency_compares_the_chosen_output_across_orders():
 
 def test_is_informative_verdicts_in_plain_words():
     length = {"mean": 68.0}
-    good = agreement.is_informative({"mean": 80.0, "ci_low": 75.0, "ci_high": 85.0, "n": 100}, length)
+    good = agreement.is_informative(
+        {"mean": 80.0, "ci_low": 75.0, "ci_high": 85.0, "n": 100}, length
+    )
     assert good["informative"] and good["chance_verdict"].startswith("distinguishable from chance")
     assert good["length_verdict"].startswith("better than the length rule")
-    near = agreement.is_informative({"mean": 70.0, "ci_low": 65.0, "ci_high": 75.0, "n": 100}, length)
+    near = agreement.is_informative(
+        {"mean": 70.0, "ci_low": 65.0, "ci_high": 75.0, "n": 100}, length
+    )
     assert near["better_than_chance"] and not near["better_than_length"]
     assert near["length_verdict"].startswith("not better than the length rule")
-    coin = agreement.is_informative({"mean": 52.0, "ci_low": 45.0, "ci_high": 59.0, "n": 100}, length)
+    coin = agreement.is_informative(
+        {"mean": 52.0, "ci_low": 45.0, "ci_high": 59.0, "n": 100}, length
+    )
     assert coin["chance_verdict"].startswith("not distinguishable from chance")
-    bad = agreement.is_informative({"mean": 40.0, "ci_low": 35.0, "ci_high": 45.0, "n": 100}, length)
+    bad = agreement.is_informative(
+        {"mean": 40.0, "ci_low": 35.0, "ci_high": 45.0, "n": 100}, length
+    )
     assert bad["chance_verdict"].startswith("worse than chance") and not bad["informative"]

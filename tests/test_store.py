@@ -75,8 +75,9 @@ def test_resumable_stage_gets_its_partial_work_back(tmp_path):
     store = Store(tmp_path)
     (tmp_path / "k.partial").mkdir(parents=True)
     (tmp_path / "k.partial" / "checkpoint").write_text("step 10")
-    got = store.materialize("k", lambda w: {"resumed": (w / "checkpoint").read_text()},
-                            resumable=True)
+    got = store.materialize(
+        "k", lambda w: {"resumed": (w / "checkpoint").read_text()}, resumable=True
+    )
     assert got.metrics == {"resumed": "step 10"}
 
 

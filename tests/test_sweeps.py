@@ -17,8 +17,16 @@ from pipeline.cluster.points import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-COUNTS = {"paper_fig2": 12, "paper_table1": 4, "paper_table2": 3, "paper_table3": 15,
-          "paper_table5": 1, "paper_table6": 12, "paper_all": 48, "default_all": 5}
+COUNTS = {
+    "paper_fig2": 12,
+    "paper_table1": 4,
+    "paper_table2": 3,
+    "paper_table3": 15,
+    "paper_table5": 1,
+    "paper_table6": 12,
+    "paper_all": 48,
+    "default_all": 5,
+}
 
 
 def names(overrides: list[str]) -> list[str]:
@@ -37,8 +45,12 @@ def test_every_experiment_has_its_points_each_with_a_unique_name(experiment, cou
 
 
 def test_paper_all_is_the_union_of_the_paper_experiments_and_figure_4():
-    union = [n for e in COUNTS if e.startswith("paper_") and e != "paper_all"
-             for n in names([f"experiment={e}"])]
+    union = [
+        n
+        for e in COUNTS
+        if e.startswith("paper_") and e != "paper_all"
+        for n in names([f"experiment={e}"])
+    ]
     assert sorted(names(["experiment=paper_all"])) == sorted(union + ["fig4_llama2_alpaca"])
 
 
@@ -49,7 +61,11 @@ def test_table3_is_two_grids_with_the_old_point_names_and_values():
     assert "table3_llama1_30b_evol_instruct_alpha10" not in by_name  # 30B: Alpaca only
     cfg = by_name["table3_llama2_13b_evol_instruct_alpha15"]
     assert (cfg.model.name, cfg.data.name, cfg.noise.kind, cfg.noise.alpha) == (
-        "llama2-13b", "evol-instruct", "uniform", 15.0)
+        "llama2-13b",
+        "evol-instruct",
+        "uniform",
+        15.0,
+    )
     assert isinstance(cfg.noise.alpha, float)  # the schema's type, as the point file gave it
     assert cfg.judge.name == "chatgpt_fn" and cfg.finetune.lora.quantize_4bit is True
     assert {c.model.name for c in by_name.values()} == {"llama2-7b", "llama2-13b", "llama1-30b"}
@@ -58,8 +74,12 @@ def test_table3_is_two_grids_with_the_old_point_names_and_values():
 def test_fig2_and_table6_names_and_the_papers_alpha_per_model_and_dataset():
     fig2 = {cfg.point_name: cfg for _, cfg in experiment_point_configs(["experiment=paper_fig2"])}
     alphas = {n: c.noise.alpha for n, c in fig2.items()}
-    assert (alphas["fig2_llama1_alpaca"], alphas["fig2_llama1_open_platypus"],
-            alphas["fig2_llama2_sharegpt"], alphas["fig2_opt_open_platypus"]) == (10, 15, 15, 5)
+    assert (
+        alphas["fig2_llama1_alpaca"],
+        alphas["fig2_llama1_open_platypus"],
+        alphas["fig2_llama2_sharegpt"],
+        alphas["fig2_opt_open_platypus"],
+    ) == (10, 15, 15, 5)
     assert fig2["fig2_opt_sharegpt"].model.id == "facebook/opt-6.7b"
     table6 = names(["experiment=paper_table6"])
     assert "table6_open_platypus_gaussian5" in table6 and "table6_alpaca_uniform10" in table6
@@ -67,21 +87,33 @@ def test_fig2_and_table6_names_and_the_papers_alpha_per_model_and_dataset():
 
 
 def test_grids_union_in_order_templates_and_command_line_overrides():
-    grids = {"a": {"model": "m1,m2", "noise.alpha": 5, "head_to_head": False,
-                   "point_name": "x_{model}_a{noise.alpha}"},
-             "b": {"+point": "p1", "noise.alpha": "10,15"}}
+    grids = {
+        "a": {
+            "model": "m1,m2",
+            "noise.alpha": 5,
+            "head_to_head": False,
+            "point_name": "x_{model}_a{noise.alpha}",
+        },
+        "b": {"+point": "p1", "noise.alpha": "10,15"},
+    }
     got = expand_grids({}, grids, ["experiment=e"])
     # A fixed value is written back as BasicSweeper writes it (False: Hydra reads it as false).
     assert got == [
         ["model=m1", "noise.alpha=5", "head_to_head=False", "experiment=e", "point_name=x_m1_a5"],
         ["model=m2", "noise.alpha=5", "head_to_head=False", "experiment=e", "point_name=x_m2_a5"],
         ["+point=p1", "noise.alpha=10", "experiment=e"],
-        ["+point=p1", "noise.alpha=15", "experiment=e"]]
+        ["+point=p1", "noise.alpha=15", "experiment=e"],
+    ]
     # A command-line sweep multiplies every grid; the command line's value of a key wins.
     swept = expand_grids({}, grids, ["noise.alpha=1,2"])
-    assert [p[-1] for p in swept] == ["point_name=x_m1_a1", "point_name=x_m1_a2",
-                                      "point_name=x_m2_a1", "point_name=x_m2_a2",
-                                      "noise.alpha=1", "noise.alpha=2"]
+    assert [p[-1] for p in swept] == [
+        "point_name=x_m1_a1",
+        "point_name=x_m1_a2",
+        "point_name=x_m2_a1",
+        "point_name=x_m2_a2",
+        "noise.alpha=1",
+        "noise.alpha=2",
+    ]
     assert expand_grids({}, grids, ["point_name=mine"])[0][-1] == "point_name=mine"
     # No grids: BasicSweeper's product; no sweep at all: the overrides as one point.
     assert expand_grids({"+point": "u5,u10"}, None, []) == [["+point=u5"], ["+point=u10"]]
@@ -89,8 +121,11 @@ def test_grids_union_in_order_templates_and_command_line_overrides():
 
 
 def test_a_template_naming_a_key_the_grid_does_not_sweep_is_refused():
-    with pytest.raises(ValueError, match=r"hydra.sweeper.grids.g.point_name='t_\{data\}': "
-                                         r"no axis 'data' in this grid"):
+    with pytest.raises(
+        ValueError,
+        match=r"hydra.sweeper.grids.g.point_name='t_\{data\}': "
+        r"no axis 'data' in this grid",
+    ):
         expand_grids({}, {"g": {"model": "m", "point_name": "t_{data}"}}, [])
 
 
@@ -100,23 +135,35 @@ def test_the_sweeper_launches_the_points_expand_grids_gives_in_batches():
     # BasicSweeper.sweep parses its params, then the command line, and splits them.
     parsed = OverridesParser.create().parse_overrides(["seed=0", "experiment=e"])
     batches = sweeper.split_arguments(parsed, 2)
-    assert batches == [[["seed=0", "model=m1", "experiment=e", "point_name=p_m1"],
-                        ["seed=0", "model=m2", "experiment=e", "point_name=p_m2"]],
-                       [["seed=0", "model=m3", "experiment=e", "point_name=p_m3"]]]
+    assert batches == [
+        [
+            ["seed=0", "model=m1", "experiment=e", "point_name=p_m1"],
+            ["seed=0", "model=m2", "experiment=e", "point_name=p_m2"],
+        ],
+        [["seed=0", "model=m3", "experiment=e", "point_name=p_m3"]],
+    ]
 
 
 def test_few_point_files_remain_and_help_lists_no_paper_cell():
     assert len(list((ROOT / "conf/point").glob("*.yaml"))) <= 8
-    done = subprocess.run([sys.executable, "-m", "pipeline.run", "--help"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "table3_" not in done.stdout and "fig2_" not in done.stdout
     assert "table2_llama2_70b" in done.stdout  # a point with its own GPU layout stays a file
 
 
 def test_every_experiment_sweep_and_point_file_shows_its_run_command():
-    files = [*ROOT.glob("conf/experiment/*.yaml"), *ROOT.glob("conf/sweep/*.yaml"),
-             *ROOT.glob("conf/point/*.yaml")]
+    files = [
+        *ROOT.glob("conf/experiment/*.yaml"),
+        *ROOT.glob("conf/sweep/*.yaml"),
+        *ROOT.glob("conf/point/*.yaml"),
+    ]
     assert files
     for path in files:
         header = [line for line in path.read_text().splitlines() if line.startswith("#")]

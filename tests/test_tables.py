@@ -8,64 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.store.store import write_json_atomic
 from pipeline.results.aggregate import write_results
 from pipeline.results.cells import KEY_SUFFIX
-from pipeline.results.points import Arm, Comparison, Point, StageRef, Variant, read_points
-
-SCORES = {f"openllm_{t}": 0.5 for t in ("arc", "hellaswag", "mmlu", "truthfulqa")}
-
-
-def ref(stage: str, name: str, **metrics) -> StageRef:
-    return StageRef(f"{stage}-{name}-000000000000", metrics)
-
-
-def analysis(name: str, chars: float) -> StageRef:
-    return ref("analysis", name, chars_mean=chars, words_mean=chars / 6, rep2_pct=5.0,
-               log_diversity=6.0, n_kept=3, n_total=4, definition="paper")
-
-
-def overfit(name: str, train: float, heldout: float) -> StageRef:
-    return ref("overfit", name, overfit_train_loss=train, overfit_heldout_loss=heldout,
-               overfit_rougeL=0.5, overfit_bleu=20.0, overfit_n_train=2, overfit_n_heldout=2,
-               overfit_n_generated=2, overfit_heldout="pkg:x.json")
-
-
-def arm(point: str, name: str, alpha: float, wr: float, chars: float, kind="uniform",
-        openllm=False, fit=None) -> Arm:
-    tag = f"{point}_{name}"
-    stages = {"finetune": ref("finetune", tag, train_loss=1.0),
-              "generate": ref("generate", tag, gen_n_outputs=4),
-              "alpaca_eval": ref("alpaca_eval", tag, win_rate=wr, standard_error=1.0,
-                                 lc_win_rate=wr - 10, lc_standard_error=None,
-                                 lc_label="LC (minimal GLM)"),
-              "analysis": analysis(tag, chars)}
-    if openllm:
-        stages["openllm"] = ref("openllm", tag, **SCORES, openllm_average=0.5)
-    if fit:
-        stages["overfit"] = overfit(tag, *fit)
-    noise = {"kind": "none"} if alpha == 0 else {"kind": kind, "alpha": alpha,
-                                                 "length": "per_example"}
-    return Arm(name, alpha == 0, 42, noise, stages)
-
-
-def point(name: str, treated: str, alpha: float, neft_wr: float, kind="uniform", lora=False,
-          variants=(), main=False) -> Point:
-    setting = {"method": "LoRA (plain base, no 4-bit)" if lora else "full finetune",
-               "lora": lora, "lora_4bit": False, "epochs": 1, "learning_rate": 1e-4,
-               "effective_batch": 8, "world_size": 1, "n_train": 10, "n_eval": 4, "cutoff": 50, "seeds": [42],
-               "openllm": {"name": "local_cpu", "task_set": "local", "limit": 16,
-                           "shots": {"arc": 3}}}
-    arms = [arm(name, "base", 0, 40.0, 250.0, openllm=main, fit=(1.0, 2.0) if main else None),
-            arm(name, treated, alpha, neft_wr, 333.0, kind, openllm=main,
-                fit=(1.5, 1.9) if main else None)]
-    h2h = [Comparison(treated, "base", 42,
-                      {"head_to_head": ref("alpaca_eval", f"{name}_h2h", win_rate=55.0,
-                                           standard_error=2.0, n_total=4.0)})]
-    return Point(f"point-{name}", name, "exp", "/nonexistent-store", "m", "default", "j", "r",
-                 setting, arms, list(variants), h2h, [],
-                 {"train_analysis": analysis(f"{name}_train", 300.0)},
-                 [f"+point=all_{name}"], {"generate": "cpu"}, {"finetune": {"epochs": 1}})
+from pipeline.results.points import Point, Variant, read_points
+from pipeline.store.store import write_json_atomic
+from tests.support.points import analysis, point, ref
+from tests.support.skips import needs_shared_data
 
 
 def raw(path: Path) -> list[list[str]]:
@@ -81,14 +29,21 @@ def rows(path: Path) -> list[list[str]]:
 
 @pytest.fixture
 def experiment(tmp_path):
-    long = Variant("long", 42, {"instruction_suffix": " Give a long answer.", "min_new_tokens": 0,
-                                "max_new_tokens": None},
-                   {"generate": ref("generate", "long", gen_n_outputs=4),
-                    "alpaca_eval": ref("alpaca_eval", "long", win_rate=45.0, standard_error=1.0),
-                    "analysis": analysis("long", 400.0)})
-    points = [point("main", "neft-uniform5", 5, 60.0, variants=[long], main=True),
-              point("gaussian5", "neft-gaussian5", 5, 52.0, kind="gaussian"),
-              point("lora", "neft-uniform5", 5, 47.0, lora=True)]
+    long = Variant(
+        "long",
+        42,
+        {"instruction_suffix": " Give a long answer.", "min_new_tokens": 0, "max_new_tokens": None},
+        {
+            "generate": ref("generate", "long", gen_n_outputs=4),
+            "alpaca_eval": ref("alpaca_eval", "long", win_rate=45.0, standard_error=1.0),
+            "analysis": analysis("long", 400.0),
+        },
+    )
+    points = [
+        point("main", "neft-uniform5", 5, 60.0, variants=[long], main=True),
+        point("gaussian5", "neft-gaussian5", 5, 52.0, kind="gaussian"),
+        point("lora", "neft-uniform5", 5, 47.0, lora=True),
+    ]
     (tmp_path / "points").mkdir()
     for p in points:
         write_json_atomic(tmp_path / "points" / f"{p.id}.json", p.to_json())
@@ -130,7 +85,9 @@ def test_every_table_from_typed_points_with_keys_beside_numbers(experiment):
     t3 = rows(out / "table3.csv")
     assert t3[1][0] == "m / default" and t3[1][1] == "ours, LoRA (plain base)"
     assert t3[1][2] == "40.00 ± 1.00" and "47.00 ± 1.00" in t3[1]
-    assert ["LLaMA-2-7B Alpaca", "paper, QLoRA", "26.71", "31.43", "28.57", "29.01"] + ["–"] * 4 in t3
+    assert ["LLaMA-2-7B Alpaca", "paper, QLoRA", "26.71", "31.43", "28.57", "29.01"] + [
+        "–"
+    ] * 4 in t3
 
     fit = rows(out / "overfit.csv")
     assert fit[1][2:6] == ["1.0000", "2.0000", "0.5000", "20.00"] and fit[2][1] == "neft-uniform5"
@@ -179,7 +136,7 @@ def _leaves(node):
         yield node
 
 
-@pytest.mark.skipif(not SHARED_PAPER.is_file(), reason="../shared/paper_numbers.md is absent")
+@needs_shared_data("paper_numbers.md")
 def test_shipped_paper_numbers_are_the_papers():
     """Every number of the structured file appears in the shared transcription, and back."""
     import re
@@ -189,9 +146,21 @@ def test_shipped_paper_numbers_are_the_papers():
     paper = load_paper("pkg:paper_numbers.yaml")
     text = SHARED_PAPER.read_text(encoding="utf-8")
     quoted = {float(x) for x in re.findall(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])", text)}
-    ours = {float(x) for key in ("table1", "table2", "figure2", "table3", "figure3", "table4",
-                                 "table5", "table6", "table6_gaussian5_chars")
-            for x in _leaves(paper[key])}
+    ours = {
+        float(x)
+        for key in (
+            "table1",
+            "table2",
+            "figure2",
+            "table3",
+            "figure3",
+            "table4",
+            "table5",
+            "table6",
+            "table6_gaussian5_chars",
+        )
+        for x in _leaves(paper[key])
+    }
     assert ours <= quoted, sorted(ours - quoted)
     assert paper["table1"]["alpaca"] == {"base": 29.79, "neft": 64.69, "alpha": 5}
     assert paper["table4"]["+NEFT, log-diversity"] == [16.41, 10.77, 8.60, 9.64]
@@ -203,38 +172,87 @@ def test_findings_state_each_effect_its_ci_and_whether_the_judge_is_informative(
     from pipeline.results.points import Effect
 
     def diff(d, lo, hi):
-        return {"diff": d, "ci_low": lo, "ci_high": hi, "n": 50, "n_resamples": 2000,
-                "level": 0.95, "excludes_zero": lo > 0 or hi < 0}
+        return {
+            "diff": d,
+            "ci_low": lo,
+            "ci_high": hi,
+            "n": 50,
+            "n_resamples": 2000,
+            "level": 0.95,
+            "excludes_zero": lo > 0 or hi < 0,
+        }
 
     p = point("main", "neft-uniform5", 5, 60.0)
-    p.effects = [Effect("neft-uniform5", "base", [42], {"compare": ref(
-        "compare", "main", win_rate=diff(-2.0, -8.0, 4.0), lc_win_rate=diff(1.0, -5.0, 7.0),
-        chars=diff(28.4, 12.0, 45.0), words=diff(4.2, 1.5, 7.0), log_diversity=None,
-        n_seeds=1, n_prompts=50,
-        openllm={"arc": {**diff(0.0625, -0.0625, 0.1875), "n": 16, "p_value": 0.62, "b": 1,
-                         "c": 2}})})]
+    p.effects = [
+        Effect(
+            "neft-uniform5",
+            "base",
+            [42],
+            {
+                "compare": ref(
+                    "compare",
+                    "main",
+                    win_rate=diff(-2.0, -8.0, 4.0),
+                    lc_win_rate=diff(1.0, -5.0, 7.0),
+                    chars=diff(28.4, 12.0, 45.0),
+                    words=diff(4.2, 1.5, 7.0),
+                    log_diversity=None,
+                    n_seeds=1,
+                    n_prompts=50,
+                    openllm={
+                        "arc": {
+                            **diff(0.0625, -0.0625, 0.1875),
+                            "n": 16,
+                            "p_value": 0.62,
+                            "b": 1,
+                            "c": 2,
+                        }
+                    },
+                )
+            },
+        )
+    ]
     accuracy = {"mean": 52.0, "ci_low": 40.0, "ci_high": 64.0, "n": 40}
     p.extra["judge_calibration"] = ref(
-        "judge_calibration", "j", judge="j", n=40, accuracy=accuracy,
-        length_baseline={"mean": 58.0}, position_consistency={"mean": 9.0, "ci_low": 2.0,
-                                                               "ci_high": 18.0},
-        verdicts={"informative": False, "chance_verdict": "not distinguishable from chance",
-                  "length_verdict": "not better than the length rule"})
+        "judge_calibration",
+        "j",
+        judge="j",
+        n=40,
+        accuracy=accuracy,
+        length_baseline={"mean": 58.0},
+        position_consistency={"mean": 9.0, "ci_low": 2.0, "ci_high": 18.0},
+        verdicts={
+            "informative": False,
+            "chance_verdict": "not distinguishable from chance",
+            "length_verdict": "not better than the length rule",
+        },
+    )
     text = "\n".join(findings([p]))
-    assert ("mean answer length: +28.4 characters (95% CI +12.0 to +45.0, n=50 prompts); the CI "
-            "excludes zero: higher with NEFT. [`compare-main-000000000000`]") in text
-    assert ("win rate vs the reference: -2.0 points (95% CI -8.0 to +4.0, n=50 prompts); the CI "
-            "includes zero") in text
+    assert (
+        "mean answer length: +28.4 characters (95% CI +12.0 to +45.0, n=50 prompts); the CI "
+        "excludes zero: higher with NEFT. [`compare-main-000000000000`]"
+    ) in text
+    assert (
+        "win rate vs the reference: -2.0 points (95% CI -8.0 to +4.0, n=50 prompts); the CI "
+        "includes zero"
+    ) in text
     assert "log-diversity" not in text  # no answer reached K: nothing to say, nothing said
     p.effects[0].stages["compare"].metrics["log_diversity"] = {
-        **diff(0.5, -0.1, 1.8), "n_base": 22, "n_treated": 23}
-    assert ("log-diversity (Table-4 arithmetic): +0.50 (95% CI -0.10 to +1.80, n=50 prompts: "
-            "22 base and 23 +NEFT answers have a value)") in "\n".join(findings([p]))
+        **diff(0.5, -0.1, 1.8),
+        "n_base": 22,
+        "n_treated": 23,
+    }
+    assert (
+        "log-diversity (Table-4 arithmetic): +0.50 (95% CI -0.10 to +1.80, n=50 prompts: "
+        "22 base and 23 +NEFT answers have a value)"
+    ) in "\n".join(findings([p]))
     # lm-eval accuracies are fractions; their differences are shown in percentage points
-    assert ("lm-eval arc: +6.2 points (95% CI -6.2 to +18.8, n=16 questions); the CI includes "
-            "zero: no change this study can detect; it could detect changes of ±17.9 points or "
-            "more (80% power at the 95% level, se from the CI width); McNemar p=0.62 (1 vs 2 "
-            "discordant)") in text
+    assert (
+        "lm-eval arc: +6.2 points (95% CI -6.2 to +18.8, n=16 questions); the CI includes "
+        "zero: no change this study can detect; it could detect changes of ±17.9 points or "
+        "more (80% power at the 95% level, se from the CI width); McNemar p=0.62 (1 vs 2 "
+        "discordant)"
+    ) in text
     assert "same answer in both orders on 9% of pairs" in text
     assert "win-rate numbers of this point are uninformative" in text
     assert "the judge prefers neft-uniform5 in 55.0% ± 2.0 of 4 pairs" in text
@@ -245,22 +263,56 @@ def test_every_null_finding_gives_its_detectable_effect_and_the_prompts_for_the_
     from pipeline.results.points import Effect
 
     def diff(d, lo, hi, se):
-        return {"diff": d, "ci_low": lo, "ci_high": hi, "n": 50, "n_resamples": 2000,
-                "level": 0.95, "excludes_zero": lo > 0 or hi < 0, "se": se,
-                "mde": 2.8016 * se, "power": 0.8}
+        return {
+            "diff": d,
+            "ci_low": lo,
+            "ci_high": hi,
+            "n": 50,
+            "n_resamples": 2000,
+            "level": 0.95,
+            "excludes_zero": lo > 0 or hi < 0,
+            "se": se,
+            "mde": 2.8016 * se,
+            "power": 0.8,
+        }
 
     p = point("main", "neft-uniform5", 5, 60.0)
     p.dataset = "alpaca"
-    p.effects = [Effect("neft-uniform5", "base", [42], {"compare": ref(
-        "compare", "main", win_rate=diff(-3.0, -10.0, 3.0, 3.3), lc_win_rate=None,
-        chars=diff(28.4, 12.0, 45.0, 8.0), words=None, log_diversity=diff(0.1, -0.3, 0.5, 0.2),
-        n_seeds=1, n_prompts=50,
-        openllm={"arc": {**diff(6.25, -6.25, 18.75, 6.0), "n": 16, "p_value": 0.62, "b": 1,
-                         "c": 2}})})]
+    p.effects = [
+        Effect(
+            "neft-uniform5",
+            "base",
+            [42],
+            {
+                "compare": ref(
+                    "compare",
+                    "main",
+                    win_rate=diff(-3.0, -10.0, 3.0, 3.3),
+                    lc_win_rate=None,
+                    chars=diff(28.4, 12.0, 45.0, 8.0),
+                    words=None,
+                    log_diversity=diff(0.1, -0.3, 0.5, 0.2),
+                    n_seeds=1,
+                    n_prompts=50,
+                    openllm={
+                        "arc": {
+                            **diff(6.25, -6.25, 18.75, 6.0),
+                            "n": 16,
+                            "p_value": 0.62,
+                            "b": 1,
+                            "c": 2,
+                        }
+                    },
+                )
+            },
+        )
+    ]
     text = "\n".join(findings([p]))
-    assert ("no change this study can detect; it could detect changes of ±9.2 points or more "
-            "(80% power at the 95% level); these 50 prompts would detect the paper's +34.9 "
-            "points (Table 1, alpaca); the CI excludes it.") in text
+    assert (
+        "no change this study can detect; it could detect changes of ±9.2 points or more "
+        "(80% power at the 95% level); these 50 prompts would detect the paper's +34.9 "
+        "points (Table 1, alpaca); the CI excludes it."
+    ) in text
     need = -(-50 * (2.8016 * 0.2 / 0.44) ** 2 // 1)
     assert f"about {int(need)} prompts would detect the paper's +0.44 (Table 4, alpaca)" in text
     assert "excludes zero: higher with NEFT. [" in text  # no detectable-effect talk there

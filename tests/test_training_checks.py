@@ -16,10 +16,10 @@ import torch
 from omegaconf import OmegaConf
 
 from pipeline.train.ranks import last_checkpoint
-from tests.composed import composed
+from tests.support.composed import SMOKE, composed
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ("model=tiny", "finetune=tiny", "generate=tiny", "judge=local_tiny", "openllm=none")
+TINY = (*SMOKE, "openllm=none")
 
 
 def test_one_process_on_a_four_gpu_node_trains_one_gpus_batch(tmp_path):
@@ -30,7 +30,7 @@ torch.cuda.is_available = lambda: True
 torch.cuda.device_count = lambda: 4
 torch.cuda.set_device = lambda *a: None
 from pipeline.train.trainer_args import single_device, training_arguments
-from tests.composed import composed
+from tests.support.composed import composed
 from omegaconf import OmegaConf
 cfg = OmegaConf.to_container(composed("finetune=tiny").finetune, resolve=True)
 cfg["gradient_accumulation_steps"] = 1
@@ -39,8 +39,9 @@ before = args.n_gpu
 single_device(args)
 print(json.dumps([before, args.n_gpu, args.train_batch_size, cfg["per_device_batch_size"]]))
 """
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     before, after, batch, per_device = json.loads(done.stdout.strip().splitlines()[-1])
     assert before == 4  # what the Trainer would have used
@@ -70,9 +71,14 @@ def test_a_paged_optimiser_without_bitsandbytes_fails_in_the_check():
         finetune.check(cfg)
 
 
-@pytest.mark.parametrize("override, key", [("finetune.logging_steps=0", "finetune.logging_steps"),
-                                           ("finetune.save_steps=0", "finetune.save_steps"),
-                                           ("generate.limit=-1", "generate.limit")])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("finetune.logging_steps=0", "finetune.logging_steps"),
+        ("finetune.save_steps=0", "finetune.save_steps"),
+        ("generate.limit=-1", "generate.limit"),
+    ],
+)
 def test_settings_the_trainer_rejects_late_fail_in_the_check_naming_our_key(override, key):
     from pipeline.plan import check_all
 
@@ -83,8 +89,11 @@ def test_settings_the_trainer_rejects_late_fail_in_the_check_naming_our_key(over
 def test_hybrid_shard_is_refused_naming_what_fsdp2_offers():
     from pipeline.train.trainer_args import check_training
 
-    cfg = composed(*TINY, "finetune.distributed.strategy=fsdp",
-                   "finetune.distributed.fsdp.sharding=hybrid_shard").finetune
+    cfg = composed(
+        *TINY,
+        "finetune.distributed.strategy=fsdp",
+        "finetune.distributed.fsdp.sharding=hybrid_shard",
+    ).finetune
     with pytest.raises(ValueError, match="hybrid"):
         check_training(cfg)
 
@@ -102,8 +111,7 @@ def _checkpoint(root: Path, step: int, state: str) -> None:
     (root / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
 
 
-def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_naming_the_file(tmp_path,
-                                                                               caplog):
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_naming_the_file(tmp_path, caplog):
     _checkpoint(tmp_path, 8, json.dumps({"global_step": 8}))
     _checkpoint(tmp_path, 12, "")  # what a kill inside the Trainer's in-place write leaves
     assert last_checkpoint(tmp_path).name == "checkpoint-8"
@@ -118,9 +126,9 @@ def test_the_stage_hands_the_gpu_back_after_an_in_process_finetune(tmp_path, mon
     stage frees it (no reference left, the caching allocator emptied) before it returns."""
     from pipeline.models import devices
     from pipeline.models import loading as models
-    from pipeline.store.store import Store
-    from pipeline.stages.contract import ArmSpec, Call, Context
     from pipeline.stages import finetune
+    from pipeline.stages.contract import ArmSpec, Call, Context
+    from pipeline.store.store import Store
 
     alive, released = [], []
     real_load = models.load_model_and_tokenizer
@@ -140,12 +148,14 @@ def test_the_stage_hands_the_gpu_back_after_an_in_process_finetune(tmp_path, mon
     monkeypatch.setattr(models, "load_model_and_tokenizer", load)
     monkeypatch.setattr(finetune, "release_accelerator_memory", release)
     cfg = composed(*TINY, f"paths.store={tmp_path}")
-    arm = ArmSpec("base", OmegaConf.create({"kind": "none", "alpha": 0.0,
-                                            "length": "per_example"}), 42, True)
+    arm = ArmSpec(
+        "base", OmegaConf.create({"kind": "none", "alpha": 0.0, "length": "per_example"}), 42, True
+    )
     gc.disable()  # only the stage's own collection may free the model's reference cycles
     try:
-        finetune.run(cfg, Context(Store(tmp_path / "runs"), Store(tmp_path / "cache")),
-                     Call(arm, {}))
+        finetune.run(
+            cfg, Context(Store(tmp_path / "runs"), Store(tmp_path / "cache")), Call(arm, {})
+        )
     finally:
         gc.enable()
     assert alive and released == ["empty_cache", True]

@@ -18,17 +18,26 @@ ALPHAS = (5.0, 10.0, 15.0)
 
 def _arm(store: Path, name: str, alpha: float, chars, prefs) -> Arm:
     stages = {}
-    for stage, data in (("analysis", {"chars": list(chars), "log_diversity": [None] * len(chars)}),
-                        ("alpaca_eval", [{"instruction": f"q{i}", "output_1": "r",
-                                          "output_2": "x" * int(c), "preference": p}
-                                         for i, (c, p) in enumerate(zip(chars, prefs))])):
+    for stage, data in (
+        ("analysis", {"chars": list(chars), "log_diversity": [None] * len(chars)}),
+        (
+            "alpaca_eval",
+            [
+                {"instruction": f"q{i}", "output_1": "r", "output_2": "x" * int(c), "preference": p}
+                for i, (c, p) in enumerate(zip(chars, prefs))
+            ],
+        ),
+    ):
         key = f"{stage}-{name}-000000000000"
         (store / key).mkdir(parents=True)
         file = "per_output.json" if stage == "analysis" else "scored.json"
         (store / key / file).write_text(json.dumps(data))
         stages[stage] = StageRef(key, {"n_total": len(chars)})
-    noise = {"kind": "none"} if alpha == 0 else {"kind": "uniform", "alpha": alpha,
-                                                 "length": "per_example"}
+    noise = (
+        {"kind": "none"}
+        if alpha == 0
+        else {"kind": "uniform", "alpha": alpha, "length": "per_example"}
+    )
     return Arm(name, alpha == 0, 42, noise, stages)
 
 
@@ -42,15 +51,37 @@ def _family(tmp_path: Path, n: int = 80):
     points = []
     for a in ALPHAS:
         treated = _arm(store, f"neft{a:g}", a, chars[a], prefs[a])
-        metrics = {"chars": paired_bootstrap_diff(chars[0.0], chars[a], 2000, power=0.8),
-                   "win_rate": winrate_diff_ci(prefs[0.0], prefs[a], 2000, power=0.8),
-                   "log_diversity": None, "n_prompts": n, "n_seeds": 1}
-        effect = Effect(treated.name, "base", [42],
-                        {"compare": StageRef(f"compare-neft{a:g}-000000000000", metrics)})
-        points.append(Point(f"point-{a:g}", None, "grid", str(store), "m", "d", "j", "r",
-                            {"lora": False}, [base, treated], effects=[effect],
-                            config={"compare": {"resamples": 2000, "seed": 0, "level": 0.95,
-                                                "lc_resamples": 20}}))
+        metrics = {
+            "chars": paired_bootstrap_diff(chars[0.0], chars[a], 2000, power=0.8),
+            "win_rate": winrate_diff_ci(prefs[0.0], prefs[a], 2000, power=0.8),
+            "log_diversity": None,
+            "n_prompts": n,
+            "n_seeds": 1,
+        }
+        effect = Effect(
+            treated.name,
+            "base",
+            [42],
+            {"compare": StageRef(f"compare-neft{a:g}-000000000000", metrics)},
+        )
+        points.append(
+            Point(
+                f"point-{a:g}",
+                None,
+                "grid",
+                str(store),
+                "m",
+                "d",
+                "j",
+                "r",
+                {"lora": False},
+                [base, treated],
+                effects=[effect],
+                config={
+                    "compare": {"resamples": 2000, "seed": 0, "level": 0.95, "lc_resamples": 20}
+                },
+            )
+        )
     return points, chars
 
 
@@ -65,8 +96,7 @@ def test_slope_and_its_paired_bootstrap_ci_match_the_closed_form(tmp_path):
     assert t.method == BOOTSTRAP
     assert t.slope == pytest.approx(per_prompt.mean(), abs=1e-9)
     # a mean over prompts: its SE is sd / sqrt(n), the bootstrap's within a few percent
-    assert t.se == pytest.approx(np.std(per_prompt, ddof=1) / math.sqrt(len(per_prompt)),
-                                 rel=0.08)
+    assert t.se == pytest.approx(np.std(per_prompt, ddof=1) / math.sqrt(len(per_prompt)), rel=0.08)
     assert t.ci_low > 0 and t.excludes_zero and t.monotone == "increasing"
     assert t.monotone_share is not None and 0 < t.monotone_share <= 1
     text = "\n".join(trend_lines(points))
@@ -86,8 +116,9 @@ def test_committed_alpha_grid_gives_a_length_slope_excluding_zero_without_its_st
     t = {t.measure: t for t in trends(family)}
     assert t["chars"].method == SUMMARY
     # 287.8 -> 316.2 -> 341.6 -> 349.3 characters: least squares over (0, 5, 10, 15)
-    assert t["chars"].slope == pytest.approx((-7.5 * -35.9 - 2.5 * -7.5 + 2.5 * 17.9
-                                              + 7.5 * 25.5) / 125, abs=0.02)
+    assert t["chars"].slope == pytest.approx(
+        (-7.5 * -35.9 - 2.5 * -7.5 + 2.5 * 17.9 + 7.5 * 25.5) / 125, abs=0.02
+    )
     assert t["chars"].ci_low > 0 and t["chars"].monotone == "increasing"
     assert not t["win_rate"].excludes_zero and t["win_rate"].monotone == "not monotone"
 
@@ -101,8 +132,10 @@ def test_the_alpha_grid_gets_the_trend_table_and_figure(tmp_path):
     spec = next(s for s in TABLES if s.stem == "dose_response")
     assert spec.in_report and all(spec.covers(p) for p in points)
     table = spec.build(points, {})
-    assert [r[1] for r in table.rows] == ["mean answer length (characters)",
-                                          "win rate vs the reference (points)"]
+    assert [r[1] for r in table.rows] == [
+        "mean answer length (characters)",
+        "win rate vs the reference (points)",
+    ]
     assert table.rows[0][-3].startswith("increasing") and table.rows[0][-2] == "paired bootstrap"
     write_table(tmp_path, table)
     assert "compare-neft5-000000000000" in (tmp_path / "dose_response.md").read_text()

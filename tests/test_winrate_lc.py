@@ -27,16 +27,24 @@ import pytest
 
 from pipeline.metrics import winrate
 from pipeline.metrics.winrate import length_controlled, winrate_metrics
+from tests.support.skips import needs_shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
 ANNOTATIONS = ROOT.parent / "shared" / "data" / "alpaca_eval_gpt4_annotations"
 LEADERBOARD = ROOT.parent / "shared" / "data" / "alpaca_eval_gpt4_leaderboard.csv"
-needs_data = pytest.mark.skipif(not ANNOTATIONS.is_dir(),
-                                reason="../shared/data/alpaca_eval_gpt4_annotations is absent")
-RAW = {"falcon-7b-instruct": 45.71, "llama-2-13b-chat-hf": 81.09, "phi-2-sft": 68.53,
-       "guanaco-65b": 71.80}
-LC_MINIMAL = {"falcon-7b-instruct": 39.624, "llama-2-13b-chat-hf": 39.083, "phi-2-sft": 42.273,
-              "guanaco-65b": 53.427}
+needs_data = needs_shared_data("data", "alpaca_eval_gpt4_annotations")
+RAW = {
+    "falcon-7b-instruct": 45.71,
+    "llama-2-13b-chat-hf": 81.09,
+    "phi-2-sft": 68.53,
+    "guanaco-65b": 71.80,
+}
+LC_MINIMAL = {
+    "falcon-7b-instruct": 39.624,
+    "llama-2-13b-chat-hf": 39.083,
+    "phi-2-sft": 42.273,
+    "guanaco-65b": 53.427,
+}
 
 
 def load(model: str) -> list[dict]:
@@ -105,8 +113,16 @@ def test_verbose_models_lose_most_to_length_control(no_network):
 
 
 def test_model_against_itself_is_50_without_a_fit(no_network):
-    same = [{"preference": 1.5, "output_1": "x" * i, "output_2": "x" * i,
-             "generator_1": "ref", "generator_2": "ref"} for i in range(1, 9)]
+    same = [
+        {
+            "preference": 1.5,
+            "output_1": "x" * i,
+            "output_2": "x" * i,
+            "generator_1": "ref",
+            "generator_2": "ref",
+        }
+        for i in range(1, 9)
+    ]
     got = length_controlled(same)
     assert (got["lc_win_rate"], got["lc_standard_error"]) == (50.0, 0.0)
 
@@ -130,9 +146,14 @@ def test_annotations_without_outputs_are_refused_clearly(no_network):
 
 def synthetic_annotations() -> list[dict]:
     rng = np.random.default_rng(0)
-    return [{"preference": float(rng.choice([1.0, 2.0])),
-             "output_1": "a" * int(rng.integers(1, 50)), "output_2": "b" * int(rng.integers(1, 90))}
-            for _ in range(40)]
+    return [
+        {
+            "preference": float(rng.choice([1.0, 2.0])),
+            "output_1": "a" * int(rng.integers(1, 50)),
+            "output_2": "b" * int(rng.integers(1, 90)),
+        }
+        for _ in range(40)
+    ]
 
 
 def synthetic_gamed(path: Path, n: int) -> Path:
@@ -143,16 +164,26 @@ def synthetic_gamed(path: Path, n: int) -> Path:
     for model, sign in (("gamed_verbose", -1.0), ("gamed_concise", 1.0)):
         delta = sign * np.abs(rng.normal(1.0, 0.5, size=n))
         pref = 1 / (1 + np.exp(-(-1.5 * np.tanh(delta) + 0.5 * difficulty)))
-        rows.append(pd.DataFrame({"model": model, "index": np.arange(n), "preference": pref,
-                                  "std_delta_len": delta, "instruction_difficulty": difficulty,
-                                  "not_gamed_baseline": False}))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "model": model,
+                    "index": np.arange(n),
+                    "preference": pref,
+                    "std_delta_len": delta,
+                    "instruction_difficulty": difficulty,
+                    "not_gamed_baseline": False,
+                }
+            )
+        )
     pd.concat(rows, ignore_index=True).to_csv(path, index=False)
     return path
 
 
 @needs_data
-def test_lc_data_selects_length_controlled_v1_through_alpaca_eval(tmp_path, no_network,
-                                                                 monkeypatch):
+def test_lc_data_selects_length_controlled_v1_through_alpaca_eval(
+    tmp_path, no_network, monkeypatch
+):
     from alpaca_eval.metrics import glm_winrate
 
     gamed = synthetic_gamed(tmp_path / "df_gamed.csv", 805)
@@ -164,8 +195,9 @@ def test_lc_data_selects_length_controlled_v1_through_alpaca_eval(tmp_path, no_n
     assert got["lc_win_rate"] != pytest.approx(LC_MINIMAL["guanaco-65b"], abs=0.1)
     # alpaca_eval's own function, handed the same file, gives the same number
     monkeypatch.setattr(glm_winrate, "hf_hub_download", lambda **kwargs: str(gamed))
-    theirs = glm_winrate.get_length_controlled_winrate(pd.DataFrame(annotations),
-                                                       save_weights_dir=None)
+    theirs = glm_winrate.get_length_controlled_winrate(
+        pd.DataFrame(annotations), save_weights_dir=None
+    )
     assert got["lc_win_rate"] == pytest.approx(theirs["length_controlled_winrate"], abs=1e-9)
     with pytest.raises(ValueError, match="one annotation per instruction"):
         length_controlled(annotations[:100], lc_data=str(gamed))
@@ -198,13 +230,20 @@ def test_script_prints_raw_and_lc():
 def test_script_passes_lc_data_and_refuses_a_bad_one(tmp_path):
     gamed = synthetic_gamed(tmp_path / "df_gamed.csv", 805)
     script = [sys.executable, "scripts/winrate.py", str(ANNOTATIONS / "guanaco-65b.json")]
-    out = subprocess.run(script + ["--lc-data", str(gamed)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        script + ["--lc-data", str(gamed)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     assert got["lc_method"] == "length_controlled_v1" and got["lc_label"] == "LC"
-    assert got["lc_win_rate"] == pytest.approx(length_controlled(load("guanaco-65b"),
-                                                                 lc_data=str(gamed))["lc_win_rate"])
-    bad = subprocess.run(script + ["--lc-data", str(tmp_path / "none.csv")], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    assert got["lc_win_rate"] == pytest.approx(
+        length_controlled(load("guanaco-65b"), lc_data=str(gamed))["lc_win_rate"]
+    )
+    bad = subprocess.run(
+        script + ["--lc-data", str(tmp_path / "none.csv")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode != 0 and "no such file" in bad.stderr

@@ -26,8 +26,17 @@ from pipeline.judging.calibration_source import cached, download, published
 HUB, MIRROR = "hub", "mirror"
 # Formats a PyTorch job never loads; with safetensors present the .bin copies are skipped too
 # (Llama-2 ships both: half the download).
-NEVER_LOADED = ("*.h5", "*.msgpack", "*.ot", "*.onnx", "*.gguf", "*.tflite", "original/*",
-                "coreml/*", "*.mlmodel")
+NEVER_LOADED = (
+    "*.h5",
+    "*.msgpack",
+    "*.ot",
+    "*.onnx",
+    "*.gguf",
+    "*.tflite",
+    "original/*",
+    "coreml/*",
+    "*.mlmodel",
+)
 PICKLED = ("*.bin", "*.pt", "*.pth")
 
 FETCHERS: dict[tuple[str, str], type] = {}
@@ -147,8 +156,9 @@ class HubFile(_HubRepo):
     def present(self, item: Item) -> bool:
         from huggingface_hub import try_to_load_from_cache
 
-        found = try_to_load_from_cache(item.id, item.name, revision=item.revision,
-                                       repo_type=item.repo_type)
+        found = try_to_load_from_cache(
+            item.id, item.name, revision=item.revision, repo_type=item.repo_type
+        )
         return isinstance(found, str)
 
     def fetch(self, item: Item) -> None:
@@ -207,7 +217,8 @@ class LocalFile(Fetcher):
         if not self.present(item):
             raise FileNotFoundError(
                 f"{self.where(item)} is missing (or an empty folder); the run reads this local "
-                "path: put it there (on storage the compute nodes mount) or override its key")
+                "path: put it there (on storage the compute nodes mount) or override its key"
+            )
 
 
 @register("config", HUB, MIRROR)
@@ -224,8 +235,10 @@ class UnsetKey(Fetcher):
 
     def fetch(self, item: Item) -> None:
         why = f" ({item.detail})" if item.detail else " (??? or null)"
-        raise ValueError(f"{item.id} is not set in this point's config{why}; give it on the "
-                         f"command line ({item.id}=...)")
+        raise ValueError(
+            f"{item.id} is not set in this point's config{why}; give it on the "
+            f"command line ({item.id}=...)"
+        )
 
 
 def explain(err: Exception) -> str:
@@ -233,8 +246,11 @@ def explain(err: Exception) -> str:
     from huggingface_hub import errors
 
     hints = (
-        (errors.GatedRepoError, "gated repo: accept its license on huggingface.co, then set "
-                                "HF_TOKEN (or run `hf auth login`)"),
+        (
+            errors.GatedRepoError,
+            "gated repo: accept its license on huggingface.co, then set "
+            "HF_TOKEN (or run `hf auth login`)",
+        ),
         (errors.RepositoryNotFoundError, "not on the hub (or private: set HF_TOKEN)"),
         (errors.RevisionNotFoundError, "no such revision on the hub"),
         (errors.OfflineModeIsEnabled, "HF_HUB_OFFLINE is set: unset it on the login node"),
@@ -244,4 +260,3 @@ def explain(err: Exception) -> str:
             return f"{hint} ({type(err).__name__})"
     text = " ".join(str(err).split())
     return f"{type(err).__name__}: {text[:300]}"
-

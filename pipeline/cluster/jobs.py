@@ -18,6 +18,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from pipeline.generation.engines import engine
 from pipeline.train.memory_plan import check_plan, finetune_plan, model_params
 
 SHAREGPT_KEY = "${paths.sharegpt_train}"
@@ -39,7 +40,7 @@ class ClusterOptions:
     process_mem_gb: float = 6.0  # host memory of one process (torch, CUDA context, loader)
 
     @classmethod
-    def from_params(cls, params: dict) -> "ClusterOptions":
+    def from_params(cls, params: dict) -> ClusterOptions:
         """The options found in a launcher's parameters (None values keep the defaults)."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in params.items() if k in names and v is not None})
@@ -58,9 +59,11 @@ class Resources:
     def sbatch(self) -> str:
         """The same request as sbatch options."""
         gpus = f" --gpus-per-node={self.gpus_per_node}" if self.gpus_per_node else ""
-        return (f"--nodes={self.nodes} --ntasks-per-node=1{gpus} "
-                f"--cpus-per-task={self.cpus_per_task} --mem={self.mem_gb}G "
-                f"--time={self.timeout_min}")
+        return (
+            f"--nodes={self.nodes} --ntasks-per-node=1{gpus} "
+            f"--cpus-per-task={self.cpus_per_task} --mem={self.mem_gb}G "
+            f"--time={self.timeout_min}"
+        )
 
 
 @dataclass
@@ -134,8 +137,10 @@ def plan_lines(plan) -> list[str]:
     if plan.gpu_gb is None:
         return out + [f"{'sum':<16} {plan.per_gpu_gb:7.1f} GB (GPU memory unknown: not checked)"]
     verdict = "fits" if plan.fits else "does NOT fit"
-    return out + [f"{'sum':<16} {plan.per_gpu_gb:7.1f} GB of {plan.usable_gb:.0f} GB usable "
-                  f"(90% of a {plan.gpu_gb:.0f} GB GPU): {verdict}"]
+    return out + [
+        f"{'sum':<16} {plan.per_gpu_gb:7.1f} GB of {plan.usable_gb:.0f} GB usable "
+        f"(90% of a {plan.gpu_gb:.0f} GB GPU): {verdict}"
+    ]
 
 
 def point_job(index: int, overrides: list[str], cfg, opts: ClusterOptions) -> PointJob:
@@ -152,21 +157,30 @@ def point_job(index: int, overrides: list[str], cfg, opts: ClusterOptions) -> Po
         accumulation_steps(cfg.finetune, world_size(dist))
     except ValueError as err:
         job.problems.append(str(err))
-    vllm = cfg.generate.vllm.tensor_parallel_size if cfg.generate.engine == "vllm" else 0
-    gpus = 0 if opts.gpus_per_node == 0 else max(opts.gpus_per_node, nproc, vllm)
+    generation = engine(cfg.generate.engine).gpus_needed(cfg.generate)
+    gpus = 0 if opts.gpus_per_node == 0 else max(opts.gpus_per_node, nproc, generation)
     if dist.strategy == "fsdp" and gpus == 0:
-        job.problems.append("finetune.distributed.strategy=fsdp needs CUDA GPUs and this "
-                            "launcher asks for none (hydra.launcher.gpus_per_node=0)")
+        job.problems.append(
+            "finetune.distributed.strategy=fsdp needs CUDA GPUs and this "
+            "launcher asks for none (hydra.launcher.gpus_per_node=0)"
+        )
     plan = _memory(job, cfg, opts) if gpus else None
     host, how = _host_gb(cfg, max(nproc, 1), plan, opts.process_mem_gb)
-    job.resources = Resources(dist.nnodes, gpus, max(opts.cpus_per_task, opts.cpus_per_gpu * gpus),
-                              max(opts.mem_gb, math.ceil(host)), opts.timeout_min)
+    job.resources = Resources(
+        dist.nnodes,
+        gpus,
+        max(opts.cpus_per_task, opts.cpus_per_gpu * gpus),
+        max(opts.mem_gb, math.ceil(host)),
+        opts.timeout_min,
+    )
     job.plan_lines.append(f"host memory per node: about {host:.0f} GB ({how})")
     _check_node(job, opts)
     if sharegpt_unset(cfg):
-        job.problems.append("paths.sharegpt_train is not set: data=sharegpt trains on it (an "
-                            "Alpaca-format JSON/JSONL of ShareGPT's 512-token chunks); give "
-                            "paths.sharegpt_train=<file>")
+        job.problems.append(
+            "paths.sharegpt_train is not set: data=sharegpt trains on it (an "
+            "Alpaca-format JSON/JSONL of ShareGPT's 512-token chunks); give "
+            "paths.sharegpt_train=<file>"
+        )
     else:
         _check_data(job, cfg)
     return job
@@ -188,13 +202,17 @@ def _check_data(job: PointJob, cfg) -> None:
 
 def _check_node(job: PointJob, opts: ClusterOptions) -> None:
     r = job.resources
-    for asked, has, what, key in ((r.gpus_per_node, opts.node_gpus, "GPUs", "node_gpus"),
-                                  (r.cpus_per_task, opts.node_cpus, "CPUs", "node_cpus"),
-                                  (r.mem_gb, opts.node_mem_gb, "GB of memory", "node_mem_gb")):
+    for asked, has, what, key in (
+        (r.gpus_per_node, opts.node_gpus, "GPUs", "node_gpus"),
+        (r.cpus_per_task, opts.node_cpus, "CPUs", "node_cpus"),
+        (r.mem_gb, opts.node_mem_gb, "GB of memory", "node_mem_gb"),
+    ):
         if has is not None and asked > has:
-            job.problems.append(f"asks for {asked} {what} per node and a node has {has} "
-                                f"(hydra.launcher.{key}); lower finetune.distributed."
-                                "nproc_per_node and raise finetune.distributed.nnodes")
+            job.problems.append(
+                f"asks for {asked} {what} per node and a node has {has} "
+                f"(hydra.launcher.{key}); lower finetune.distributed."
+                "nproc_per_node and raise finetune.distributed.nnodes"
+            )
 
 
 def stored_stages(cfg) -> str:
@@ -203,9 +221,9 @@ def stored_stages(cfg) -> str:
     if str(cfg.data.train).startswith("hf:"):
         return "not computed (hub training data: a finetune key hashes the records)"
     try:
-        from pipeline.store.store import is_complete
         from pipeline.plan import arm_specs
         from pipeline.stages import finetune
+        from pipeline.store.store import is_complete
 
         keys = [finetune.key_of(cfg, arm) for arm in arm_specs(cfg)]
     except Exception as err:  # noqa: BLE001  (a dry run reports, it does not stop here)
@@ -231,20 +249,27 @@ def format_jobs(jobs: list[PointJob], arrays: list[list[PointJob]]) -> str:
     lines = [f"== {len(jobs)} point(s) in {len(arrays)} SLURM array(s) =="]
     for i, members in enumerate(arrays):
         points = ", ".join(f"#{j.index}" for j in members)
-        lines.append(f"array {i}: {members[0].resources.sbatch()}  ({len(members)} points: "
-                     f"{points})")
+        lines.append(
+            f"array {i}: {members[0].resources.sbatch()}  ({len(members)} points: {points})"
+        )
     for job in jobs:
         r = job.resources
         gpus = f"{r.gpus_per_node} GPU(s)" if r.gpus_per_node else "no GPU"
-        lines += ["", f"#{job.index} {job.name} (array {job.array}): {r.nodes} node(s) x {gpus}, "
-                      f"1 task/node, {r.cpus_per_task} CPUs, {r.mem_gb} GB, {r.timeout_min} min",
-                  f"  overrides: {' '.join(job.overrides)}"]
+        lines += [
+            "",
+            f"#{job.index} {job.name} (array {job.array}): {r.nodes} node(s) x {gpus}, "
+            f"1 task/node, {r.cpus_per_task} CPUs, {r.mem_gb} GB, {r.timeout_min} min",
+            f"  overrides: {' '.join(job.overrides)}",
+        ]
         lines += [f"  {line}" for line in job.plan_lines]
         lines.append(f"  stages: {job.stages}")
         lines += [f"  CANNOT RUN: {p}" for p in job.problems] or ["  can run: yes"]
     bad = [j for j in jobs if not j.ok]
-    lines += ["", f"{len(jobs) - len(bad)} of {len(jobs)} point(s) can run"
-              + (f"; cannot: {', '.join(f'#{j.index} {j.name}' for j in bad)}" if bad else "")]
+    lines += [
+        "",
+        f"{len(jobs) - len(bad)} of {len(jobs)} point(s) can run"
+        + (f"; cannot: {', '.join(f'#{j.index} {j.name}' for j in bad)}" if bad else ""),
+    ]
     return "\n".join(lines)
 
 
@@ -254,7 +279,8 @@ def refusal(jobs: list[PointJob], what: str = "submitted") -> str | None:
     if not bad:
         return None
     return f"nothing was {what}; these points cannot run:\n" + "\n".join(
-        f"  #{j.index} {j.name}: {' | '.join(j.problems)}" for j in bad)
+        f"  #{j.index} {j.name}: {' | '.join(j.problems)}" for j in bad
+    )
 
 
 def dry_run_point(cfg) -> None:

@@ -12,23 +12,23 @@ Run: python -m pipeline.run experiment=paper_all launcher=slurm dry_run=true
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import OmegaConf
 
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from pipeline.cluster.jobs import ClusterOptions, format_jobs, group_arrays, point_job, refusal
 
 log = logging.getLogger(__name__)
 TARGET = "hydra_plugins.neftune_cluster.PointSlurmLauncher"
 # Options this launcher consumes: they size the jobs and never reach sbatch as such.
-OWN = ("cpus_per_gpu", "node_gpus", "node_cpus", "node_mem_gb", "gpu_memory_gb",
-       "process_mem_gb")
+OWN = ("cpus_per_gpu", "node_gpus", "node_cpus", "node_mem_gb", "gpu_memory_gb", "process_mem_gb")
 
 
 @dataclass
@@ -48,8 +48,9 @@ class PointSlurmConf(SlurmQueueConf):
 
 def register() -> None:
     """hydra/launcher=neftune_slurm in Hydra's ConfigStore (conf/launcher/slurm.yaml uses it)."""
-    ConfigStore.instance().store(group="hydra/launcher", name="neftune_slurm",
-                                 node=PointSlurmConf, provider="neftune-repro")
+    ConfigStore.instance().store(
+        group="hydra/launcher", name="neftune_slurm", node=PointSlurmConf, provider="neftune-repro"
+    )
 
 
 class PointSizedSlurmLauncher(SlurmLauncher):
@@ -69,12 +70,14 @@ class PointSizedSlurmLauncher(SlurmLauncher):
         jobs = []
         for i, overrides in enumerate(job_overrides):
             cfg = loader.load_sweep_config(self.config, list(overrides))
-            jobs.append(point_job(initial_job_idx + i, list(filter_overrides(overrides)), cfg,
-                                  opts))
+            jobs.append(
+                point_job(initial_job_idx + i, list(filter_overrides(overrides)), cfg, opts)
+            )
         return jobs, group_arrays(jobs)
 
-    def launch(self, job_overrides: Sequence[Sequence[str]],
-               initial_job_idx: int) -> Sequence[JobReturn]:
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
         """Plan every job; dry run: print and stop; else refuse or submit one array per shape."""
         jobs, arrays = self.plan(job_overrides, initial_job_idx)
         message = refusal(jobs)
@@ -95,18 +98,41 @@ class PointSizedSlurmLauncher(SlurmLauncher):
             init["slurm_max_num_timeout"] = self.params["max_num_timeout"]
         executor = submitit.AutoExecutor(cluster="slurm", **init)
         generic = set(OmegaConf.structured(BaseQueueConf).keys())
-        base = {k if k in generic else f"slurm_{k}": v for k, v in self.params.items()
-                if k not in ("submitit_folder", "max_num_timeout")}
+        base = {
+            k if k in generic else f"slurm_{k}": v
+            for k, v in self.params.items()
+            if k not in ("submitit_folder", "max_num_timeout")
+        }
         submitted: dict[int, Any] = {}
         for members in arrays:
             r = members[0].resources
-            executor.update_parameters(**{**base, **dict(
-                nodes=r.nodes, tasks_per_node=1, gpus_per_node=r.gpus_per_node,
-                cpus_per_task=r.cpus_per_task, mem_gb=r.mem_gb, timeout_min=r.timeout_min)})
-            params = [(list(job_overrides[j.index - initial_job_idx]), "hydra.sweep.dir",
-                       j.index, f"job_id_for_{j.index}", Singleton.get_state()) for j in members]
-            log.info(f"array {members[0].array}: {r.sbatch()}: jobs "
-                     f"{', '.join(f'#{j.index}' for j in members)}")
+            executor.update_parameters(
+                **{
+                    **base,
+                    **dict(
+                        nodes=r.nodes,
+                        tasks_per_node=1,
+                        gpus_per_node=r.gpus_per_node,
+                        cpus_per_task=r.cpus_per_task,
+                        mem_gb=r.mem_gb,
+                        timeout_min=r.timeout_min,
+                    ),
+                }
+            )
+            params = [
+                (
+                    list(job_overrides[j.index - initial_job_idx]),
+                    "hydra.sweep.dir",
+                    j.index,
+                    f"job_id_for_{j.index}",
+                    Singleton.get_state(),
+                )
+                for j in members
+            ]
+            log.info(
+                f"array {members[0].array}: {r.sbatch()}: jobs "
+                f"{', '.join(f'#{j.index}' for j in members)}"
+            )
             for job, handle in zip(members, executor.map_array(self, *zip(*params))):
                 submitted[job.index] = handle
         return [submitted[i].results()[0] for i in sorted(submitted)]

@@ -22,7 +22,13 @@ import shutil
 from pathlib import Path
 
 from pipeline.cluster.fetchers import (
-    MIRROR, HubDataset, HubFile, HubModel, dataset_cache_dir, kept, load_kwargs,
+    MIRROR,
+    HubDataset,
+    HubFile,
+    HubModel,
+    dataset_cache_dir,
+    kept,
+    load_kwargs,
     register,
 )
 from pipeline.cluster.needs import Item
@@ -61,8 +67,7 @@ def _place(blob: Path, link: Path) -> None:
         shutil.copy2(blob, link)
 
 
-def write_snapshot(root: Path, repo_id: str, revision: str | None,
-                   files: dict[str, Path]) -> int:
+def write_snapshot(root: Path, repo_id: str, revision: str | None, files: dict[str, Path]) -> int:
     """Put `files` (repo path -> mirror file) into the cached repo `root`; the number copied
     (0: every file was there with the same content)."""
     snapshot = root / "snapshots" / _commit(root, repo_id, revision)
@@ -70,9 +75,13 @@ def write_snapshot(root: Path, repo_id: str, revision: str | None,
     for rel, src in sorted(files.items()):
         digest = _sha256(src)
         blob, link = root / "blobs" / digest, snapshot / rel
-        if blob.is_file() and link.exists() and (
-            link.resolve() == blob.resolve()
-            or (not link.is_symlink() and _sha256(link) == digest)
+        if (
+            blob.is_file()
+            and link.exists()
+            and (
+                link.resolve() == blob.resolve()
+                or (not link.is_symlink() and _sha256(link) == digest)
+            )
         ):
             continue
         if not blob.is_file():
@@ -127,6 +136,10 @@ class MirrorDataset(HubDataset):
         builder = datasets.load_dataset_builder(str(src), item.name, **load_kwargs(item))
         # The builder would cache a local folder under its folder name; the hub layout is
         # <org>___<name>/<config>/<version>/<hash>, the folder the offline lookup searches.
-        out = (dataset_cache_dir(item.id) / builder.config_id / str(builder.config.version)
-               / builder.hash)
+        out = (
+            dataset_cache_dir(item.id)
+            / builder.config_id
+            / str(builder.config.version)
+            / builder.hash
+        )
         builder.download_and_prepare(output_dir=str(out))

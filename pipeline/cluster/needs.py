@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.judging.calibration_source import published
+from pipeline.judging.kinds import judge_kind
 from pipeline.metrics.winrate import GAMED_FILE, HUB_REPO
 
 
@@ -57,9 +58,9 @@ def _value(cfg, key: str):
 
 
 def parse_hf_source(source: str) -> tuple[str, str | None]:
-    """(dataset, config) of a data source `hf:<dataset>[:<config>][@<split>]` (pipeline/data/loading.py
-    syntax); every split is fetched, so the split is dropped."""
-    name = source[len("hf:"):].partition("@")[0]
+    """(dataset, config) of a data source `hf:<dataset>[:<config>][@<split>]` (the syntax of
+    pipeline/data/loading.py); every split is fetched, so the split is dropped."""
+    name = source[len("hf:") :].partition("@")[0]
     name, _, config = name.partition(":")
     return name, config or None
 
@@ -88,7 +89,7 @@ def _model_needs(cfg) -> list[Item]:
 
 
 def _judge_needs(cfg) -> list[Item]:
-    items = _model_items(cfg.judge.model) if cfg.judge.kind == "local" else []
+    items = _model_items(judge_kind(cfg.judge.kind).model(cfg.judge))
     lc_data = _value(cfg, "judge.lc_data")
     if lc_data == "hub":
         items.append(Item("hub_file", HUB_REPO, name=GAMED_FILE, repo_type="dataset"))
@@ -155,8 +156,13 @@ def lm_eval_datasets(task: str) -> list[tuple[str, str | None, str]]:
         elif isinstance(spec, dict) and not entry_cfg.get("dataset_path") and children:
             todo.append(children)  # a registered task named inline, with overrides
         elif entry_cfg.get("dataset_path"):
-            out.append((entry_cfg["dataset_path"], entry_cfg.get("dataset_name"),
-                        dict(entry_cfg.get("dataset_kwargs") or {})))
+            out.append(
+                (
+                    entry_cfg["dataset_path"],
+                    entry_cfg.get("dataset_name"),
+                    dict(entry_cfg.get("dataset_kwargs") or {}),
+                )
+            )
     return sorted(set((p, n, json.dumps(k, sort_keys=True)) for p, n, k in out))
 
 
@@ -183,6 +189,7 @@ def config_items(cfg) -> list[Item]:
         try:
             items += needs(cfg)
         except OmegaConfBaseException as err:
-            items.append(Item("config", str(err.full_key or needs.__name__),
-                              detail=str(err).splitlines()[0]))
+            items.append(
+                Item("config", str(err.full_key or needs.__name__), detail=str(err).splitlines()[0])
+            )
     return items

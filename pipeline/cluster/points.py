@@ -53,8 +53,9 @@ class GridSweeperConf:
 
 def register() -> None:
     """hydra/sweeper=grid in Hydra's ConfigStore (idempotent)."""
-    ConfigStore.instance().store(group="hydra/sweeper", name="grid", node=GridSweeperConf,
-                                 provider="neftune-repro")
+    ConfigStore.instance().store(
+        group="hydra/sweeper", name="grid", node=GridSweeperConf, provider="neftune-repro"
+    )
 
 
 def _text(value: Any) -> str:
@@ -78,14 +79,16 @@ def _named(point: list[str], template: Optional[str], grid: str) -> list[str]:
         if match.group(1) not in values:
             raise ValueError(
                 f"hydra.sweeper.grids.{grid}.point_name={template!r}: no axis "
-                f"{match.group(1)!r} in this grid; name one of {sorted(values)} in braces")
+                f"{match.group(1)!r} in this grid; name one of {sorted(values)} in braces"
+            )
         return values[match.group(1)]
 
     return [*point, f"point_name={PLACEHOLDER.sub(value, template)}"]
 
 
-def expand_grids(params: Optional[Mapping], grids: Optional[Mapping],
-                 overrides: Sequence[str]) -> list[list[str]]:
+def expand_grids(
+    params: Optional[Mapping], grids: Optional[Mapping], overrides: Sequence[str]
+) -> list[list[str]]:
     """One override list per point: for each grid in order, the cartesian product of `params`,
     the grid's axes and `overrides` (the same key later wins, as in BasicSweeper), each named by
     the grid's point_name template. Without grids: BasicSweeper's product of params and
@@ -104,9 +107,12 @@ def expand_grids(params: Optional[Mapping], grids: Optional[Mapping],
 class GridSweeper(BasicSweeper):
     """BasicSweeper whose points are expand_grids' (hydra_plugins.neftune_sweeps names it)."""
 
-    def __init__(self, max_batch_size: Optional[int] = None,
-                 params: Optional[dict[str, str]] = None,
-                 grids: Optional[Mapping] = None) -> None:
+    def __init__(
+        self,
+        max_batch_size: Optional[int] = None,
+        params: Optional[dict[str, str]] = None,
+        grids: Optional[Mapping] = None,
+    ) -> None:
         # BasicSweeper.__init__ is not called: its super(BasicSweeper, self) fails once Hydra's
         # plugin scan has re-imported basic_sweeper (a new class, not this one's base).
         Sweeper.__init__(self)
@@ -119,7 +125,7 @@ class GridSweeper(BasicSweeper):
     ) -> list[list[list[str]]]:
         """BasicSweeper.sweep parsed its params, then the command line: expand those with the
         grids instead of as one product."""
-        arguments = [o.input_line for o in overrides[len(self.params):]]
+        arguments = [o.input_line for o in overrides[len(self.params) :]]
         points = expand_grids(self.params, self.grids, arguments)
         return list(BasicSweeper.split_overrides_to_chunks(points, max_batch_size))
 

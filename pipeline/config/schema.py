@@ -12,7 +12,7 @@ from a registry (noise.kind, judge.kind, generate.engine) are str, checked in th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -29,6 +29,7 @@ from pipeline.config.choices import (  # noqa: F401  (plain is imported from her
     Verify,
     plain,
 )
+from pipeline.config.finetune import FinetuneConfig
 
 
 @dataclass
@@ -69,65 +70,6 @@ class NoiseConfig:
     kind: str = "uniform"  # none | a kind of pipeline/train/noise_kinds/; none or alpha 0: baseline
     alpha: float = 5.0  # noise scale alpha (>= 0); the paper uses 5, 10, 15
     length: NoiseLength = NoiseLength.per_example  # per_example: no noise on padding | padded
-
-
-@dataclass
-class LoraConfig:
-    r: int = 64  # adapter rank
-    alpha: int = 16  # LoRA scaling numerator (lora_alpha)
-    dropout: float = 0.1  # dropout on the adapter input
-    target_modules: List[str] = field(default_factory=lambda: [
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])  # layers
-    quantize_4bit: bool = False  # true: QLoRA's NF4 base (CUDA + bitsandbytes) | false: plain
-    # LoRA on the model.dtype base; never a silent fall back from one to the other
-
-
-@dataclass
-class FsdpConfig:
-    sharding: str = "full_shard"  # FSDP2: full_shard | shard_grad_op (checked: hybrid is FSDP1)
-    fp32_master_weights: bool = False  # true: fp32 masters, grads, AdamW + bf16 compute (16
-    # B/param, Trainer bf16 mixed precision); false: all in bf16 (8 B/param, the paper's code)
-    cpu_offload: bool = False  # weights and optimiser states in CPU memory: fits more, slower
-    rank0_load: bool = True  # only rank 0 reads the weights, then broadcasts (70B: not 8 copies)
-
-
-@dataclass
-class DistributedConfig:
-    nproc_per_node: str = "1"  # processes per node: a number | auto (one per visible GPU)
-    nnodes: int = 1  # nodes; > 1: srun starts torchrun on each (slurm/finetune_multinode.sbatch)
-    strategy: Strategy = Strategy.none  # none: 1 process | ddp: copy per GPU | fsdp: sharded
-    rdzv_port: int = 29400  # c10d rendezvous port on the first node (nnodes > 1)
-    rdzv_endpoint: Optional[str] = None  # host:port; null = the SLURM job's first host:rdzv_port
-    gpu_memory_gb: Optional[float] = None  # GB per GPU for the memory plan where torch sees no GPU
-    n_params: Optional[float] = None  # the model's parameters (memory plan); null = known/counted
-    fsdp: FsdpConfig = field(default_factory=FsdpConfig)  # strategy=fsdp only
-    timeout_s: int = 7200  # collective timeout (s): rank 0's final consolidated save must fit
-
-
-@dataclass
-class FinetuneConfig:
-    """Defaults are the paper's full fine-tune (finetune=paper)."""
-
-    epochs: int = 3  # passes over the training data
-    max_steps: int = -1  # > 0 stops after this many optimiser steps (overrides epochs)
-    per_device_batch_size: int = 4  # sequences per forward pass
-    effective_batch_size: int = 128  # sequences per optimiser step over all processes;
-    # accumulation = effective_batch_size / (per_device_batch_size x world size)
-    learning_rate: float = 5.0e-5  # peak learning rate
-    lr_scheduler: str = "cosine"  # transformers scheduler name
-    warmup_ratio: float = 0.03  # fraction of total steps spent warming up
-    weight_decay: float = 0.0  # AdamW weight decay
-    max_grad_norm: float = 1.0  # gradient clipping norm
-    optim: str = "adamw_torch"  # transformers optimiser name
-    max_length: int = 512  # tokens per example (prompt + response + EOS), longer ones truncated
-    bf16: bool = True  # bf16 mixed precision (GPU); false = fp32
-    gradient_checkpointing: bool = True  # trade compute for memory
-    logging_steps: int = 10  # loss log interval in optimiser steps
-    save_steps: int = 200  # checkpoint interval in optimiser steps (resume point after a kill)
-    sampling: Sampling = Sampling.random  # random | group_by_length (less padding)
-    seed: int = 42  # data order and init of anything random
-    lora: Optional[LoraConfig] = None  # adapters instead of a full finetune; null = full
-    distributed: DistributedConfig = field(default_factory=DistributedConfig)  # processes
 
 
 @dataclass
@@ -184,7 +126,7 @@ class OpenLLMConfig:
     limit: Optional[int] = None  # at most this many questions per task (null = all)
     batch_size: int = 8  # lm-eval batch size
     seed: int = 1234  # lm-eval's python/numpy/torch/few-shot seeds
-    tasks: Dict[str, OpenLLMTask] = field(default_factory=dict)  # short name -> task; {} = skip
+    tasks: dict[str, OpenLLMTask] = field(default_factory=dict)  # short name -> task; {} = skip
 
 
 @dataclass
@@ -210,7 +152,7 @@ class LengthVariant:
 @dataclass
 class LengthControlConfig:
     enabled: bool = False  # generate, judge and analyse the variants from the noise-off model
-    variants: Dict[str, LengthVariant] = field(default_factory=dict)  # name -> change
+    variants: dict[str, LengthVariant] = field(default_factory=dict)  # name -> change
 
 
 @dataclass
@@ -281,14 +223,13 @@ class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)  # the study's name
     head_to_head: bool = True  # also judge the +NEFT answers against the base answers directly
     point_name: Optional[str] = None  # names this point's file in results/<experiment>/points/
-    seeds: Optional[List[int]] = None  # train every arm once per seed; null = [finetune.seed]
+    seeds: Optional[list[int]] = None  # train every arm once per seed; null = [finetune.seed]
     dry_run: bool = False  # print every job (resources, memory plan, stored stages); run nothing
 
 
 def register() -> None:
     """Put the schema in Hydra's ConfigStore (idempotent)."""
     ConfigStore.instance().store(name="schema", node=Config)
-
 
 
 def config_params(node) -> dict:

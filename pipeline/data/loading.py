@@ -45,11 +45,15 @@ def check_source(source: str, key: str) -> None:
     """Check of the data source of config `key` before any training: a local file exists, is
     UTF-8 and parses as JSON/JSONL (hub sources are not checked)."""
     if source is None:  # data=sharegpt reads paths.sharegpt_train, which has no default
-        raise DataError(f"{key} is not set: for data=sharegpt give paths.sharegpt_train=<an "
-                        "Alpaca-format export of the 512-token chunks>; else set it directly")
+        raise DataError(
+            f"{key} is not set: for data=sharegpt give paths.sharegpt_train=<an "
+            "Alpaca-format export of the 512-token chunks>; else set it directly"
+        )
     if source.startswith("hf:"):
         return
-    path = ASSETS / source[len("pkg:"):] if source.startswith("pkg:") else Path(source).expanduser()
+    path = (
+        ASSETS / source[len("pkg:") :] if source.startswith("pkg:") else Path(source).expanduser()
+    )
     if not path.is_file():
         raise DataError(
             f"{key}={source!r}: no such file ({path.resolve()}); give a local .json/.jsonl path, "
@@ -117,8 +121,11 @@ def _lone_surrogate(value) -> str | None:
         except UnicodeEncodeError as err:
             return f"character {err.start} ({value[err.start]!a})"
         return None
-    items = value.items() if isinstance(value, dict) else (
-        enumerate(value) if isinstance(value, list) else ())
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else (enumerate(value) if isinstance(value, list) else ())
+    )
     for name, item in items:
         found = _lone_surrogate(item)
         if found is not None:
@@ -132,8 +139,10 @@ def check_encodable(name: str, rows: list) -> None:
     for i, row in enumerate(rows):
         found = _lone_surrogate(row)
         if found is not None:
-            raise DataError(f"{name}: row {i}: {found} is a lone UTF-16 surrogate, not text; "
-                            "fix or drop that row")
+            raise DataError(
+                f"{name}: row {i}: {found} is a lone UTF-16 surrogate, not text; "
+                "fix or drop that row"
+            )
 
 
 def _read_hub(spec: str) -> list:

@@ -57,8 +57,15 @@ def generate_batched(
         idx = order[start : start + batch_size]
         if all(i in done for i in idx):
             continue
-        new = _generate_batch(model, tok, [texts[i] for i in idx], max_new_tokens,
-                              max_total_length, repetition_penalty, min_new_tokens)
+        new = _generate_batch(
+            model,
+            tok,
+            [texts[i] for i in idx],
+            max_new_tokens,
+            max_total_length,
+            repetition_penalty,
+            min_new_tokens,
+        )
         for row, i in enumerate(idx):
             tokens = new[row]
             counts[i] = (
@@ -72,8 +79,15 @@ def generate_batched(
     return outputs, counts
 
 
-def _generate_batch(model, tok, texts: list[str], max_new_tokens: int, max_total_length: int,
-                    repetition_penalty: float, min_new_tokens: int) -> torch.Tensor:
+def _generate_batch(
+    model,
+    tok,
+    texts: list[str],
+    max_new_tokens: int,
+    max_total_length: int,
+    repetition_penalty: float,
+    min_new_tokens: int,
+) -> torch.Tensor:
     """The new tokens of one left-padded batch (on the CPU), greedy."""
     batch = tok(texts, return_tensors="pt", padding=True).to(model.device)
     room = max_total_length - batch["input_ids"].shape[1]
@@ -84,8 +98,9 @@ def _generate_batch(model, tok, texts: list[str], max_new_tokens: int, max_total
         )
     penalty = {}
     if repetition_penalty != 1.0:
-        penalty["logits_processor"] = penalty_ignoring_padding(repetition_penalty,
-                                                               batch["attention_mask"])
+        penalty["logits_processor"] = penalty_ignoring_padding(
+            repetition_penalty, batch["attention_mask"]
+        )
     with torch.no_grad():
         out = model.generate(
             **batch,

@@ -3,7 +3,7 @@
 vLLM pins its own torch and transformers, so it runs in a Python environment of its own
 (generate.vllm.python). The generate stage writes a request into its work dir and starts
 
-    <python> -m pipeline.generation.engines worker <request.json> <response.json>
+    <python> -m pipeline.generation.worker worker <request.json> <response.json>
 
 with this project's root on PYTHONPATH. This module imports only the standard library at top
 level, since that environment has none of the project's dependencies; an engine imports its
@@ -39,9 +39,7 @@ import os
 import pkgutil
 import shutil
 import subprocess
-import sys
 import time
-import traceback
 from pathlib import Path
 
 from pipeline.text.logs import log_tail
@@ -49,8 +47,10 @@ from pipeline.text.logs import log_tail
 PROTOCOL = 1
 ENGINES: dict[str, Engine] = {}
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-VENV_HINT = ("create one (python -m venv ~/vllm-env && ~/vllm-env/bin/pip install vllm) and set "
-             "generate.vllm.python=~/vllm-env/bin/python, or use generate.engine=hf")
+VENV_HINT = (
+    "create one (python -m venv ~/vllm-env && ~/vllm-env/bin/pip install vllm) and set "
+    "generate.vllm.python=~/vllm-env/bin/python, or use generate.engine=hf"
+)
 
 
 class EngineError(RuntimeError):
@@ -65,14 +65,29 @@ class Engine:
     def check(self, gen_cfg) -> None:
         """Fail before any work when the engine cannot run here; say how to fix it."""
 
+    def gpus_needed(self, gen_cfg) -> int:
+        """GPUs a job must ask for beside training's (the dry run and the SLURM launcher)."""
+        return 0
+
     def key_params(self, settings: dict) -> dict:
         """What of the engine enters the generate key: its name and settings (generate.<name>),
         never the interpreter path (a location, not a setting)."""
-        return {"engine": self.name, self.name: {k: v for k, v in settings.items()
-                                                 if k != "python"}}
+        return {
+            "engine": self.name,
+            self.name: {k: v for k, v in settings.items() if k != "python"},
+        }
 
-    def generate(self, model_dir: Path, texts: list[str], gen_cfg, dtype: str, max_new: int,
-                 min_new: int, label: str, work: Path) -> tuple[list, list, float, dict]:
+    def generate(
+        self,
+        model_dir: Path,
+        texts: list[str],
+        gen_cfg,
+        dtype: str,
+        max_new: int,
+        min_new: int,
+        label: str,
+        work: Path,
+    ) -> tuple[list, list, float, dict]:
         """(answers, new-token counts, generation seconds, metrics): by default through a worker
         started by generate.<name>.python, with generate.<name> (less python) as options."""
         from omegaconf import OmegaConf
@@ -80,14 +95,24 @@ class Engine:
         options = OmegaConf.to_container(gen_cfg[self.name], resolve=True)
         python = options.pop("python", None)
         request = make_request(
-            self.name, str(model_dir), dtype, texts, max_new_tokens=max_new,
-            max_total_length=gen_cfg.max_total_length, min_new_tokens=min_new,
-            repetition_penalty=gen_cfg.repetition_penalty, batch_size=gen_cfg.batch_size,
-            options=options)
+            self.name,
+            str(model_dir),
+            dtype,
+            texts,
+            max_new_tokens=max_new,
+            max_total_length=gen_cfg.max_total_length,
+            min_new_tokens=min_new,
+            repetition_penalty=gen_cfg.repetition_penalty,
+            batch_size=gen_cfg.batch_size,
+            options=options,
+        )
         started = time.time()
         response = generate_in_subprocess(self.name, python, request, work / "engine")
-        metrics = {"gen_engine": self.name, "gen_engine_library": response["library"],
-                   "gen_worker_wall_s": round(time.time() - started, 2)}
+        metrics = {
+            "gen_engine": self.name,
+            "gen_engine_library": response["library"],
+            "gen_worker_wall_s": round(time.time() - started, 2),
+        }
         # runtime_s: generation only, model load excluded; the worker's wall in the metrics
         return response["outputs"], response["new_tokens"], response["runtime_s"], metrics
 
@@ -131,24 +156,45 @@ def engine(name: str) -> Engine:
             f"generate.engine={name!r} is unknown; registered engines: "
             f"{', '.join(engine_names())}. A new engine is pipeline/generation/engine_kinds/"
             f"{name}.py (an Engine subclass decorated with @register_engine({name!r})), plus a "
-            f"generate.{name} section in pipeline/config/schema.py for settings of its own")
+            f"generate.{name} section in pipeline/config/schema.py for settings of its own"
+        )
     return ENGINES[name]
 
 
-def make_request(engine: str, model_dir: str, dtype: str, prompts: list[str], *,
-                 max_new_tokens: int, max_total_length: int, repetition_penalty: float,
-                 min_new_tokens: int = 0, batch_size: int = 16,
-                 options: dict | None = None) -> dict:
+def make_request(
+    engine: str,
+    model_dir: str,
+    dtype: str,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    max_total_length: int,
+    repetition_penalty: float,
+    min_new_tokens: int = 0,
+    batch_size: int = 16,
+    options: dict | None = None,
+) -> dict:
     """A worker request: greedy decoding of `prompts` (already formatted) with these caps."""
-    decoding = {"greedy": True, "max_new_tokens": int(max_new_tokens),
-                "max_total_length": int(max_total_length),
-                "repetition_penalty": float(repetition_penalty),
-                "min_new_tokens": int(min_new_tokens), "batch_size": int(batch_size)}
+    decoding = {
+        "greedy": True,
+        "max_new_tokens": int(max_new_tokens),
+        "max_total_length": int(max_total_length),
+        "repetition_penalty": float(repetition_penalty),
+        "min_new_tokens": int(min_new_tokens),
+        "batch_size": int(batch_size),
+    }
     # The worker may not share this process's working directory: send a local dir absolute.
     local = Path(model_dir)
     model_dir = str(local.resolve()) if local.exists() else str(model_dir)
-    return {"protocol": PROTOCOL, "engine": engine, "model_dir": model_dir, "dtype": dtype,
-            "prompts": list(prompts), "decoding": decoding, "options": dict(options or {})}
+    return {
+        "protocol": PROTOCOL,
+        "engine": engine,
+        "model_dir": model_dir,
+        "dtype": dtype,
+        "prompts": list(prompts),
+        "decoding": decoding,
+        "options": dict(options or {}),
+    }
 
 
 def resolve_python(python: str | None) -> str | None:
@@ -156,32 +202,36 @@ def resolve_python(python: str | None) -> str | None:
     return shutil.which(os.path.expanduser(python)) if python else None
 
 
-def generate_in_subprocess(engine: str, python: str, request: dict, work: Path,
-                           timeout: float | None = None) -> dict:
+def generate_in_subprocess(
+    engine: str, python: str, request: dict, work: Path, timeout: float | None = None
+) -> dict:
     """Run `request` with `engine` in a worker started by `python`; return the response.
 
     Writes request.json, response.json and worker.log into `work`.
     """
     exe = resolve_python(python)
     if exe is None:
-        raise EngineError(f"generate.vllm.python={python!r} is not an executable interpreter; "
-                          + VENV_HINT)
+        raise EngineError(
+            f"generate.vllm.python={python!r} is not an executable interpreter; " + VENV_HINT
+        )
     work = Path(work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     req, resp, log = work / "request.json", work / "response.json", work / "worker.log"
     resp.unlink(missing_ok=True)  # a stale response must never pass for this run's
-    _write_json(req, {**request, "engine": engine})
+    write_json(req, {**request, "engine": engine})
     # Only the project on the path: an inherited PYTHONPATH could shadow the pinned torch of
     # the engine's environment with this one's.
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
-    cmd = [exe, "-m", "pipeline.generation.engines", "worker", str(req), str(resp)]
+    cmd = [exe, "-m", "pipeline.generation.worker", "worker", str(req), str(resp)]
     with open(log, "w", encoding="utf-8") as fh:
         try:
-            done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                  timeout=timeout, check=False)
+            done = subprocess.run(
+                cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=timeout, check=False
+            )
         except subprocess.TimeoutExpired:
             raise EngineError(
-                _failure(engine, f"ran past {timeout} s and was stopped", log)) from None
+                _failure(engine, f"ran past {timeout} s and was stopped", log)
+            ) from None
     response = _read_response(resp)
     if response is not None and "error" in response:
         raise EngineError(_failure(engine, f"raised {response['error']}", log))
@@ -191,8 +241,9 @@ def generate_in_subprocess(engine: str, python: str, request: dict, work: Path,
         raise EngineError(_failure(engine, f"wrote no readable response {resp}", log))
     n = len(request["prompts"])
     if len(response.get("outputs", ())) != n or len(response.get("new_tokens", ())) != n:
-        raise EngineError(_failure(engine, f"answered {len(response.get('outputs', ()))} of "
-                                           f"{n} prompts", log))
+        raise EngineError(
+            _failure(engine, f"answered {len(response.get('outputs', ()))} of {n} prompts", log)
+        )
     return response
 
 
@@ -208,7 +259,7 @@ def _read_response(path: Path) -> dict | None:
     return response if isinstance(response, dict) else None
 
 
-def _write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj) -> None:
     # Written whole then renamed, so a reader never sees half a response.
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
@@ -237,41 +288,3 @@ def check_engine(gen_cfg) -> None:
 def _hf_engine(request: dict) -> dict:
     """The hf engine's worker side (kept by name: tests call it)."""
     return engine("hf").run(request)
-
-
-def run_worker(request_path: str, response_path: str) -> int:
-    """Worker entry: answer the request, write the response; exit status 0 only on success."""
-    request = json.loads(Path(request_path).read_text(encoding="utf-8"))
-    try:
-        if request.get("protocol") != PROTOCOL:
-            raise ValueError(f"request protocol {request.get('protocol')!r}, worker speaks "
-                             f"{PROTOCOL}: the worker's project copy is out of date")
-        if request.get("engine") not in engine_names():
-            raise ValueError(f"engine {request.get('engine')!r} is unknown; registered: "
-                             f"{', '.join(engine_names())}")
-        answer = engine(request["engine"]).run(request)
-    except Exception as err:  # noqa: BLE001 (any failure goes to the parent, traceback to the log)
-        traceback.print_exc()
-        _write_json(Path(response_path), {"protocol": PROTOCOL,
-                                          "error": f"{type(err).__name__}: {err}"})
-        return 1
-    answer["new_tokens"] = [int(c) for c in answer["new_tokens"]]
-    _write_json(Path(response_path),
-                {"protocol": PROTOCOL, "engine": request["engine"], **answer})
-    return 0
-
-
-def main(argv: list[str]) -> int:
-    """Command line: `worker <request.json> <response.json>`."""
-    if len(argv) != 3 or argv[0] != "worker":
-        print("usage: python -m pipeline.generation.engines worker <request.json> <response.json>",
-              file=sys.stderr)
-        return 2
-    return run_worker(argv[1], argv[2])
-
-
-if __name__ == "__main__":
-    # Run as the imported module, whose registry the engine_kinds modules fill (not __main__'s).
-    from pipeline.generation import engines as _engines
-
-    sys.exit(_engines.main(sys.argv[1:]))

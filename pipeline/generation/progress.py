@@ -1,7 +1,7 @@
 """Progress of a batched generation, kept so that a killed (requeued) run continues.
 
 A JSON-lines file in the stage's work directory, one line per answer ({"i", "output",
-"new_tokens"}), appended and fsynced after every batch (pipeline.generation.batched.generate_batched).
+"new_tokens"}), appended and fsynced after every batch (generation.batched.generate_batched).
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from pathlib import Path
 def append_progress(progress: Path, answers: list[tuple[int, str, int]]) -> None:
     """Append one batch's (index, answer, new tokens), on disk before the next batch starts."""
     with open(progress, "a", encoding="utf-8") as fh:
-        fh.writelines(json.dumps({"i": i, "output": output, "new_tokens": n},
-                                 ensure_ascii=False) + "\n" for i, output, n in answers)
+        fh.writelines(
+            json.dumps({"i": i, "output": output, "new_tokens": n}, ensure_ascii=False) + "\n"
+            for i, output, n in answers
+        )
         fh.flush()
         os.fsync(fh.fileno())
 

@@ -24,18 +24,29 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--store", default=None, help="stage store, if not the point's own")
     common.add_argument("--point", default=None, help="point id (default: the first point)")
     common.add_argument("--arm", default=None, help="+NEFT arm name (default: the first)")
-    common.add_argument("--db", default=None, help="SQLAlchemy URL, e.g. postgresql+psycopg://"
-                        "user@host/db (default: votes.sqlite in the study directory)")
-    parser = argparse.ArgumentParser(prog="python -m pipeline.human", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_argument(
+        "--db",
+        default=None,
+        help="SQLAlchemy URL, e.g. postgresql+psycopg://"
+        "user@host/db (default: votes.sqlite in the study directory)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.human",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", parents=[common], help="run the voting web page")
-    serve.add_argument("--host", default="127.0.0.1",
-                       help="address to bind (default 127.0.0.1; 0.0.0.0 shares it on the LAN)")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; 0.0.0.0 shares it on the LAN)",
+    )
     serve.add_argument("--port", type=int, default=8765)
     export = sub.add_parser("export", parents=[common], help="write alpaca_eval annotations")
-    export.add_argument("--out", default=None,
-                        help="output JSON (default: human_annotations.json in the study dir)")
+    export.add_argument(
+        "--out", default=None, help="output JSON (default: human_annotations.json in the study dir)"
+    )
     sub.add_parser("report", parents=[common], help="print the study's numbers")
     return parser
 
@@ -56,8 +67,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         experiment = _experiment(args.overrides)
-        study = load_study(Path(args.results), experiment, args.point, args.arm,
-                           Path(args.store) if args.store else None)
+        study = load_study(
+            Path(args.results),
+            experiment,
+            args.point,
+            args.arm,
+            Path(args.store) if args.store else None,
+        )
     except StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -90,11 +106,14 @@ def _serve(study, db, args, report_dir: Path, redacted) -> int:
 
     app = create_app(study, db, report_dir=report_dir)
     server = make_server(args.host, args.port, app, threaded=True)
-    print(f"[human] study {study.id}: {len(study.pairs)} pairs, votes in {redacted(db.url)}",
-          flush=True)
+    print(
+        f"[human] study {study.id}: {len(study.pairs)} pairs, votes in {redacted(db.url)}",
+        flush=True,
+    )
     where = "this machine only" if args.host in ("127.0.0.1", "localhost", "::1") else "network"
-    print(f"[human] serving on http://{args.host}:{server.port}/ ({where}); Ctrl-C stops",
-          flush=True)
+    print(
+        f"[human] serving on http://{args.host}:{server.port}/ ({where}); Ctrl-C stops", flush=True
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

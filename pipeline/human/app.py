@@ -64,16 +64,20 @@ class _Pages:
         return seq, votes, nxt
 
     def start(self):
-        return render_template("start.html", session=self.current(),
-                               n_pairs=len(self.study.pairs))
+        return render_template("start.html", session=self.current(), n_pairs=len(self.study.pairs))
 
     def login(self):
         name = " ".join(request.form.get("name", "").split())
         if not name or len(name) > MAX_NAME or not name.isprintable():
             abort(400, f"give a name or token of 1 to {MAX_NAME} printable characters")
         resp = make_response(redirect(url_for("vote"), code=303))
-        resp.set_cookie(self.cookie, self.db.start_session(name), max_age=60 * 60 * 24 * 30,
-                        httponly=True, samesite="Strict")
+        resp.set_cookie(
+            self.cookie,
+            self.db.start_session(name),
+            max_age=60 * 60 * 24 * 30,
+            httponly=True,
+            samesite="Strict",
+        )
         return resp
 
     def vote(self):
@@ -90,12 +94,22 @@ class _Pages:
             return redirect(url_for("vote"))  # only earlier votes can be reopened
         pid, swapped = seq[pos - 1]
         pair = self.study.pairs[pid]
-        answers = (pair["output_2"], pair["output_1"]) if swapped else (pair["output_1"],
-                                                                          pair["output_2"])
+        answers = (
+            (pair["output_2"], pair["output_1"])
+            if swapped
+            else (pair["output_1"], pair["output_2"])
+        )
         return render_template(
-            "vote.html", pair=pair, pos=pos, total=len(seq), answers=answers,
-            nonce=self.db.issue_nonce(sess["session_id"], pid), name=sess["name"],
-            current=votes.get(pid), n_voted=len(votes))
+            "vote.html",
+            pair=pair,
+            pos=pos,
+            total=len(seq),
+            answers=answers,
+            nonce=self.db.issue_nonce(sess["session_id"], pid),
+            name=sess["name"],
+            current=votes.get(pid),
+            n_voted=len(votes),
+        )
 
     def cast(self):
         sess = self.current()
@@ -111,9 +125,17 @@ class _Pages:
         if self.study.pair(pid) is None:
             abort(404, f"no pair {pid} in this study")
         swapped = dict(sequence_for(self.study, sess["name"]))[pid]
-        self.db.record_vote(sess, pid, request.form.get("nonce", ""), {
-            "preference": _preference(choice, swapped), "choice": choice, "swapped": swapped,
-            "longer": _longer(longer, swapped)})
+        self.db.record_vote(
+            sess,
+            pid,
+            request.form.get("nonce", ""),
+            {
+                "preference": _preference(choice, swapped),
+                "choice": choice,
+                "swapped": swapped,
+                "longer": _longer(longer, swapped),
+            },
+        )
         return redirect(url_for("vote"), code=303)
 
     def done(self):
@@ -159,21 +181,24 @@ def _headers(resp):
 
 
 def _rejected(err: VoteRejected):
-    return render_template("message.html", title="Vote not stored",
-                           message=err.message), err.status
+    return render_template("message.html", title="Vote not stored", message=err.message), err.status
 
 
 def _http_error(err: HTTPException):
     messages = {413: f"request too large (at most {MAX_BODY} bytes): nothing was stored"}
     text = messages.get(err.code, err.description)
-    return render_template("message.html", title=f"{err.code} {err.name}",
-                           message=text), err.code
+    return render_template("message.html", title=f"{err.code} {err.name}", message=text), err.code
 
 
 ROUTES = (  # (rule, endpoint, methods)
-    ("/", "start", ["GET"]), ("/start", "login", ["POST"]), ("/vote", "vote", ["GET"]),
-    ("/vote", "cast", ["POST"]), ("/done", "done", ["GET"]), ("/report", "report", ["GET"]),
-    ("/report/<name>.png", "figure", ["GET"]), ("/healthz", "healthz", ["GET"]),
+    ("/", "start", ["GET"]),
+    ("/start", "login", ["POST"]),
+    ("/vote", "vote", ["GET"]),
+    ("/vote", "cast", ["POST"]),
+    ("/done", "done", ["GET"]),
+    ("/report", "report", ["GET"]),
+    ("/report/<name>.png", "figure", ["GET"]),
+    ("/healthz", "healthz", ["GET"]),
 )
 
 

@@ -38,50 +38,62 @@ from sqlalchemy.exc import IntegrityError
 
 META = MetaData()
 ANNOTATORS = Table(
-    "human_annotators", META,
+    "human_annotators",
+    META,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("study", String(200), nullable=False),
     Column("name", String(64), nullable=False),
     Column("created_at", Float, nullable=False),
-    UniqueConstraint("study", "name"))
+    UniqueConstraint("study", "name"),
+)
 SESSIONS = Table(
-    "human_sessions", META,
+    "human_sessions",
+    META,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("annotator_id", Integer, ForeignKey("human_annotators.id"), nullable=False),
     Column("token_hash", String(64), nullable=False, unique=True),
-    Column("created_at", Float, nullable=False))
+    Column("created_at", Float, nullable=False),
+)
 NONCES = Table(
-    "human_nonces", META,
+    "human_nonces",
+    META,
     Column("nonce_hash", String(64), primary_key=True),
     Column("session_id", Integer, ForeignKey("human_sessions.id"), nullable=False),
     Column("pair_id", Integer, nullable=False),
     Column("issued_at", Float, nullable=False),
-    Column("used_at", Float, nullable=True))
+    Column("used_at", Float, nullable=True),
+)
 
 
 def _vote_columns() -> list[Column]:
     # A Column belongs to one table, so votes and their history each get fresh ones.
-    return [Column("preference", Float, nullable=False),  # 1 base, 2 +NEFT, 1.5 tie
-            Column("choice", String(4), nullable=False),  # as shown: A, B or tie
-            Column("swapped", Boolean, nullable=False),  # +NEFT was shown as A
-            Column("longer", String(8), nullable=True)]  # blind check: base, neft, same, None
+    return [
+        Column("preference", Float, nullable=False),  # 1 base, 2 +NEFT, 1.5 tie
+        Column("choice", String(4), nullable=False),  # as shown: A, B or tie
+        Column("swapped", Boolean, nullable=False),  # +NEFT was shown as A
+        Column("longer", String(8), nullable=True),
+    ]  # blind check: base, neft, same, None
 
 
 VOTES = Table(
-    "human_votes", META,
+    "human_votes",
+    META,
     Column("annotator_id", Integer, ForeignKey("human_annotators.id"), primary_key=True),
     Column("pair_id", Integer, primary_key=True),
     *_vote_columns(),
     Column("n_changes", Integer, nullable=False),
-    Column("updated_at", Float, nullable=False))
+    Column("updated_at", Float, nullable=False),
+)
 EVENTS = Table(
-    "human_vote_events", META,
+    "human_vote_events",
+    META,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("annotator_id", Integer, ForeignKey("human_annotators.id"), nullable=False),
     Column("pair_id", Integer, nullable=False),
     *_vote_columns(),
     Column("nonce_hash", String(64), nullable=False),
-    Column("created_at", Float, nullable=False))
+    Column("created_at", Float, nullable=False),
+)
 
 
 class VoteRejected(Exception):
@@ -105,8 +117,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     # WAL: readers never block the writer; FULL: a commit is on disk before the HTTP answer, so
     # an acknowledged vote survives kill -9 and power loss alike.
-    for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=10000",
-                   "foreign_keys=ON"):
+    for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=10000", "foreign_keys=ON"):
         cur.execute(f"PRAGMA {pragma}")
     cur.close()
 
@@ -135,11 +146,15 @@ class VoteDB:
                 with self.engine.begin() as conn:
                     aid = self._annotator_id(conn, name)
                     if aid is None:
-                        conn.execute(ANNOTATORS.insert().values(study=self.study, name=name,
-                                                                created_at=now))
+                        conn.execute(
+                            ANNOTATORS.insert().values(study=self.study, name=name, created_at=now)
+                        )
                         aid = self._annotator_id(conn, name)
-                    conn.execute(SESSIONS.insert().values(
-                        annotator_id=aid, token_hash=digest(token), created_at=now))
+                    conn.execute(
+                        SESSIONS.insert().values(
+                            annotator_id=aid, token_hash=digest(token), created_at=now
+                        )
+                    )
                 return token
             except IntegrityError:
                 if attempt:  # the name was created by a concurrent login: retried once
@@ -147,28 +162,38 @@ class VoteDB:
         raise AssertionError("unreachable")
 
     def _annotator_id(self, conn, name: str) -> int | None:
-        q = select(ANNOTATORS.c.id).where(ANNOTATORS.c.study == self.study,
-                                          ANNOTATORS.c.name == name)
+        q = select(ANNOTATORS.c.id).where(
+            ANNOTATORS.c.study == self.study, ANNOTATORS.c.name == name
+        )
         return conn.execute(q).scalar()
 
     def session(self, token: str | None) -> dict | None:
         """{"session_id", "annotator_id", "name"} of a session token, None if unknown."""
         if not token:
             return None
-        q = (select(SESSIONS.c.id, SESSIONS.c.annotator_id, ANNOTATORS.c.name)
-             .join(ANNOTATORS, ANNOTATORS.c.id == SESSIONS.c.annotator_id)
-             .where(SESSIONS.c.token_hash == digest(token), ANNOTATORS.c.study == self.study))
+        q = (
+            select(SESSIONS.c.id, SESSIONS.c.annotator_id, ANNOTATORS.c.name)
+            .join(ANNOTATORS, ANNOTATORS.c.id == SESSIONS.c.annotator_id)
+            .where(SESSIONS.c.token_hash == digest(token), ANNOTATORS.c.study == self.study)
+        )
         with self.engine.connect() as conn:
             row = conn.execute(q).first()
-        return None if row is None else {"session_id": row[0], "annotator_id": row[1],
-                                         "name": row[2]}
+        return (
+            None if row is None else {"session_id": row[0], "annotator_id": row[1], "name": row[2]}
+        )
 
     def issue_nonce(self, session_id: int, pair_id: int) -> str:
         """A single-use nonce for one vote on `pair_id` by this session."""
         nonce = secrets.token_urlsafe(24)
         with self.engine.begin() as conn:
-            conn.execute(NONCES.insert().values(nonce_hash=digest(nonce), session_id=session_id,
-                                                pair_id=pair_id, issued_at=time.time()))
+            conn.execute(
+                NONCES.insert().values(
+                    nonce_hash=digest(nonce),
+                    session_id=session_id,
+                    pair_id=pair_id,
+                    issued_at=time.time(),
+                )
+            )
         return nonce
 
     def record_vote(self, sess: dict, pair_id: int, nonce: str, vote: dict) -> None:
@@ -179,28 +204,48 @@ class VoteDB:
             # Spend the nonce first: the write takes SQLite's lock at once (no read-then-upgrade
             # race) and a concurrent replay waits on the row in PostgreSQL, then matches nothing.
             spent = conn.execute(
-                update(NONCES).where(NONCES.c.nonce_hash == h, NONCES.c.used_at.is_(None),
-                                     NONCES.c.session_id == sess["session_id"],
-                                     NONCES.c.pair_id == pair_id).values(used_at=now))
+                update(NONCES)
+                .where(
+                    NONCES.c.nonce_hash == h,
+                    NONCES.c.used_at.is_(None),
+                    NONCES.c.session_id == sess["session_id"],
+                    NONCES.c.pair_id == pair_id,
+                )
+                .values(used_at=now)
+            )
             if spent.rowcount != 1:
                 row = conn.execute(select(NONCES).where(NONCES.c.nonce_hash == h)).first()
-                if (row is None or row.session_id != sess["session_id"]
-                        or row.pair_id != pair_id):
-                    raise VoteRejected(403, "this vote was not issued by the server for this "
-                                            "annotator and pair: reload the page")
-                raise VoteRejected(409, "this page was already submitted: reload it to vote "
-                                        "again or to change your vote")
+                if row is None or row.session_id != sess["session_id"] or row.pair_id != pair_id:
+                    raise VoteRejected(
+                        403,
+                        "this vote was not issued by the server for this "
+                        "annotator and pair: reload the page",
+                    )
+                raise VoteRejected(
+                    409,
+                    "this page was already submitted: reload it to vote "
+                    "again or to change your vote",
+                )
             aid = sess["annotator_id"]
-            conn.execute(EVENTS.insert().values(annotator_id=aid, pair_id=pair_id, nonce_hash=h,
-                                                created_at=now, **vote))
+            conn.execute(
+                EVENTS.insert().values(
+                    annotator_id=aid, pair_id=pair_id, nonce_hash=h, created_at=now, **vote
+                )
+            )
             key = (VOTES.c.annotator_id == aid) & (VOTES.c.pair_id == pair_id)
-            changed = conn.execute(update(VOTES).where(key).values(
-                n_changes=VOTES.c.n_changes + 1, updated_at=now, **vote))
+            changed = conn.execute(
+                update(VOTES)
+                .where(key)
+                .values(n_changes=VOTES.c.n_changes + 1, updated_at=now, **vote)
+            )
             if changed.rowcount == 0:
                 # The spent nonce serialises this annotator's votes on the pair per session; two
                 # sessions of one name racing would hit the primary key and roll back (a 500).
-                conn.execute(VOTES.insert().values(annotator_id=aid, pair_id=pair_id,
-                                                   n_changes=0, updated_at=now, **vote))
+                conn.execute(
+                    VOTES.insert().values(
+                        annotator_id=aid, pair_id=pair_id, n_changes=0, updated_at=now, **vote
+                    )
+                )
 
     def votes_of(self, annotator_id: int) -> dict[int, dict]:
         """The current vote of one annotator per pair id."""
@@ -209,9 +254,11 @@ class VoteDB:
             return {r.pair_id: dict(r._mapping) for r in rows}
 
     def _rows(self, table) -> list[dict]:
-        q = (select(table, ANNOTATORS.c.name.label("annotator"))
-             .join(ANNOTATORS, ANNOTATORS.c.id == table.c.annotator_id)
-             .where(ANNOTATORS.c.study == self.study))
+        q = (
+            select(table, ANNOTATORS.c.name.label("annotator"))
+            .join(ANNOTATORS, ANNOTATORS.c.id == table.c.annotator_id)
+            .where(ANNOTATORS.c.study == self.study)
+        )
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
 

@@ -20,12 +20,21 @@ def annotations(study: Study, votes: list[dict]) -> list[dict]:
     out = []
     for v in sorted(votes, key=lambda v: (v["pair_id"], v["annotator"])):
         pair = study.pairs[v["pair_id"]]
-        out.append({"instruction": pair["instruction"], "output_1": pair["output_1"],
-                    "output_2": pair["output_2"], "generator_1": study.base["generator"],
-                    "generator_2": study.neft["generator"], "preference": v["preference"],
-                    "annotator": v["annotator"], "pair_id": v["pair_id"],
-                    "dataset": pair.get("dataset", ""), "longer_guess": v.get("longer"),
-                    "n_changes": v.get("n_changes", 0)})
+        out.append(
+            {
+                "instruction": pair["instruction"],
+                "output_1": pair["output_1"],
+                "output_2": pair["output_2"],
+                "generator_1": study.base["generator"],
+                "generator_2": study.neft["generator"],
+                "preference": v["preference"],
+                "annotator": v["annotator"],
+                "pair_id": v["pair_id"],
+                "dataset": pair.get("dataset", ""),
+                "longer_guess": v.get("longer"),
+                "n_changes": v.get("n_changes", 0),
+            }
+        )
     return out
 
 
@@ -122,13 +131,21 @@ def judge_vs_humans(study: Study, anns: list[dict]) -> list[dict]:
             out.append({**row, "why": "fewer than 2 voted instructions were judged"})
             continue
         pairs = [study.pairs[p] for p in pids]
-        agreement = judge_agreement([verdict[p["instruction"]] for p in pairs],
-                                    [major[p] for p in pids],
-                                    [len(p["output_1"]) for p in pairs],
-                                    [len(p["output_2"]) for p in pairs])
+        agreement = judge_agreement(
+            [verdict[p["instruction"]] for p in pairs],
+            [major[p] for p in pids],
+            [len(p["output_1"]) for p in pairs],
+            [len(p["output_2"]) for p in pairs],
+        )
         same = [_side(verdict[p["instruction"]]) == _side(major[p["id"]]) for p in pairs]
-        out.append({**row, "n": agreement["n"], "agreement": agreement,
-                    "exact": 100 * sum(same) / len(same)})
+        out.append(
+            {
+                **row,
+                "n": agreement["n"],
+                "agreement": agreement,
+                "exact": 100 * sum(same) / len(same),
+            }
+        )
     return out
 
 
@@ -142,9 +159,14 @@ def _side(pref) -> str | None:
 def summarize(study: Study, votes: list[dict]) -> dict:
     """Every number of the study: counts, human win rate (+LC, CI), kappa, judges vs humans."""
     anns = annotations(study, votes)
-    summary = {"study": study.id, "n_pairs": len(study.pairs), "n_votes": len(anns),
-               "n_pairs_voted": len({a["pair_id"] for a in anns}),
-               "annotators": dict(Counter(a["annotator"] for a in anns)), "per_annotator": {}}
+    summary = {
+        "study": study.id,
+        "n_pairs": len(study.pairs),
+        "n_votes": len(anns),
+        "n_pairs_voted": len({a["pair_id"] for a in anns}),
+        "annotators": dict(Counter(a["annotator"] for a in anns)),
+        "per_annotator": {},
+    }
     for a in anns:
         verdicts = summary["per_annotator"].setdefault(a["annotator"], Counter())
         verdicts[float(a["preference"])] += 1

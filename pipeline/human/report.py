@@ -33,11 +33,15 @@ def _ci(block: dict | None) -> str:
 def _table(s: dict) -> list[str]:
     h, p = s["human"], PAPER
     paper_half = 100 * (p["neft"] + p["draws"] / 2) / p["n"]
-    lc = (f"{_pct(h['lc_win_rate'])} ({h['lc_label']})" if h.get("lc_win_rate") is not None
-          else f"– ({h.get('lc_why', 'unavailable')})")
+    lc = (
+        f"{_pct(h['lc_win_rate'])} ({h['lc_label']})"
+        if h.get("lc_win_rate") is not None
+        else f"– ({h.get('lc_why', 'unavailable')})"
+    )
     counts = f"{h['n_wins']:.0f} / {h['n_draws']:.0f} / {h['n_wins_base']:.0f}"
     return [
-        "| | ours: humans | paper: humans |", "|---|---|---|",
+        "| | ours: humans | paper: humans |",
+        "|---|---|---|",
         f"| +NEFT win rate, draws count ½ (%) | {_pct(h['win_rate'])} ± "
         f"{_pct(h['standard_error'])}{_ci(h.get('ci'))} | {paper_half:.2f} (computed from the "
         f"paper's counts) |",
@@ -47,59 +51,87 @@ def _table(s: dict) -> list[str]:
         f"| votes: +NEFT / draw / base | {counts} | {p['neft']} / {p['draws']} / "
         f"{p['n'] - p['neft'] - p['draws']} |",
         f"| votes (annotators, pairs voted) | {s['n_votes']} ({len(s['annotators'])}, "
-        f"{s['n_pairs_voted']} of {s['n_pairs']}) | {p['n']} (–, {p['n']}) |"]
+        f"{s['n_pairs_voted']} of {s['n_pairs']}) | {p['n']} (–, {p['n']}) |",
+    ]
 
 
 def _judges(s: dict) -> list[str]:
     if not s["judges"]:
         return ["No judge stage of this point compared +NEFT with base (head_to_head)."]
-    lines = ["| judge stage | judge: +NEFT win rate (%) | agreement with the human majority "
-             "(%) | same verdict (%) | length rule (%) | pairs |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| judge stage | judge: +NEFT win rate (%) | agreement with the human majority "
+        "(%) | same verdict (%) | length rule (%) | pairs |",
+        "|---|---|---|---|---|---|",
+    ]
     for j in s["judges"]:
         if "agreement" not in j:
-            lines.append(f"| {escape_md(j['name'])} | {_pct(j['win_rate'])} | – "
-                         f"({escape_md(j['why'])}) | – | – "
-                         f"| 0 |")
+            lines.append(
+                f"| {escape_md(j['name'])} | {_pct(j['win_rate'])} | – "
+                f"({escape_md(j['why'])}) | – | – "
+                f"| 0 |"
+            )
             continue
         acc, length = j["agreement"]["accuracy"], j["agreement"]["length_baseline"]
-        lines.append(f"| {escape_md(j['name'])} | {_pct(j['win_rate'])} | "
-                     f"{acc['mean']:.1f}{_ci(acc)} | "
-                     f"{j['exact']:.1f} | {length['mean']:.1f} | {j['n']} |")
-    lines += ["", "Agreement per pair is alpaca_eval's rule (1 − |judge − human|, a tie against a "
-              "decided verdict counts ½); 'same verdict' counts exact matches; the length rule is "
-              "a judge that always picks the longer answer. The human majority is the most "
-              "frequent vote of a pair (a draw when two verdicts are equally frequent)."]
+        lines.append(
+            f"| {escape_md(j['name'])} | {_pct(j['win_rate'])} | "
+            f"{acc['mean']:.1f}{_ci(acc)} | "
+            f"{j['exact']:.1f} | {length['mean']:.1f} | {j['n']} |"
+        )
+    lines += [
+        "",
+        "Agreement per pair is alpaca_eval's rule (1 − |judge − human|, a tie against a "
+        "decided verdict counts ½); 'same verdict' counts exact matches; the length rule is "
+        "a judge that always picks the longer answer. The human majority is the most "
+        "frequent vote of a pair (a draw when two verdicts are equally frequent).",
+    ]
     return lines
 
 
 def study_markdown(study: Study, s: dict, figure: str | None) -> str:
     """The markdown of one study's summary (from export.summarize)."""
-    head = (f"Study `{study.id}`: point `{study.point_id}`, arm `{study.neft['arm']}` (+NEFT) vs "
-            f"`{study.base['arm']}` (base), seed {study.base['seed']}; blind pairwise votes "
-            f"(answers in random order per annotator, model names hidden) collected with "
-            f"`python -m pipeline.human serve experiment={study.experiment}`.")
+    head = (
+        f"Study `{study.id}`: point `{study.point_id}`, arm `{study.neft['arm']}` (+NEFT) vs "
+        f"`{study.base['arm']}` (base), seed {study.base['seed']}; blind pairwise votes "
+        f"(answers in random order per annotator, model names hidden) collected with "
+        f"`python -m pipeline.human serve experiment={study.experiment}`."
+    )
     if not s.get("human"):
         return f"{head}\n\nNo votes yet ({s['n_pairs']} pairs)."
     ia = s["inter_annotator"]
-    kappa = (f"{ia['method']}'s kappa {ia['kappa']:.2f} over {ia['n']} pairs"
-             if ia["kappa"] is not None else f"not computed ({ia['method']}, {ia['n']} pairs)")
+    kappa = (
+        f"{ia['method']}'s kappa {ia['kappa']:.2f} over {ia['n']} pairs"
+        if ia["kappa"] is not None
+        else f"not computed ({ia['method']}, {ia['n']} pairs)"
+    )
     # Names are data typed by annotators: escaped, never read as Markdown or HTML.
     who = ", ".join(f"{escape_md(n)}: {c}" for n, c in sorted(s["annotators"].items()))
-    parts = [head, "", *_table(s), "",
-             f"Agreement between annotators: {kappa}. Votes per annotator: {who}.", "",
-             *_judges(s)]
+    parts = [
+        head,
+        "",
+        *_table(s),
+        "",
+        f"Agreement between annotators: {kappa}. Votes per annotator: {who}.",
+        "",
+        *_judges(s),
+    ]
     if "longer_check" in s:
         lc = s["longer_check"]
-        parts += ["", f"Blind length check: annotators named the longer answer (or 'about the "
-                      f"same', within 10%) correctly in {lc['correct']:.1f}% of {lc['n']} answers."]
+        parts += [
+            "",
+            f"Blind length check: annotators named the longer answer (or 'about the "
+            f"same', within 10%) correctly in {lc['correct']:.1f}% of {lc['n']} answers.",
+        ]
     if figure:
         parts += ["", f"![Human study: +NEFT win rate, humans vs judges vs paper]({figure})"]
     return "\n".join(parts)
 
 
-def human_report_section(results_dir: Path, store: Path | None = None,
-                         db_url: str | None = None,
-                         figures_dir: Path | None = None) -> str | None:
+def human_report_section(
+    results_dir: Path,
+    store: Path | None = None,
+    db_url: str | None = None,
+    figures_dir: Path | None = None,
+) -> str | None:
     """Markdown of REPORT.md's "Human study" section for the experiment in `results_dir`
     (writes human_study.png into `figures_dir`, default `results_dir`); None when no study
     exists for it. Votes come from `db_url`,
@@ -119,8 +151,10 @@ def human_report_section(results_dir: Path, store: Path | None = None,
         if figure:
             write_figure(summary, Path(figures_dir or results_dir) / name)
         parts += [study_markdown(study, summary, figure), ""]
-    parts.append("Paper (Jain et al. 2023): 140 prompts, +NEFT preferred 88 times, 22 draws: "
-                 "74.6% win (88 / (140 − 22)).")
+    parts.append(
+        "Paper (Jain et al. 2023): 140 prompts, +NEFT preferred 88 times, 22 draws: "
+        "74.6% win (88 / (140 − 22))."
+    )
     return "\n".join(parts)
 
 
@@ -135,8 +169,11 @@ def write_figure(s: dict, path: Path) -> None:
     rows = [("humans (ours)", h["win_rate"], h.get("ci"))]
     if h.get("lc_win_rate") is not None:
         rows.append((f"humans, {h['lc_label']}", h["lc_win_rate"], None))
-    rows += [(escape_mathtext(j["name"][:40]), j["win_rate"], None) for j in s["judges"]
-             if j.get("win_rate") is not None]
+    rows += [
+        (escape_mathtext(j["name"][:40]), j["win_rate"], None)
+        for j in s["judges"]
+        if j.get("win_rate") is not None
+    ]
     rows.append(("paper humans (draws excl.)", 74.6, None))
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [3, 2]})
     ys = list(range(len(rows)))
@@ -144,9 +181,14 @@ def write_figure(s: dict, path: Path) -> None:
     ax.barh(ys, [v for _, v, _ in rows], color=colors)
     ci = h.get("ci")
     if ci:
-        ax.errorbar([h["win_rate"]], [0], xerr=[[h["win_rate"] - ci["ci_low"]],
-                                                [ci["ci_high"] - h["win_rate"]]],
-                    fmt="none", ecolor="black", capsize=4)
+        ax.errorbar(
+            [h["win_rate"]],
+            [0],
+            xerr=[[h["win_rate"] - ci["ci_low"]], [ci["ci_high"] - h["win_rate"]]],
+            fmt="none",
+            ecolor="black",
+            capsize=4,
+        )
     ax.set_yticks(ys, [r[0] for r in rows])
     ax.axvline(50, color="#888", ls="--", lw=1)
     ax.set_xlim(0, 100)
@@ -174,6 +216,7 @@ _CELL_SEP = re.compile(r"(?<!\\)\|")
 
 def markdown_html(text: str, img_prefix: str = "") -> str:
     """HTML of the markdown this module writes (headings, tables, images, paragraphs)."""
+
     def inline(s: str) -> str:
         s = html.escape(html.unescape(_MD_ESCAPED.sub(r"\1", s)))  # escape_md undone, as HTML
         s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
@@ -188,8 +231,9 @@ def markdown_html(text: str, img_prefix: str = "") -> str:
         elif block.startswith("|"):
             rows = [[c.strip() for c in _CELL_SEP.split(ln.strip().strip("|"))] for ln in lines]
             head = "".join(f"<th>{inline(c)}</th>" for c in rows[0])
-            body = "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>"
-                           for r in rows[2:])
+            body = "".join(
+                "<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rows[2:]
+            )
             out.append(f"<table><tr>{head}</tr>{body}</table>")
         elif m := re.fullmatch(r"!\[([^\]]*)\]\(([^)\s]+)\)", block.strip()):
             src = html.escape(img_prefix + m.group(2))

@@ -63,9 +63,11 @@ def sequence_for(study: Study, annotator: str) -> list[tuple[int, bool]]:
 def _points(exp_dir: Path, experiment: str) -> list[tuple[Path, dict]]:
     files = sorted(f for f in (exp_dir / "points").glob("*.json") if not f.name.startswith("."))
     if not files:
-        raise StudyError(f"no point files in {exp_dir / 'points'}: run the experiment first "
-                         f"(python -m pipeline.run experiment={experiment}), or pass --results "
-                         f"with the directory that holds {experiment}/points/")
+        raise StudyError(
+            f"no point files in {exp_dir / 'points'}: run the experiment first "
+            f"(python -m pipeline.run experiment={experiment}), or pass --results "
+            f"with the directory that holds {experiment}/points/"
+        )
     return [(f, json.loads(f.read_text(encoding="utf-8"))) for f in files]
 
 
@@ -73,23 +75,31 @@ def _arm_pairs(point: dict, pfile: Path) -> list[tuple[dict, dict]]:
     """(baseline arm, non-baseline arm) of the same seed, in the point's arm order."""
     arms = point.get("arms")
     if not isinstance(arms, list):
-        raise StudyError(f"{pfile} has no 'arms' list: rerun the experiment with this version of "
-                         f"the pipeline to rewrite its point files")
+        raise StudyError(
+            f"{pfile} has no 'arms' list: rerun the experiment with this version of "
+            f"the pipeline to rewrite its point files"
+        )
     base_by_seed = {a["seed"]: a for a in arms if a.get("baseline")}
-    return [(base_by_seed[a["seed"]], a) for a in arms
-            if not a.get("baseline") and a["seed"] in base_by_seed]
+    return [
+        (base_by_seed[a["seed"]], a)
+        for a in arms
+        if not a.get("baseline") and a["seed"] in base_by_seed
+    ]
 
 
 def _outputs(store: Path, arm: dict, pfile: Path) -> tuple[str, list[dict]]:
     stage = arm["stages"].get("generate")
     if stage is None:
-        raise StudyError(f"{pfile}: arm {arm['name']!r} has no generate stage: "
-                         f"rerun the experiment")
+        raise StudyError(
+            f"{pfile}: arm {arm['name']!r} has no generate stage: rerun the experiment"
+        )
     path = store / stage["key"] / "outputs.json"
     if not path.is_file():
-        raise StudyError(f"{path} is missing (generate stage of arm {arm['name']!r} in {pfile}): "
-                         f"pass --store with the store that holds it, or rerun the experiment to "
-                         f"recompute it")
+        raise StudyError(
+            f"{path} is missing (generate stage of arm {arm['name']!r} in {pfile}): "
+            f"pass --store with the store that holds it, or rerun the experiment to "
+            f"recompute it"
+        )
     return stage["key"], json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -100,9 +110,12 @@ def _judges(store: Path, arms: tuple[dict, dict]) -> list[dict]:
         for name, stage in arm["stages"].items():
             if name.startswith(JUDGE_STAGE) and stage["key"] not in found:
                 scored = store / stage["key"] / "scored.json"
-                found[stage["key"]] = {"name": f"{name} ({readable_of(stage['key'])})",
-                                       "key": stage["key"], "metrics": stage.get("metrics", {}),
-                                       "scored": scored if scored.is_file() else None}
+                found[stage["key"]] = {
+                    "name": f"{name} ({readable_of(stage['key'])})",
+                    "key": stage["key"],
+                    "metrics": stage.get("metrics", {}),
+                    "scored": scored if scored.is_file() else None,
+                }
     return list(found.values())
 
 
@@ -112,53 +125,95 @@ def study_id(base_key: str, neft_key: str) -> str:
     return f"{PREFIX}-{readable_of(neft_key)}-{digest}"
 
 
-def _build(exp_dir: Path, experiment: str, pfile: Path, point: dict, base: dict, neft: dict,
-           store: Path | None) -> Study:
+def _build(
+    exp_dir: Path,
+    experiment: str,
+    pfile: Path,
+    point: dict,
+    base: dict,
+    neft: dict,
+    store: Path | None,
+) -> Study:
     store = Path(store or point["store"])
     base_key, base_out = _outputs(store, base, pfile)
     neft_key, neft_out = _outputs(store, neft, pfile)
     b_instr = [o["instruction"] for o in base_out]
     n_instr = [o["instruction"] for o in neft_out]
     if b_instr != n_instr:
-        at = next((i for i, (x, y) in enumerate(zip(b_instr, n_instr)) if x != y),
-                  min(len(b_instr), len(n_instr)))
+        at = next(
+            (i for i, (x, y) in enumerate(zip(b_instr, n_instr)) if x != y),
+            min(len(b_instr), len(n_instr)),
+        )
         raise StudyError(
             f"{store / base_key / 'outputs.json'} and {store / neft_key / 'outputs.json'} do not "
             f"hold the same instructions ({len(b_instr)} vs {len(n_instr)}, first difference at "
-            f"#{at}): regenerate both arms on the same evaluation set")
-    pairs = [{"id": i, "instruction": b["instruction"], "output_1": b["output"],
-              "output_2": n["output"], "dataset": b.get("dataset", "")}
-             for i, (b, n) in enumerate(zip(base_out, neft_out, strict=True))]
+            f"#{at}): regenerate both arms on the same evaluation set"
+        )
+    pairs = [
+        {
+            "id": i,
+            "instruction": b["instruction"],
+            "output_1": b["output"],
+            "output_2": n["output"],
+            "dataset": b.get("dataset", ""),
+        }
+        for i, (b, n) in enumerate(zip(base_out, neft_out, strict=True))
+    ]
     if not pairs:
         raise StudyError(f"{store / base_key / 'outputs.json'} holds no outputs")
     sid = study_id(base_key, neft_key)
     arm = {"base": (base, base_key, base_out), "neft": (neft, neft_key, neft_out)}
-    info = {k: {"arm": a["name"], "seed": a["seed"], "generate_key": key,
-                "generator": out[0].get("generator", a["name"])}
-            for k, (a, key, out) in arm.items()}
-    return Study(sid, store / sid, experiment, str(point.get("id", pfile.stem)), pfile, store,
-                 info["base"], info["neft"], pairs, _judges(store, (base, neft)))
+    info = {
+        k: {
+            "arm": a["name"],
+            "seed": a["seed"],
+            "generate_key": key,
+            "generator": out[0].get("generator", a["name"]),
+        }
+        for k, (a, key, out) in arm.items()
+    }
+    return Study(
+        sid,
+        store / sid,
+        experiment,
+        str(point.get("id", pfile.stem)),
+        pfile,
+        store,
+        info["base"],
+        info["neft"],
+        pairs,
+        _judges(store, (base, neft)),
+    )
 
 
-def load_study(results: Path, experiment: str, point: str | None = None, arm: str | None = None,
-               store: Path | None = None) -> Study:
+def load_study(
+    results: Path,
+    experiment: str,
+    point: str | None = None,
+    arm: str | None = None,
+    store: Path | None = None,
+) -> Study:
     """The study of `experiment` (default: first point, its first non-baseline arm)."""
     exp_dir = Path(results) / experiment
     points = _points(exp_dir, experiment)
     if point is not None:
         points = [(f, p) for f, p in points if str(p.get("id")) == point or f.stem == point]
         if not points:
-            raise StudyError(f"no point with id {point!r} in {exp_dir / 'points'}: "
-                             f"see the file names there for the ids")
+            raise StudyError(
+                f"no point with id {point!r} in {exp_dir / 'points'}: "
+                f"see the file names there for the ids"
+            )
     pfile, pdata = points[0]
     candidates = _arm_pairs(pdata, pfile)
     if arm is not None:
         candidates = [c for c in candidates if c[1]["name"] == arm]
     if not candidates:
         names = [a.get("name") for a in pdata.get("arms", []) if not a.get("baseline")]
-        raise StudyError(f"{pfile}: no non-baseline arm{f' named {arm!r}' if arm else ''} with a "
-                         f"baseline arm of the same seed (non-baseline arms: {names}); "
-                         f"choose one with --arm")
+        raise StudyError(
+            f"{pfile}: no non-baseline arm{f' named {arm!r}' if arm else ''} with a "
+            f"baseline arm of the same seed (non-baseline arms: {names}); "
+            f"choose one with --arm"
+        )
     return _build(exp_dir, experiment, pfile, pdata, *candidates[0], store)
 
 
@@ -183,8 +238,7 @@ def existing_studies(results_dir: Path, store: Path | None = None) -> list[Study
             if None in keys or not (root / study_id(*keys) / "study.json").is_file():
                 continue
             try:
-                found.append(_build(results_dir, results_dir.name, pfile, pdata, base, neft,
-                                    root))
+                found.append(_build(results_dir, results_dir.name, pfile, pdata, base, neft, root))
             except StudyError as err:  # a broken study must not break the whole report
                 LOG.warning("study %s skipped: %s", study_id(*keys), err)
     return found
@@ -195,9 +249,17 @@ def ensure_dir(study: Study) -> Path:
     study.dir.mkdir(parents=True, exist_ok=True)
     path = study.dir / "study.json"
     if not path.exists():
-        write_json_atomic(path, {"id": study.id, "experiment": study.experiment,
-                                 "point": study.point_id, "point_file": str(study.point_file),
-                                 "base": study.base, "neft": study.neft,
-                                 "convention": "output_1 = base, output_2 = +NEFT",
-                                 "pairs": study.pairs})
+        write_json_atomic(
+            path,
+            {
+                "id": study.id,
+                "experiment": study.experiment,
+                "point": study.point_id,
+                "point_file": str(study.point_file),
+                "base": study.base,
+                "neft": study.neft,
+                "convention": "output_1 = base, output_2 = +NEFT",
+                "pairs": study.pairs,
+            },
+        )
     return path

@@ -35,8 +35,11 @@ def quarantine(path: Path, why: str) -> Path:
     """Rename an unreadable cache file aside (never deleted) and say where it went."""
     aside = path.with_name(f"{path.name}.corrupt-{datetime.now():%Y%m%d-%H%M%S-%f}")
     os.replace(path, aside)
-    print(f"[judge] verdict cache {path} is unreadable ({why}); moved aside to {aside}; "
-          "its verdicts will be asked again", flush=True)
+    print(
+        f"[judge] verdict cache {path} is unreadable ({why}); moved aside to {aside}; "
+        "its verdicts will be asked again",
+        flush=True,
+    )
     return aside
 
 
@@ -108,8 +111,11 @@ class _ValidCache:
             return
         valid = df[key].map(is_valid_preference).astype(bool)
         if not valid.all():
-            print(f"[judge] {path}: dropped {int((~valid).sum())} cached entries that are not "
-                  "a verdict in [1, 2]; those pairs will be asked again", flush=True)
+            print(
+                f"[judge] {path}: dropped {int((~valid).sum())} cached entries that are not "
+                "a verdict in [1, 2]; those pairs will be asked again",
+                flush=True,
+            )
         df = df[valid].copy()
         # pandas 3 reads an all-integer column back as int64; the annotator expects floats.
         df[key] = df[key].astype(float)
@@ -139,5 +145,8 @@ def annotator_class():
 
     single = type("ValidatingSingleAnnotator", (_ValidatingParse, SinglePairwiseAnnotator), {})
     # alpaca_eval builds each single annotator from this property.
-    return type("CachedPairwiseAnnotator", (_ValidCache, PairwiseAnnotator),
-                {"SingleAnnotator": property(lambda self: single)})
+    return type(
+        "CachedPairwiseAnnotator",
+        (_ValidCache, PairwiseAnnotator),
+        {"SingleAnnotator": property(lambda self: single)},
+    )

@@ -76,10 +76,16 @@ class Published:
 def load_sources(path: Path = SOURCES) -> dict[str, Published]:
     """Every published source of the spec file, by name."""
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    return {name: Published(name, s["repo"], s["commit"], s["url"],
-                            tuple(PublishedFile(f, v["path"], v["sha256"])
-                                  for f, v in sorted(s["files"].items())))
-            for name, s in raw.items()}
+    return {
+        name: Published(
+            name,
+            s["repo"],
+            s["commit"],
+            s["url"],
+            tuple(PublishedFile(f, v["path"], v["sha256"]) for f, v in sorted(s["files"].items())),
+        )
+        for name, s in raw.items()
+    }
 
 
 def published(source: str) -> Published | None:
@@ -92,10 +98,12 @@ def published(source: str) -> Published | None:
         return None
     spec = specs[name]
     if sep and commit != spec.commit:
-        raise ValueError(f"calibration.pairs={source!r}: {SOURCES} pins {name} at {spec.commit} "
-                         f"(a sha256 per file); other commits have no known checksum: use "
-                         f"calibration.pairs={spec.source}, or a local copy "
-                         "(calibration.pairs=PATH)")
+        raise ValueError(
+            f"calibration.pairs={source!r}: {SOURCES} pins {name} at {spec.commit} "
+            f"(a sha256 per file); other commits have no known checksum: use "
+            f"calibration.pairs={spec.source}, or a local copy "
+            "(calibration.pairs=PATH)"
+        )
     return spec
 
 
@@ -131,7 +139,8 @@ def _download_one(url: str, dest: Path, expected: str, timeout: float) -> None:
             raise ChecksumError(
                 f"{url} (for {dest.name}): sha256 {actual}, expected {expected} ({SOURCES}); "
                 "not the published file, so it was not kept. Behind a rewriting proxy? Fetch it "
-                "another way and point calibration.pairs=PATH at the copy")
+                "another way and point calibration.pairs=PATH at the copy"
+            )
         os.replace(tmp, dest)
     except (URLError, OSError, http.client.HTTPException) as err:
         raise CalibrationUnavailable(f"downloading {url} failed: {err}") from err
@@ -153,20 +162,25 @@ def download(spec: Published, cache_root, timeout: float = TIMEOUT_S) -> list[Pa
 
 def offline_var() -> str | None:
     """The variable that marks this process offline, if one is set."""
-    return next((v for v in OFFLINE_VARS
-                 if os.environ.get(v, "").upper() in {"1", "ON", "TRUE", "YES"}), None)
+    return next(
+        (v for v in OFFLINE_VARS if os.environ.get(v, "").upper() in {"1", "ON", "TRUE", "YES"}),
+        None,
+    )
 
 
-def resolve(source: str, cache_root, allow_download: bool = True,
-            timeout: float = TIMEOUT_S) -> list[Path]:
+def resolve(
+    source: str, cache_root, allow_download: bool = True, timeout: float = TIMEOUT_S
+) -> list[Path]:
     """The annotation files of calibration.pairs=`source`, sorted by name; raises
     CalibrationUnavailable (saying what is missing) when they are not to be had."""
     spec = published(source)
     if spec is None:
         files = local_files(source)
         if not files:
-            raise CalibrationUnavailable(f"calibration.pairs={source!r} has no annotation file "
-                                         "(a JSON file, or a folder of *.json)")
+            raise CalibrationUnavailable(
+                f"calibration.pairs={source!r} has no annotation file "
+                "(a JSON file, or a folder of *.json)"
+            )
         return files
     found = cached(spec, cache_root)
     if found:
@@ -175,8 +189,9 @@ def resolve(source: str, cache_root, allow_download: bool = True,
     if not allow_download:
         raise CalibrationUnavailable(f"{spec.source} is not in {where}")
     if offline_var():
-        raise CalibrationUnavailable(f"{spec.source} is not in {where}, and {offline_var()} is "
-                                     "set: no download tried")
+        raise CalibrationUnavailable(
+            f"{spec.source} is not in {where}, and {offline_var()} is set: no download tried"
+        )
     return download(spec, cache_root, timeout)
 
 
@@ -187,11 +202,15 @@ def how_to_get(source: str, overrides: list[str]) -> str:
     local = "calibration.pairs=PATH (an alpaca_eval annotations.json, or a folder of them)"
     if spec is not None:
         prefetch = shlex.join(["python", "-m", "pipeline.prefetch", *overrides])
-        return (f"get them with `{prefetch}` on a machine with internet (sha256-checked, into "
-                f"paths.cache), then rerun; or use a local copy: {local}")
+        return (
+            f"get them with `{prefetch}` on a machine with internet (sha256-checked, into "
+            f"paths.cache), then rerun; or use a local copy: {local}"
+        )
     spec = next(iter(load_sources().values()))  # a local path that is not there
     pairs = f"calibration.pairs={spec.source}"
     prefetch = shlex.join(["python", "-m", "pipeline.prefetch", *kept, pairs])
-    return (f"put the annotation files at {source!r}, or use the published ones: rerun with "
-            f"{pairs} (downloaded when the run has internet; where it has none, first "
-            f"`{prefetch}` on a machine that has)")
+    return (
+        f"put the annotation files at {source!r}, or use the published ones: rerun with "
+        f"{pairs} (downloaded when the run has internet; where it has none, first "
+        f"`{prefetch}` on a machine that has)"
+    )

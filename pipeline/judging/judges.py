@@ -17,16 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.data.loading import ASSETS, check_encodable
-from pipeline.judging.alpaca_import import (  # noqa: F401  (JudgeError is imported from here too)
-    JudgeError,
-    import_alpaca_eval,
-    pin_alpaca_eval_version,
-)
+from pipeline.judging.alpaca_import import JudgeError, import_alpaca_eval, pin_alpaca_eval_version  # noqa: F401  (JudgeError is imported from here too)
 from pipeline.judging.kinds import judge_kind
-from pipeline.judging.kinds.local import (  # noqa: F401  (imported from here by tests, stages)
-    ANNOTATORS_DIR,
-    local_judge_completions,
-)
+from pipeline.judging.kinds.local import ANNOTATORS_DIR, local_judge_completions  # noqa: F401  (imported from here by tests, stages)
 from pipeline.store.store import StageResult, Store
 
 
@@ -43,14 +36,17 @@ def load_reference(source: str) -> Reference:
     """Reference outputs from an AlpacaEval-format file (path or pkg:<asset>)."""
     path = ASSETS / source[len("pkg:") :] if source.startswith("pkg:") else Path(source)
     if not path.is_file():
-        raise JudgeError(f"generate.reference={source!r}: no such file ({path.resolve()}); "
-                         "give AlpacaEval-format reference outputs")
+        raise JudgeError(
+            f"generate.reference={source!r}: no such file ({path.resolve()}); "
+            "give AlpacaEval-format reference outputs"
+        )
     text = path.read_text(encoding="utf-8")
     try:
         records = json.loads(text)
     except ValueError as err:
-        raise JudgeError(f"{path}: not valid JSON ({err}); expected AlpacaEval-format "
-                         "reference outputs") from err
+        raise JudgeError(
+            f"{path}: not valid JSON ({err}); expected AlpacaEval-format reference outputs"
+        ) from err
     if not isinstance(records, list):
         raise JudgeError(f"{path}: top level is {type(records).__name__}; expected a list")
     check_encodable(str(path), records)
@@ -59,8 +55,9 @@ def load_reference(source: str) -> Reference:
             if not isinstance(rec, dict) or not isinstance(rec.get(field), str):
                 raise JudgeError(f"{path}: record {i} has no string field '{field}'")
     generator = records[0].get("generator", path.stem) if records else path.stem
-    return Reference(label=str(generator), key=hashlib.sha256(text.encode()).hexdigest()[:16],
-                     records=records)
+    return Reference(
+        label=str(generator), key=hashlib.sha256(text.encode()).hexdigest()[:16], records=records
+    )
 
 
 def reference_from_stage(stage: StageResult, label: str) -> Reference:
@@ -72,8 +69,9 @@ def validate_judge(judge_cfg) -> None:
     """Fail before any training or generation when the judge cannot run."""
     kind = judge_kind(judge_cfg.kind)  # an unknown kind names the registered ones
     if judge_cfg.alpaca_eval_version not in (1, 2):
-        raise JudgeError(f"judge.alpaca_eval_version={judge_cfg.alpaca_eval_version!r}: use 1 "
-                         "(the paper's) or 2")
+        raise JudgeError(
+            f"judge.alpaca_eval_version={judge_cfg.alpaca_eval_version!r}: use 1 (the paper's) or 2"
+        )
     kind.validate(judge_cfg)
 
 
@@ -92,8 +90,11 @@ def annotator(judge_cfg, work: Path, cache: Store, fn_completions=None):
             f"judge.annotator={judge_cfg.annotator!r}: no annotator config at {config}"
         )
     judge = annotator_class()(
-        annotators_config=str(config), caching_path=str(work / "annotations.json"),
-        is_randomize_output_order=not judge_cfg.both_orders, **extra)
+        annotators_config=str(config),
+        caching_path=str(work / "annotations.json"),
+        is_randomize_output_order=not judge_cfg.both_orders,
+        **extra,
+    )
     judge.judge_name = judge_cfg.name
     kind.prepare(judge, judge_cfg)
     return judge

@@ -31,8 +31,15 @@ def length_rule(lengths_1, lengths_2) -> np.ndarray:
     return np.where(l2 > l1, 2.0, np.where(l1 > l2, 1.0, 1.5))
 
 
-def judge_agreement(judge_prefs, reference_prefs, lengths_1, lengths_2, seed: int = 0,
-                    n_resamples: int = 2000, level: float = 0.95) -> dict:
+def judge_agreement(
+    judge_prefs,
+    reference_prefs,
+    lengths_1,
+    lengths_2,
+    seed: int = 0,
+    n_resamples: int = 2000,
+    level: float = 0.95,
+) -> dict:
     """How well a judge's verdicts match reference verdicts (e.g. GPT-4's or humans') on the same
     pairs, beside a length-only judge and chance, in percent.
 
@@ -45,8 +52,9 @@ def judge_agreement(judge_prefs, reference_prefs, lengths_1, lengths_2, seed: in
     j, r = _prefs(judge_prefs), _prefs(reference_prefs)
     rule = length_rule(lengths_1, lengths_2)
     if not len(j) == len(r) == len(rule):
-        raise ValueError(f"judge, reference and lengths differ in length: {len(j)}, {len(r)}, "
-                         f"{len(rule)}")
+        raise ValueError(
+            f"judge, reference and lengths differ in length: {len(j)}, {len(r)}, {len(rule)}"
+        )
     keep = ~np.isnan(j) & ~np.isnan(r)
     j, r, rule = j[keep], r[keep], rule[keep]
     agree, length_agree = _agreement(j, r), _agreement(rule, r)
@@ -54,17 +62,22 @@ def judge_agreement(judge_prefs, reference_prefs, lengths_1, lengths_2, seed: in
     accuracy = bootstrap_mean_ci(agree, n_resamples, seed, level)
     length = bootstrap_mean_ci(length_agree, n_resamples, seed, level)
     chance = max(CHANCE, constant)
-    return {"n": int(keep.sum()), "n_dropped": int((~keep).sum()), "accuracy": accuracy,
-            "length_baseline": length, "chance_level": chance,
-            "judge_minus_length": paired_bootstrap_diff(length_agree, agree, n_resamples, seed,
-                                                        level),
-            "verdicts": is_informative(accuracy, length, chance),
-            "tie_convention": "alpaca_eval Analyzer, scoring_rule='absolute' "
-                              "(metrics.helpers.AbsoluteScoringRule): 1 - |judge - reference|"}
+    return {
+        "n": int(keep.sum()),
+        "n_dropped": int((~keep).sum()),
+        "accuracy": accuracy,
+        "length_baseline": length,
+        "chance_level": chance,
+        "judge_minus_length": paired_bootstrap_diff(length_agree, agree, n_resamples, seed, level),
+        "verdicts": is_informative(accuracy, length, chance),
+        "tie_convention": "alpaca_eval Analyzer, scoring_rule='absolute' "
+        "(metrics.helpers.AbsoluteScoringRule): 1 - |judge - reference|",
+    }
 
 
-def position_consistency(forward_prefs, backward_prefs, n_resamples: int = 2000, seed: int = 0,
-                         level: float = 0.95) -> dict:
+def position_consistency(
+    forward_prefs, backward_prefs, n_resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict:
     """Share (percent, bootstrap CI) of pairs where the judge picks the same OUTPUT in both orders.
 
     backward_prefs judge the swapped pair (output_1 and output_2 exchanged). A pick is output_1,
@@ -76,8 +89,10 @@ def position_consistency(forward_prefs, backward_prefs, n_resamples: int = 2000,
     keep = ~np.isnan(f) & ~np.isnan(b)
     # the backward verdict, flipped back to the forward order, is 3 - b
     same = np.sign(f[keep] - 1.5) == np.sign((3.0 - b[keep]) - 1.5)
-    return {**bootstrap_mean_ci(100.0 * same, n_resamples, seed, level),
-            "n_dropped": int((~keep).sum())}
+    return {
+        **bootstrap_mean_ci(100.0 * same, n_resamples, seed, level),
+        "n_dropped": int((~keep).sum()),
+    }
 
 
 def is_informative(accuracy: dict, length_baseline: dict, chance_level: float = CHANCE) -> dict:
@@ -101,6 +116,10 @@ def is_informative(accuracy: dict, length_baseline: dict, chance_level: float = 
         length = f"better than {rule}: {ci} lies above it"
     else:
         length = f"not better than {rule}: {ci} reaches down to it or lower"
-    return {"better_than_chance": bool(beats_chance), "better_than_length": bool(beats_length),
-            "informative": bool(beats_chance and beats_length), "chance_verdict": chance,
-            "length_verdict": length}
+    return {
+        "better_than_chance": bool(beats_chance),
+        "better_than_length": bool(beats_length),
+        "informative": bool(beats_chance and beats_length),
+        "chance_verdict": chance,
+        "length_verdict": length,
+    }

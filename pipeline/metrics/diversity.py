@@ -25,8 +25,10 @@ LOG_DIVERSITY_CAP = 20.0  # -ln(e^-20): a chunk with no repeated n-gram
 
 def _check(definition: str) -> None:
     if definition not in DEFINITIONS:
-        raise ValueError(f"definition={definition!r} is unknown; use one of {DEFINITIONS} "
-                         "('paper': the reference code's arithmetic, 'corrected': the clean one)")
+        raise ValueError(
+            f"definition={definition!r} is unknown; use one of {DEFINITIONS} "
+            "('paper': the reference code's arithmetic, 'corrected': the clean one)"
+        )
 
 
 def ngrams(tokens: list[str], n: int, definition: str = "paper") -> list[tuple[str, ...]]:
@@ -35,7 +37,7 @@ def ngrams(tokens: list[str], n: int, definition: str = "paper") -> list[tuple[s
     # The reference loop runs `while end < len(tokens)`, so the n-gram ending on the last token
     # is never counted; that is part of what the paper's figures mean.
     stop = len(tokens) - n + (0 if definition == "paper" else 1)
-    return [tuple(tokens[i:i + n]) for i in range(max(stop, 0))]
+    return [tuple(tokens[i : i + n]) for i in range(max(stop, 0))]
 
 
 def repetition(tokens: list[str], n: int, definition: str = "paper") -> float:
@@ -74,8 +76,9 @@ def length_diversity(texts: list[str], cutoff: int, definition: str = "paper") -
     if cutoff < 1:
         raise ValueError(f"cutoff={cutoff}: give a positive number of whitespace tokens")
     words = [t.split() for t in texts]
-    per_chunk = [chunk_diversity(w[:cutoff], definition) if len(w) >= cutoff else None
-                 for w in words]
+    per_chunk = [
+        chunk_diversity(w[:cutoff], definition) if len(w) >= cutoff else None for w in words
+    ]
     kept = [c for c in per_chunk if c is not None]
     fields = [f"rep{n}" for n in NGRAMS] + ["diversity", "log_diversity"]
     per_output = {"chars": [len(t) for t in texts], "words": [len(w) for w in words]}

@@ -25,8 +25,10 @@ def annotation_frame(annotations):
     df = pd.DataFrame(annotations).reset_index(drop=True)
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing or df.empty:
-        raise ValueError(f"length-controlled win rate needs annotations with fields {REQUIRED}; "
-                         f"missing: {missing or 'all rows (no annotations)'}")
+        raise ValueError(
+            f"length-controlled win rate needs annotations with fields {REQUIRED}; "
+            f"missing: {missing or 'all rows (no annotations)'}"
+        )
     for col in ("output_1", "output_2"):
         bad = df.index[~df[col].map(lambda x: isinstance(x, str))]
         if len(bad):
@@ -58,8 +60,13 @@ def minimal_glm_design(preferences, len_1, len_2):
     sd = delta.std()
     # No spread in lengths: nothing to control for (alpaca_eval would divide by zero).
     std_delta = delta / sd if sd > 0 else delta * 0.0
-    train = pd.DataFrame({"preference": pref.to_numpy(), "std_delta_len": std_delta.to_numpy(),
-                          "not_gamed_baseline": True})
+    train = pd.DataFrame(
+        {
+            "preference": pref.to_numpy(),
+            "std_delta_len": std_delta.to_numpy(),
+            "not_gamed_baseline": True,
+        }
+    )
     test = pd.DataFrame({"not_gamed_baseline": [True], "std_delta_len": [0.0]})
     # Rows of missing verdicts stay (fit_minimal_design drops them): row i is pair i, so that
     # the same resampled rows of two arms are the same prompts.
@@ -72,8 +79,10 @@ def fit_minimal_design(x_train, x_test, C: float | None = None) -> tuple[float, 
 
     x_train = x_train[x_train["preference"].notna()]
     if len(x_train) < MIN_PAIRS:
-        raise ValueError(f"length-controlled win rate needs at least {MIN_PAIRS} judged pairs, "
-                         f"got {len(x_train)}")
+        raise ValueError(
+            f"length-controlled win rate needs at least {MIN_PAIRS} judged pairs, "
+            f"got {len(x_train)}"
+        )
     if x_train["preference"].nunique() == 1:
         # Unanimous verdicts leave nothing for length to explain, and alpaca_eval's duplicated-
         # row fit degenerates there (liblinear drops the zero-weight class, prints to stdout,
@@ -87,8 +96,7 @@ def fit_minimal_design(x_train, x_test, C: float | None = None) -> tuple[float, 
     return float(model.predict_proba(x_test)[0, 1] * 100), chosen
 
 
-def lc_bootstrap_se(x_train, x_test, chosen: float, n_resamples: int = 100,
-                    seed: int = 0) -> float:
+def lc_bootstrap_se(x_train, x_test, chosen: float, n_resamples: int = 100, seed: int = 0) -> float:
     """Standard error (points) of the minimal-GLM LC win rate: the SD of its refits on bootstrap
     resamples of the design rows (winrate.minimal_glm_design), each at the C cross-validation
     chose on all pairs (milliseconds a fit, not a CV each). alpaca_eval's own formula (sem of the

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy.stats import DegenerateDataWarning, binomtest, bootstrap, norm
@@ -32,8 +32,9 @@ def _floats(values) -> np.ndarray:
     return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
 
 
-def _ci_over_indices(n: int, fn: Callable, n_resamples: int, seed: int, level: float,
-                     vectorized: bool) -> tuple[float, float, float]:
+def _ci_over_indices(
+    n: int, fn: Callable, n_resamples: int, seed: int, level: float, vectorized: bool
+) -> tuple[float, float, float]:
     """Percentile CI of fn(indices) over bootstrap resamples of range(n) (pairs stay together),
     and the SD of those resamples (the bootstrap standard error).
 
@@ -44,9 +45,15 @@ def _ci_over_indices(n: int, fn: Callable, n_resamples: int, seed: int, level: f
     with warnings.catch_warnings():  # undefined resamples: handled below, not worth a warning
         for category in (RuntimeWarning, DegenerateDataWarning):
             warnings.simplefilter("ignore", category)
-        res = bootstrap((np.arange(n),), fn, n_resamples=n_resamples, confidence_level=level,
-                        method="percentile", vectorized=vectorized,
-                        rng=np.random.default_rng(seed))
+        res = bootstrap(
+            (np.arange(n),),
+            fn,
+            n_resamples=n_resamples,
+            confidence_level=level,
+            method="percentile",
+            vectorized=vectorized,
+            rng=np.random.default_rng(seed),
+        )
     tail = 100 * (1 - level) / 2  # what scipy's percentile method takes, NaN-aware
     low, high = np.nanpercentile(res.bootstrap_distribution, [tail, 100 - tail])
     return float(low), float(high), float(np.nanstd(res.bootstrap_distribution, ddof=1))
@@ -57,15 +64,28 @@ def bootstrap_mean_ci(values, n_resamples: int = 2000, seed: int = 0, level: flo
     n (non-missing values), n_resamples, level."""
     x = _floats(values)
     x = x[~np.isnan(x)]
-    low, high, _ = _ci_over_indices(len(x), lambda i, axis=-1: x[i].mean(axis=axis),
-                                 n_resamples, seed, level, vectorized=True)
-    return {"mean": float(x.mean()), "ci_low": low, "ci_high": high, "n": len(x),
-            "n_resamples": n_resamples, "level": level}
+    low, high, _ = _ci_over_indices(
+        len(x), lambda i, axis=-1: x[i].mean(axis=axis), n_resamples, seed, level, vectorized=True
+    )
+    return {
+        "mean": float(x.mean()),
+        "ci_low": low,
+        "ci_high": high,
+        "n": len(x),
+        "n_resamples": n_resamples,
+        "level": level,
+    }
 
 
-def paired_bootstrap_diff(base, treated, n_resamples: int = 2000, seed: int = 0,
-                          level: float = 0.95, statistic: str = "mean",
-                          power: float | None = None) -> dict:
+def paired_bootstrap_diff(
+    base,
+    treated,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    statistic: str = "mean",
+    power: float | None = None,
+) -> dict:
     """statistic(treated) - statistic(base) over the same prompts, with a paired bootstrap CI.
 
     `base` and `treated` are aligned by prompt; None marks a missing item (see module doc).
@@ -85,16 +105,27 @@ def paired_bootstrap_diff(base, treated, n_resamples: int = 2000, seed: int = 0,
         return stat(t[idx], axis=axis) - stat(b[idx], axis=axis)
 
     low, high, se = _ci_over_indices(len(b), diff, n_resamples, seed, level, vectorized=True)
-    return {"diff": float(stat(t) - stat(b)), "ci_low": low, "ci_high": high, "n": len(b),
-            "n_base": int((~np.isnan(b)).sum()), "n_treated": int((~np.isnan(t)).sum()),
-            "n_resamples": n_resamples, "level": level, "excludes_zero": bool(low > 0 or high < 0),
-            **_power(se, level, power)}
+    return {
+        "diff": float(stat(t) - stat(b)),
+        "ci_low": low,
+        "ci_high": high,
+        "n": len(b),
+        "n_base": int((~np.isnan(b)).sum()),
+        "n_treated": int((~np.isnan(t)).sum()),
+        "n_resamples": n_resamples,
+        "level": level,
+        "excludes_zero": bool(low > 0 or high < 0),
+        **_power(se, level, power),
+    }
 
 
 def _power(se: float, level: float, power: float | None) -> dict:
     # Only when asked: the judge-calibration stage's stored outputs keep their keys.
-    return {} if power is None else {"se": se, "mde": detectable_effect(se, level, power),
-                                     "power": power}
+    return (
+        {}
+        if power is None
+        else {"se": se, "mde": detectable_effect(se, level, power), "power": power}
+    )
 
 
 def win_scores(prefs) -> np.ndarray:
@@ -104,23 +135,39 @@ def win_scores(prefs) -> np.ndarray:
     return 100.0 * (p - 1.0)
 
 
-def winrate_diff_ci(prefs_base, prefs_treated, n_resamples: int = 2000, seed: int = 0,
-                    level: float = 0.95, power: float | None = None) -> dict:
+def winrate_diff_ci(
+    prefs_base,
+    prefs_treated,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    power: float | None = None,
+) -> dict:
     """Win-rate difference (points) of two arms judged on the same prompts, paired bootstrap CI;
     keys as paired_bootstrap_diff; diff equals the difference of alpaca_eval's win rates."""
-    return paired_bootstrap_diff(win_scores(prefs_base), win_scores(prefs_treated),
-                                 n_resamples, seed, level, power=power)
+    return paired_bootstrap_diff(
+        win_scores(prefs_base), win_scores(prefs_treated), n_resamples, seed, level, power=power
+    )
 
 
 def _lc_arrays(annotations) -> dict:
     df = annotation_frame(annotations)
-    return {"instruction": df["instruction"].tolist() if "instruction" in df else None,
-            "pref": _floats(df["preference"]), "len_1": df["output_1"].str.len().to_numpy(),
-            "len_2": df["output_2"].str.len().to_numpy()}
+    return {
+        "instruction": df["instruction"].tolist() if "instruction" in df else None,
+        "pref": _floats(df["preference"]),
+        "len_1": df["output_1"].str.len().to_numpy(),
+        "len_2": df["output_2"].str.len().to_numpy(),
+    }
 
 
-def lc_diff_ci(ann_base, ann_treated, n_resamples: int = 200, seed: int = 0,
-               level: float = 0.95, power: float | None = None) -> dict:
+def lc_diff_ci(
+    ann_base,
+    ann_treated,
+    n_resamples: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+    power: float | None = None,
+) -> dict:
     """Minimal-GLM LC win-rate difference (points), treated - base, with a paired bootstrap CI.
 
     Each arm's LC is alpaca_eval's length_controlled_minimal GLM (cross-validated C); each
@@ -130,8 +177,9 @@ def lc_diff_ci(ann_base, ann_treated, n_resamples: int = 200, seed: int = 0,
     Annotations must be on the same prompts in the same order. Keys as paired_bootstrap_diff."""
     base, treated = _lc_arrays(ann_base), _lc_arrays(ann_treated)
     if len(base["pref"]) != len(treated["pref"]):
-        raise ValueError(f"paired arms differ in length: {len(base['pref'])} vs "
-                         f"{len(treated['pref'])}")
+        raise ValueError(
+            f"paired arms differ in length: {len(base['pref'])} vs {len(treated['pref'])}"
+        )
     names = base["instruction"], treated["instruction"]
     if names[0] and names[1] and names[0] != names[1]:
         raise ValueError("paired annotations must list the same instructions in the same order")
@@ -149,13 +197,26 @@ def lc_diff_ci(ann_base, ann_treated, n_resamples: int = 200, seed: int = 0,
 
     n = len(base["pref"])
     low, high, se = _ci_over_indices(n, diff, n_resamples, seed, level, vectorized=False)
-    return {"diff": lc_t - lc_b, "ci_low": low, "ci_high": high, "n": n,
-            "n_resamples": n_resamples, "level": level, "excludes_zero": bool(low > 0 or high < 0),
-            **_power(se, level, power)}
+    return {
+        "diff": lc_t - lc_b,
+        "ci_low": low,
+        "ci_high": high,
+        "n": n,
+        "n_resamples": n_resamples,
+        "level": level,
+        "excludes_zero": bool(low > 0 or high < 0),
+        **_power(se, level, power),
+    }
 
 
-def mcnemar(correct_base, correct_treated, n_resamples: int = 2000, seed: int = 0,
-            level: float = 0.95, power: float | None = None) -> dict:
+def mcnemar(
+    correct_base,
+    correct_treated,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    power: float | None = None,
+) -> dict:
     """Exact McNemar test and paired bootstrap CI for paired accuracies (e.g. lm-eval items).
 
     b = items only base gets right, c = items only treated gets right; p_value is the two-sided
@@ -168,19 +229,17 @@ def mcnemar(correct_base, correct_treated, n_resamples: int = 2000, seed: int = 
         raise ValueError(f"paired arms differ in length: {base.shape} vs {treated.shape}")
     b, c = int((base & ~treated).sum()), int((~base & treated).sum())
     p = binomtest(c, b + c, 0.5).pvalue if b + c else 1.0
-    ci = paired_bootstrap_diff(100.0 * base, 100.0 * treated, n_resamples, seed, level,
-                               power=power)
+    ci = paired_bootstrap_diff(100.0 * base, 100.0 * treated, n_resamples, seed, level, power=power)
     return {"b": b, "c": c, "p_value": float(p), **ci}
 
 
 def pooled_over_seeds(values_per_seed) -> dict:
     """mean, sd (ddof=1; None with one seed) and n_seeds of one metric over training seeds, from a
     list of values or a {seed: value} mapping."""
-    values = list(values_per_seed.values() if isinstance(values_per_seed, dict)
-                  else values_per_seed)
+    values = list(
+        values_per_seed.values() if isinstance(values_per_seed, dict) else values_per_seed
+    )
     if not values:
         raise ValueError("pooled_over_seeds needs at least one seed's value")
     sd = statistics.stdev(values) if len(values) > 1 else None
     return {"mean": statistics.fmean(values), "sd": sd, "n_seeds": len(values)}
-
-

@@ -21,8 +21,12 @@ import os
 from pathlib import Path
 
 from pipeline.metrics.glm import (
-    LC_MINIMAL, annotation_frame, fit_minimal_design, lc_bootstrap_se,
-    minimal_glm_design, quiet_sklearn,
+    LC_MINIMAL,
+    annotation_frame,
+    fit_minimal_design,
+    lc_bootstrap_se,
+    minimal_glm_design,
+    quiet_sklearn,
 )
 from pipeline.text.logs import get_logger
 
@@ -31,8 +35,14 @@ LOG = get_logger("winrate")
 LC_V1 = "length_controlled_v1"
 LC_LABELS = {LC_V1: "LC", LC_MINIMAL: "LC (minimal GLM)"}
 HUB_REPO, GAMED_FILE = "tatsu-lab/alpaca_eval", "df_gamed.csv"
-GAMED_COLUMNS = ("index", "preference", "std_delta_len", "instruction_difficulty",
-                 "not_gamed_baseline", "model")
+GAMED_COLUMNS = (
+    "index",
+    "preference",
+    "std_delta_len",
+    "instruction_difficulty",
+    "not_gamed_baseline",
+    "model",
+)
 
 
 LC_SE_RESAMPLES = 100  # bootstrap refits behind the minimal GLM's standard error
@@ -65,11 +75,14 @@ def find_lc_data(lc_data: str | None = None) -> str | None:
     if lc_data not in (None, "hub"):
         path = Path(lc_data)
         if not path.is_file():
-            raise ValueError(f"judge.lc_data={lc_data!r}: no such file; give alpaca_eval's "
-                             f"{GAMED_FILE}, hub (download it) or null (minimal GLM)")
+            raise ValueError(
+                f"judge.lc_data={lc_data!r}: no such file; give alpaca_eval's "
+                f"{GAMED_FILE}, hub (download it) or null (minimal GLM)"
+            )
         return str(path)
-    cached = try_to_load_from_cache(HUB_REPO, GAMED_FILE, cache_dir=constants.DEFAULT_CACHE_DIR,
-                                    repo_type="dataset")
+    cached = try_to_load_from_cache(
+        HUB_REPO, GAMED_FILE, cache_dir=constants.DEFAULT_CACHE_DIR, repo_type="dataset"
+    )
     if isinstance(cached, str):
         return cached
     if lc_data is None or hub_offline():  # checked before anything that could download
@@ -77,9 +90,13 @@ def find_lc_data(lc_data: str | None = None) -> str | None:
     from huggingface_hub import hf_hub_download
 
     try:
-        return hf_hub_download(HUB_REPO, GAMED_FILE, repo_type="dataset",
-                               cache_dir=constants.DEFAULT_CACHE_DIR,
-                               token=constants.DATASETS_TOKEN)
+        return hf_hub_download(
+            HUB_REPO,
+            GAMED_FILE,
+            repo_type="dataset",
+            cache_dir=constants.DEFAULT_CACHE_DIR,
+            token=constants.DATASETS_TOKEN,
+        )
     except Exception as err:  # unreachable hub, proxy, auth: fall back to the minimal GLM
         LOG.warning("%s unavailable (%s); minimal GLM", GAMED_FILE, type(err).__name__)
         return None
@@ -97,8 +114,10 @@ def _check_gamed(path: str, n_annotations: int) -> str | None:
     # alpaca_eval looks instruction difficulty up by row position: the annotations must be the
     # whole evaluation set, in its order.
     if n_annotations != n_instructions:
-        return (f"length_controlled_v1 needs one annotation per instruction of the evaluation set "
-                f"in its order ({n_instructions}), got {n_annotations}")
+        return (
+            f"length_controlled_v1 needs one annotation per instruction of the evaluation set "
+            f"in its order ({n_instructions}), got {n_annotations}"
+        )
     return None
 
 
@@ -115,16 +134,19 @@ def _lc_v1(df, path: str) -> tuple[float, float]:
         return path
 
     if "generator_2" in df.columns and df["generator_2"].nunique() > 1:
-        raise ValueError("length_controlled_v1 scores one model at a time; annotations name "
-                         f"{df['generator_2'].nunique()} generators in generator_2")
+        raise ValueError(
+            "length_controlled_v1 scores one model at a time; annotations name "
+            f"{df['generator_2'].nunique()} generators in generator_2"
+        )
     frame = df.copy()
     for col, default in (("generator_1", "reference"), ("generator_2", "model")):
         if col not in frame.columns:
             frame[col] = default
     # alpaca_eval downloads df_gamed.csv inside the function; hand it the local file instead.
     with mock.patch.object(glm_winrate, "hf_hub_download", local_file), quiet_sklearn():
-        got = glm_winrate.get_length_controlled_winrate(frame, glm_name=LC_V1,
-                                                        save_weights_dir=None)
+        got = glm_winrate.get_length_controlled_winrate(
+            frame, glm_name=LC_V1, save_weights_dir=None
+        )
     return got["length_controlled_winrate"], got["lc_standard_error"]
 
 
@@ -153,13 +175,19 @@ def length_controlled(annotations, lc_data: str | None = None) -> dict:
         se_method = f"bootstrap ({LC_SE_RESAMPLES} refits over the pairs)"
     if not math.isfinite(lc):
         raise ValueError(f"{method} gave a non-finite LC win rate ({lc})")
-    return {"lc_win_rate": float(lc), "lc_standard_error": se, "lc_method": method,
-            "lc_label": LC_LABELS[method], "lc_se_method": se_method}
+    return {
+        "lc_win_rate": float(lc),
+        "lc_standard_error": se,
+        "lc_method": method,
+        "lc_label": LC_LABELS[method],
+        "lc_se_method": se_method,
+    }
 
 
 def _same_generators(df) -> bool:
-    gens = [df[c].unique().tolist() if c in df.columns else [] for c in ("generator_1",
-                                                                          "generator_2")]
+    gens = [
+        df[c].unique().tolist() if c in df.columns else [] for c in ("generator_1", "generator_2")
+    ]
     return len(gens[0]) == 1 and gens[0] == gens[1]
 
 
@@ -169,7 +197,8 @@ def _minimal_lc_and_se(df) -> tuple[float, float]:
     # alpaca_eval scores a model against itself 50 by construction, without a fit; so do we.
     if _same_generators(df):
         return 50.0, 0.0
-    design = minimal_glm_design(df["preference"], df["output_1"].str.len(),
-                                df["output_2"].str.len())
+    design = minimal_glm_design(
+        df["preference"], df["output_1"].str.len(), df["output_2"].str.len()
+    )
     lc, chosen = fit_minimal_design(*design)
     return lc, lc_bootstrap_se(*design, chosen, n_resamples=LC_SE_RESAMPLES)

@@ -35,12 +35,13 @@ def validate_model(model_cfg) -> None:
     if model_cfg.source == "local":
         local = Path(model_cfg.id)
         if not local.is_dir():
-            raise ValueError(f"model.id={model_cfg.id!r}: no such directory for "
-                             "model.source=local")
+            raise ValueError(f"model.id={model_cfg.id!r}: no such directory for model.source=local")
         if not (local / "config.json").is_file():
-            raise ValueError(f"model.id={model_cfg.id!r}: the directory has no config.json, so "
-                             "it holds no saved model; point model.id at the directory that "
-                             "save_pretrained wrote")
+            raise ValueError(
+                f"model.id={model_cfg.id!r}: the directory has no config.json, so "
+                "it holds no saved model; point model.id at the directory that "
+                "save_pretrained wrote"
+            )
 
 
 def _gguf_file(spec: str) -> Path:
@@ -143,7 +144,10 @@ def base_model_dir(model_cfg, cache: Store) -> str:
 
 
 def load_model_and_tokenizer(
-    location: str, dtype: str, revision: str | None = None, load_in_4bit: bool = False,
+    location: str,
+    dtype: str,
+    revision: str | None = None,
+    load_in_4bit: bool = False,
     device: str | None = None,
 ):
     """from_pretrained for both, with a message that names the model when it cannot be loaded.
@@ -165,7 +169,10 @@ def load_model_and_tokenizer(
     try:
         tok = AutoTokenizer.from_pretrained(location, revision=revision)
         model = AutoModelForCausalLM.from_pretrained(
-            location, revision=revision, dtype=DTYPES[dtype], quantization_config=quant,
+            location,
+            revision=revision,
+            dtype=DTYPES[dtype],
+            quantization_config=quant,
             **(inference_placement(device) if device else {}),
         )
     except OSError as err:

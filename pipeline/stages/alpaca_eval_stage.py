@@ -18,8 +18,14 @@ from pathlib import Path
 
 from pipeline.data.loading import load_prompts
 from pipeline.judging.judges import (
-    Reference, annotator, check_references, judge_key_params, judge_pairs, load_reference,
-    pairs_against, validate_judge,
+    Reference,
+    annotator,
+    check_references,
+    judge_key_params,
+    judge_pairs,
+    load_reference,
+    pairs_against,
+    validate_judge,
 )
 from pipeline.stages.contract import Call, Context
 from pipeline.store.store import StageResult, Store, readable_of, stage_key, write_json_atomic
@@ -35,8 +41,12 @@ def check(cfg) -> None:
     prompts = cfg.generate.prompts
     if not prompts.startswith("hf:"):
         limit = cfg.generate.limit if (cfg.generate.limit or 0) > 0 else None
-        check_references(load_prompts(prompts, cfg.generate.dataset_name, limit), reference,
-                         f"generate.prompts={prompts!r}", cfg.generate.reference)
+        check_references(
+            load_prompts(prompts, cfg.generate.dataset_name, limit),
+            reference,
+            f"generate.prompts={prompts!r}",
+            cfg.generate.reference,
+        )
 
 
 def run(cfg, ctx: Context, call: Call) -> StageResult:
@@ -66,8 +76,12 @@ def alpaca_eval_stage(
         metrics = winrate_metrics(scored)
         metrics["avg_length"] = sum(len(o["output"]) for o in outputs) / len(outputs)
         metrics.update(length_controlled(scored, judge_cfg.lc_data))
-        row = {"name": outputs[0]["generator"], "reference": reference.label,
-               "judge": judge_cfg.name, **metrics}
+        row = {
+            "name": outputs[0]["generator"],
+            "reference": reference.label,
+            "judge": judge_cfg.name,
+            **metrics,
+        }
         pd.DataFrame([row]).to_csv(work / "leaderboard.csv", index=False)
         return metrics
 

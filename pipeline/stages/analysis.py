@@ -1,8 +1,9 @@
 """analysis stage: length and diversity of outputs (paper Table 4), or of the training responses.
 
-Definitions (DESIGN.md, pipeline/metrics/diversity.py): mean characters and whitespace tokens over all
-outputs; repetition and diversity on the first K whitespace tokens of each output, outputs shorter
-than K dropped; rep-n, diversity and log-diversity as in Kirchenbauer et al. 2023's reference code
+Definitions (DESIGN.md, pipeline/metrics/diversity.py): mean characters and whitespace tokens
+over all outputs; repetition and diversity on the first K whitespace tokens of each output,
+outputs shorter than K dropped; rep-n, diversity and log-diversity as in Kirchenbauer et al.
+2023's reference code
 (definition="paper", the default: what the paper's Table 4 means) or its clean arithmetic
 (definition="corrected").
 
@@ -14,8 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.metrics.diversity import length_diversity, repetition  # noqa: F401  (re-exported)
 from pipeline.data.loading import check_source, load_train, records_digest
+from pipeline.metrics.diversity import length_diversity, repetition  # noqa: F401  (re-exported)
 from pipeline.stages.contract import Call, Context
 from pipeline.store.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
@@ -35,8 +36,14 @@ def read_outputs(path: Path) -> list[str]:
     return texts
 
 
-def analysis(texts: list[str], label: str, cutoff: int, input_keys: list[str], store: Store,
-             definition: str = "paper") -> StageResult:
+def analysis(
+    texts: list[str],
+    label: str,
+    cutoff: int,
+    input_keys: list[str],
+    store: Store,
+    definition: str = "paper",
+) -> StageResult:
     """Length/diversity of `texts` (a generate stage's outputs or the training responses named by
     `input_keys`) under `definition` ("paper" or "corrected")."""
     params = {"cutoff": cutoff, "definition": str(definition)}  # plain str, not an Enum member
@@ -54,8 +61,10 @@ def analysis(texts: list[str], label: str, cutoff: int, input_keys: list[str], s
 def check(cfg) -> None:
     """Cheap: the definition and the cutoff are valid, the training file exists."""
     if cfg.analysis.definition not in ("paper", "corrected"):
-        raise ValueError(f"analysis.definition={cfg.analysis.definition!r}: use paper (the "
-                         "reference code's arithmetic, the paper's numbers) or corrected")
+        raise ValueError(
+            f"analysis.definition={cfg.analysis.definition!r}: use paper (the "
+            "reference code's arithmetic, the paper's numbers) or corrected"
+        )
     if cfg.data.diversity_cutoff < 2:
         raise ValueError(f"data.diversity_cutoff={cfg.data.diversity_cutoff}: must be >= 2")
     check_source(cfg.data.train, "data.train")
@@ -69,5 +78,11 @@ def run(cfg, ctx: Context, call: Call) -> StageResult:
         texts = read_outputs(gen.path / "outputs.json")
         return analysis(texts, readable_of(gen.key), cutoff, [gen.key], ctx.store, definition)
     train = load_train(cfg.data.train, cfg.data.train_limit)
-    return analysis([r["output"] for r in train], f"{cfg.data.name}_train", cutoff,
-                    [records_digest(train)], ctx.store, definition)
+    return analysis(
+        [r["output"] for r in train],
+        f"{cfg.data.name}_train",
+        cutoff,
+        [records_digest(train)],
+        ctx.store,
+        definition,
+    )

@@ -16,8 +16,8 @@ Run: python -m pipeline.run            (every point compares each noise arm with
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from omegaconf import OmegaConf
 
@@ -35,8 +35,10 @@ def check(cfg) -> None:
     """Cheap: enough resamples for a percentile interval, a level in (0, 1)."""
     c = cfg.compare
     if c.resamples < 1000 or c.lc_resamples < 20:
-        raise ValueError(f"compare.resamples={c.resamples}, compare.lc_resamples="
-                         f"{c.lc_resamples}: use at least 1000 and 20 for a 95% interval")
+        raise ValueError(
+            f"compare.resamples={c.resamples}, compare.lc_resamples="
+            f"{c.lc_resamples}: use at least 1000 and 20 for a 95% interval"
+        )
     if not 0 < c.level < 1:
         raise ValueError(f"compare.level={c.level}: a confidence level in (0, 1), e.g. 0.95")
 
@@ -54,21 +56,27 @@ def _read(stage: StageResult, name: str):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: unreadable ({err}); the stage {stage.key} is damaged: "
-                         "delete its directory to recompute it") from err
+        raise ValueError(
+            f"{path}: unreadable ({err}); the stage {stage.key} is damaged: "
+            "delete its directory to recompute it"
+        ) from err
 
 
 def _aligned(pairs: Sequence[ArmPair]) -> dict:
     """Per-prompt values of both arms, seed by seed, checked to be on the same prompts."""
-    out = {side: {"scored": [], "chars": [], "words": [], "log_diversity": []}
-           for side in ("base", "treated")}
+    out = {
+        side: {"scored": [], "chars": [], "words": [], "log_diversity": []}
+        for side in ("base", "treated")
+    }
     for pair in pairs:
         scored = {side: _read(getattr(pair, side)["alpaca_eval"], "scored.json") for side in SIDES}
         prompts = [[r["instruction"] for r in scored[side]] for side in ("base", "treated")]
         if prompts[0] != prompts[1]:
-            raise ValueError(f"{pair.treated['alpaca_eval'].key} and "
-                             f"{pair.base['alpaca_eval'].key} judged different prompts; "
-                             "a paired comparison needs the same prompts in the same order")
+            raise ValueError(
+                f"{pair.treated['alpaca_eval'].key} and "
+                f"{pair.base['alpaca_eval'].key} judged different prompts; "
+                "a paired comparison needs the same prompts in the same order"
+            )
         for side in ("base", "treated"):
             per_output = _read(getattr(pair, side)["analysis"], "per_output.json")
             out[side]["scored"] += scored[side]
@@ -89,20 +97,29 @@ def _openllm(pairs: Sequence[ArmPair], compare_cfg) -> dict:
                 scores.setdefault(task, {"base": [], "treated": []})[side] += values
     out = {}
     for task, v in scores.items():
-        common = dict(n_resamples=compare_cfg.resamples, seed=compare_cfg.seed,
-                      level=compare_cfg.level, power=POWER)
+        common = dict(
+            n_resamples=compare_cfg.resamples,
+            seed=compare_cfg.seed,
+            level=compare_cfg.level,
+            power=POWER,
+        )
         if set(v["base"] + v["treated"]) <= {0.0, 1.0}:
             out[task] = mcnemar(v["base"], v["treated"], **common)
         else:
-            out[task] = paired_bootstrap_diff([100 * x for x in v["base"]],
-                                              [100 * x for x in v["treated"]], **common)
+            out[task] = paired_bootstrap_diff(
+                [100 * x for x in v["base"]], [100 * x for x in v["treated"]], **common
+            )
     return out
 
 
 def compare(pairs: Sequence[ArmPair], compare_cfg, store: Store) -> StageResult:
     """Paired differences (+NEFT minus base) of each measure, pooled over the seeds in `pairs`."""
-    inputs = [getattr(pair, side)[stage].key for pair in pairs for side in SIDES
-              for stage in sorted(getattr(pair, side))]
+    inputs = [
+        getattr(pair, side)[stage].key
+        for pair in pairs
+        for side in SIDES
+        for stage in sorted(getattr(pair, side))
+    ]
     params = OmegaConf.to_container(compare_cfg, resolve=True)
     treated = readable_of(pairs[0].treated["analysis"].key)
     key = stage_key("compare", f"{treated}_vs_base", params, inputs, VERSION)
@@ -114,24 +131,26 @@ def compare(pairs: Sequence[ArmPair], compare_cfg, store: Store) -> StageResult:
         b, t = v["base"], v["treated"]
         common = dict(seed=compare_cfg.seed, level=compare_cfg.level, power=POWER)
         metrics = {
-            "win_rate": winrate_diff_ci([r["preference"] for r in b["scored"]],
-                                        [r["preference"] for r in t["scored"]],
-                                        compare_cfg.resamples, **common),
-            "lc_win_rate": lc_diff_ci(b["scored"], t["scored"], compare_cfg.lc_resamples,
-                                      **common),
+            "win_rate": winrate_diff_ci(
+                [r["preference"] for r in b["scored"]],
+                [r["preference"] for r in t["scored"]],
+                compare_cfg.resamples,
+                **common,
+            ),
+            "lc_win_rate": lc_diff_ci(b["scored"], t["scored"], compare_cfg.lc_resamples, **common),
         }
         for name in ("chars", "words", "log_diversity"):
             if all(x is None for x in b[name]) or all(x is None for x in t[name]):
                 metrics[name] = None  # e.g. no answer reached the diversity cutoff K
                 continue
-            metrics[name] = paired_bootstrap_diff(b[name], t[name], compare_cfg.resamples,
-                                                  **common)
+            metrics[name] = paired_bootstrap_diff(b[name], t[name], compare_cfg.resamples, **common)
         if all("openllm" in getattr(pair, side) for pair in pairs for side in SIDES):
             metrics["openllm"] = _openllm(pairs, compare_cfg)
         metrics["n_seeds"] = len(pairs)
         metrics["n_prompts"] = len(b["scored"]) // len(pairs)
         metrics["n_log_diversity_kept"] = {
-            side: sum(x is not None for x in v[side]["log_diversity"]) for side in v}
+            side: sum(x is not None for x in v[side]["log_diversity"]) for side in v
+        }
         return metrics
 
     return store.materialize(key, compute, config=params)

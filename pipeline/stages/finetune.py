@@ -24,15 +24,20 @@ from omegaconf import OmegaConf
 
 from pipeline.config.schema import config_params
 from pipeline.data.loading import check_source, load_train, records_digest
-from pipeline.train.launch import accumulation_steps, distributed_key_params, run_workers, world_size
-from pipeline.train.launch import check_allocation
-from pipeline.train.memory_plan import check_finetune_memory
-from pipeline.models.loading import base_model_dir, validate_model
-from pipeline.train.noise import noise_label, noise_params
-from pipeline.store.store import StageResult, Store, stage_key
 from pipeline.models.devices import release_accelerator_memory
-from pipeline.train.trainer_args import check_training
+from pipeline.models.loading import base_model_dir, validate_model
 from pipeline.stages.contract import Call, Context
+from pipeline.store.store import StageResult, Store, stage_key
+from pipeline.train.launch import (
+    accumulation_steps,
+    check_allocation,
+    distributed_key_params,
+    run_workers,
+    world_size,
+)
+from pipeline.train.memory_plan import check_finetune_memory
+from pipeline.train.noise import noise_label, noise_params
+from pipeline.train.trainer_args import check_training
 from pipeline.train.training import TRAINED, TrainRequest, train
 
 VERSION = 2  # 2: train_loss over all steps from the loss log, which is logged at every checkpoint
@@ -47,21 +52,26 @@ def check(cfg) -> None:
     accumulation_steps(cfg.finetune, world_size(dist))
     check_allocation(dist)  # no more processes per node than GPUs, nodes than the job has
     if dist.strategy == "fsdp" and not torch.cuda.is_available():
-        raise ValueError("finetune.distributed.strategy=fsdp needs CUDA GPUs (the Trainer shards "
-                         "with FSDP on GPUs only); on CPUs use strategy=ddp")
+        raise ValueError(
+            "finetune.distributed.strategy=fsdp needs CUDA GPUs (the Trainer shards "
+            "with FSDP on GPUs only); on CPUs use strategy=ddp"
+        )
     check_training(cfg.finetune)
     if cfg.finetune.lora is not None:
         if dist.strategy == "fsdp":
-            raise ValueError("finetune.lora adapters train with finetune.distributed.strategy "
-                             "none or ddp (their base is frozen: there is little to shard)")
+            raise ValueError(
+                "finetune.lora adapters train with finetune.distributed.strategy "
+                "none or ddp (their base is frozen: there is little to shard)"
+            )
     check_finetune_memory(cfg)
 
 
 def run(cfg, ctx: Context, call: Call) -> StageResult:
     """Plan entry: fine-tune the arm (its noise, its seed)."""
     train_cfg = OmegaConf.merge(cfg.finetune, {"seed": call.arm.seed})
-    return finetune(cfg.model, cfg.data, call.arm.noise, train_cfg, ctx.store, ctx.cache,
-                    ctx.report_to)
+    return finetune(
+        cfg.model, cfg.data, call.arm.noise, train_cfg, ctx.store, ctx.cache, ctx.report_to
+    )
 
 
 def _keyed(model_cfg, data_cfg, noise: dict, train_cfg, records: list[dict]):
@@ -71,15 +81,17 @@ def _keyed(model_cfg, data_cfg, noise: dict, train_cfg, records: list[dict]):
     resolved["gradient_accumulation_steps"] = accumulation_steps(train_cfg, world)
     # Hashed as before the launch existed: the derived accumulation, not the effective batch;
     # the launch only when it is more than one process (then it changes what is computed).
-    hashed = {k: v for k, v in resolved.items()
-              if k not in ("effective_batch_size", "distributed")}
+    hashed = {k: v for k, v in resolved.items() if k not in ("effective_batch_size", "distributed")}
     launch = distributed_key_params(train_cfg.distributed, world)
     if launch:
         hashed["distributed"] = launch
     params = {
         "model": config_params(model_cfg),
-        "data": {"train": data_cfg.train, "train_limit": data_cfg.train_limit,
-                 "records": records_digest(records)},
+        "data": {
+            "train": data_cfg.train,
+            "train_limit": data_cfg.train_limit,
+            "records": records_digest(records),
+        },
         "noise": noise,
         "finetune": hashed,
     }
@@ -116,10 +128,16 @@ def finetune(
             shutil.rmtree(work / "checkpoints", ignore_errors=True)
             return json.loads((work / TRAINED).read_text(encoding="utf-8"))
         request = TrainRequest(
-            work=str(work.resolve()), base_dir=_local(base_model_dir(model_cfg, cache)),
-            dtype=model_cfg.dtype, revision=model_cfg.revision, noise=noise, train=resolved,
+            work=str(work.resolve()),
+            base_dir=_local(base_model_dir(model_cfg, cache)),
+            dtype=model_cfg.dtype,
+            revision=model_cfg.revision,
+            noise=noise,
+            train=resolved,
             # Workers log to no W&B run of their own; the stage's run gets the metrics.
-            report_to=list(report_to) if world == 1 else [], world_size=world)
+            report_to=list(report_to) if world == 1 else [],
+            world_size=world,
+        )
         if world == 1:
             metrics = train(request, records)
             release_accelerator_memory()  # vLLM, started next in its own process, needs it
@@ -127,8 +145,9 @@ def finetune(
         launch = work / "launch"
         launch.mkdir(exist_ok=True)
         request.save(launch / "request.json")
-        (launch / "records.json").write_text(json.dumps(records, ensure_ascii=False),
-                                             encoding="utf-8")
+        (launch / "records.json").write_text(
+            json.dumps(records, ensure_ascii=False), encoding="utf-8"
+        )
         run_workers(train_cfg.distributed, launch / "request.json", launch / "worker.log")
         return json.loads((work / TRAINED).read_text(encoding="utf-8"))
 

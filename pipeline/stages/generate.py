@@ -28,15 +28,16 @@ def check(cfg) -> None:
     length-control variant fits the decoding caps."""
     check_source(cfg.generate.prompts, "generate.prompts")
     if cfg.generate.limit is not None and cfg.generate.limit < 1:
-        raise ValueError(f"generate.limit={cfg.generate.limit}: give a number of prompts >= 1, "
-                         "or null for all of them")
+        raise ValueError(
+            f"generate.limit={cfg.generate.limit}: give a number of prompts >= 1, "
+            "or null for all of them"
+        )
     if not cfg.generate.prompts.startswith("hf:"):  # rows too: a bad one must not wait for training
         load_prompts(cfg.generate.prompts, cfg.generate.dataset_name, cfg.generate.limit)
     check_engine(cfg.generate)  # the registry's engine (unknown: names them), its own checks
     if cfg.length_control.enabled:
         for name, v in cfg.length_control.variants.items():
-            _check_variant({"name": name, **OmegaConf.to_container(v, resolve=True)},
-                           cfg.generate)
+            _check_variant({"name": name, **OmegaConf.to_container(v, resolve=True)}, cfg.generate)
 
 
 def run(cfg, ctx: Context, call: Call) -> StageResult:
@@ -51,12 +52,16 @@ def run(cfg, ctx: Context, call: Call) -> StageResult:
 def _check_variant(variant: dict, gen_cfg) -> None:
     name, low, high = variant["name"], variant["min_new_tokens"], variant["max_new_tokens"]
     if high is not None and high < low:
-        raise ValueError(f"length_control.variants.{name}: max_new_tokens={high} is below "
-                         f"min_new_tokens={low}; raise max_new_tokens")
+        raise ValueError(
+            f"length_control.variants.{name}: max_new_tokens={high} is below "
+            f"min_new_tokens={low}; raise max_new_tokens"
+        )
     if high is None and gen_cfg.max_new_tokens < low:
-        raise ValueError(f"length_control.variants.{name}: min_new_tokens={low} exceeds "
-                         f"generate.max_new_tokens={gen_cfg.max_new_tokens}; set the variant's "
-                         "max_new_tokens")
+        raise ValueError(
+            f"length_control.variants.{name}: min_new_tokens={low} exceeds "
+            f"generate.max_new_tokens={gen_cfg.max_new_tokens}; set the variant's "
+            "max_new_tokens"
+        )
 
 
 def generate(
@@ -64,8 +69,9 @@ def generate(
 ) -> StageResult:
     """Generate answers to `gen_cfg.prompts` with the model of the `finetuned` stage.
 
-    `variant` (Table 5's length control: name, instruction_suffix, min_new_tokens, max_new_tokens) changes the
-    prompts and decoding; outputs.json keeps the original instructions, so the judge sees the task as posed.
+    `variant` (Table 5's length control: name, instruction_suffix, min_new_tokens,
+    max_new_tokens) changes the prompts and decoding; outputs.json keeps the original
+    instructions, so the judge sees the task as posed.
     """
     prompts = load_prompts(gen_cfg.prompts, gen_cfg.dataset_name, gen_cfg.limit)
     params = generate_params(gen_cfg, dtype)
@@ -123,7 +129,8 @@ def _generate(
         for p in prompts
     ]
     outputs, new_token_counts, elapsed, engine_metrics = engine(cfg.engine).generate(
-        model_dir, texts, cfg, str(dtype), max_new, min_new, generator, work)
+        model_dir, texts, cfg, str(dtype), max_new, min_new, generator, work
+    )
     records = [
         {
             "instruction": p["instruction"]

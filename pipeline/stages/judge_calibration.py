@@ -52,8 +52,10 @@ def _overrides() -> list[str]:
 
 def uncalibrated(cfg, why: Exception) -> str:
     """What the run says when the judge goes uncalibrated: why, and how to get the pairs."""
-    return (f"[judge_calibration] the judge stays UNCALIBRATED ({why}): "
-            f"{how_to_get(cfg.calibration.pairs, _overrides())}")
+    return (
+        f"[judge_calibration] the judge stays UNCALIBRATED ({why}): "
+        f"{how_to_get(cfg.calibration.pairs, _overrides())}"
+    )
 
 
 def check(cfg) -> None:
@@ -71,9 +73,12 @@ def check(cfg) -> None:
         if spec is None:
             print(uncalibrated(cfg, err), flush=True)
         else:
-            print(f"[judge_calibration] {err}: downloaded from {spec.repo} when the judge is "
-                  f"calibrated; where this run has no internet, "
-                  f"{how_to_get(cfg.calibration.pairs, _overrides())}", flush=True)
+            print(
+                f"[judge_calibration] {err}: downloaded from {spec.repo} when the judge is "
+                f"calibrated; where this run has no internet, "
+                f"{how_to_get(cfg.calibration.pairs, _overrides())}",
+                flush=True,
+            )
 
 
 def enabled(cfg) -> bool:
@@ -98,24 +103,79 @@ def sample_pairs(files: list[Path], n_pairs: int, seed: int) -> list[dict]:
     """A seeded sample of pairs with a decided or tied reference verdict, half of them swapped."""
     records = []
     for f in files:
-        records += [r for r in json.loads(f.read_text(encoding="utf-8"))
-                    if r.get("preference") in (1, 1.0, 1.5, 2, 2.0)
-                    and isinstance(r.get("output_1"), str) and isinstance(r.get("output_2"), str)]
+        records += [
+            r
+            for r in json.loads(f.read_text(encoding="utf-8"))
+            if r.get("preference") in (1, 1.0, 1.5, 2, 2.0)
+            and isinstance(r.get("output_1"), str)
+            and isinstance(r.get("output_2"), str)
+        ]
     if len(records) < n_pairs:
-        raise ValueError(f"calibration set has {len(records)} usable pairs, fewer than "
-                         f"calibration.n_pairs={n_pairs}; lower it")
+        raise ValueError(
+            f"calibration set has {len(records)} usable pairs, fewer than "
+            f"calibration.n_pairs={n_pairs}; lower it"
+        )
     rng = random.Random(seed)
     chosen = rng.sample(records, n_pairs)
     pairs = []
     for i, r in enumerate(chosen):
         swap = rng.random() < 0.5
         one, two = ("output_2", "output_1") if swap else ("output_1", "output_2")
-        pairs.append({"instruction": r["instruction"], "output_1": r[one], "output_2": r[two],
-                      "generator_1": f"calibration_{i}_a", "generator_2": f"calibration_{i}_b",
-                      "dataset": r.get("dataset", ""),
-                      "reference_preference": 3 - float(r["preference"]) if swap
-                      else float(r["preference"])})
+        pairs.append(
+            {
+                "instruction": r["instruction"],
+                "output_1": r[one],
+                "output_2": r[two],
+                "generator_1": f"calibration_{i}_a",
+                "generator_2": f"calibration_{i}_b",
+                "dataset": r.get("dataset", ""),
+                "reference_preference": 3 - float(r["preference"])
+                if swap
+                else float(r["preference"]),
+            }
+        )
     return pairs
+
+
+def _calibrate(judge_cfg, calibration_cfg, files: list[Path], work: Path, cache: Store) -> dict:
+    """Ask the judge the sampled pairs in both orders; agreement and position consistency."""
+    from pipeline.metrics.agreement import judge_agreement, position_consistency
+
+    pairs = sample_pairs(files, calibration_cfg.n_pairs, calibration_cfg.seed)
+    asked = [{k: v for k, v in p.items() if k != "reference_preference"} for p in pairs]
+    scored = judge_pairs(annotator(judge_cfg, work, cache), asked, both_orders=True)
+    forward = [s["preference_forward"] for s in scored]
+    backward = [s["preference_backward"] for s in scored]
+    # the verdict the pipeline uses: both orders averaged, or the first order alone
+    verdicts = [
+        s["preference"] if judge_cfg.both_orders else s["preference_forward"] for s in scored
+    ]
+    reference = [p["reference_preference"] for p in pairs]
+    agreement = judge_agreement(
+        verdicts,
+        reference,
+        [len(p["output_1"]) for p in pairs],
+        [len(p["output_2"]) for p in pairs],
+        calibration_cfg.seed,
+        calibration_cfg.resamples,
+    )
+    consistency = position_consistency(
+        forward, backward, calibration_cfg.resamples, calibration_cfg.seed
+    )
+    write_json_atomic(
+        work / "calibration.json",
+        [
+            {**p, "judge_preference": v, "forward": f, "backward": b}
+            for p, v, f, b in zip(pairs, verdicts, forward, backward)
+        ],
+    )
+    return {
+        **agreement,
+        "position_consistency": consistency,
+        "judge": judge_cfg.name,
+        "pairs_source": str(calibration_cfg.pairs),
+        "both_orders_averaged": bool(judge_cfg.both_orders),
+    }
 
 
 def judge_calibration(judge_cfg, calibration_cfg, store: Store, cache: Store) -> StageResult:
@@ -124,35 +184,26 @@ def judge_calibration(judge_cfg, calibration_cfg, store: Store, cache: Store) ->
     # download and a local copy of it (../shared/data) give one key.
     files = calibration_files(calibration_cfg.pairs, cache.root)
     digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
-    params = judge_key_params(judge_cfg) | {"n_pairs": calibration_cfg.n_pairs,
-              "seed": calibration_cfg.seed, "resamples": calibration_cfg.resamples,
-              "pairs": digest}
-    key = stage_key("judge_calibration", f"{judge_cfg.name}_{calibration_cfg.n_pairs}", params,
-                    [digest], VERSION)
+    params = judge_key_params(judge_cfg) | {
+        "n_pairs": calibration_cfg.n_pairs,
+        "seed": calibration_cfg.seed,
+        "resamples": calibration_cfg.resamples,
+        "pairs": digest,
+    }
+    key = stage_key(
+        "judge_calibration",
+        f"{judge_cfg.name}_{calibration_cfg.n_pairs}",
+        params,
+        [digest],
+        VERSION,
+    )
 
     def compute(work: Path) -> dict:
-        from pipeline.metrics.agreement import judge_agreement, position_consistency
+        return _calibrate(judge_cfg, calibration_cfg, files, work, cache)
 
-        pairs = sample_pairs(files, calibration_cfg.n_pairs, calibration_cfg.seed)
-        asked = [{k: v for k, v in p.items() if k != "reference_preference"} for p in pairs]
-        scored = judge_pairs(annotator(judge_cfg, work, cache), asked, both_orders=True)
-        forward = [s["preference_forward"] for s in scored]
-        backward = [s["preference_backward"] for s in scored]
-        # the verdict the pipeline uses: both orders averaged, or the first order alone
-        verdicts = [s["preference"] if judge_cfg.both_orders else s["preference_forward"]
-                    for s in scored]
-        reference = [p["reference_preference"] for p in pairs]
-        agreement = judge_agreement(verdicts, reference, [len(p["output_1"]) for p in pairs],
-                                    [len(p["output_2"]) for p in pairs], calibration_cfg.seed,
-                                    calibration_cfg.resamples)
-        consistency = position_consistency(forward, backward, calibration_cfg.resamples,
-                                           calibration_cfg.seed)
-        write_json_atomic(work / "calibration.json", [
-            {**p, "judge_preference": v, "forward": f, "backward": b}
-            for p, v, f, b in zip(pairs, verdicts, forward, backward)])
-        return {**agreement, "position_consistency": consistency, "judge": judge_cfg.name,
-                "pairs_source": str(calibration_cfg.pairs),
-                "both_orders_averaged": bool(judge_cfg.both_orders)}
-
-    return store.materialize(key, compute, resumable=True,
-                             config=OmegaConf.to_container(calibration_cfg) | {"judge": params})
+    return store.materialize(
+        key,
+        compute,
+        resumable=True,
+        config=OmegaConf.to_container(calibration_cfg) | {"judge": params},
+    )

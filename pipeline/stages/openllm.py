@@ -23,7 +23,11 @@ from omegaconf import OmegaConf
 
 from pipeline.data.loading import ASSETS
 from pipeline.models.devices import (
-    DTYPES, compute_device, cuda_gpu_count, device_key_params, release_accelerator_memory,
+    DTYPES,
+    compute_device,
+    cuda_gpu_count,
+    device_key_params,
+    release_accelerator_memory,
 )
 from pipeline.stages.contract import Call, Context
 from pipeline.store.store import StageResult, Store, readable_of, stage_key, write_json_atomic
@@ -39,6 +43,8 @@ def check(cfg) -> None:
 def run(cfg, ctx: Context, call: Call) -> StageResult:
     """Plan entry: lm-eval scores of the chain's fine-tuned model."""
     return openllm(call.upstream["finetune"], cfg.openllm, cfg.model.dtype, ctx.store)
+
+
 LOCAL_DATA = ASSETS / "openllm"
 # Built-in lm-eval task -> (its YAML inside lm_eval/tasks, the splits our local files provide).
 LOCAL_TASKS = {
@@ -91,9 +97,11 @@ def write_local_tasks(out: Path) -> None:
 def openllm(finetuned: StageResult, openllm_cfg, dtype: str, store: Store) -> StageResult:
     """lm-eval scores of the `finetuned` stage's model on the configured leaderboard tasks."""
     validate_openllm(openllm_cfg)
-    params = (OmegaConf.to_container(openllm_cfg, resolve=True, enum_to_str=True)
-              | {"dtype": str(dtype)}
-              | device_key_params(compute_device()))
+    params = (
+        OmegaConf.to_container(openllm_cfg, resolve=True, enum_to_str=True)
+        | {"dtype": str(dtype)}
+        | device_key_params(compute_device())
+    )
     label = f"{readable_of(finetuned.key)}_{openllm_cfg.name}"
     key = stage_key("openllm", label, params, [finetuned.key], VERSION)
     return store.materialize(
@@ -123,8 +131,9 @@ def _evaluate(model_dir: Path, cfg, dtype: str, work: Path) -> dict:
         write_local_tasks(work / "tasks")
         manager = TaskManager(include_path=str(work / "tasks"))
     placement = hflm_placement(compute_device(), cuda_gpu_count(), work)
-    lm = HFLM(pretrained=str(model_dir), dtype=DTYPES[dtype], batch_size=cfg.batch_size,
-              **placement)
+    lm = HFLM(
+        pretrained=str(model_dir), dtype=DTYPES[dtype], batch_size=cfg.batch_size, **placement
+    )
     merged: dict = {"results": {}, "n-shot": {}, "configs": {}, "versions": {}, "n-samples": {}}
     metrics: dict = {}
     per_question: dict[str, list[float]] = {}
@@ -145,8 +154,11 @@ def _evaluate(model_dir: Path, cfg, dtype: str, work: Path) -> dict:
             bootstrap_iters=0,
         )
         samples = out.get("samples", {})
-        per_question[short] = [float(q[task.metric]) for sub in sorted(samples)
-                               for q in sorted(samples[sub], key=lambda q: q["doc_id"])]
+        per_question[short] = [
+            float(q[task.metric])
+            for sub in sorted(samples)
+            for q in sorted(samples[sub], key=lambda q: q["doc_id"])
+        ]
         for part in merged:
             merged[part].update(out.get(part, {}))
         metrics[f"openllm_{short}"] = float(out["results"][name][f"{task.metric},none"])

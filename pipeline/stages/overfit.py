@@ -27,13 +27,14 @@ from pipeline.data.loading import (
     records_digest,
     tokenize_examples,
 )
+from pipeline.generation.batched import generate_batched
 from pipeline.models.devices import compute_device, device_key_params, release_accelerator_memory
 from pipeline.models.loading import load_model_and_tokenizer
-from pipeline.generation.batched import generate_batched
 from pipeline.stages.contract import Call, Context
 from pipeline.store.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
-VERSION = 2  # 2: generations with the padding-free repetition penalty (generation.batched.generate_batched)
+# 2: generations with the padding-free repetition penalty (generation.batched.generate_batched)
+VERSION = 2
 
 
 def check(cfg) -> None:
@@ -43,8 +44,14 @@ def check(cfg) -> None:
 
 def run(cfg, ctx: Context, call: Call) -> StageResult:
     """Plan entry: noise-off losses and overlap of the chain's fine-tuned model."""
-    return overfit(call.upstream["finetune"], cfg.overfit, cfg.data, cfg.finetune.max_length,
-                   cfg.model.dtype, ctx.store)
+    return overfit(
+        call.upstream["finetune"],
+        cfg.overfit,
+        cfg.data,
+        cfg.finetune.max_length,
+        cfg.model.dtype,
+        ctx.store,
+    )
 
 
 def response_losses(
@@ -65,10 +72,14 @@ def response_losses(
         for start in tqdm(range(0, len(examples), batch_size), desc=desc, unit="batch"):
             batch = pad_batch(examples[start : start + batch_size], tok.pad_token_id)
             with torch.no_grad():
-                logits = model(
-                    input_ids=batch["input_ids"].to(model.device),
-                    attention_mask=batch["attention_mask"].to(model.device),
-                ).logits.float().cpu()
+                logits = (
+                    model(
+                        input_ids=batch["input_ids"].to(model.device),
+                        attention_mask=batch["attention_mask"].to(model.device),
+                    )
+                    .logits.float()
+                    .cpu()
+                )
             labels = batch["labels"][:, 1:]
             nll = torch.nn.functional.cross_entropy(
                 logits[:, :-1].transpose(1, 2), labels, ignore_index=-100, reduction="none"
@@ -112,8 +123,9 @@ def _samples(train: list[dict], overfit_cfg) -> tuple[list[dict], list[dict]]:
     return loss_rows, gen_rows
 
 
-def _measure(model_dir: Path, rows: dict, overfit_cfg, max_length: int, dtype: str,
-             work: Path) -> dict:
+def _measure(
+    model_dir: Path, rows: dict, overfit_cfg, max_length: int, dtype: str, work: Path
+) -> dict:
     """Losses on `rows["loss"]` and `rows["heldout"]`, answers to `rows["generate"]`."""
     model, tok = load_model_and_tokenizer(str(model_dir), dtype, device=compute_device())
     batch = overfit_cfg.batch_size
@@ -138,14 +150,23 @@ def _measure(model_dir: Path, rows: dict, overfit_cfg, max_length: int, dtype: s
     release_accelerator_memory()  # the next stage may need the whole GPU
     rouge, bleu = overlap_scores(outputs, [r["output"] for r in gen_rows])
     generations = [
-        {"instruction": r["instruction"], "input": r["input"], "training_output": r["output"],
-         "output": o}
+        {
+            "instruction": r["instruction"],
+            "input": r["input"],
+            "training_output": r["output"],
+            "output": o,
+        }
         for r, o in zip(gen_rows, outputs)
     ]
     write_json_atomic(
         work / "per_example.json",
-        {"train_loss": train_loss, "heldout_loss": heldout_loss, "rougeL": rouge, "bleu": bleu,
-         "generations": generations},
+        {
+            "train_loss": train_loss,
+            "heldout_loss": heldout_loss,
+            "rougeL": rouge,
+            "bleu": bleu,
+            "generations": generations,
+        },
     )
     return {
         "overfit_train_loss": _mean(train_loss),
@@ -168,12 +189,16 @@ def overfit(
     # Bad rows fail here, before the model loads.
     heldout = load_train(overfit_cfg.heldout, overfit_cfg.heldout_limit)
     loss_rows, gen_rows = _samples(train, overfit_cfg)
-    params = OmegaConf.to_container(overfit_cfg, resolve=True) | {
-        "train": records_digest(train),
-        "heldout_records": records_digest(heldout),
-        "max_length": max_length,
-        "dtype": str(dtype),  # plain str, not the schema's Enum member
-    } | device_key_params(compute_device())
+    params = (
+        OmegaConf.to_container(overfit_cfg, resolve=True)
+        | {
+            "train": records_digest(train),
+            "heldout_records": records_digest(heldout),
+            "max_length": max_length,
+            "dtype": str(dtype),  # plain str, not the schema's Enum member
+        }
+        | device_key_params(compute_device())
+    )
     key = stage_key("overfit", readable_of(finetuned.key), params, [finetuned.key], VERSION)
     rows = {"loss": loss_rows, "heldout": heldout, "generate": gen_rows}
 

@@ -18,13 +18,10 @@ manifest, is moved aside and recomputed.
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import os
 import shutil
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,18 +29,28 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.store.atomic import write_json_atomic, write_text_atomic
+from pipeline.store.keys import readable_of, stage_key
 from pipeline.store.locking import StageLock
-from pipeline.store.manifest import (
-    MANIFEST, MARKER, METRICS, Defect, checked_metrics, manifest_of, sha256_of,
-)
+from pipeline.store.manifest import MANIFEST, MARKER, METRICS, Defect, checked_metrics, manifest_of
 from pipeline.store.workdirs import claim_work, discard, publish, remove_unfinished
 from pipeline.text.logs import get_logger
 
 LOG = get_logger("store")
 
 __all__ = [
-    "MANIFEST", "MARKER", "METRICS", "StageLock", "StageResult", "Store", "StoreError",
-    "is_complete", "readable_of", "stage_key", "write_json_atomic", "write_text_atomic",
+    "MANIFEST",
+    "MARKER",
+    "METRICS",
+    "StageLock",
+    "StageResult",
+    "Store",
+    "StoreError",
+    "is_complete",
+    "readable_of",
+    "stage_key",
+    "write_json_atomic",
+    "write_text_atomic",
 ]
 
 VERIFY_MODES = ("size", "full")
@@ -65,50 +72,9 @@ class StageResult:
     reused: bool
 
 
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def stage_key(stage: str, readable: str, params: dict, inputs: list[str], version: int) -> str:
-    """Key = readable name + short hash of the stage's config, its inputs' keys and its version."""
-    own = {"stage": stage, "params": params, "inputs": sorted(inputs), "version": version}
-    digest = hashlib.sha256(_canonical(own).encode()).hexdigest()[:12]
-    safe = "".join(c if (c.isalnum() or c in "-_.") else "-" for c in readable)
-    return f"{stage}-{safe}-{digest}"
-
-
-def readable_of(key: str) -> str:
-    """The readable part of a stage key (`<stage>-<readable>-<hash>` -> `<readable>`)."""
-    return key.split("-", 1)[1].rsplit("-", 1)[0]
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace `path` by `text` at once: readers see the old or the new file, never a torn one."""
-    path = Path(path)
-    # Unique per writer (even across hosts), so concurrent writers never share or remove a temp.
-    tmp = path.with_name(f".{path.name[:200]}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to `path` atomically (see write_text_atomic)."""
-    write_text_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False))
-
-
 def is_complete(stage_dir: Path) -> bool:
     """Whether the stage directory was marked complete (its COMPLETE marker exists)."""
     return (Path(stage_dir) / MARKER).is_file()
-
-
-_sha256 = sha256_of  # the name older callers use
 
 
 def compute_device() -> dict:
@@ -149,8 +115,10 @@ def _full_disk_reported(key: str, where: Path) -> Iterator[None]:
         if not full and getattr(exc, "errno", None) not in (errno.ENOSPC, errno.EDQUOT):
             raise
         free = "?" if space is None else space[0]
-        raise StoreError(f"stage {key}: no space left in {where} ({free} bytes free); free "
-                         "space there or move paths.store to a larger filesystem") from exc
+        raise StoreError(
+            f"stage {key}: no space left in {where} ({free} bytes free); free "
+            "space there or move paths.store to a larger filesystem"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -202,8 +170,9 @@ class Store:
             os.rename(stage_dir, aside)
         except FileNotFoundError:
             return
-        LOG.warning("stage %s is corrupt (%s); moved aside to %s; it will be recomputed",
-                    key, defect, aside)
+        LOG.warning(
+            "stage %s is corrupt (%s); moved aside to %s; it will be recomputed", key, defect, aside
+        )
 
     def _compute(self, key: str, compute: Callable[[Path], dict], work: Path, config) -> dict:
         if self.tracker is None:
@@ -238,8 +207,7 @@ class Store:
         root.mkdir(parents=True, exist_ok=True)
         lock = StageLock(root / f"{key}.lock", self.lock_stale_after_s, self.lock_heartbeat_s)
         with _full_disk_reported(key, root):
-            lock.acquire(on_wait=lambda: LOG.info("waiting for another process computing %s",
-                                                  key))
+            lock.acquire(on_wait=lambda: LOG.info("waiting for another process computing %s", key))
         try:
             hit = self.lookup(key)
             if hit is not None:
@@ -256,8 +224,9 @@ class Store:
         finally:
             lock.release()
 
-    def _compute_and_publish(self, key, compute, work: Path, lock: StageLock, resumable: bool,
-                             config) -> StageResult:
+    def _compute_and_publish(
+        self, key, compute, work: Path, lock: StageLock, resumable: bool, config
+    ) -> StageResult:
         try:
             with _full_disk_reported(key, work):
                 started = time.time()
@@ -267,9 +236,16 @@ class Store:
                 finished = time.time()
                 # The cost of this computation (a resumed finetune: of this attempt only), for
                 # the report's cost section; outside the manifest, so checks are unchanged.
-                write_json_atomic(work / MARKER, {
-                    "key": key, "started_at": started, "finished_at": finished,
-                    "wall_s": round(finished - started, 3), "device": compute_device()})
+                write_json_atomic(
+                    work / MARKER,
+                    {
+                        "key": key,
+                        "started_at": started,
+                        "finished_at": finished,
+                        "wall_s": round(finished - started, 3),
+                        "device": compute_device(),
+                    },
+                )
             published = publish(work, self.path(key))
         except BaseException as exc:
             if not lock.held():
@@ -296,5 +272,7 @@ class Store:
 def _lost(key: str, lock: StageLock, stale_after_s: float) -> StoreError:
     # A holder whose heartbeat went stale was taken over; the new holder owns the stage now and
     # publishing our work would race with (or clobber) its own.
-    return StoreError(f"stage {key}: lock {lock.path} was taken over by another process while "
-                      f"computing (no heartbeat for {stale_after_s} s); not publishing")
+    return StoreError(
+        f"stage {key}: lock {lock.path} was taken over by another process while "
+        f"computing (no heartbeat for {stale_after_s} s); not publishing"
+    )

@@ -38,7 +38,7 @@ def work_dirs(root: Path, key: str) -> list[Path]:
     """Work dirs of `key`, oldest first (the single `<key>.partial` of older versions first)."""
     own = re.compile(re.escape(key) + r"(\.w\d{20}[0-9a-f]{8})?" + re.escape(SUFFIX))
     found = [p for p in Path(root).iterdir() if own.fullmatch(p.name)]
-    return sorted(found, key=lambda p: p.name[len(key):])
+    return sorted(found, key=lambda p: p.name[len(key) :])
 
 
 def discard(path: Path) -> None:

@@ -21,7 +21,7 @@ class Tracker:
     dir: str
 
     @classmethod
-    def from_config(cls, logger_cfg, group: str) -> "Tracker":
+    def from_config(cls, logger_cfg, group: str) -> Tracker:
         if logger_cfg.mode not in ("disabled", "offline", "online"):
             raise ValueError(f"logger.mode={logger_cfg.mode!r}: use disabled, offline or online")
         if logger_cfg.mode == "online" and not os.environ.get("WANDB_API_KEY"):
@@ -92,5 +92,6 @@ class Tracker:
 
 def _results(out_dir: Path, pattern: str) -> list[Path]:
     # Hidden names are writers' temp files (another run's, or one a kill left), not results.
-    return sorted(p for p in Path(out_dir).glob(pattern)
-                  if not p.name.startswith(".") and p.is_file())
+    return sorted(
+        p for p in Path(out_dir).glob(pattern) if not p.name.startswith(".") and p.is_file()
+    )

@@ -38,22 +38,28 @@ def nproc_per_node(dist_cfg) -> int:
     if value == "auto":
         return max(1, visible_cuda_gpus())
     if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"finetune.distributed.nproc_per_node={dist_cfg.nproc_per_node!r}: "
-                         "give a number >= 1 or auto (one process per visible GPU)")
+        raise ValueError(
+            f"finetune.distributed.nproc_per_node={dist_cfg.nproc_per_node!r}: "
+            "give a number >= 1 or auto (one process per visible GPU)"
+        )
     return int(value)
 
 
 def world_size(dist_cfg) -> int:
     """Processes in all: nproc_per_node x nnodes, after checking the strategy fits them."""
     if dist_cfg.strategy not in STRATEGIES:
-        raise ValueError(f"finetune.distributed.strategy={dist_cfg.strategy!r} is unknown; use "
-                         f"one of {STRATEGIES}")
+        raise ValueError(
+            f"finetune.distributed.strategy={dist_cfg.strategy!r} is unknown; use "
+            f"one of {STRATEGIES}"
+        )
     if dist_cfg.nnodes < 1:
         raise ValueError(f"finetune.distributed.nnodes={dist_cfg.nnodes} must be >= 1")
     world = nproc_per_node(dist_cfg) * dist_cfg.nnodes
     if world > 1 and dist_cfg.strategy == "none":
-        raise ValueError(f"finetune.distributed: {world} processes with strategy=none; set "
-                         "strategy=ddp (a full copy per GPU) or fsdp (sharded)")
+        raise ValueError(
+            f"finetune.distributed: {world} processes with strategy=none; set "
+            "strategy=ddp (a full copy per GPU) or fsdp (sharded)"
+        )
     return world
 
 
@@ -65,7 +71,8 @@ def accumulation_steps(train_cfg, world: int) -> int:
         raise ValueError(
             f"finetune.effective_batch_size={train_cfg.effective_batch_size} is not a multiple "
             f"of per_device_batch_size x world size = {train_cfg.per_device_batch_size} x "
-            f"{world} = {per_step}; change one of them so that it divides")
+            f"{world} = {per_step}; change one of them so that it divides"
+        )
     return steps
 
 
@@ -85,8 +92,13 @@ def _first_slurm_host(env: dict) -> str:
     nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
     if not nodelist:
         return "127.0.0.1"
-    done = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
-                          text=True, check=True, timeout=60)
+    done = subprocess.run(
+        ["scontrol", "show", "hostnames", nodelist],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     return done.stdout.split()[0]
 
 
@@ -106,15 +118,19 @@ def check_allocation(dist_cfg, env: dict | None = None) -> None:
     limited: there the processes share the CPUs."""
     env = dict(os.environ if env is None else env)
     nproc, nnodes = nproc_per_node(dist_cfg), dist_cfg.nnodes
-    keys = (f"finetune.distributed.nproc_per_node={dist_cfg.nproc_per_node} x "
-            f"finetune.distributed.nnodes={nnodes}")
+    keys = (
+        f"finetune.distributed.nproc_per_node={dist_cfg.nproc_per_node} x "
+        f"finetune.distributed.nnodes={nnodes}"
+    )
     if nnodes > 1 and env.get("SLURM_JOB_ID"):
         nodes = _env_int(env, "SLURM_JOB_NUM_NODES", "SLURM_NNODES") or 1
         if nnodes > nodes:
-            raise ValueError(f"{keys}: this SLURM job has {nodes} node(s) "
-                             f"(SLURM_JOB_NUM_NODES={nodes}); submit it on {nnodes} nodes "
-                             "(launcher=slurm sizes each job from its point, or sbatch "
-                             f"--nodes={nnodes}) or set finetune.distributed.nnodes={nodes}")
+            raise ValueError(
+                f"{keys}: this SLURM job has {nodes} node(s) "
+                f"(SLURM_JOB_NUM_NODES={nodes}); submit it on {nnodes} nodes "
+                "(launcher=slurm sizes each job from its point, or sbatch "
+                f"--nodes={nnodes}) or set finetune.distributed.nnodes={nodes}"
+            )
     slurm_gpus = _env_int(env, "SLURM_GPUS_ON_NODE")
     cuda = visible_cuda_gpus()
     have = [n for n in (slurm_gpus, cuda) if n]  # 0 or unknown: not a GPU count to hold to
@@ -123,7 +139,8 @@ def check_allocation(dist_cfg, env: dict | None = None) -> None:
             f"{keys}: {nproc} processes per node, one per GPU, but this node has {min(have)} "
             f"GPU(s) (SLURM_GPUS_ON_NODE={slurm_gpus}, CUDA visible: {cuda}); submit the point "
             "with launcher=slurm (it requests finetune.distributed.nproc_per_node GPUs per node) "
-            "or lower finetune.distributed.nproc_per_node")
+            "or lower finetune.distributed.nproc_per_node"
+        )
 
 
 def command(dist_cfg, request: Path, env: dict | None = None) -> list[str]:
@@ -138,9 +155,11 @@ def command(dist_cfg, request: Path, env: dict | None = None) -> list[str]:
         return torchrun + ["--nnodes=1", "--standalone"] + worker
     job = env.get("SLURM_JOB_ID")
     if not job:
-        raise ValueError(f"finetune.distributed.nnodes={nnodes} runs under SLURM (srun starts one "
-                         "torchrun per node): submit slurm/finetune_multinode.sbatch, or set "
-                         "nnodes=1")
+        raise ValueError(
+            f"finetune.distributed.nnodes={nnodes} runs under SLURM (srun starts one "
+            "torchrun per node): submit slurm/finetune_multinode.sbatch, or set "
+            "nnodes=1"
+        )
     check_allocation(dist_cfg, env)
     endpoint = dist_cfg.rdzv_endpoint or f"{_first_slurm_host(env)}:{dist_cfg.rdzv_port}"
     srun = ["srun", f"--nodes={nnodes}", f"--ntasks={nnodes}", "--ntasks-per-node=1"]
@@ -149,8 +168,12 @@ def command(dist_cfg, request: Path, env: dict | None = None) -> list[str]:
         srun.append(f"--cpus-per-task={cpus}")
     if _env_int(env, "SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE"):  # a GPU job: one per rank
         srun.append(f"--gpus-per-node={nproc}")
-    rdzv = [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}",
-            f"--rdzv-id={job}"]
+    rdzv = [
+        f"--nnodes={nnodes}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={endpoint}",
+        f"--rdzv-id={job}",
+    ]
     return srun + ["--kill-on-bad-exit=1"] + torchrun + rdzv + worker
 
 
@@ -164,14 +187,24 @@ def _die_with_parent() -> None:
 def run_workers(dist_cfg, request: Path, log: Path) -> None:
     """Launch the workers on `request`, wait for them; LaunchError quoting `log` on failure."""
     cmd = command(dist_cfg, request)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(PROJECT_ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [str(PROJECT_ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+        ),
+    )
     env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default, said once instead of warned
     LOG.info("%d processes: %s", world_size(dist_cfg), " ".join(cmd))
     LOG.info("worker log: %s", log)
     with open(log, "a", encoding="utf-8") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                cwd=str(PROJECT_ROOT), preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(PROJECT_ROOT),
+            preexec_fn=_die_with_parent,
+        )
         (log.parent / "launcher.pid").write_text(str(proc.pid))
         try:
             code = proc.wait()
@@ -180,6 +213,7 @@ def run_workers(dist_cfg, request: Path, log: Path) -> None:
             proc.wait()
             raise
     if code != 0:
-        raise LaunchError(f"training workers exited with code {code}; the stage is not done "
-                          f"and resumes from its last checkpoint when rerun. "
-                          + log_tail(log))
+        raise LaunchError(
+            f"training workers exited with code {code}; the stage is not done "
+            f"and resumes from its last checkpoint when rerun. " + log_tail(log)
+        )

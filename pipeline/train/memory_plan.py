@@ -21,23 +21,11 @@ Run: python -m pipeline.cluster.table    (prints the README table)
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
-# Parameter counts of the paper's models (and the CPU default), by model.name.
-KNOWN_PARAMS = {
-    "llama2-7b": 6.74e9, "llama2-13b": 13.0e9, "llama2-70b": 69.0e9, "llama1-7b": 6.74e9,
-    "llama1-30b": 32.5e9, "opt-6.7b": 6.66e9, "llama2-7b-chat": 6.74e9, "smollm2-135m": 1.35e8,
-}
-# (hidden size, layers, attention heads, vocabulary) of those models, for the activations.
-KNOWN_SHAPES = {
-    "llama2-7b": (4096, 32, 32, 32000), "llama2-7b-chat": (4096, 32, 32, 32000),
-    "llama1-7b": (4096, 32, 32, 32000), "llama2-13b": (5120, 40, 40, 32000),
-    "llama1-30b": (6656, 60, 52, 32000), "llama2-70b": (8192, 80, 64, 32000),
-    "opt-6.7b": (4096, 32, 32, 50272), "smollm2-135m": (576, 30, 9, 49152),
-}
+from pipeline.train.model_size import gpu_memory_gb, model_params, model_shape
+
 STRATEGIES = ("none", "ddp", "fsdp", "deepspeed_zero3")
 SHARDED = ("fsdp", "deepspeed_zero3")
 PARAM_BYTES = {"bf16": 2.0, "mixed": 4.0}  # one parameter (its gradient, its temporary)
@@ -87,9 +75,9 @@ class MemoryPlan:
         return None if self.gpu_gb is None else self.per_gpu_gb <= self.usable_gb
 
 
-
-def state_bytes(precision: str = "bf16", trainable_fraction: float | None = None,
-                load_in_4bit: bool = False) -> dict[str, float]:
+def state_bytes(
+    precision: str = "bf16", trainable_fraction: float | None = None, load_in_4bit: bool = False
+) -> dict[str, float]:
     """Bytes per base parameter of each sharded term; `trainable_fraction` = LoRA."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} is unknown; use one of {tuple(PRECISIONS)}")
@@ -97,34 +85,57 @@ def state_bytes(precision: str = "bf16", trainable_fraction: float | None = None
         if load_in_4bit:
             raise ValueError("a 4-bit base needs LoRA adapters: give trainable_fraction")
         p = PARAM_BYTES[precision]  # mixed: the fp32 parameters are the master weights
-        return {"weights": p, "gradients": p, "AdamW states": 2 * p, "master copies": 0.0,
-                "AdamW temporary": p}
+        return {
+            "weights": p,
+            "gradients": p,
+            "AdamW states": 2 * p,
+            "master copies": 0.0,
+            "AdamW temporary": p,
+        }
     if not 0 < trainable_fraction <= 1:
         raise ValueError(f"trainable_fraction={trainable_fraction} must be in (0, 1]")
     base = BASE_BYTES[load_in_4bit] if precision == "bf16" or load_in_4bit else 4.0
     a = ADAPTER_BYTES * trainable_fraction
-    return {"weights": base + a, "gradients": a, "AdamW states": 2 * a, "master copies": 0.0,
-            "AdamW temporary": a}
+    return {
+        "weights": base + a,
+        "gradients": a,
+        "AdamW states": 2 * a,
+        "master copies": 0.0,
+        "AdamW temporary": a,
+    }
 
 
-def bytes_per_param(precision: str = "bf16", trainable_fraction: float | None = None,
-                    load_in_4bit: bool = False) -> float:
+def bytes_per_param(
+    precision: str = "bf16", trainable_fraction: float | None = None, load_in_4bit: bool = False
+) -> float:
     """Model-state bytes (weights, grads, AdamW states, masters) per base parameter."""
-    return sum(b for t, b in state_bytes(precision, trainable_fraction, load_in_4bit).items()
-               if t in STATE_TERMS)
+    return sum(
+        b
+        for t, b in state_bytes(precision, trainable_fraction, load_in_4bit).items()
+        if t in STATE_TERMS
+    )
 
 
-def plan_memory(n_params: float, strategy: str = "none", world_size: int = 1,
-                precision: str = "bf16", trainable_fraction: float | None = None,
-                load_in_4bit: bool = False, gpu_gb: float | None = None,
-                activations_gb: float = 0.0) -> MemoryPlan:
+def plan_memory(
+    n_params: float,
+    strategy: str = "none",
+    world_size: int = 1,
+    precision: str = "bf16",
+    trainable_fraction: float | None = None,
+    load_in_4bit: bool = False,
+    gpu_gb: float | None = None,
+    activations_gb: float = 0.0,
+) -> MemoryPlan:
     """Estimate every term per GPU and whether the sum fits GPUs of `gpu_gb` GB."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"finetune.distributed.strategy={strategy!r} is unknown; "
-                         f"use one of {STRATEGIES}")
+        raise ValueError(
+            f"finetune.distributed.strategy={strategy!r} is unknown; use one of {STRATEGIES}"
+        )
     if world_size < 1 or (strategy == "none" and world_size != 1):
-        raise ValueError(f"world size {world_size} with strategy={strategy!r}: strategy none "
-                         "runs on exactly one GPU; use ddp or fsdp for more")
+        raise ValueError(
+            f"world size {world_size} with strategy={strategy!r}: strategy none "
+            "runs on exactly one GPU; use ddp or fsdp for more"
+        )
     per_param = state_bytes(precision, trainable_fraction, load_in_4bit)
     shards = world_size if strategy in SHARDED else 1
     gb = {name: n_params * b / 1e9 / shards for name, b in per_param.items()}
@@ -133,12 +144,14 @@ def plan_memory(n_params: float, strategy: str = "none", world_size: int = 1,
     gb["DDP buckets"] = n_params * per_param["gradients"] / 1e9 if ddp else 0.0
     gb["activations"] = activations_gb
     states = bytes_per_param(precision, trainable_fraction, load_in_4bit)
-    return MemoryPlan(n_params, strategy, world_size, states, tuple((t, gb[t]) for t in TERMS),
-                      gpu_gb)
+    return MemoryPlan(
+        n_params, strategy, world_size, states, tuple((t, gb[t]) for t in TERMS), gpu_gb
+    )
 
 
-def activation_gb(shape: tuple, batch: int, length: int, checkpointing: bool = True,
-                  dtype_bytes: float = 2.0) -> float:
+def activation_gb(
+    shape: tuple, batch: int, length: int, checkpointing: bool = True, dtype_bytes: float = 2.0
+) -> float:
     """Activations kept for backward on one GPU (Korthikanti et al. 2022, per layer
     s*b*h*(34 + 5*a*s/h) bytes at 2 bytes/value) plus the logits (bf16, their fp32 upcast for
     the loss and its gradient); with checkpointing only each layer's input is kept, plus one
@@ -183,77 +196,22 @@ def check_plan(plan: MemoryPlan, label: str | None = None, **kw) -> MemoryPlan:
         return plan
     where = "one GPU" if plan.world_size == 1 else f"each of {plan.world_size} GPUs"
     what = "full fine-tune" if kw.get("trainable_fraction") is None else "LoRA fine-tune"
-    need = (f"{label or size_label(plan.n_params)} {what} needs about {plan.per_gpu_gb:.0f} GB on {where} "
-            f"({', '.join(f'{n} {gb:.1f}' for n, gb in plan.terms if gb)}), more than "
-            f"{plan.usable_gb:.0f} GB ({100 - RESERVE * 100:.0f}% of {plan.gpu_gb:.0f} GB, "
-            "the rest kept for the CUDA context and fragmentation)")
+    need = (
+        f"{label or size_label(plan.n_params)} {what} needs about {plan.per_gpu_gb:.0f} GB "
+        f"on {where} "
+        f"({', '.join(f'{n} {gb:.1f}' for n, gb in plan.terms if gb)}), more than "
+        f"{plan.usable_gb:.0f} GB ({100 - RESERVE * 100:.0f}% of {plan.gpu_gb:.0f} GB, "
+        "the rest kept for the CUDA context and fragmentation)"
+    )
     gpus = min_sharded_gpus(plan.n_params, plan.gpu_gb, **kw)
     if gpus is None:
-        raise ValueError(f"{need}; no FSDP world size up to 1024 GPUs fits: use LoRA "
-                         "(finetune=qlora) or GPUs with more memory")
+        raise ValueError(
+            f"{need}; no FSDP world size up to 1024 GPUs fits: use LoRA "
+            "(finetune=qlora) or GPUs with more memory"
+        )
     nodes = math.ceil(gpus / GPUS_PER_NODE)
     on = f"{gpus} GPUs" + (f" ({nodes} nodes of {GPUS_PER_NODE})" if nodes > 1 else "")
     raise ValueError(f"{need}; set finetune.distributed.strategy=fsdp with at least {on}")
-
-
-def gpu_memory_gb(configured: float | None = None) -> float | None:
-    """Memory of GPU 0 in GB when torch sees a CUDA GPU, else `configured` (None = unknown)."""
-    try:
-        import torch
-    except ImportError:
-        return configured
-    cuda = torch.cuda.is_available()
-    return torch.cuda.get_device_properties(0).total_memory / 1e9 if cuda else configured
-
-
-def count_params(arch: dict) -> int:
-    """Parameters of a Llama-style decoder from its config (a config.json dict or a TinyArch)."""
-    get = arch.get
-    d, vocab = get("hidden_size"), get("vocab_size")
-    layers = get("num_hidden_layers", get("num_layers"))
-    heads = get("num_attention_heads", get("num_heads"))
-    kv_heads = get("num_key_value_heads") or heads
-    head_dim = get("head_dim") or d // heads
-    attn = d * heads * head_dim * 2 + d * kv_heads * head_dim * 2  # q, o and k, v
-    mlp = 3 * d * get("intermediate_size")  # gate, up, down
-    tied = get("tie_word_embeddings", False)
-    return vocab * d * (1 if tied else 2) + layers * (attn + mlp + 2 * d) + d
-
-
-def _local_arch(model_cfg) -> dict | None:
-    """The architecture dict of a tiny or local model (None for others)."""
-    if model_cfg.source == "tiny" and model_cfg.arch is not None:
-        # The tiny model ties its embeddings (pipeline.models.loading._build_tiny).
-        return dict(model_cfg.arch) | {"tie_word_embeddings": True}
-    config = Path(str(model_cfg.id)) / "config.json"
-    if model_cfg.source == "local" and config.is_file():
-        return json.loads(config.read_text(encoding="utf-8"))
-    return None
-
-
-def model_params(model_cfg, n_params: float | None = None) -> float:
-    """Parameter count of a model config: given, known by name, or counted from its arch."""
-    if n_params is not None:
-        return float(n_params)
-    if model_cfg.name in KNOWN_PARAMS:
-        return KNOWN_PARAMS[model_cfg.name]
-    arch = _local_arch(model_cfg)
-    if arch is not None:
-        return float(count_params(arch))
-    raise ValueError(f"model {model_cfg.name!r}: parameter count unknown for the memory plan; "
-                     "set finetune.distributed.n_params (e.g. finetune.distributed.n_params=7e9)")
-
-
-def model_shape(model_cfg) -> tuple | None:
-    """(hidden, layers, heads, vocab) of a model config; None when unknown."""
-    if model_cfg.name in KNOWN_SHAPES:
-        return KNOWN_SHAPES[model_cfg.name]
-    arch = _local_arch(model_cfg)
-    if arch is None:
-        return None
-    get = arch.get
-    return (get("hidden_size"), get("num_hidden_layers", get("num_layers")),
-            get("num_attention_heads", get("num_heads")), get("vocab_size"))
 
 
 LORA_TRAINABLE_FRACTION = 0.024  # r=64 adapters on every linear layer: 2.4% of LLaMA-2-7B
@@ -272,8 +230,10 @@ def finetune_plan(cfg, gpu_gb: float | None = None) -> tuple[MemoryPlan, dict]:
     fp32 = cfg.model.dtype == "float32" or master
     kw = {"precision": "mixed" if fp32 else "bf16"}
     if lora is not None:  # planned as it runs on a GPU node: auto means 4-bit there
-        kw.update(trainable_fraction=LORA_TRAINABLE_FRACTION,
-                  load_in_4bit=str(lora.quantize_4bit).lower() != "false")
+        kw.update(
+            trainable_fraction=LORA_TRAINABLE_FRACTION,
+            load_in_4bit=str(lora.quantize_4bit).lower() != "false",
+        )
     gpu_gb = gpu_gb if gpu_gb is not None else gpu_memory_gb(dist.gpu_memory_gb)
     try:
         n_params = model_params(cfg.model, dist.n_params)
@@ -284,8 +244,12 @@ def finetune_plan(cfg, gpu_gb: float | None = None) -> tuple[MemoryPlan, dict]:
     shape = model_shape(cfg.model)
     if shape is not None:
         kw["activations_gb"] = activation_gb(
-            shape, ft.per_device_batch_size, ft.max_length, ft.gradient_checkpointing,
-            4.0 if cfg.model.dtype == "float32" else 2.0)
+            shape,
+            ft.per_device_batch_size,
+            ft.max_length,
+            ft.gradient_checkpointing,
+            4.0 if cfg.model.dtype == "float32" else 2.0,
+        )
     return plan_memory(n_params, dist.strategy, world, gpu_gb=gpu_gb, **kw), kw
 
 

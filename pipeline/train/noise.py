@@ -31,8 +31,12 @@ def validate_noise(kind: str, alpha: float, length: str) -> None:
     if length not in LENGTHS:
         raise ValueError(f"noise.length={length!r} is unknown; use one of {LENGTHS}")
     # `alpha < 0` is False for NaN: test for a finite number explicitly.
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) \
-            or alpha < 0:
+    if (
+        isinstance(alpha, bool)
+        or not isinstance(alpha, (int, float))
+        or not math.isfinite(alpha)
+        or alpha < 0
+    ):
         raise ValueError(
             f"noise.alpha={alpha!r} must be a finite number >= 0 (the paper uses 5, 10 or 15)"
         )

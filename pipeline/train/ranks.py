@@ -41,8 +41,12 @@ def _readable_state(ckpt: Path) -> bool:
         json.loads(path.read_text(encoding="utf-8"))
         return True
     except (OSError, ValueError) as err:
-        LOG.warning("%s is damaged (%s: %s); resuming from an earlier checkpoint instead",
-                    path, type(err).__name__, err)
+        LOG.warning(
+            "%s is damaged (%s: %s); resuming from an earlier checkpoint instead",
+            path,
+            type(err).__name__,
+            err,
+        )
         return False
 
 
@@ -52,9 +56,12 @@ def last_checkpoint(ckpt_root: Path, world_size: int = 1, noise_rng: bool = Fals
     it. None: train from the start."""
     if not ckpt_root.is_dir():
         return None
-    done = [p for p in ckpt_root.glob("checkpoint-*") if (p / "trainer_state.json").is_file()
-            and (not noise_rng or all((p / noise_rng_file(r)).is_file()
-                                      for r in range(world_size)))]
+    done = [
+        p
+        for p in ckpt_root.glob("checkpoint-*")
+        if (p / "trainer_state.json").is_file()
+        and (not noise_rng or all((p / noise_rng_file(r)).is_file() for r in range(world_size)))
+    ]
     for ckpt in sorted(done, key=lambda p: int(p.name.split("-")[1]), reverse=True):
         if _readable_state(ckpt):
             return ckpt
@@ -71,7 +78,8 @@ def check_world_size(ckpt_root: Path, world_size: int) -> None:
         raise ValueError(
             f"the checkpoints in {ckpt_root} were written by {was} processes, this run has "
             f"{world_size}; resume with finetune.distributed set to {was} processes in all "
-            f"(nproc_per_node x nnodes), or delete {ckpt_root} to train from the start")
+            f"(nproc_per_node x nnodes), or delete {ckpt_root} to train from the start"
+        )
 
 
 def full_state_dict(model) -> dict | None:
@@ -103,8 +111,9 @@ def save_consolidated(model, out: Path, is_main: bool, dtype: str | None = None)
     state = full_state_dict(model)
     if is_main:
         if dtype is not None and state is not None:
-            state = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v
-                     for k, v in state.items()}
+            state = {
+                k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()
+            }
         elif dtype is not None:
             model = model.to(DTYPES[dtype])  # a no-op when it already is (tied weights stay tied)
         model.save_pretrained(out, state_dict=state, safe_serialization=True)
@@ -113,10 +122,17 @@ def save_consolidated(model, out: Path, is_main: bool, dtype: str | None = None)
 def write_rank_record(work: Path, rank: int, world: int, generator: torch.Generator) -> None:
     """launch/rank<r>.json: where this rank ran and its noise generator's seed and end state."""
     state = generator.get_state().cpu().numpy().tobytes()
-    write_json_atomic(work / "launch" / f"rank{rank}.json", {
-        "rank": rank, "world_size": world, "host": os.uname().nodename, "pid": os.getpid(),
-        "noise_seed": generator.initial_seed(),
-        "noise_state_sha256": hashlib.sha256(state).hexdigest()})
+    write_json_atomic(
+        work / "launch" / f"rank{rank}.json",
+        {
+            "rank": rank,
+            "world_size": world,
+            "host": os.uname().nodename,
+            "pid": os.getpid(),
+            "noise_seed": generator.initial_seed(),
+            "noise_state_sha256": hashlib.sha256(state).hexdigest(),
+        },
+    )
 
 
 def exit_with_parent() -> None:

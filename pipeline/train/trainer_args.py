@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 import torch
+
 from pipeline.text.logs import get_logger
 
 LOG = get_logger("finetune")
@@ -43,26 +44,34 @@ def check_training(train_cfg) -> None:
     if train_cfg.max_steps <= 0 and not train_cfg.epochs > 0:
         raise ValueError(f"finetune.epochs={train_cfg.epochs}: must be > 0 (or set max_steps)")
     if any(tag in train_cfg.optim for tag in BNB_OPTIMS) and not has_bitsandbytes():
-        raise ValueError(f"finetune.optim={train_cfg.optim} is a bitsandbytes optimiser and "
-                         f"bitsandbytes is not installed: {BNB_HINT}; or use optim=adamw_torch")
+        raise ValueError(
+            f"finetune.optim={train_cfg.optim} is a bitsandbytes optimiser and "
+            f"bitsandbytes is not installed: {BNB_HINT}; or use optim=adamw_torch"
+        )
     if train_cfg.lora is not None:
         use_4bit(train_cfg.lora.quantize_4bit)
     dist = train_cfg.distributed
     if dist.strategy == "fsdp" and dist.fsdp.sharding not in FSDP_SHARDING:
-        raise ValueError(f"finetune.distributed.fsdp.sharding={dist.fsdp.sharding!r}: FSDP2 (the "
-                         f"Trainer's default) offers {FSDP_SHARDING}; hybrid sharding is FSDP1 "
-                         "only, which transformers has deprecated")
+        raise ValueError(
+            f"finetune.distributed.fsdp.sharding={dist.fsdp.sharding!r}: FSDP2 (the "
+            f"Trainer's default) offers {FSDP_SHARDING}; hybrid sharding is FSDP1 "
+            "only, which transformers has deprecated"
+        )
 
 
 def use_4bit(quantize: bool) -> bool:
     """QLoRA's NF4 base: asked for and possible, or an error that says why (never a silent
     fall back to plain LoRA on a bf16 base: that is another experiment)."""
     if not isinstance(quantize, bool):
-        raise ValueError(f"finetune.lora.quantize_4bit={quantize!r}: use true (QLoRA, NF4 base) "
-                         "or false (plain LoRA)")
+        raise ValueError(
+            f"finetune.lora.quantize_4bit={quantize!r}: use true (QLoRA, NF4 base) "
+            "or false (plain LoRA)"
+        )
     if quantize and not (torch.cuda.is_available() and has_bitsandbytes()):
-        raise ValueError("finetune.lora.quantize_4bit=true (QLoRA) needs a CUDA GPU and "
-                         f"bitsandbytes: {BNB_HINT}; or use plain LoRA (finetune=lora_cpu)")
+        raise ValueError(
+            "finetune.lora.quantize_4bit=true (QLoRA) needs a CUDA GPU and "
+            f"bitsandbytes: {BNB_HINT}; or use plain LoRA (finetune=lora_cpu)"
+        )
     return quantize
 
 
@@ -87,10 +96,14 @@ def fsdp_config(train_cfg: dict) -> dict:
     """fsdp_config of TrainingArguments (FSDP2): sharding, offload, rank-0 loading, sharded
     checkpoints, FSDP's own activation checkpointing."""
     fsdp = train_cfg["distributed"]["fsdp"]
-    return {"version": 2, "reshard_after_forward": fsdp["sharding"] == "full_shard",
-            "cpu_offload": fsdp["cpu_offload"], "cpu_ram_efficient_loading": fsdp["rank0_load"],
-            "state_dict_type": "SHARDED_STATE_DICT",
-            "activation_checkpointing": train_cfg["gradient_checkpointing"]}
+    return {
+        "version": 2,
+        "reshard_after_forward": fsdp["sharding"] == "full_shard",
+        "cpu_offload": fsdp["cpu_offload"],
+        "cpu_ram_efficient_loading": fsdp["rank0_load"],
+        "state_dict_type": "SHARDED_STATE_DICT",
+        "activation_checkpointing": train_cfg["gradient_checkpointing"],
+    }
 
 
 def training_arguments(train_cfg: dict, report_to: list, ckpt_root: Path, world: int):
@@ -104,19 +117,33 @@ def training_arguments(train_cfg: dict, report_to: list, ckpt_root: Path, world:
     if fsdp:
         extra.update(fsdp=True, fsdp_config=fsdp_config(cfg))
     return TrainingArguments(
-        output_dir=str(ckpt_root), num_train_epochs=cfg["epochs"], max_steps=cfg["max_steps"],
+        output_dir=str(ckpt_root),
+        num_train_epochs=cfg["epochs"],
+        max_steps=cfg["max_steps"],
         per_device_train_batch_size=cfg["per_device_batch_size"],
         gradient_accumulation_steps=cfg["gradient_accumulation_steps"],
-        learning_rate=cfg["learning_rate"], lr_scheduler_type=cfg["lr_scheduler"],
+        learning_rate=cfg["learning_rate"],
+        lr_scheduler_type=cfg["lr_scheduler"],
         warmup_steps=cfg["warmup_ratio"],  # a float < 1 is a fraction of the total steps
-        weight_decay=cfg["weight_decay"], max_grad_norm=cfg["max_grad_norm"], optim=cfg["optim"],
+        weight_decay=cfg["weight_decay"],
+        max_grad_norm=cfg["max_grad_norm"],
+        optim=cfg["optim"],
         bf16=mixed_precision_bf16(cfg),
         activation_checkpointing=cfg["gradient_checkpointing"] and not fsdp,
-        logging_steps=cfg["logging_steps"], save_strategy="steps", save_steps=cfg["save_steps"],
-        save_total_limit=2, train_sampling_strategy=cfg["sampling"], seed=cfg["seed"],
-        data_seed=cfg["seed"], report_to=report_to, remove_unused_columns=False,
-        dataloader_num_workers=0, include_num_input_tokens_seen="non_padding",
-        ddp_timeout=int(cfg["distributed"].get("timeout_s", 7200)), **extra)
+        logging_steps=cfg["logging_steps"],
+        save_strategy="steps",
+        save_steps=cfg["save_steps"],
+        save_total_limit=2,
+        train_sampling_strategy=cfg["sampling"],
+        seed=cfg["seed"],
+        data_seed=cfg["seed"],
+        report_to=report_to,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding",
+        ddp_timeout=int(cfg["distributed"].get("timeout_s", 7200)),
+        **extra,
+    )
 
 
 def single_device(args) -> None:
@@ -125,9 +152,11 @@ def single_device(args) -> None:
     accumulation (computed for one device) does not expect."""
     _ = args.device  # sets args._n_gpu, which the Trainer reads
     if args.n_gpu > 1:
-        LOG.warning("one process, %d GPUs visible: training on one (no DataParallel); use "
-                    "finetune.distributed.nproc_per_node=auto strategy=ddp|fsdp for all of them",
-                    args.n_gpu)
+        LOG.warning(
+            "one process, %d GPUs visible: training on one (no DataParallel); use "
+            "finetune.distributed.nproc_per_node=auto strategy=ddp|fsdp for all of them",
+            args.n_gpu,
+        )
         args._n_gpu = 1
 
 

@@ -20,20 +20,31 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from pipeline.train.ranks import (
-    WORLD_FILE, check_world_size, exit_with_parent, last_checkpoint, noise_rng_file, rank_info,
-    save_consolidated, write_rank_record,
-)
 from pipeline.store.store import write_json_atomic
-from pipeline.train.trainer_args import (
-    prepare_rank0_loading, single_device, training_arguments, use_4bit, uses_fsdp,
-)
 from pipeline.text.logs import configure_logging, get_logger
+from pipeline.train.lora import merged, with_lora
+from pipeline.train.ranks import (
+    WORLD_FILE,
+    check_world_size,
+    exit_with_parent,
+    last_checkpoint,
+    noise_rng_file,
+    rank_info,
+    save_consolidated,
+    write_rank_record,
+)
+from pipeline.train.trainer_args import (
+    prepare_rank0_loading,
+    single_device,
+    training_arguments,
+    use_4bit,
+    uses_fsdp,
+)
 
 LOG = get_logger("finetune")
 
@@ -57,7 +68,7 @@ class TrainRequest:
         path.write_text(json.dumps(asdict(self), indent=1), encoding="utf-8")
 
     @classmethod
-    def load(cls, path: Path) -> "TrainRequest":
+    def load(cls, path: Path) -> TrainRequest:
         return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
 
 
@@ -98,33 +109,6 @@ def _callbacks(rank: int, generator: torch.Generator | None):
     return [LogAtCheckpoints()]
 
 
-def _with_lora(model, lora_cfg, quantized: bool):
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    if quantized:
-        model = prepare_model_for_kbit_training(model)
-    config = LoraConfig(r=lora_cfg["r"], lora_alpha=lora_cfg["alpha"],
-                        lora_dropout=lora_cfg["dropout"],
-                        target_modules=list(lora_cfg["target_modules"]), task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
-
-
-def _merged(peft_model, adapter_dir: Path, quantized: bool):
-    """The base with the adapter merged in.
-
-    A 4-bit base is dequantized where it is (on the GPU) and the adapter merged into that: the
-    weights it was trained against (NF4 values, now in the compute dtype), not the original
-    bf16 base reloaded on the host (30B: ~65 GB), and not re-quantized (lossy).
-    """
-    if not quantized:
-        return peft_model.merge_and_unload()
-    from peft import PeftModel
-
-    base = peft_model.unload()  # the 4-bit base, adapters removed
-    base = base.dequantize()  # transformers: bnb Linear4bit -> nn.Linear in the compute dtype
-    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-
-
 @dataclass
 class _Run:
     """One rank's training run as train() assembles it."""
@@ -161,14 +145,17 @@ def _load(req: TrainRequest, records: list[dict]) -> _Run:
     prepare_rank0_loading(run.args, cfg)  # before from_pretrained, which reads it
     run.quantized = cfg["lora"] is not None and use_4bit(cfg["lora"]["quantize_4bit"])
     # Loaded in model.dtype; under FSDP with fp32 masters accelerate upcasts what trains.
-    run.model, run.tok = load_model_and_tokenizer(req.base_dir, req.dtype, req.revision,
-                                                  load_in_4bit=run.quantized)
+    run.model, run.tok = load_model_and_tokenizer(
+        req.base_dir, req.dtype, req.revision, load_in_4bit=run.quantized
+    )
     if cfg["lora"] is not None:
-        run.model = _with_lora(run.model, cfg["lora"], run.quantized)
+        run.model = with_lora(run.model, cfg["lora"], run.quantized)
     run.examples, run.dropped = tokenize_examples(records, run.tok, cfg["max_length"])
     if not run.examples:
-        raise ValueError(f"no training example has response tokens within "
-                         f"finetune.max_length={cfg['max_length']}")
+        raise ValueError(
+            f"no training example has response tokens within "
+            f"finetune.max_length={cfg['max_length']}"
+        )
     run.trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     return run
 
@@ -184,8 +171,13 @@ def _fit(run: _Run, noise: dict):
     # One process draws from the global RNG (which the Trainer checkpoints), as before; ranks
     # draw from their own (seed, rank) generator so that their noise is independent.
     generator = rank_generator(cfg["seed"], rank, run.args.device) if world > 1 else None
-    handle = attach_neftune(run.model, noise.get("alpha", 0.0), noise["kind"],
-                            noise.get("length", "per_example"), generator=generator)
+    handle = attach_neftune(
+        run.model,
+        noise.get("alpha", 0.0),
+        noise["kind"],
+        noise.get("length", "per_example"),
+        generator=generator,
+    )
     has_noise = generator is not None and noise["kind"] != "none"
     resume = last_checkpoint(ckpt_root, world, noise_rng=has_noise)
     if resume is not None and has_noise:
@@ -196,13 +188,20 @@ def _fit(run: _Run, noise: dict):
     # The last step is always checkpointed: found, training is over.
     finished = resumed is not None and resumed.global_step >= resumed.max_steps > 0
     tok = run.tok
-    trainer = Trainer(model=run.model, args=run.args, train_dataset=run.examples,
-                      data_collator=lambda feats: pad_batch(feats, tok.pad_token_id),
-                      processing_class=tok, callbacks=_callbacks(rank, generator))
+    trainer = Trainer(
+        model=run.model,
+        args=run.args,
+        train_dataset=run.examples,
+        data_collator=lambda feats: pad_batch(feats, tok.pad_token_id),
+        processing_class=tok,
+        callbacks=_callbacks(rank, generator),
+    )
     if uses_fsdp(cfg) and not trainer.is_fsdp_enabled:
         # accelerate falls back to plain DDP without CUDA: never train unsharded by surprise.
-        raise RuntimeError("finetune.distributed.strategy=fsdp, but the Trainer did not enable "
-                           "FSDP (it does on CUDA GPUs only); use strategy=ddp here")
+        raise RuntimeError(
+            "finetune.distributed.strategy=fsdp, but the Trainer did not enable "
+            "FSDP (it does on CUDA GPUs only); use strategy=ddp here"
+        )
     if rank == 0:
         ckpt_root.mkdir(parents=True, exist_ok=True)
         write_json_atomic(ckpt_root / WORLD_FILE, {"world_size": world})
@@ -236,8 +235,9 @@ def _metrics(run: _Run, trainer, noise: dict) -> dict:
         "train_tokens_seen": int(state.num_input_tokens_seen),
         "train_examples_dropped": run.dropped,
         "train_runtime_s": round(run.wall_s, 2),
-        "train_tokens_per_s": round((state.num_input_tokens_seen - run.tokens_before)
-                                    / max(run.wall_s, 1e-9), 2),
+        "train_tokens_per_s": round(
+            (state.num_input_tokens_seen - run.tokens_before) / max(run.wall_s, 1e-9), 2
+        ),
         "resumed_from_step": int(run.resume.name.split("-")[1]) if run.resume else 0,
         "noise_kind": noise["kind"],
         "noise_alpha": float(noise.get("alpha", 0.0)),
@@ -259,7 +259,7 @@ def train(req: TrainRequest, records: list[dict]) -> dict | None:
     if run.cfg["lora"] is not None:
         if run.rank == 0:
             model.save_pretrained(run.work / "adapter")
-        model = _merged(model, run.work / "adapter", run.quantized)
+        model = merged(model, run.work / "adapter", run.quantized)
     # Plain weights in model.dtype (fp32 masters are cast back): generate, openllm and overfit
     # load them like any model.
     save_consolidated(model, run.work / "model", run.rank == 0, req.dtype)

@@ -8,20 +8,26 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.results.aggregate import write_results
 from pipeline.store.store import write_json_atomic
 from pipeline.tracking.tracker import Tracker
-from pipeline.results.aggregate import write_results
-from tests.test_tables import point
+from tests.support.points import point
 
 DAMAGED = {
-    "list": [], "null": None, "string": "a point", "empty_metrics": "{}", "string_metrics": "'x'",
+    "list": [],
+    "null": None,
+    "string": "a point",
+    "empty_metrics": "{}",
+    "string_metrics": "'x'",
 }
 
 
 def _experiment(tmp_path: Path) -> Path:
     (tmp_path / "points").mkdir()
-    for p in (point("main", "neft-uniform5", 5, 60.0, main=True),
-              point("gaussian5", "neft-gaussian5", 5, 52.0, kind="gaussian")):
+    for p in (
+        point("main", "neft-uniform5", 5, 60.0, main=True),
+        point("gaussian5", "neft-gaussian5", 5, 52.0, kind="gaussian"),
+    ):
         write_json_atomic(tmp_path / "points" / f"{p.id}.json", p.to_json())
     return tmp_path
 
@@ -29,8 +35,7 @@ def _experiment(tmp_path: Path) -> Path:
 def _damaged(kind: str) -> object:
     if kind in ("empty_metrics", "string_metrics"):
         data = point("bad", "neft-uniform5", 5, 90.0).to_json()
-        data["arms"][1]["stages"]["alpaca_eval"]["metrics"] = {} if kind == "empty_metrics" \
-            else "x"
+        data["arms"][1]["stages"]["alpaca_eval"]["metrics"] = {} if kind == "empty_metrics" else "x"
         return data
     return DAMAGED[kind]
 
@@ -107,8 +112,9 @@ def test_a_figure_temp_file_left_by_a_kill_is_no_result(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "wandb", FakeWandb)
     tracker = Tracker("offline", "p", "exp", str(tmp_path / "wandb"))
-    monkeypatch.setattr(Tracker, "stage_run",
-                        lambda self, key, cfg: contextlib.nullcontext(FakeRun()))
+    monkeypatch.setattr(
+        Tracker, "stage_run", lambda self, key, cfg: contextlib.nullcontext(FakeRun())
+    )
     tracker.log_tables(out)
     assert "figure/winrate" in logged and not any(".winrate" in k for k in logged)
 
@@ -120,8 +126,9 @@ def test_figures_are_saved_under_a_temp_name_no_png_glob_matches(tmp_path, monke
     plt = figures._plt()
     fig = plt.figure()
     real = fig.savefig
-    monkeypatch.setattr(fig, "savefig", lambda path, **kw: (seen.append(Path(path)),
-                                                              real(path, **kw)))
+    monkeypatch.setattr(
+        fig, "savefig", lambda path, **kw: (seen.append(Path(path)), real(path, **kw))
+    )
     figures._save(fig, tmp_path / "winrate.png")
     assert [p.name for p in tmp_path.glob("*.png")] == ["winrate.png"]
     assert seen and not seen[0].name.endswith(".png") and seen[0].name.startswith(".")

@@ -10,9 +10,9 @@ import pytest
 from pipeline.data.loading import DataError
 from pipeline.judging.judges import JudgeError
 from pipeline.plan import check_all
-from tests.composed import composed
+from tests.support.composed import SMOKE, composed
 
-TINY = ["model=tiny", "finetune=tiny", "generate=tiny", "judge=local_tiny", "openllm=none"]
+TINY = [*SMOKE, "openllm=none"]
 
 
 @pytest.mark.parametrize("alpha", ["nan", "inf", "-inf"])
@@ -23,16 +23,20 @@ def test_a_non_finite_alpha_fails_the_checks(alpha):
 
 def _rows_with_surrogate(path: Path, field: str, n: int = 3) -> Path:
     rows = [{"instruction": f"q{i}", "input": "", "output": f"a{i}"} for i in range(n)]
-    text = json.dumps(rows).replace(f'"{field}1"' if field == "output" else '"q1"',
-                                    '"x\\ud800y"')  # valid JSON, not text
+    text = json.dumps(rows).replace(
+        f'"{field}1"' if field == "output" else '"q1"', '"x\\ud800y"'
+    )  # valid JSON, not text
     path.write_text(text)
     return path
 
 
 def test_a_lone_surrogate_in_training_data_fails_the_checks_naming_file_and_row(tmp_path):
     bad = _rows_with_surrogate(tmp_path / "train.json", "instruction")
-    with pytest.raises(DataError, match=rf"data.train: {bad}: row 1: field 'instruction'.*"
-                                        "surrogate"):
+    with pytest.raises(
+        DataError,
+        match=rf"data.train: {bad}: row 1: field 'instruction'.*"
+        "surrogate",
+    ):
         check_all(composed(*TINY, f"data.train={bad}"))
 
 
@@ -43,8 +47,9 @@ def test_a_lone_surrogate_in_the_prompts_fails_the_checks_naming_file_and_row(tm
 
 
 def test_prompts_without_a_reference_answer_fail_the_checks_naming_the_row(tmp_path):
-    prompts = json.loads((Path(__file__).parents[2] / "pipeline" / "assets"
-                          / "default_eval.json").read_text())[:6]
+    prompts = json.loads(
+        (Path(__file__).parents[2] / "pipeline" / "assets" / "default_eval.json").read_text()
+    )[:6]
     prompts[4]["instruction"] = "A question nobody answered."
     path = tmp_path / "prompts.json"
     path.write_text(json.dumps(prompts))
@@ -52,19 +57,22 @@ def test_prompts_without_a_reference_answer_fail_the_checks_naming_the_row(tmp_p
         check_all(composed(*TINY, f"generate.prompts={path}"))
 
 
-def test_a_results_directory_that_cannot_be_written_fails_before_any_stage(tmp_path,
-                                                                           monkeypatch):
+def test_a_results_directory_that_cannot_be_written_fails_before_any_stage(tmp_path, monkeypatch):
     import pipeline.plan
-    from pipeline.tracking.tracker import Tracker
     from pipeline.run import run_point
+    from pipeline.tracking.tracker import Tracker
 
     def trained(*args, **kwargs):
         raise AssertionError("a stage ran")
 
     monkeypatch.setattr(pipeline.plan, "run_plan", trained)
     (tmp_path / "file").write_text("not a directory")
-    cfg = composed(*TINY, f"paths.results={tmp_path / 'file' / 'results'}",
-                   f"paths.store={tmp_path / 'store'}")
-    with pytest.raises(RuntimeError, match=r"paths.results: cannot write results to "
-                                           rf"{tmp_path / 'file' / 'results'}"):
+    cfg = composed(
+        *TINY, f"paths.results={tmp_path / 'file' / 'results'}", f"paths.store={tmp_path / 'store'}"
+    )
+    with pytest.raises(
+        RuntimeError,
+        match=r"paths.results: cannot write results to "
+        rf"{tmp_path / 'file' / 'results'}",
+    ):
         run_point(cfg, Tracker("disabled", "p", "g", str(tmp_path)))

@@ -18,7 +18,7 @@ from pipeline.store.store import StageResult, Store
 from pipeline.stages import compare
 from pipeline.stages.contract import ArmPair
 from pipeline.judging import judges as judging
-from tests.composed import composed
+from tests.support.composed import composed
 
 base = Path(sys.argv[1])
 cfg = composed("judge=local_tiny", "compare.resamples=1000", "compare.lc_resamples=20")
@@ -36,16 +36,25 @@ print("judge imported alpaca_eval")
 
 def _judged(path: Path, seed: int) -> None:
     path.mkdir(parents=True)
-    scored = [{"instruction": f"q{i}", "output_1": "r" * (10 + i), "output_2": "o" * (5 + 3 * i),
-               "preference": 1.0 + ((i * seed) % 3) / 2} for i in range(12)]
+    scored = [
+        {
+            "instruction": f"q{i}",
+            "output_1": "r" * (10 + i),
+            "output_2": "o" * (5 + 3 * i),
+            "preference": 1.0 + ((i * seed) % 3) / 2,
+        }
+        for i in range(12)
+    ]
     (path / "scored.json").write_text(json.dumps(scored))
 
 
 def _analysed(path: Path, seed: int) -> None:
     path.mkdir(parents=True)
-    per_output = {"chars": [10.0 + i * seed for i in range(12)],
-                  "words": [2.0 + i for i in range(12)],
-                  "log_diversity": [1.0 + 0.1 * i * seed for i in range(12)]}
+    per_output = {
+        "chars": [10.0 + i * seed for i in range(12)],
+        "words": [2.0 + i for i in range(12)],
+        "log_diversity": [1.0 + 0.1 * i * seed for i in range(12)],
+    }
     (path / "per_output.json").write_text(json.dumps(per_output))
 
 
@@ -54,7 +63,13 @@ def test_compare_first_in_a_rerun_leaves_the_judges_their_alpaca_eval_version(tm
         _judged(tmp_path / f"{prefix}alpaca_eval", seed)
         _analysed(tmp_path / f"{prefix}analysis", seed)
     env = {k: v for k, v in os.environ.items() if k != "IS_ALPACA_EVAL_2"}  # as a user runs it
-    done = subprocess.run([sys.executable, "-c", RERUN, str(tmp_path)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        [sys.executable, "-c", RERUN, str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "judge imported alpaca_eval" in done.stdout

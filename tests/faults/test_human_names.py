@@ -4,7 +4,6 @@ holding HTML must reach REPORT.md and /report escaped."""
 
 from pipeline.human.db import VoteDB
 from pipeline.human.report import human_report_section, markdown_html
-from tests.test_human import study  # noqa: F401  (the fixture)
 
 NAMES = ("$\\undefinedmacro$", "<script>alert(1)</script>")
 
@@ -14,8 +13,12 @@ def _vote(study, names) -> None:  # noqa: F811
     for name in names:
         sess = db.session(db.start_session(name))
         for pid in range(len(study.pairs)):
-            vote = {"preference": 2.0 if pid < 5 else 1.0, "choice": "A", "swapped": True,
-                    "longer": "neft"}
+            vote = {
+                "preference": 2.0 if pid < 5 else 1.0,
+                "choice": "A",
+                "swapped": True,
+                "longer": "neft",
+            }
             db.record_vote(sess, pid, db.issue_nonce(sess["session_id"], pid), vote)
     db.dispose()
 

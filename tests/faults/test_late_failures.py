@@ -17,14 +17,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from composed import composed
+from tests.support.composed import SMOKE, composed
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["model=tiny", "finetune=tiny", "generate=tiny", "judge=local_tiny", "openllm=none",
-        "logger=disabled"]
+TINY = [*SMOKE, "openllm=none", "logger=disabled"]
 # Rows that decode as latin-1 but not as UTF-8 ("é" is the single byte 0xE9 in latin-1).
-ROWS = [{"instruction": f"Name a French word {i}.", "input": "", "output": f"Café, numéro {i}."}
-        for i in range(8)]
+ROWS = [
+    {"instruction": f"Name a French word {i}.", "input": "", "output": f"Café, numéro {i}."}
+    for i in range(8)
+]
 
 # Each process imports the pipeline (seconds), says it is ready, and waits for the test's go (a
 # time just ahead) so that both reach Hydra's `now` together, as a SLURM array's tasks may.
@@ -42,17 +43,27 @@ while time.time() < start:
 """
 
 
-def run_pipeline(store: Path, *overrides: str, prelude: str = "", env: dict | None = None,
-                 wait: bool = True):
-    code = (f"{prelude}\nimport sys\nfrom pipeline.run import main\nsys.argv = ['pipeline.run', "
-            f"*{list(overrides)!r}, 'paths.store={store}', 'paths.results={store}/results']\n"
-            "main()\n")
+def run_pipeline(
+    store: Path, *overrides: str, prelude: str = "", env: dict | None = None, wait: bool = True
+):
+    code = (
+        f"{prelude}\nimport sys\nfrom pipeline.run import main\nsys.argv = ['pipeline.run', "
+        f"*{list(overrides)!r}, 'paths.store={store}', 'paths.results={store}/results']\n"
+        "main()\n"
+    )
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **(env or {}))
     if not wait:
-        return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+        return subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def error_line(stderr: str) -> str:
@@ -69,7 +80,7 @@ def latin1_file(path: Path, rows=ROWS) -> int:
     """Writes `rows` as JSON in latin-1; returns the offset of the first byte UTF-8 rejects."""
     text = json.dumps(rows, ensure_ascii=False, indent=1)
     path.write_bytes(text.encode("latin-1"))
-    return len(text[:text.index("é")].encode("latin-1"))
+    return len(text[: text.index("é")].encode("latin-1"))
 
 
 # --- inputs checked before any training ---------------------------------------------------------
@@ -89,20 +100,23 @@ def bad_input_runs(tmp_path_factory):
     what two take one after the other); case -> (finished process, its store, the input dir)."""
     tmp = tmp_path_factory.mktemp("bad_inputs")
     offset = latin1_file(tmp / "latin1.json")
-    (tmp / "prompts.json").write_text(json.dumps([{"instruction": "Say hi."},
-                                                  {"input": "no instruction"}]))
+    (tmp / "prompts.json").write_text(
+        json.dumps([{"instruction": "Say hi."}, {"input": "no instruction"}])
+    )
     started, procs = time.monotonic(), {}
     for i, (case, overrides) in enumerate(BAD_INPUTS.items()):
         store = tmp / f"store{i}"
-        procs[case] = (run_pipeline(store, *TINY, *(o.format(tmp=tmp) for o in overrides),
-                                    wait=False), store)
+        procs[case] = (
+            run_pipeline(store, *TINY, *(o.format(tmp=tmp) for o in overrides), wait=False),
+            store,
+        )
     runs = {}
     for case, (proc, store) in procs.items():
         out, err = proc.communicate(timeout=300)
-        runs[case] = (subprocess.CompletedProcess(proc.args, proc.returncode, out, err), store,
-                      tmp)
-    print(f"{len(runs)} bad-input runs together: all failed within "
-          f"{time.monotonic() - started:.1f} s")
+        runs[case] = (subprocess.CompletedProcess(proc.args, proc.returncode, out, err), store, tmp)
+    print(
+        f"{len(runs)} bad-input runs together: all failed within {time.monotonic() - started:.1f} s"
+    )
     return runs, offset
 
 
@@ -113,7 +127,8 @@ def test_a_missing_prompts_file_fails_before_anything_is_trained(bad_input_runs)
     assert done.returncode == 1
     assert error_line(done.stderr) == (
         f"pipeline.data.loading.DataError: generate.prompts='{missing}': no such file ({missing}); "
-        "give a local .json/.jsonl path, pkg:<file in pipeline/assets> or hf:<dataset>")
+        "give a local .json/.jsonl path, pkg:<file in pipeline/assets> or hf:<dataset>"
+    )
     assert "[finetune]" not in done.stdout  # no stage was even looked up
     assert_nothing_trained(store)
 
@@ -129,7 +144,8 @@ def test_a_file_that_is_not_utf8_fails_before_training_naming_it(bad_input_runs,
     assert_nothing_trained(store)
     assert error_line(done.stderr) == (
         f"pipeline.data.loading.DataError: {key}: {tmp / 'latin1.json'}: not UTF-8 text (byte "
-        f"{offset}: invalid continuation byte); re-save it as UTF-8")
+        f"{offset}: invalid continuation byte); re-save it as UTF-8"
+    )
 
 
 @pytest.mark.e2e
@@ -139,7 +155,8 @@ def test_a_prompt_row_without_instruction_fails_before_training(bad_input_runs):
     assert_nothing_trained(store)  # before the fix: found after the base model was trained
     assert error_line(done.stderr) == (
         f"pipeline.data.loading.DataError: {tmp / 'prompts.json'}: row 1: missing field "
-        "'instruction'; every record needs it")
+        "'instruction'; every record needs it"
+    )
 
 
 # --- Hydra run directories ----------------------------------------------------------------------
@@ -153,9 +170,19 @@ def _two_together(store: Path, ready: Path, *extra: str, offset: float = 0.0) ->
     """Two fail-fast runs (missing prompts) released into Hydra at the same instant: `offset`
     seconds past the next whole second, which is returned."""
     ready.mkdir()
-    procs = [run_pipeline(store, *TINY, *extra, f"experiment.name=twin{i}",
-                          f"generate.prompts={store.parent / 'missing.json'}", prelude=TOGETHER,
-                          env={"READY_DIR": str(ready)}, wait=False) for i in range(2)]
+    procs = [
+        run_pipeline(
+            store,
+            *TINY,
+            *extra,
+            f"experiment.name=twin{i}",
+            f"generate.prompts={store.parent / 'missing.json'}",
+            prelude=TOGETHER,
+            env={"READY_DIR": str(ready)},
+            wait=False,
+        )
+        for i in range(2)
+    ]
     deadline = time.monotonic() + 120
     while len(list(ready.glob("ready-*"))) < 2:
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
@@ -190,8 +217,11 @@ def test_two_runs_started_together_get_their_own_hydra_dirs(tmp_path):
     print(f"attempt {attempt + 1}: two Hydra dirs {apart * 1000:.1f} ms apart, same second")
     names = []
     for run_dir in dirs:  # each holds its own run's overrides, config and log file
-        (override,) = [o for o in yaml.safe_load((run_dir / ".hydra" / "overrides.yaml")
-                                                 .read_text()) if o.startswith("experiment.")]
+        (override,) = [
+            o
+            for o in yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+            if o.startswith("experiment.")
+        ]
         names.append(override)
         config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
         assert f"experiment.name={config['experiment']['name']}" == override
@@ -206,8 +236,9 @@ def test_the_harness_sees_coarse_run_dir_names_collide(tmp_path):
     # had seconds and were shared whenever both runs landed in one second, as the test above
     # checks they do.
     store = tmp_path / "store"
-    _two_together(store, tmp_path / "ready",
-                  "hydra.run.dir=${paths.store}/hydra/${now:%Y-%m-%d_%H-%M}")
+    _two_together(
+        store, tmp_path / "ready", "hydra.run.dir=${paths.store}/hydra/${now:%Y-%m-%d_%H-%M}"
+    )
     (shared,) = (store / "hydra").iterdir()
     overrides = yaml.safe_load((shared / ".hydra" / "overrides.yaml").read_text())
     assert len([o for o in overrides if o.startswith("experiment.name=twin")]) == 1
@@ -242,20 +273,33 @@ def documented_tiny_commands() -> dict[str, list[str]]:
 
 def committed_experiments() -> set[str]:
     """results/<name>/ folders in the repository, not the ones .gitignore keeps out."""
-    ignored = {line.strip().strip("/").removeprefix("results/")
-               for line in (ROOT / ".gitignore").read_text().splitlines()
-               if line.startswith("results/")}
-    return {d.name for d in (ROOT / "results").iterdir()
-            if (d / "REPORT.md").is_file() and d.name not in ignored}
+    ignored = {
+        line.strip().strip("/").removeprefix("results/")
+        for line in (ROOT / ".gitignore").read_text().splitlines()
+        if line.startswith("results/")
+    }
+    return {
+        d.name
+        for d in (ROOT / "results").iterdir()
+        if (d / "REPORT.md").is_file() and d.name not in ignored
+    }
 
 
 def test_the_smoke_command_writes_results_smoke_not_the_default():
-    smokes = {where: o for where, o in documented_tiny_commands().items()
-              if not any(w.startswith("sweep=") for w in o)}
+    smokes = {
+        where: o
+        for where, o in documented_tiny_commands().items()
+        if not any(w.startswith("sweep=") for w in o)
+    }
     assert {where.split(":")[0] for where in smokes} == {"README.md", "run.py"}
     for where, smoke in smokes.items():
-        assert smoke == ["model=tiny", "finetune=tiny", "generate=tiny", "judge=local_tiny",
-                         "experiment.name=smoke"], where
+        assert smoke == [
+            "model=tiny",
+            "finetune=tiny",
+            "generate=tiny",
+            "judge=local_tiny",
+            "experiment.name=smoke",
+        ], where
     cfg = composed(*smoke)
     assert cfg.model.name == "tiny-llama" and cfg.experiment.name == "smoke"
     assert Path(cfg.paths.results) / cfg.experiment.name == Path("results/smoke")

@@ -100,8 +100,9 @@ def _race(base: Path, trials: int, kind: str) -> tuple[list[tuple[int, list[int]
     at once, pids that entered), and the waiters' pids."""
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(WAITERS + 1)
-    procs = [ctx.Process(target=_waiter, args=(str(base), trials, kind, barrier))
-             for _ in range(WAITERS)]
+    procs = [
+        ctx.Process(target=_waiter, args=(str(base), trials, kind, barrier)) for _ in range(WAITERS)
+    ]
     for p in procs:
         p.start()
     outcomes = []

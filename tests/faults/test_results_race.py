@@ -16,10 +16,9 @@ import shutil
 import time
 from pathlib import Path
 
-from pipeline.store.store import write_json_atomic
 from pipeline.results.aggregate import write_results
-
-from test_tables import point  # tests/ is on sys.path under pytest, as for `composed`
+from pipeline.store.store import write_json_atomic
+from tests.support.points import point
 
 WRITERS = 3
 RUNS = 3  # aggregations per writer (about 0.5 s each alone, 1-2 s each racing on two cores)
@@ -104,9 +103,11 @@ def _verdict(name: str, data: bytes, want: bytes) -> str:
 def _experiment(out_dir: Path) -> dict[str, bytes]:
     """A results dir with three hand-made points, aggregated once: every file it holds then."""
     (out_dir / "points").mkdir(parents=True)
-    for p in (point("main", "neft-uniform5", 5, 60.0, main=True),
-              point("gaussian5", "neft-gaussian5", 5, 52.0, kind="gaussian"),
-              point("lora", "neft-uniform5", 5, 47.0, lora=True)):
+    for p in (
+        point("main", "neft-uniform5", 5, 60.0, main=True),
+        point("gaussian5", "neft-gaussian5", 5, 52.0, kind="gaussian"),
+        point("lora", "neft-uniform5", 5, 47.0, lora=True),
+    ):
         write_json_atomic(out_dir / "points" / f"{p.id}.json", p.to_json())
     write_results(out_dir)
     return {p.name: _normalized(p.name, p.read_bytes()) for p in out_dir.iterdir() if p.is_file()}
@@ -121,8 +122,10 @@ def _race(out_dir: Path, naive: bool) -> tuple[dict, list[dict], list[int]]:
     ctx = mp.get_context("fork")
     barrier = ctx.Barrier(WRITERS + 1)
     statuses = [out_dir.parent / f"writer{i}.json" for i in range(WRITERS)]
-    procs = [ctx.Process(target=_aggregate, args=(str(out_dir), naive, barrier, str(s)))
-             for s in statuses]
+    procs = [
+        ctx.Process(target=_aggregate, args=(str(out_dir), naive, barrier, str(s)))
+        for s in statuses
+    ]
     for p in procs:
         p.start()
     seen = {name: {"ok": 0, "missing": 0, "empty": 0, "torn": 0} for name in want}
@@ -146,17 +149,23 @@ def _race(out_dir: Path, naive: bool) -> tuple[dict, list[dict], list[int]]:
 def _overlaps(statuses: list[dict]) -> int:
     """Pairs of aggregations by different writers that ran at the same time."""
     spans = [(w, span) for w, s in enumerate(statuses) for span in s["spans"]]
-    return sum(1 for i, (w, a) in enumerate(spans) for v, b in spans[i + 1:]
-               if w != v and a[0] < b[1] and b[0] < a[1])
+    return sum(
+        1
+        for i, (w, a) in enumerate(spans)
+        for v, b in spans[i + 1 :]
+        if w != v and a[0] < b[1] and b[0] < a[1]
+    )
 
 
 def _summary(seen: dict, statuses: list[dict]) -> str:
     spans = [span for s in statuses for span in s["spans"]]
     bad = {name: sum(v for k, v in counts.items() if k != "ok") for name, counts in seen.items()}
-    return (f"{sum(s['runs'] for s in statuses)} aggregations by {WRITERS} writers in "
-            f"{max(e for _, e in spans) - min(s for s, _ in spans):.1f} s, {_overlaps(statuses)} "
-            f"overlapping pairs; {sum(sum(c.values()) for c in seen.values())} reads of "
-            f"{len(seen)} files, {sum(bad.values())} bad ({ {k: v for k, v in bad.items() if v} })")
+    return (
+        f"{sum(s['runs'] for s in statuses)} aggregations by {WRITERS} writers in "
+        f"{max(e for _, e in spans) - min(s for s, _ in spans):.1f} s, {_overlaps(statuses)} "
+        f"overlapping pairs; {sum(sum(c.values()) for c in seen.values())} reads of "
+        f"{len(seen)} files, {sum(bad.values())} bad ({ {k: v for k, v in bad.items() if v} })"
+    )
 
 
 def test_concurrent_aggregations_never_show_a_missing_empty_or_torn_file(tmp_path):
@@ -170,12 +179,16 @@ def test_concurrent_aggregations_never_show_a_missing_empty_or_torn_file(tmp_pat
     assert {"REPORT.md", "table1.csv", "table1.md", "winrate.png"} <= seen.keys()
     assert len(seen) >= 15
     assert all(counts["ok"] >= 10 for counts in seen.values())  # each file read many times
-    assert {name: counts for name, counts in seen.items() if counts["ok"] != sum(
-        counts.values())} == {}
+    assert {
+        name: counts for name, counts in seen.items() if counts["ok"] != sum(counts.values())
+    } == {}
     # Nothing but the files one aggregation writes, and points/: no temp left by any writer.
     assert sorted(p.name for p in out_dir.iterdir()) == sorted([*seen, "points"])
     assert sorted(p.name for p in (out_dir / "points").iterdir()) == [
-        "point-gaussian5.json", "point-lora.json", "point-main.json"]
+        "point-gaussian5.json",
+        "point-lora.json",
+        "point-main.json",
+    ]
 
 
 def test_the_race_harness_catches_the_pre_fix_writers(tmp_path):

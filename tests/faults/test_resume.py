@@ -17,10 +17,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.support.composed import SMOKE
+
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["model=tiny", "finetune=tiny", "generate=tiny", "judge=local_tiny", "openllm=none",
-        "logger=disabled", "head_to_head=false", "calibration.enabled=false",
-        "finetune.lr_scheduler=constant"]
+TINY = [
+    *SMOKE,
+    "openllm=none",
+    "logger=disabled",
+    "head_to_head=false",
+    "calibration.enabled=false",
+    "finetune.lr_scheduler=constant",
+]
 pytestmark = pytest.mark.e2e
 
 # Each prelude SIGKILLs the run at one phase, only in the stage whose work dir contains KILL_IN.
@@ -58,18 +65,24 @@ shutil.rmtree = _killing_rmtree
 
 
 def run_pipeline(store: Path, *overrides: str, prelude: str = "", kill_in: str = "finetune-"):
-    code = (f"{prelude}\nimport sys\nfrom pipeline.run import main\nsys.argv = ['pipeline.run', "
-            f"*{list(overrides)!r}, 'paths.store={store}', 'paths.results={store}/results']\n"
-            "main()\n")
+    code = (
+        f"{prelude}\nimport sys\nfrom pipeline.run import main\nsys.argv = ['pipeline.run', "
+        f"*{list(overrides)!r}, 'paths.store={store}', 'paths.results={store}/results']\n"
+        "main()\n"
+    )
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", KILL_IN=kill_in)
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def stages(store: Path, stage: str) -> dict[str, Path]:
     """Finished stages by key (arm name in it), partial ones left out."""
-    return {p.name: p for p in sorted(store.glob(f"{stage}-*"))
-            if p.is_dir() and not p.name.endswith(".partial") and (p / "COMPLETE").is_file()}
+    return {
+        p.name: p
+        for p in sorted(store.glob(f"{stage}-*"))
+        if p.is_dir() and not p.name.endswith(".partial") and (p / "COMPLETE").is_file()
+    }
 
 
 def ran(store: Path, *overrides: str) -> Path:
@@ -86,8 +99,10 @@ def fresh(tmp_path_factory):
 
 def deterministic(log_path: Path) -> list[dict]:
     """The loss log without its wall-clock fields."""
-    return [{k: v for k, v in entry.items() if k not in ("train_runtime", "train_tokens_per_second")}
-            for entry in json.loads(log_path.read_text())]
+    return [
+        {k: v for k, v in entry.items() if k not in ("train_runtime", "train_tokens_per_second")}
+        for entry in json.loads(log_path.read_text())
+    ]
 
 
 def assert_same_as_uninterrupted(resumed: Path, fresh: Path) -> list[dict]:
@@ -119,8 +134,9 @@ def test_kill_mid_training_with_noise_resumes_bit_identical(tmp_path, fresh):
     for done in fresh.iterdir():  # the noise-off arm's stages, reused: only the +NEFT arm trains
         if done.is_dir() and "neft" not in done.name and done.name not in ("hydra", "results"):
             shutil.copytree(done, store / done.name)
-    killed = run_pipeline(store, *TINY, "noise=uniform", prelude=KILL_MID_TRAINING,
-                          kill_in="neft-uniform5")
+    killed = run_pipeline(
+        store, *TINY, "noise=uniform", prelude=KILL_MID_TRAINING, kill_in="neft-uniform5"
+    )
     assert killed.returncode == -9
     (partial,) = store.glob("finetune-*neft-uniform5*.partial")
     ckpts = sorted(p.name for p in (partial / "checkpoints").glob("checkpoint-*"))

@@ -14,9 +14,8 @@ import pytest
 
 from pipeline.stages.alpaca_eval_stage import alpaca_eval_stage
 from pipeline.store.store import Store
-
-from .test_judge_cache import (  # noqa: F401 (fake_judge: a fixture)
-    FakeJudge, compatible_judge, fake_generate, fake_judge)
+from tests.support.composed import SMOKE
+from tests.support.fake_judge import FakeJudge, compatible_judge, fake_generate
 
 ROOT = Path(__file__).resolve().parents[2]
 CANARY = "sk-canary-5f0c2a9e7d1b4c36"
@@ -26,13 +25,15 @@ def files_holding(root: Path, secret: str) -> list[str]:
     return [str(p) for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
 
 
-def test_openai_compatible_key_is_used_but_never_written(tmp_path, fake_judge, monkeypatch,
-                                                         caplog, capsys):
+def test_openai_compatible_key_is_used_but_never_written(
+    tmp_path, fake_judge, monkeypatch, caplog, capsys
+):
     monkeypatch.setenv("FAKE_JUDGE_TOKEN", CANARY)
     cfg = compatible_judge(fake_judge.url, key_env="FAKE_JUDGE_TOKEN")
     generated, reference = fake_generate(tmp_path, n=5, broken=0)
-    result = alpaca_eval_stage(generated, reference, cfg, Store(tmp_path / "store"),
-                               Store(tmp_path / "cache"))
+    result = alpaca_eval_stage(
+        generated, reference, cfg, Store(tmp_path / "store"), Store(tmp_path / "cache")
+    )
 
     assert result.metrics["n_total"] == 5 and fake_judge.answered["valid"] == 5
     assert set(fake_judge.auth) == {f"Bearer {CANARY}"}
@@ -46,9 +47,8 @@ def test_openai_compatible_key_is_used_but_never_written(tmp_path, fake_judge, m
 OPENAI_JUDGE_RUN = """
 import json, sys
 from pathlib import Path
-sys.path.insert(0, "tests")  # as pytest imports the tests
-from composed import composed
-from faults.test_judge_cache import fake_generate
+from tests.support.composed import composed  # the cwd, the repository root, is on sys.path
+from tests.support.fake_judge import fake_generate
 from pipeline.store.store import Store
 from pipeline.stages.alpaca_eval_stage import alpaca_eval_stage
 tmp = Path(sys.argv[1])
@@ -62,10 +62,20 @@ print(json.dumps(result.metrics))
 def test_openai_judge_key_is_used_but_never_written(tmp_path, fake_judge):
     # alpaca_eval fixes the key and the API base at import, from the environment: a fresh process.
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    env.update(OPENAI_API_KEY=CANARY, OPENAI_API_BASE=fake_judge.url, IS_ALPACA_EVAL_2="True",
-               HF_HUB_OFFLINE="1")
-    done = subprocess.run([sys.executable, "-c", OPENAI_JUDGE_RUN, str(tmp_path)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=120)
+    env.update(
+        OPENAI_API_KEY=CANARY,
+        OPENAI_API_BASE=fake_judge.url,
+        IS_ALPACA_EVAL_2="True",
+        HF_HUB_OFFLINE="1",
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", OPENAI_JUDGE_RUN, str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.splitlines()[-1])["n_total"] == 5
     assert fake_judge.answered["valid"] == 5
@@ -79,8 +89,14 @@ def test_openai_judge_key_is_used_but_never_written(tmp_path, fake_judge):
 # One arm and 4 optimiser steps: every stage that holds the judge (alpaca_eval, judge_calibration)
 # still runs, with W&B offline and Hydra logs, in seconds. The second judge kind reuses the
 # finetune and generate stages of the first (same store).
-WHOLE_RUN = ["model=tiny", "finetune=tiny", "generate=tiny", "openllm=none", "logger=offline",
-             "noise=off", "finetune.max_steps=4", "calibration.n_pairs=10"]
+WHOLE_RUN = [
+    *SMOKE,
+    "openllm=none",
+    "logger=offline",
+    "noise=off",
+    "finetune.max_steps=4",
+    "calibration.n_pairs=10",
+]
 PROMPTS = 6  # generate=tiny's limit: pairs judged against the reference, in one order
 CALIBRATION_PAIRS = 10  # each asked in both orders
 
@@ -88,7 +104,7 @@ CALIBRATION_PAIRS = 10  # each asked in both orders
 def leaks(root: Path, secret: str) -> tuple[list[str], int]:
     """Files under root holding the secret or its random part, and how many files were read.
     W&B's .wandb logs are also searched record by record: a string may span two of its blocks."""
-    from wandb_offline import records
+    from tests.support.wandb_offline import records
 
     needles = (secret.encode(), secret.rsplit("-", 1)[1].encode())
     found, n = [], 0
@@ -105,16 +121,25 @@ def leaks(root: Path, secret: str) -> tuple[list[str], int]:
 
 def run_whole_pipeline(tmp: Path, judge: list[str], env: dict) -> subprocess.CompletedProcess:
     store = tmp / "store"
-    code = (f"import sys\nfrom pipeline.run import main\nsys.argv = ['pipeline.run', "
-            f"*{WHOLE_RUN + judge!r}, 'paths.store={store}', 'paths.results={store}/results']\n"
-            "main()\n")
+    code = (
+        f"import sys\nfrom pipeline.run import main\nsys.argv = ['pipeline.run', "
+        f"*{WHOLE_RUN + judge!r}, 'paths.store={store}', 'paths.results={store}/results']\n"
+        "main()\n"
+    )
     wandb_home = tmp / "wandb_home"  # W&B's own cache, config and artifact staging: searched too
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "WANDB_"))},
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           **{f"WANDB_{d}_DIR": str(wandb_home / d.lower())
-              for d in ("CACHE", "CONFIG", "DATA", "ARTIFACT")}, **env}
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "WANDB_"))},
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        **{
+            f"WANDB_{d}_DIR": str(wandb_home / d.lower())
+            for d in ("CACHE", "CONFIG", "DATA", "ARTIFACT")
+        },
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +162,12 @@ def test_no_file_of_a_whole_run_holds_the_key(kind, whole_run_dir, module_fake_j
     before = dict(judge.answered)
     judge.auth.clear()
     if kind == "openai_compatible":
-        judge_args = ["judge=openai_compatible", f"judge.base_url={judge.url}",
-                      "judge.served_model=fake-judge", "judge.api_key_env=CANARY_JUDGE_KEY"]
+        judge_args = [
+            "judge=openai_compatible",
+            f"judge.base_url={judge.url}",
+            "judge.served_model=fake-judge",
+            "judge.api_key_env=CANARY_JUDGE_KEY",
+        ]
         env = {"CANARY_JUDGE_KEY": canary, "IS_ALPACA_EVAL_2": "False"}
     else:  # alpaca_eval's own OpenAI client: key and base from the environment
         judge_args = ["judge=weighted_alpaca_eval_gpt4_turbo"]
@@ -159,8 +188,9 @@ def test_no_file_of_a_whole_run_holds_the_key(kind, whole_run_dir, module_fake_j
     store = whole_run_dir / "store"
     judged = [p for p in store.glob("alpaca_eval-*") if (p / "COMPLETE").is_file()]
     calibrated = [p for p in store.glob("judge_calibration-*") if (p / "COMPLETE").is_file()]
-    name = {"openai_compatible": "openai-compatible",
-            "openai": "weighted_alpaca_eval_gpt4_turbo"}[kind]
+    name = {"openai_compatible": "openai-compatible", "openai": "weighted_alpaca_eval_gpt4_turbo"}[
+        kind
+    ]
     assert len([p for p in judged if name in p.name]) == 1
     assert len([p for p in calibrated if name in p.name]) == 1
     if kind == "openai_compatible":

@@ -1,6 +1,7 @@
 """Stage store under faults: corrupted stages are quarantined and recomputed (issue 13, defect 2).
 Concurrent writers and a full disk: test_store_writes.py."""
 
+import hashlib
 import json
 import shutil
 import tracemalloc
@@ -8,13 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.store.store as store_mod
-from pipeline.store.store import (
-    MANIFEST,
-    MARKER,
-    METRICS,
-    Store,
-)
+import pipeline.store.manifest as manifest_mod
+from pipeline.store.store import MANIFEST, MARKER, METRICS, Store
 
 WEIGHTS = bytes(range(256)) * 40  # 10240 bytes
 
@@ -56,7 +52,7 @@ def test_manifest_lists_every_file_but_the_marker_and_itself(tmp_path):
     files = json.loads((tmp_path / "k" / MANIFEST).read_text())["files"]
     assert sorted(files) == ["metrics.json", "model/weights.bin", "notes.txt"]
     assert files["model/weights.bin"]["size"] == 10240
-    assert files["model/weights.bin"]["sha256"] == store_mod.hashlib.sha256(WEIGHTS).hexdigest()
+    assert files["model/weights.bin"]["sha256"] == hashlib.sha256(WEIGHTS).hexdigest()
     assert store.lookup("k").reused
 
 
@@ -87,7 +83,7 @@ def test_flipped_byte_is_caught_by_full_verify_only(tmp_path, caplog, monkeypatc
         raise AssertionError(f"verify=size hashed {path}")
 
     with monkeypatch.context() as m:
-        m.setattr(store_mod, "_sha256", no_hashing)
+        m.setattr(manifest_mod, "sha256_of", no_hashing)
         hit = Store(tmp_path, verify="size").lookup("k")  # same size: passes the cheap check
     assert hit.reused and hit.metrics == {"run": 1}
     store = Store(tmp_path, verify="full")
@@ -98,8 +94,9 @@ def test_unreadable_metrics_is_quarantined_and_recomputed(tmp_path, caplog):
     store = _published(tmp_path)
     metrics = tmp_path / "k" / METRICS
     metrics.write_text("#" * metrics.stat().st_size)  # same size: only parsing can tell
-    _assert_quarantined_and_recomputed(store, caplog, METRICS,
-                                       "unreadable metrics.json (JSONDecodeError)")
+    _assert_quarantined_and_recomputed(
+        store, caplog, METRICS, "unreadable metrics.json (JSONDecodeError)"
+    )
 
 
 # Issue 19, item 2: the check must not be switched off by the stage it checks.
@@ -113,16 +110,21 @@ def test_a_stage_without_manifest_is_quarantined_not_trusted(tmp_path, caplog):
     _published(tmp_path)
     (tmp_path / "k" / MANIFEST).unlink()  # what "written by an older version" looked like
     _edit_metrics(tmp_path / "k", {"run": 90})
-    _assert_quarantined_and_recomputed(Store(tmp_path, verify="full"), caplog, MANIFEST,
-                                       "missing (a stage is reused only with its manifest)")
+    _assert_quarantined_and_recomputed(
+        Store(tmp_path, verify="full"),
+        caplog,
+        MANIFEST,
+        "missing (a stage is reused only with its manifest)",
+    )
 
 
 def test_a_manifest_listing_no_files_is_quarantined(tmp_path, caplog):
     _published(tmp_path)
     (tmp_path / "k" / MANIFEST).write_text(json.dumps({"version": 1, "files": {}}))
     _edit_metrics(tmp_path / "k", {"run": 90})
-    _assert_quarantined_and_recomputed(Store(tmp_path, verify="full"), caplog, METRICS,
-                                       f"not in {MANIFEST}")
+    _assert_quarantined_and_recomputed(
+        Store(tmp_path, verify="full"), caplog, METRICS, f"not in {MANIFEST}"
+    )
 
 
 def test_a_file_the_manifest_does_not_list_is_quarantined(tmp_path, caplog):
@@ -136,7 +138,8 @@ def test_a_copy_of_another_stage_is_quarantined(tmp_path, caplog):
     store.materialize("other", _compute(1))
     shutil.copytree(tmp_path / "other", tmp_path / "k")
     _assert_quarantined_and_recomputed(
-        store, caplog, MARKER, "names stage other, not k (a copy or link of another stage)")
+        store, caplog, MARKER, "names stage other, not k (a copy or link of another stage)"
+    )
     assert store.lookup("other").metrics == {"run": 1}
 
 
@@ -163,7 +166,7 @@ def test_hashing_streams_large_files(tmp_path):
         fh.truncate(64 << 20)  # sparse: cheap to make, 64 MiB to read
     tracemalloc.start()
     try:
-        digest = store_mod._sha256(big)
+        digest = manifest_mod.sha256_of(big)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -25,9 +25,14 @@ def _payload(writer: str, i: int) -> str:
 
 
 def _write_many(path: str, writer: str) -> None:
-    threads = [threading.Thread(target=lambda t=t: [
-        write_text_atomic(Path(path), _payload(f"{writer}.{t}", i)) for i in range(ROUNDS)])
-        for t in range(4)]
+    threads = [
+        threading.Thread(
+            target=lambda t=t: [
+                write_text_atomic(Path(path), _payload(f"{writer}.{t}", i)) for i in range(ROUNDS)
+            ]
+        )
+        for t in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -99,8 +104,9 @@ def test_enospc_from_compute_names_stage_and_directory(tmp_path):
 
 
 def test_a_library_error_on_a_full_filesystem_is_reported_as_full_disk(tmp_path, monkeypatch):
-    monkeypatch.setattr(shutil, "disk_usage",
-                        lambda p: SimpleNamespace(total=100 << 30, used=100 << 30, free=0))
+    monkeypatch.setattr(
+        shutil, "disk_usage", lambda p: SimpleNamespace(total=100 << 30, used=100 << 30, free=0)
+    )
 
     def compute(work: Path) -> dict:
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
@@ -124,8 +130,12 @@ def tiny_filesystem(tmp_path):
     """A 1 MiB tmpfs (needs root and permission to mount)."""
     where = tmp_path / "small"
     where.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
-                           capture_output=True, text=True, check=False)
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if mount.returncode != 0:
         pytest.skip(f"cannot mount a 1 MiB tmpfs here: {mount.stderr.strip() or 'not root'}")
     yield where

@@ -23,8 +23,14 @@ pytestmark = pytest.mark.e2e
 TRIALS = 50
 STALE_S, BEAT_S = 1.0, 0.1
 # 8 steps, a checkpoint every 2: a few tenths of a second of training, many points to freeze in.
-OVERRIDES = ["model=tiny", "finetune=tiny", "noise=uniform", "finetune.lr_scheduler=constant",
-             "finetune.max_steps=8", "finetune.save_steps=2"]
+OVERRIDES = [
+    "model=tiny",
+    "finetune=tiny",
+    "noise=uniform",
+    "finetune.lr_scheduler=constant",
+    "finetune.max_steps=8",
+    "finetune.save_steps=2",
+]
 
 
 def _worker(conn, cache: str) -> None:
@@ -32,9 +38,9 @@ def _worker(conn, cache: str) -> None:
     import torch
     from omegaconf import OmegaConf
 
-    from pipeline.store.store import Store
     from pipeline.stages.finetune import finetune
-    from tests.composed import composed
+    from pipeline.store.store import Store
+    from tests.support.composed import composed
 
     torch.set_num_threads(1)  # two workers on a small CI machine: no thread oversubscription
     cfg = composed(*OVERRIDES)
@@ -43,8 +49,9 @@ def _worker(conn, cache: str) -> None:
     while (root := conn.recv()) is not None:
         store = Store(Path(root), STALE_S, BEAT_S)
         try:
-            done = finetune(cfg.model, cfg.data, cfg.noise, train_cfg, store, Store(Path(cache)),
-                            [])
+            done = finetune(
+                cfg.model, cfg.data, cfg.noise, train_cfg, store, Store(Path(cache)), []
+            )
             conn.send(("ok", done.key, done.reused))
         except Exception as exc:  # noqa: BLE001  (reported to the driver, which judges it)
             conn.send(("error", type(exc).__name__, str(exc)[:300]))
@@ -52,11 +59,17 @@ def _worker(conn, cache: str) -> None:
 
 def _fingerprint(stage: Path) -> dict:
     metrics = json.loads((stage / "metrics.json").read_text())
-    log = [{k: v for k, v in e.items() if "runtime" not in k and "per_second" not in k}
-           for e in json.loads((stage / "loss_log.json").read_text())]
+    log = [
+        {k: v for k, v in e.items() if "runtime" not in k and "per_second" not in k}
+        for e in json.loads((stage / "loss_log.json").read_text())
+    ]
     weights = hashlib.sha256((stage / "model" / "model.safetensors").read_bytes()).hexdigest()
-    return {"train_loss": metrics["train_loss"], "steps": metrics["train_steps"], "log": log,
-            "weights": weights}
+    return {
+        "train_loss": metrics["train_loss"],
+        "steps": metrics["train_steps"],
+        "log": log,
+        "weights": weights,
+    }
 
 
 def _holder_token(lock: Path) -> str:
@@ -118,9 +131,11 @@ def test_a_frozen_holder_never_gets_a_wrong_finetune_published(tmp_path):
             left = sorted(p.name for p in root.iterdir() if p.name != key)
             if left:
                 strays.append((i, left))
-            print(f"trial {i} at {time.time() - started:.0f} s: A {got['a'][:2]}, B {got['b']}, "
-                  f"taken over {got['took_over']}, wrong {wrong[-1:] == [i]}, left {left}",
-                  flush=True)
+            print(
+                f"trial {i} at {time.time() - started:.0f} s: A {got['a'][:2]}, B {got['b']}, "
+                f"taken over {got['took_over']}, wrong {wrong[-1:] == [i]}, left {left}",
+                flush=True,
+            )
     finally:
         for pipe in pipes:
             pipe.send(None)
@@ -128,7 +143,9 @@ def test_a_frozen_holder_never_gets_a_wrong_finetune_published(tmp_path):
             proc.join(30)
     took_over = sum(o["took_over"] for o in outcomes)
     refused = sum(o["a"][0] == "error" for o in outcomes)
-    print(f"frozen holder: {TRIALS} trials, {took_over} taken over, {refused} holders refused "
-          f"to publish, {len(wrong)} wrong publications, {len(strays)} with work dirs left")
+    print(
+        f"frozen holder: {TRIALS} trials, {took_over} taken over, {refused} holders refused "
+        f"to publish, {len(wrong)} wrong publications, {len(strays)} with work dirs left"
+    )
     assert wrong == [] and strays == []
     assert took_over >= TRIALS // 2 and refused >= TRIALS // 3  # the harness hit the race

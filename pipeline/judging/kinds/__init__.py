@@ -40,6 +40,10 @@ class JudgeKind:
     def prepare(self, annotator, judge_cfg) -> None:
         """Adjust the built annotator in memory (e.g. hand it an API key)."""
 
+    def model(self, judge_cfg):
+        """The model config this judge loads on this machine (prefetch fetches it), or None."""
+        return None
+
     def key_params(self, judge_cfg) -> dict:
         """What besides the judge config enters its stage keys (e.g. a local model's device)."""
         return {}
@@ -77,5 +81,6 @@ def judge_kind(name: str) -> JudgeKind:
         raise JudgeError(
             f"judge.kind={name!r} is unknown; registered kinds: {', '.join(names())}. A new kind "
             f"is pipeline/judging/kinds/{name}.py (a JudgeKind subclass decorated with "
-            f"@register({name!r})) and conf/judge/<judge name>.yaml (kind: {name})")
+            f"@register({name!r})) and conf/judge/<judge name>.yaml (kind: {name})"
+        )
     return KINDS[name]

@@ -24,10 +24,16 @@ class LocalJudge(JudgeKind):
     def annotator_args(self, judge_cfg, work: Path, cache, fn_completions) -> tuple[Path, dict]:
         if fn_completions is None:
             fn_completions = local_judge_completions(
-                base_model_dir(judge_cfg.model, cache), judge_cfg.model.dtype,
-                judge_cfg.batch_size, judge_cfg.max_prompt_tokens)
+                base_model_dir(judge_cfg.model, cache),
+                judge_cfg.model.dtype,
+                judge_cfg.batch_size,
+                judge_cfg.max_prompt_tokens,
+            )
         config = ANNOTATORS_DIR / judge_cfg.annotator / "configs.yaml"
         return config, {"fn_completions": fn_completions}
+
+    def model(self, judge_cfg):
+        return judge_cfg.model
 
     def key_params(self, judge_cfg) -> dict:
         # A GPU's numerics can flip a close verdict: its device enters the key where not the CPU.
@@ -45,7 +51,8 @@ def local_judge_completions(model_dir: str, dtype: str, batch_size: int, max_pro
         tok.pad_token = tok.eos_token
     device = compute_device()  # the one place that decides (pipeline/models/devices.py)
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=DTYPES[dtype], **inference_placement(device)).eval()
+        model_dir, dtype=DTYPES[dtype], **inference_placement(device)
+    ).eval()
     ids = [tok.encode(c, add_special_tokens=False)[-1] for c in ("a", "b")]
     if ids[0] == ids[1]:
         raise JudgeError(f"judge tokenizer of {model_dir} cannot tell 'a' from 'b'")
@@ -56,8 +63,13 @@ def local_judge_completions(model_dir: str, dtype: str, batch_size: int, max_pro
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            batch = tok([prompts[i] for i in idx], return_tensors="pt", padding=True,
-                        truncation=True, max_length=max_prompt_tokens).to(model.device)
+            batch = tok(
+                [prompts[i] for i in idx],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_prompt_tokens,
+            ).to(model.device)
             with torch.inference_mode():
                 # only the last position is needed
                 logits = model(**batch, logits_to_keep=1).logits[:, -1, ids]

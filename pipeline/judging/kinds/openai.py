@@ -15,8 +15,11 @@ class OpenAIJudge(JudgeKind):
 
     def validate(self, judge_cfg) -> None:
         from_file = os.environ.get("OPENAI_CLIENT_CONFIG_PATH")
-        if not (os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_API_KEYS")
-                or (from_file and Path(from_file).is_file())):
+        if not (
+            os.environ.get("OPENAI_API_KEY")
+            or os.environ.get("OPENAI_API_KEYS")
+            or (from_file and Path(from_file).is_file())
+        ):
             raise JudgeError(
                 f"judge={judge_cfg.name} calls the OpenAI API but OPENAI_API_KEY is not set; "
                 "export OPENAI_API_KEY=... (or OPENAI_CLIENT_CONFIG_PATH), "

@@ -56,8 +56,9 @@ def write_annotator_config(judge_cfg, work: Path) -> Path:
     """work/annotator/configs.yaml: the weighted logprob annotator of the served model."""
     from alpaca_eval import constants
 
-    template = (constants.EVALUATORS_CONFIG_DIR / "alpaca_eval_clf_gpt4_turbo"
-                / "alpaca_eval_clf.txt")
+    template = (
+        constants.EVALUATORS_CONFIG_DIR / "alpaca_eval_clf_gpt4_turbo" / "alpaca_eval_clf.txt"
+    )
     config = {
         judge_cfg.annotator: {
             "prompt_template": str(template),
@@ -75,7 +76,9 @@ def write_annotator_config(judge_cfg, work: Path) -> Path:
     }
     path = work / "annotator" / "configs.yaml"
     path.parent.mkdir(exist_ok=True)
-    note = (f"# API key: read from ${judge_cfg.api_key_env} when the judge runs and handed to "
-            "alpaca_eval in memory; never written here.\n")
+    note = (
+        f"# API key: read from ${judge_cfg.api_key_env} when the judge runs and handed to "
+        "alpaca_eval in memory; never written here.\n"
+    )
     write_text_atomic(path, note + yaml.safe_dump(config))
     return path

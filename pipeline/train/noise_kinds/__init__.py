@@ -54,7 +54,8 @@ def check_kind(kind: str) -> None:
         raise ValueError(
             f"noise.kind={kind!r} is unknown; registered kinds: {', '.join(names())}. A new "
             f"kind is pipeline/train/noise_kinds/{kind}.py (a sampler decorated with "
-            f"@register({kind!r})) and conf/noise/{kind}.yaml (kind: {kind})")
+            f"@register({kind!r})) and conf/noise/{kind}.yaml (kind: {kind})"
+        )
 
 
 def sampler(kind: str) -> Callable:

@@ -24,8 +24,8 @@ def records(path: Path):
         if room < 7:  # block trailer padding
             pos += room
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk = data[pos + 7:pos + 7 + length]
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == 0 and length == 0:
             break
@@ -46,7 +46,9 @@ def read_run(run_dir: Path) -> dict:
     for rec in records(path):
         kind = rec.WhichOneof("record_type")
         if kind == "run":
-            out.update(name=rec.run.display_name, group=rec.run.run_group, job_type=rec.run.job_type)
+            out.update(
+                name=rec.run.display_name, group=rec.run.run_group, job_type=rec.run.job_type
+            )
             for item in rec.run.config.update:
                 out["config"][item.key] = json.loads(item.value_json)
         elif kind == "config":
@@ -56,7 +58,12 @@ def read_run(run_dir: Path) -> dict:
             for item in rec.summary.update:
                 out["summary"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
         elif kind == "history":
-            out["history"].append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in rec.history.item})
+            out["history"].append(
+                {
+                    item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                    for item in rec.history.item
+                }
+            )
         elif kind == "artifact":
             out["artifacts"].append(rec.artifact.name)
     return out
