@@ -1,13 +1,11 @@
 """Fine-tuning on several processes (issue 14): batch arithmetic, keys, launch commands (unit), and
 on this CPU the real launcher: the tiny model trained by 2 DDP ranks over gloo through torchrun,
 loaded by generate, resumed after SIGKILL of the launcher bit-identically to an uninterrupted run,
-with noise drawn independently per rank; and FSDP2's consolidated save of a sharded model.
+with noise drawn independently per rank (FSDP2's consolidated save: test_distributed_fsdp2.py).
 """
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,7 +23,6 @@ from pipeline.train.noise import rank_generator
 from tests.support.composed import SMOKE, composed
 from tests.support.skips import needs_no_cuda
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = [*SMOKE, "openllm=none", "logger=disabled", "finetune.lr_scheduler=constant"]
 DDP2 = [
     "finetune.distributed.nproc_per_node=2",
@@ -250,72 +247,3 @@ def test_sigkill_of_the_launcher_resumes_bit_identical(uninterrupted, tmp_path, 
     assert resumed.metrics["train_loss"] == fresh.metrics["train_loss"]
     ranks = [json.loads((r.path / "launch" / "rank1.json").read_text()) for r in (resumed, fresh)]
     assert ranks[0]["noise_state_sha256"] == ranks[1]["noise_state_sha256"]
-
-
-FSDP2_SAVE = """
-import sys, torch, torch.distributed as dist
-from pathlib import Path
-from torch.distributed.fsdp import fully_shard
-from pipeline.models.loading import load_model_and_tokenizer
-from pipeline.train.training import save_consolidated
-base, out = sys.argv[1], Path(sys.argv[2])
-dist.init_process_group("gloo")
-torch.manual_seed(0)
-model, tok = load_model_and_tokenizer(base, "float32")
-batch = torch.randint(0, model.config.vocab_size, (2, 12))
-for layer in model.model.layers:
-    fully_shard(layer)
-fully_shard(model)
-assert type(next(model.parameters())).__name__ == "DTensor"
-opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-model(input_ids=batch, labels=batch).loss.backward()
-opt.step()
-save_consolidated(model, out, dist.get_rank() == 0)
-if dist.get_rank() == 0:
-    tok.save_pretrained(out)  # as the finetune stage does: the dir then loads like any model
-dist.destroy_process_group()
-"""
-
-
-@pytest.mark.e2e
-def test_fsdp2_sharded_model_is_saved_whole_and_loads_like_any_model(tmp_path):
-    """Two gloo ranks shard the tiny model (FSDP2), take one AdamW step and save it consolidated:
-    the weights equal the same step taken unsharded in one process."""
-    from pipeline.models.loading import base_model_dir, load_model_and_tokenizer
-
-    cfg = composed(*SMOKE)
-    base = base_model_dir(cfg.model, Store(tmp_path / "cache"))
-    script = tmp_path / "fsdp2_save.py"
-    script.write_text(FSDP2_SAVE)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node=2",
-            "--standalone",
-            str(script),
-            base,
-            str(tmp_path / "saved"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-
-    torch.manual_seed(0)
-    model, _ = load_model_and_tokenizer(base, "float32")
-    batch = torch.randint(0, model.config.vocab_size, (2, 12))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model(input_ids=batch, labels=batch).loss.backward()
-    opt.step()
-    saved, _ = load_model_and_tokenizer(str(tmp_path / "saved"), "float32")
-    want, got = model.state_dict(), saved.state_dict()
-    assert got.keys() == want.keys()
-    before = load_model_and_tokenizer(base, "float32")[0].state_dict()
-    assert any(not torch.equal(want[k], before[k]) for k in want), "the step changed no weight"
-    for k in want:
-        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=k)

@@ -166,56 +166,6 @@ def test_the_resolved_dtype_not_auto_is_what_the_point_runs_with(monkeypatch):
     assert "resolve_precision(cfg)" in Path(check_all.__code__.co_filename).read_text()
 
 
-def test_penalty_skips_left_padding_as_vllm_does():
-    """HF's repetition_penalty penalises the pad id of a padded row; ours only real tokens."""
-    from transformers import RepetitionPenaltyLogitsProcessor
-
-    from pipeline.generation.batched import penalty_ignoring_padding
-
-    pad, vocab = 0, 6
-    scores = torch.tensor([[2.0, 1.0, 0.5, -1.0, 3.0, 0.1]] * 2)
-    ids = torch.tensor([[pad, pad, 3, 4], [5, 5, 3, 4]])  # row 0 padded, row 1 not
-    mask = (torch.arange(4) >= torch.tensor([[2], [0]])).long()
-    ours = penalty_ignoring_padding(1.2, mask)[0](ids, scores.clone())
-    alone = RepetitionPenaltyLogitsProcessor(1.2)(ids[:1, 2:], scores[:1].clone())
-    assert torch.equal(ours[0], alone[0])  # the padded row is penalised as if alone
-    assert ours[0, pad] == 2.0 and ours[0, 3] == -1.2 and ours[0, 4] == 2.5
-    hf = RepetitionPenaltyLogitsProcessor(1.2)(ids, scores.clone())
-    assert hf[0, pad] != 2.0 and vocab == scores.shape[1]  # what made answers batch-dependent
-
-
-@pytest.mark.e2e
-def test_an_fp32_answer_is_the_same_alone_and_in_any_batch():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from pipeline.data.loading import ASSETS, format_prompt
-    from pipeline.generation.batched import generate_batched
-    from pipeline.models.loading import build_tiny_tokenizer
-
-    tok = build_tiny_tokenizer(512)
-    tok.pad_token = tok.eos_token  # pad == EOS, as for many real tokenizers
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    rows = json.loads((ASSETS / "default_eval.json").read_text(encoding="utf-8"))[:10]
-    texts = [
-        format_prompt({"instruction": r["instruction"], "input": r.get("input", "")}, False)
-        for r in rows
-    ]
-    alone = [generate_batched(model, tok, [t], 1, 24, 1024, 1.2)[0][0] for t in texts]
-    for batch in (3, 10):
-        assert generate_batched(model, tok, texts, batch, 24, 1024, 1.2)[0] == alone
-
-
 def _fsdp_probe(fp32_master: bool, tmp_path: Path) -> dict:
     """Run scripts/gpu_fsdp_checks.py's FSDP probe (accelerate's own fsdp2_prepare_model on a
     bf16 Llama, gloo, world size 1) in a fresh process; returns what it measured."""
@@ -245,49 +195,6 @@ def test_fsdp_trains_the_precision_the_key_says(tmp_path, fp32_master, dtype):
     assert probe["state_dict_type"] == "StateDictType.SHARDED_STATE_DICT"
     assert probe["rank0_loading_seen_by_from_pretrained"] is True
     assert probe["activation_checkpointing"] == {"training_argument": False, "fsdp": True}
-
-
-def test_generation_continues_from_the_batches_a_killed_run_wrote(tmp_path):
-    """A requeued generate job skips the batches it finished (805 prompts of a 7B model are
-    not redone), and runs the rest in the same batches as an uninterrupted run."""
-    from pipeline.generation.batched import generate_batched
-
-    model, tok = _tiny_model()
-    texts = [f"Name {n} colours." for n in ("two", "three", "four", "five")]
-    full, full_counts = generate_batched(model, tok, texts, 2, 8, 256, 1.2)
-    progress = tmp_path / "progress.jsonl"
-    assert generate_batched(model, tok, texts, 2, 8, 256, 1.2, progress=progress)[0] == full
-    first_batch = [json.loads(line) for line in progress.read_text().splitlines()[:2]]
-    for row in first_batch:  # marked, to see that they are taken, not recomputed
-        row["output"] = f"KEPT {row['i']}"
-    progress.write_text("".join(json.dumps(r) + "\n" for r in first_batch) + '{"i": 2, "ou')
-    resumed, counts = generate_batched(model, tok, texts, 2, 8, 256, 1.2, progress=progress)
-    kept = {row["i"] for row in first_batch}
-    assert all(resumed[i] == f"KEPT {i}" for i in kept)
-    assert [o for i, o in enumerate(resumed) if i not in kept] == [
-        o for i, o in enumerate(full) if i not in kept
-    ] and counts == full_counts
-    assert len(progress.read_text().splitlines()) == 2 + 2  # kept, the cut line dropped, 1 batch
-
-
-def _tiny_model():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from pipeline.models.loading import build_tiny_tokenizer
-
-    tok = build_tiny_tokenizer(512)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config), tok
 
 
 @pytest.mark.e2e

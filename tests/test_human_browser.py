@@ -180,6 +180,26 @@ def login(driver, url: str, name: str) -> None:
     WebDriverWait(driver, 10).until(ec.presence_of_element_located((By.ID, "progress")))
 
 
+def export_annotations(results: Path, out: Path) -> list[dict]:
+    """`python -m pipeline.human export` of experiment exp into out; the annotations it wrote."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.human",
+            "export",
+            "experiment=exp",
+            "--results",
+            str(results),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        check=True,
+    )
+    return json.loads(out.read_text())
+
+
 def test_two_annotators_reload_and_sigkill(tmp_path):
     started = time.time()
     results = make_experiment(tmp_path, records=RECORDS)
@@ -221,23 +241,7 @@ def test_two_annotators_reload_and_sigkill(tmp_path):
         for driver in drivers.values():
             driver.quit()
         server.kill()
-    out = tmp_path / "annotations.json"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.human",
-            "export",
-            "experiment=exp",
-            "--results",
-            str(results),
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        check=True,
-    )
-    anns = json.loads(out.read_text())
+    anns = export_annotations(results, tmp_path / "annotations.json")
     got = sorted((a["annotator"], a["pair_id"], a["preference"]) for a in anns)
     assert got == sorted(cast) and len(cast) == 2 * len(RECORDS)
     assert len({(a, p) for a, p, _ in cast}) == len(cast)  # every pair once per annotator

@@ -79,6 +79,50 @@ def _rows(out: str) -> dict[str, list[str]]:
     return {c[1]: c for c in cells}
 
 
+# Loads the model, dataset and LC data with the pipeline's own loaders; prints what it got.
+LOAD_OFFLINE = (
+    "from pipeline.models.loading import load_model_and_tokenizer\n"
+    "from pipeline.data.loading import load_train\n"
+    "from pipeline.metrics.winrate import find_lc_data\n"
+    "model, tok = load_model_and_tokenizer('org/tiny', 'float32')\n"
+    "print(type(model).__name__, len(tok), len(load_train('hf:org/data')),\n"
+    "      open(find_lc_data('hub')).read().splitlines()[0])\n"
+)
+
+
+def _load_offline(hf_home: Path) -> subprocess.CompletedProcess:
+    """Run LOAD_OFFLINE in a fresh python under HF_HUB_OFFLINE=1 with the caches of hf_home."""
+    return subprocess.run(
+        [sys.executable, "-c", LOAD_OFFLINE],
+        cwd=ROOT,
+        env=_env(hf_home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _assert_a_missing_item_fails_named(hf_home, mirror, overrides, absent):
+    """A dataset the mirror lacks fails the command, named; a missing optional file does not."""
+    missing = _prefetch(
+        hf_home,
+        *overrides[:4],
+        "data.train=hf:org/nope",
+        "judge=local_tiny",
+        f"calibration.pairs={absent}",
+        "--source",
+        str(mirror),
+    )
+    assert missing.returncode == 1
+    assert "FAILED dataset org/nope" in missing.stderr
+    assert "not in the mirror" in missing.stderr
+    rows = _rows(missing.stdout)
+    assert rows["org/tiny"][4] == "already present"
+    # The run goes on without calibration pairs (the judge is then reported uncalibrated).
+    assert rows[str(absent)][4] == "missing (optional)"
+    assert "FAILED file" not in missing.stderr
+
+
 def test_fetcher_registry_by_kind_and_origin(tmp_path):
     """One fetcher per (kind, origin); --source switches the hub kinds to the mirror ones."""
     assert {k for k, _ in FETCHERS} == {
@@ -124,22 +168,7 @@ def test_prefetch_from_mirror_then_offline_load(mirror, tmp_path):
     assert f"export HF_DATASETS_CACHE={hf_home / 'datasets'}" in first.stdout
     assert "export HF_HUB_OFFLINE=1" in first.stdout
 
-    load = (
-        "from pipeline.models.loading import load_model_and_tokenizer\n"
-        "from pipeline.data.loading import load_train\n"
-        "from pipeline.metrics.winrate import find_lc_data\n"
-        "model, tok = load_model_and_tokenizer('org/tiny', 'float32')\n"
-        "print(type(model).__name__, len(tok), len(load_train('hf:org/data')),\n"
-        "      open(find_lc_data('hub')).read().splitlines()[0])\n"
-    )
-    offline = subprocess.run(
-        [sys.executable, "-c", load],
-        cwd=ROOT,
-        env=_env(hf_home),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    offline = _load_offline(hf_home)
     assert offline.returncode == 0, offline.stderr
     assert offline.stdout.split()[-4:] == ["LlamaForCausalLM", "300", "3", "index,preference"]
 
@@ -148,24 +177,7 @@ def test_prefetch_from_mirror_then_offline_load(mirror, tmp_path):
     rows = _rows(second.stdout)
     assert rows["org/tiny"][4] == rows["org/data"][4] == rows[lc_file][4] == "already present"
 
-    absent = tmp_path / "no_pairs"
-    missing = _prefetch(
-        hf_home,
-        *overrides[:4],
-        "data.train=hf:org/nope",
-        "judge=local_tiny",
-        f"calibration.pairs={absent}",
-        "--source",
-        str(mirror),
-    )
-    assert missing.returncode == 1
-    assert "FAILED dataset org/nope" in missing.stderr
-    assert "not in the mirror" in missing.stderr
-    rows = _rows(missing.stdout)
-    assert rows["org/tiny"][4] == "already present"
-    # The run goes on without calibration pairs (the judge is then reported uncalibrated).
-    assert rows[str(absent)][4] == "missing (optional)"
-    assert "FAILED file" not in missing.stderr
+    _assert_a_missing_item_fails_named(hf_home, mirror, overrides, tmp_path / "no_pairs")
 
 
 def test_dry_run_lists_every_paper_model(capsys):

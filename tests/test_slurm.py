@@ -1,20 +1,18 @@
 """SLURM on a real local cluster (Debian's slurm-wlm + munge, started by scripts/local_slurm.sh):
 the alpha_grid sweep as a job array through hydra-submitit-launcher and through
-slurm/sweep_array.sbatch, and a task requeued mid-finetune (scontrol requeue) that resumes
-without duplicating the baseline."""
+slurm/sweep_array.sbatch, a task requeued mid-finetune (scontrol requeue) that resumes
+without duplicating the baseline, and one array per job shape (two nodes: test_slurm_multinode)."""
 
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.support.composed import SMOKE
+from tests.support.local_slurm import finished, local_cluster
 from tests.support.skips import needs_slurm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,66 +20,10 @@ TINY = [*SMOKE, "logger=disabled"]
 pytestmark = [pytest.mark.e2e, needs_slurm]
 
 
-def local_cluster(nodes: int, **settings: str):
-    """Start a local cluster (scripts/local_slurm.sh) with `nodes` slurmds, each with 4
-    placeholder GPUs (GPU requests are scheduled for real) and 8 CPUs; yield the environment
-    that talks to it, and stop exactly its daemons afterwards."""
-    state = tempfile.mkdtemp(
-        prefix="slurm", dir="/tmp"
-    )  # short: slurmd's socket paths must fit 108 bytes
-    script = str(ROOT / "scripts" / "local_slurm.sh")
-    conf = dict(
-        os.environ,
-        LOCAL_SLURM_NODES=str(nodes),
-        LOCAL_SLURM_GPUS="4",
-        LOCAL_SLURM_CPUS="8",
-        **settings,
-    )
-    started = subprocess.run(
-        ["bash", script, "start", state], capture_output=True, text=True, timeout=120, env=conf
-    )
-    assert started.returncode == 0, started.stderr
-    env = dict(
-        os.environ,
-        SLURM_CONF=f"{state}/slurm.conf",
-        PATH=f"{state}/bin:{os.environ['PATH']}",
-        PYTHON=sys.executable,
-    )
-    daemons = [int(p) for p in Path(state, "pids").read_text().split()]
-    assert len(daemons) == 2 + nodes  # munged, slurmctld, a slurmd per node
-    try:
-        yield env
-    finally:
-        subprocess.run(["bash", script, "stop", state], capture_output=True, text=True, timeout=120)
-        alive = [pid for pid in daemons if _running(pid)]
-        shutil.rmtree(state, ignore_errors=True)
-        assert not alive, f"daemons still running after stop: {alive}"
-
-
 @pytest.fixture(scope="module")
 def cluster():
     """One node for this module's tests."""
     yield from local_cluster(1)
-
-
-@pytest.fixture()
-def two_nodes():
-    """Two nodes (two slurmds of this host), on ports of their own beside `cluster`'s. Only the
-    multinode test uses them: this slurm build has no multiple-slurmd support, so a batch step
-    placed on the second node may not be told its srun step ended."""
-    yield from local_cluster(2, LOCAL_SLURM_CTLD_PORT="6837", LOCAL_SLURM_SLURMD_PORT="6838")
-
-
-def _running(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "State:\tZ" not in status  # a zombie has exited; PID 1 reaps it later
-
-
-def finished(store: Path, stage: str) -> list[Path]:
-    return sorted(p for p in store.glob(f"{stage}-*") if (p / "COMPLETE").is_file())
 
 
 def assert_sweep_done(store: Path, experiment: str, alphas: list[int]) -> None:
@@ -204,65 +146,6 @@ def test_requeued_task_resumes_its_finetune_without_a_duplicate_baseline(cluster
     killed = victim[1].split(".", 1)[0]
     metrics = json.loads((store / killed / "metrics.json").read_text())
     assert metrics["resumed_from_step"] >= 20 and metrics["train_steps"] == 600
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_multinode_sbatch_trains_through_srun_torchrun_c10d(two_nodes, tmp_path):
-    """slurm/finetune_multinode.sbatch on 2 nodes: the pipeline in the batch step, its finetune
-    as `srun` + one torchrun per node meeting over c10d (both nodes are slurmds of this host)."""
-    cluster = two_nodes
-    store = tmp_path / "store"
-    store.mkdir()
-    cmd = [
-        "sbatch",
-        "--parsable",
-        "--nodes=2",
-        "--ntasks-per-node=1",
-        "--cpus-per-task=1",
-        "--mem=2G",
-        f"--output={store}/slurm-%j.out",
-        "slurm/finetune_multinode.sbatch",
-        *TINY,
-        "openllm=none",
-        "calibration.enabled=false",
-        "finetune.distributed.strategy=ddp",
-        "finetune.distributed.nnodes=2",
-        "finetune.effective_batch_size=8",
-        f"finetune.distributed.rdzv_port={free_port()}",
-        "experiment.name=multinode",
-        f"paths.store={store}",
-        f"paths.results={store}/results",
-    ]
-    job = subprocess.run(cmd, cwd=ROOT, env=cluster, capture_output=True, text=True, timeout=60)
-    assert job.returncode == 0, job.stderr
-    job_id = job.stdout.strip()
-    deadline = time.time() + 900
-    while (
-        time.time() < deadline
-        and subprocess.run(
-            ["squeue", "-h", "-j", job_id], env=cluster, capture_output=True, text=True
-        ).stdout.strip()
-    ):
-        time.sleep(1)
-    log = (store / f"slurm-{job_id}.out").read_text()
-    assert "done in" in log, log[-3000:]
-    assert "--nnodes=2 --rdzv-backend=c10d" in log and f"--rdzv-id={job_id}" in log
-    # both arms' fine-tunes: one torchrun per node, with the job's CPUs (no GPUs asked here)
-    assert log.count("srun --nodes=2 --ntasks=2 --ntasks-per-node=1 --cpus-per-task=1 --kill") == 2
-    for ft in finished(store, "finetune"):
-        metrics = json.loads((ft / "metrics.json").read_text())
-        assert (metrics["world_size"], metrics["train_steps"]) == (2, 24)
-        ranks = [json.loads((ft / "launch" / f"rank{r}.json").read_text()) for r in (0, 1)]
-        assert ranks[0]["pid"] != ranks[1]["pid"]
-    assert len(finished(store, "finetune")) == 2 and len(finished(store, "generate")) == 2
-    assert (store / "results" / "multinode" / "REPORT.md").is_file()
 
 
 def pending_arrays(env: dict, count: int, timeout: float) -> list[str]:

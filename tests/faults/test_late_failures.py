@@ -1,13 +1,12 @@
 """Late or unclear failures (issue 13, defect 7): bad inputs fail in the checks, before anything is
 trained, with the config key, the file and the fix; two runs started together keep separate Hydra
-logs; the documented smoke command keeps out of the committed results.
+logs (the documented smoke command: tests/faults/test_documented_commands.py).
 
 (A full disk is covered by tests/faults/test_store_integrity.py.)
 """
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.composed import SMOKE, composed
+from tests.support.composed import SMOKE
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [*SMOKE, "openllm=none", "logger=disabled"]
@@ -248,71 +247,3 @@ def test_the_configured_run_dir_has_microseconds():
     hydra = yaml.safe_load((ROOT / "conf" / "config.yaml").read_text())["hydra"]
     assert hydra["run"]["dir"].endswith("${now:%Y-%m-%d_%H-%M-%S-%f}")
     assert hydra["sweep"]["dir"].endswith("${now:%Y-%m-%d_%H-%M-%S-%f}")
-
-
-# --- the documented smoke command ---------------------------------------------------------------
-
-
-def documented_tiny_commands() -> dict[str, list[str]]:
-    """Each `python -m pipeline.run ... model=tiny ...` of the README and run.py's docstring:
-    the command as written -> its overrides."""
-    found = {}
-    for path in (ROOT / "README.md", ROOT / "pipeline" / "run.py"):
-        text = path.read_text(encoding="utf-8").replace("\\\n", " ")  # continued lines
-        for line in text.splitlines():
-            if "python -m pipeline.run " not in line or "model=tiny" not in line:
-                continue
-            overrides = []
-            for word in line.split("python -m pipeline.run ", 1)[1].split():
-                if "=" not in word or word.startswith("#"):
-                    break  # the description or comment after the command
-                overrides.append(word)
-            found[f"{path.name}: " + re.sub(r"\s+", " ", line.strip())] = overrides
-    return found
-
-
-def committed_experiments() -> set[str]:
-    """results/<name>/ folders in the repository, not the ones .gitignore keeps out."""
-    ignored = {
-        line.strip().strip("/").removeprefix("results/")
-        for line in (ROOT / ".gitignore").read_text().splitlines()
-        if line.startswith("results/")
-    }
-    return {
-        d.name
-        for d in (ROOT / "results").iterdir()
-        if (d / "REPORT.md").is_file() and d.name not in ignored
-    }
-
-
-def test_the_smoke_command_writes_results_smoke_not_the_default():
-    smokes = {
-        where: o
-        for where, o in documented_tiny_commands().items()
-        if not any(w.startswith("sweep=") for w in o)
-    }
-    assert {where.split(":")[0] for where in smokes} == {"README.md", "run.py"}
-    for where, smoke in smokes.items():
-        assert smoke == [
-            "model=tiny",
-            "finetune=tiny",
-            "generate=tiny",
-            "judge=local_tiny",
-            "experiment.name=smoke",
-        ], where
-    cfg = composed(*smoke)
-    assert cfg.model.name == "tiny-llama" and cfg.experiment.name == "smoke"
-    assert Path(cfg.paths.results) / cfg.experiment.name == Path("results/smoke")
-    assert "results/smoke/" in (ROOT / ".gitignore").read_text().splitlines()
-    # What the command did before: the same overrides land in results/default, committed.
-    before = composed(*[o for o in smoke if not o.startswith("experiment.")])
-    assert before.experiment.name == "default" and "default" in committed_experiments()
-
-
-def test_no_documented_tiny_command_writes_into_committed_results():
-    commands = documented_tiny_commands()
-    assert len(commands) >= 2  # the smoke run and the tiny sweep of the README
-    committed = committed_experiments()
-    assert {"default", "default_all"} <= committed
-    for command, overrides in commands.items():
-        assert composed(*overrides).experiment.name not in committed, command

@@ -73,17 +73,9 @@ def arm(
     return Arm(name, alpha == 0, 42, noise, stages)
 
 
-def point(
-    name: str,
-    treated: str,
-    alpha: float,
-    neft_wr: float,
-    kind="uniform",
-    lora=False,
-    variants=(),
-    main=False,
-) -> Point:
-    setting = {
+def _setting(lora: bool) -> dict:
+    """The setting block of a point: a full finetune, or LoRA on a plain base."""
+    return {
         "method": "LoRA (plain base, no 4-bit)" if lora else "full finetune",
         "lora": lora,
         "lora_4bit": False,
@@ -97,6 +89,33 @@ def point(
         "seeds": [42],
         "openllm": {"name": "local_cpu", "task_set": "local", "limit": 16, "shots": {"arc": 3}},
     }
+
+
+def _head_to_head(name: str, treated: str) -> Comparison:
+    """The judge's treated-vs-base comparison of a point (55% of 4 pairs)."""
+    return Comparison(
+        treated,
+        "base",
+        42,
+        {
+            "head_to_head": ref(
+                "alpaca_eval", f"{name}_h2h", win_rate=55.0, standard_error=2.0, n_total=4.0
+            )
+        },
+    )
+
+
+def point(
+    name: str,
+    treated: str,
+    alpha: float,
+    neft_wr: float,
+    kind="uniform",
+    lora=False,
+    variants=(),
+    main=False,
+) -> Point:
+    setting = _setting(lora)
     arms = [
         arm(name, "base", 0, 40.0, 250.0, openllm=main, fit=(1.0, 2.0) if main else None),
         arm(
@@ -110,18 +129,7 @@ def point(
             fit=(1.5, 1.9) if main else None,
         ),
     ]
-    h2h = [
-        Comparison(
-            treated,
-            "base",
-            42,
-            {
-                "head_to_head": ref(
-                    "alpaca_eval", f"{name}_h2h", win_rate=55.0, standard_error=2.0, n_total=4.0
-                )
-            },
-        )
-    ]
+    h2h = [_head_to_head(name, treated)]
     return Point(
         f"point-{name}",
         name,
