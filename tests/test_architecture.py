@@ -18,15 +18,16 @@ PIPELINE = Path(__file__).resolve().parents[1] / "pipeline"
 # (pipeline/<package>/) or a top-level module (pipeline/<module>.py). Lower units first.
 ALLOWED: dict[str, set[str]] = {
     "text": set(),  # markdown escaping, logging, log tails: the floor every unit may use
+    "registry": set(),  # kinds by name (pipeline/registry.py): the floor too
     "store": {"text"},
     "metrics": {"text"},
     "config": {"text"},
     "data": {"text"},
     "tracking": {"text"},
     "models": {"store", "data", "text"},
-    "generation": {"models", "data", "store", "text"},
-    "train": {"models", "data", "store", "config", "text"},
-    "judging": {"models", "data", "store", "config", "metrics", "text"},
+    "generation": {"models", "data", "store", "text", "registry"},
+    "train": {"models", "data", "store", "config", "text", "registry"},
+    "judging": {"models", "data", "store", "config", "metrics", "text", "registry"},
     "stages": {
         "store",
         "metrics",

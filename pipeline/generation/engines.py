@@ -32,20 +32,17 @@ pkgutil. Those modules, like this one, import only the standard library at top l
 
 from __future__ import annotations
 
-import functools
-import importlib
 import json
 import os
-import pkgutil
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
+from pipeline.registry import Registry
 from pipeline.text.logs import log_tail
 
 PROTOCOL = 1
-ENGINES: dict[str, Engine] = {}
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 VENV_HINT = (
     "create one (python -m venv ~/vllm-env && ~/vllm-env/bin/pip install vllm) and set "
@@ -121,44 +118,31 @@ class Engine:
         raise NotImplementedError
 
 
+ENGINES = Registry(
+    "generate.engine",
+    "engines",
+    "pipeline.generation.engine_kinds",
+    lambda name: (
+        f"A new engine is pipeline/generation/engine_kinds/{name}.py (an Engine subclass "
+        f"decorated with @register_engine({name!r})), plus a generate.{name} section in "
+        "pipeline/config/schema.py for settings of its own"
+    ),
+)
+
+
 def register_engine(name: str):
     """Class decorator: an instance of the Engine subclass becomes generate.engine=`name`."""
-
-    def add(cls: type) -> type:
-        if name in ENGINES and type(ENGINES[name]) is not cls:
-            raise ValueError(f"engine {name!r} is already registered ({ENGINES[name]})")
-        cls.name = name
-        ENGINES[name] = cls()
-        return cls
-
-    return add
-
-
-@functools.cache
-def discover() -> None:
-    """Import every module of pipeline/generation/engine_kinds/ once (each registers one)."""
-    from pipeline.generation import engine_kinds
-
-    for info in pkgutil.iter_modules(engine_kinds.__path__):
-        importlib.import_module(f"{engine_kinds.__name__}.{info.name}")
+    return ENGINES.register(name, instantiate=True)
 
 
 def engine_names() -> tuple[str, ...]:
     """Every registered generate.engine."""
-    discover()
-    return tuple(sorted(ENGINES))
+    return ENGINES.names()
 
 
 def engine(name: str) -> Engine:
     """The engine registered as `name`; unknown: ValueError naming them and what to add."""
-    if name not in engine_names():
-        raise ValueError(
-            f"generate.engine={name!r} is unknown; registered engines: "
-            f"{', '.join(engine_names())}. A new engine is pipeline/generation/engine_kinds/"
-            f"{name}.py (an Engine subclass decorated with @register_engine({name!r})), plus a "
-            f"generate.{name} section in pipeline/config/schema.py for settings of its own"
-        )
-    return ENGINES[name]
+    return ENGINES.get(name)
 
 
 def make_request(

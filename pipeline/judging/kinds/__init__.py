@@ -15,14 +15,10 @@ kind is looked up, so nothing else names them.
 
 from __future__ import annotations
 
-import functools
-import importlib
-import pkgutil
 from pathlib import Path
 
 from pipeline.judging.alpaca_import import JudgeError
-
-KINDS: dict[str, JudgeKind] = {}
+from pipeline.registry import Registry
 
 
 class JudgeKind:
@@ -49,38 +45,30 @@ class JudgeKind:
         return {}
 
 
+REGISTRY = Registry(
+    "judge.kind",
+    "kinds",
+    __name__,
+    lambda name: (
+        f"A new kind is pipeline/judging/kinds/{name}.py (a JudgeKind subclass "
+        f"decorated with @register({name!r})) and conf/judge/<judge name>.yaml (kind: {name})"
+    ),
+    error=JudgeError,
+)
+KINDS = REGISTRY.entries
+discover = REGISTRY.discover
+
+
 def register(name: str):
     """Class decorator: an instance of the JudgeKind subclass becomes judge kind `name`."""
-
-    def add(cls: type) -> type:
-        if name in KINDS and type(KINDS[name]) is not cls:
-            raise ValueError(f"judge kind {name!r} is already registered ({KINDS[name]})")
-        cls.name = name
-        KINDS[name] = cls()
-        return cls
-
-    return add
-
-
-@functools.cache
-def discover() -> None:
-    """Import every module of this package once (each registers its kinds)."""
-    for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
+    return REGISTRY.register(name, instantiate=True)
 
 
 def names() -> tuple[str, ...]:
     """Every registered judge.kind."""
-    discover()
-    return tuple(sorted(KINDS))
+    return REGISTRY.names()
 
 
 def judge_kind(name: str) -> JudgeKind:
     """The kind registered as `name`; unknown: JudgeError naming the kinds and what to add."""
-    if name not in names():
-        raise JudgeError(
-            f"judge.kind={name!r} is unknown; registered kinds: {', '.join(names())}. A new kind "
-            f"is pipeline/judging/kinds/{name}.py (a JudgeKind subclass decorated with "
-            f"@register({name!r})) and conf/judge/<judge name>.yaml (kind: {name})"
-        )
-    return KINDS[name]
+    return REGISTRY.get(name)

@@ -14,51 +14,40 @@ kind is looked up, so nothing else names them. `none` (the baseline) is no sampl
 
 from __future__ import annotations
 
-import functools
-import importlib
-import pkgutil
 from collections.abc import Callable
 
+from pipeline.registry import Registry
+
 OFF = "none"  # the baseline: no noise, whatever alpha says
-SAMPLERS: dict[str, Callable] = {}
+REGISTRY = Registry(
+    "noise.kind",
+    "kinds",
+    __name__,
+    lambda kind: (
+        f"A new kind is pipeline/train/noise_kinds/{kind}.py (a sampler decorated with "
+        f"@register({kind!r})) and conf/noise/{kind}.yaml (kind: {kind})"
+    ),
+    builtin=(OFF,),
+)
+SAMPLERS = REGISTRY.entries
+discover = REGISTRY.discover
 
 
 def register(name: str):
     """Decorator: `fn(like, mag, generator) -> Tensor` becomes noise kind `name`."""
-
-    def add(fn: Callable) -> Callable:
-        if name == OFF or SAMPLERS.get(name, fn) is not fn:
-            raise ValueError(f"noise kind {name!r} is already registered ({SAMPLERS.get(name)})")
-        SAMPLERS[name] = fn
-        return fn
-
-    return add
-
-
-@functools.cache
-def discover() -> None:
-    """Import every module of this package once (each registers its kinds)."""
-    for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
+    return REGISTRY.register(name)
 
 
 def names() -> tuple[str, ...]:
     """Every valid noise.kind: the baseline and the registered samplers."""
-    discover()
-    return (OFF, *sorted(SAMPLERS))
+    return REGISTRY.names()
 
 
 def check_kind(kind: str) -> None:
     """Fail, naming the registered kinds and what to add, when `kind` is unknown."""
-    if kind not in names():
-        raise ValueError(
-            f"noise.kind={kind!r} is unknown; registered kinds: {', '.join(names())}. A new "
-            f"kind is pipeline/train/noise_kinds/{kind}.py (a sampler decorated with "
-            f"@register({kind!r})) and conf/noise/{kind}.yaml (kind: {kind})"
-        )
+    REGISTRY.check(kind)
 
 
 def sampler(kind: str) -> Callable:
     """The sampler registered as `kind`."""
-    check_kind(kind)
-    return SAMPLERS[kind]
+    return REGISTRY.get(kind)
