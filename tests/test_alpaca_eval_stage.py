@@ -80,7 +80,7 @@ class CountingJudge:
 
 @pytest.fixture(scope="module")
 def tiny_judge(tmp_path_factory):
-    from pipeline.judging.judges import local_judge_completions
+    from pipeline.judging.kinds.local import local_judge_completions
     from pipeline.models.loading import base_model_dir
 
     cfg = judge_cfg("local_tiny")

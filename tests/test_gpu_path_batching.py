@@ -30,26 +30,10 @@ def test_penalty_skips_left_padding_as_vllm_does():
 
 @pytest.mark.e2e
 def test_an_fp32_answer_is_the_same_alone_and_in_any_batch():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from pipeline.data.loading import ASSETS, format_prompt
     from pipeline.generation.batched import generate_batched
-    from pipeline.models.loading import build_tiny_tokenizer
 
-    tok = build_tiny_tokenizer(512)
-    tok.pad_token = tok.eos_token  # pad == EOS, as for many real tokenizers
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
+    model, tok = _tiny_model(pad_is_eos=True)  # pad == EOS, as for many real tokenizers
     rows = json.loads((ASSETS / "default_eval.json").read_text(encoding="utf-8"))[:10]
     texts = [
         format_prompt({"instruction": r["instruction"], "input": r.get("input", "")}, False)
@@ -83,12 +67,14 @@ def test_generation_continues_from_the_batches_a_killed_run_wrote(tmp_path):
     assert len(progress.read_text().splitlines()) == 2 + 2  # kept, the cut line dropped, 1 batch
 
 
-def _tiny_model():
+def _tiny_model(pad_is_eos: bool = False):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from pipeline.models.loading import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer(512)
+    if pad_is_eos:
+        tok.pad_token = tok.eos_token
     config = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=32,

@@ -17,14 +17,12 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from pipeline.config.choices import (  # noqa: F401  (plain is imported from here too)
+from pipeline.config.choices import (
     Definition,
     Dtype,
     LoggerMode,
     ModelSource,
     NoiseLength,
-    Sampling,
-    Strategy,
     TaskSet,
     Verify,
     plain,

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.data.loading import ASSETS, check_encodable
-from pipeline.judging.alpaca_import import JudgeError, import_alpaca_eval, pin_alpaca_eval_version  # noqa: F401  (JudgeError is imported from here too)
+from pipeline.judging.alpaca_import import JudgeError, import_alpaca_eval
 from pipeline.judging.kinds import judge_kind
-from pipeline.judging.kinds.local import ANNOTATORS_DIR, local_judge_completions  # noqa: F401  (imported from here by tests, stages)
 from pipeline.store.store import StageResult, Store
 
 

@@ -103,7 +103,7 @@ def test_local_judge_garbage_is_not_cached_and_only_those_pairs_are_asked_again(
 def test_a_cache_poisoned_by_alpaca_eval_defaults_is_cleaned_and_reasked(tmp_path, capsys):
     from alpaca_eval.annotators import PairwiseAnnotator
 
-    from pipeline.judging.judges import ANNOTATORS_DIR
+    from pipeline.judging.kinds.local import ANNOTATORS_DIR
 
     cfg, cache = composed("judge=local_tiny").judge, Store(tmp_path / "cache")
     answers = {"asked": 0, "broken": True}
