@@ -10,6 +10,7 @@ one Step below.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -80,9 +81,41 @@ def arm_specs(cfg) -> list[ArmSpec]:
     ]
 
 
+# experiment.name is one directory under paths.results: no separator, no `..` or hidden name, no
+# newline or other character a shell or a file browser would mangle, not empty ('' wrote the
+# tables into paths.results itself, beside every other study).
+EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+def check_experiment_name(name) -> None:
+    if not isinstance(name, str) or EXPERIMENT_NAME.fullmatch(name) is None:
+        raise ValueError(
+            f"experiment.name={name!r}: names one directory under paths.results, so it must be "
+            "letters, digits, '.', '_' or '-', not start with a dot and not be empty; e.g. "
+            "experiment.name=my_study"
+        )
+
+
+def check_seeds(cfg) -> None:
+    """Each seed trains one model per arm: a seed given twice would count the same stage twice
+    in every mean and sd over seeds (0.00 spread, n = 2, one model)."""
+    seeds = list(cfg.seeds or [])
+    repeated = next((s for i, s in enumerate(seeds) if s in seeds[:i]), None)
+    if repeated is not None:
+        distinct = list(dict.fromkeys(seeds))
+        example = distinct if len(distinct) > 1 else [repeated, repeated + 1]
+        raise ValueError(
+            f"seeds={seeds}: seed {repeated} is given twice, and one seed trains one model (a "
+            "repeat counts it twice in every mean and sd over seeds); give distinct seeds, "
+            f"e.g. seeds=[{','.join(str(s) for s in example)}]"
+        )
+
+
 def check_all(cfg) -> None:
-    """Resolve precision (`auto` -> the dtype that runs here, before any key is computed),
-    then every stage's cheap check, before anything is trained."""
+    """The point's name and seeds; resolve precision (`auto` -> the dtype that runs here, before
+    any key is computed); then every stage's cheap check, before anything is trained."""
+    check_experiment_name(cfg.experiment.name)  # first: nothing may be written under a bad one
+    check_seeds(cfg)
     resolve_precision(cfg)
     steps = ARM_CHAIN + (COMPARISON, EFFECT) + POINT_STEPS
     for module in dict.fromkeys(s.module for s in steps):  # cheap, so disabled ones too

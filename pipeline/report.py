@@ -20,6 +20,18 @@ def main(argv: list[str] | None = None) -> None:
         help="the paper's numbers (pkg:<asset> or a YAML path)",
     )
     args = parser.parse_args(argv)
+    from pipeline.plan import check_experiment_name
+
+    # The folder of one experiment, named by the rule its run was named by (results/<experiment.
+    # name>): never `.` (what Path("") is) or `..`, whose tables would land among the studies or
+    # outside them, nor a name no run may write (a leading dot, a newline).
+    try:
+        check_experiment_name(args.results_dir.name)
+    except ValueError as err:
+        parser.error(
+            f"results_dir={str(args.results_dir)!r}: give the folder of one experiment, "
+            f"results/<experiment.name>, e.g. results/my_study ({err})"
+        )
     out = write_results(args.results_dir, args.paper_numbers)
     print(f"tables, figures and REPORT.md: {out.resolve()}")
 

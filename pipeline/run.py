@@ -70,7 +70,9 @@ def run_point(cfg: DictConfig, tracker: Tracker):
     from pipeline.results.points import Point
     from pipeline.stages.contract import Context
 
-    check_all(cfg)  # cheap checks first: a typo or a missing key must not cost a training run
+    # cheap checks first (experiment.name the very first: check_writable makes its directory):
+    # a typo or a missing key must not cost a training run
+    check_all(cfg)
     from pipeline.results.aggregate import check_writable
 
     check_writable(Path(cfg.paths.results) / cfg.experiment.name)  # before work, not after it
@@ -137,6 +139,10 @@ def print_summary(point) -> None:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from pipeline.plan import check_experiment_name
+
+    # Before anything is named after it (a dry run's report, the W&B group, results/<name>/).
+    check_experiment_name(cfg.experiment.name)
     if cfg.dry_run:  # this point's job and memory plan, nothing run (launcher=slurm: all points)
         from pipeline.cluster.jobs import dry_run_point
 

@@ -1,10 +1,13 @@
 """Print the points of a sweep or multirun experiment, one line of overrides per point.
 
 Run: python scripts/sweep_points.py sweep=alpha_grid [more overrides]
-Each printed line runs one point on its own: `python -m pipeline.run $(sed -n 3p points.txt)`.
-slurm/sweep_array.sbatch runs line $SLURM_ARRAY_TASK_ID + 1 of this output.
+Each line is the point's overrides as shell words (quoted where needed: a value with a space
+stays one override, `z*` is not expanded), so it runs one point on its own as
+`eval python -m pipeline.run "$(sed -n 3p points.txt)"`.
+slurm/sweep_array.sbatch runs line $SLURM_ARRAY_TASK_ID + 1 of this output the same way.
 """
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -30,6 +33,14 @@ def sweep_points(overrides: list[str]) -> list[list[str]]:
     ]
 
 
+def point_line(point: list[str]) -> str:
+    """One point's overrides as one line of shell words (shlex.quote: POSIX sh and bash)."""
+    bad = [o for o in point if "\n" in o or "\r" in o]
+    if bad:  # a point is one line: the sbatch script reads line i + 1
+        raise SystemExit(f"override {bad[0]!r} spans lines; give it on one line")
+    return shlex.join(point)
+
+
 if __name__ == "__main__":
     for point in sweep_points(sys.argv[1:]):
-        print(" ".join(point))
+        print(point_line(point))

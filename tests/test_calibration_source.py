@@ -159,9 +159,16 @@ def _cfg(pairs, cache: Path):
     )
 
 
+def _fresh_clone(monkeypatch):
+    """As in a clone without ../shared beside it: the pinned set has no local copy."""
+    spec = dataclasses.replace(PINNED, local_copies=())
+    monkeypatch.setattr(cs, "load_sources", lambda path=None: {"alpaca_eval": spec})
+
+
 def test_no_data_no_network_says_how_to_get_it(tmp_path, monkeypatch, capsys):
     """The run goes on uncalibrated, and says how to get the pairs: offline (HF_HUB_OFFLINE),
     a failed download, or a local path that is not there."""
+    _fresh_clone(monkeypatch)
     assert stage.enabled(_cfg(PINNED.source, tmp_path)) is False  # conftest: HF_HUB_OFFLINE=1
     out = capsys.readouterr().out
     assert "UNCALIBRATED" in out and "HF_HUB_OFFLINE" in out
@@ -219,9 +226,10 @@ def test_prefetch_lists_the_published_pairs(served, tmp_path):
     assert not [i for i in config_items(off) if i.kind == "calibration"]
 
 
-def test_check_says_published_pairs_will_be_downloaded(tmp_path, capsys):
+def test_check_says_published_pairs_will_be_downloaded(tmp_path, capsys, monkeypatch):
     """Before any work: a published set not yet cached is named, with where it comes from and
     the prefetch command for runs without internet; a known name at another commit fails."""
+    _fresh_clone(monkeypatch)
     cfg = composed(f"paths.cache={tmp_path}", f"calibration.pairs={PINNED.source}")
     stage.check(cfg)
     out = capsys.readouterr().out
@@ -229,3 +237,48 @@ def test_check_says_published_pairs_will_be_downloaded(tmp_path, capsys):
     assert "downloaded from tatsu-lab/alpaca_eval" in out and "pipeline.prefetch" in out
     with pytest.raises(ValueError, match="other commits have no known checksum"):
         stage.check(composed("calibration.pairs=alpaca_eval@" + "1" * 40))
+
+
+def test_the_default_calibrates_from_a_local_copy_without_any_flag(served, tmp_path, monkeypatch):
+    """The default names the published set, not a folder a clone lacks; a copy with the pinned
+    sha256s (../shared/data beside a checkout) is taken into the cache before any download."""
+    assert composed().calibration.pairs == PINNED.source  # no experiment file overrides it
+    assert composed("experiment=default_all").calibration.pairs == PINNED.source
+    spec, server = served
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name, data in CONTENT.items():
+        (copy / name).write_bytes(data)
+    (copy / "a-model.json").write_bytes(b"[]")  # one file differs: this copy is not the set
+    other = tmp_path / "other"
+    other.mkdir()
+    for name, data in CONTENT.items():
+        (other / name).write_bytes(data)
+    spec = dataclasses.replace(spec, local_copies=(str(copy), str(other)))
+    monkeypatch.setattr(cs, "load_sources", lambda path=None: {"test": spec})
+    _no_network(monkeypatch)
+    cfg = _cfg("test", tmp_path / "cache")
+    assert stage.enabled(cfg) is True and server.requests == []
+    files = cs.resolve("test", tmp_path / "cache")
+    assert [f.parent for f in files] == [spec.cache_dir(tmp_path / "cache")] * 2
+    assert [f.read_bytes() for f in files] == list(CONTENT.values())
+
+
+def test_a_fresh_clone_with_network_downloads_the_pairs_without_any_flag(
+    served, tmp_path, monkeypatch
+):
+    """No local copy, a reachable source: the judge is calibrated from the download."""
+    spec, server = served
+    monkeypatch.setattr(
+        cs, "load_sources", lambda path=None: {"test": dataclasses.replace(spec, local_copies=())}
+    )
+    assert stage.enabled(_cfg("test", tmp_path / "cache")) is True
+    assert len(server.requests) == len(CONTENT)
+
+
+@needs_shared
+def test_the_shipped_spec_finds_the_copy_beside_the_checkout(tmp_path, monkeypatch):
+    _no_network(monkeypatch)
+    files = cs.resolve(PINNED.source, tmp_path / "cache")
+    assert [f.name for f in files] == sorted(f.name for f in PINNED.files)
+    assert all(f.parent == PINNED.cache_dir(tmp_path / "cache") for f in files)

@@ -185,8 +185,9 @@ def test_srun_asks_one_task_per_node_with_its_cpus_and_gpus(monkeypatch):
         "SLURM_GPUS_ON_NODE": "8",
     }
     cmd = launch.command(dist(nproc_per_node="8", nnodes=2), Path("r.json"), env=env)
-    assert cmd[:7] == [
+    assert cmd[:8] == [
         "srun",
+        "--overlap",
         "--nodes=2",
         "--ntasks=2",
         "--ntasks-per-node=1",
@@ -194,7 +195,7 @@ def test_srun_asks_one_task_per_node_with_its_cpus_and_gpus(monkeypatch):
         "--gpus-per-node=8",
         "--kill-on-bad-exit=1",
     ]
-    assert cmd[8:12] == ["-m", "torch.distributed.run", "--nproc-per-node=8", "--nnodes=2"]
+    assert cmd[9:13] == ["-m", "torch.distributed.run", "--nproc-per-node=8", "--nnodes=2"]
     # A CPU-only allocation asks for no GPU (the local test cluster).
     monkeypatch.setattr(launch, "visible_cuda_gpus", lambda: 0)
     cpu = launch.command(
@@ -202,8 +203,9 @@ def test_srun_asks_one_task_per_node_with_its_cpus_and_gpus(monkeypatch):
         Path("r.json"),
         env={"SLURM_JOB_ID": "5", "SLURM_JOB_NUM_NODES": "2", "SLURM_CPUS_PER_TASK": "1"},
     )
-    assert cpu[:6] == [
+    assert cpu[:7] == [
         "srun",
+        "--overlap",
         "--nodes=2",
         "--ntasks=2",
         "--ntasks-per-node=1",
@@ -226,7 +228,25 @@ class FakeExecutor:
 
     def map_array(self, fn, *columns):
         FakeExecutor.calls.append(("array", list(columns[2])))
-        return [type("Job", (), {"results": lambda self, n=n: [n]})() for n in columns[2]]
+        return [FakeJob(n) for n in columns[2]]
+
+
+class FakeJob:
+    """A submitted job of FakeExecutor: task 0's result is its Hydra job number; its other
+    tasks (one per further node) never run the pipeline (launcher.pipeline_step)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def task(self, i: int):
+        assert i == 0, "only task 0 runs the pipeline"
+        return self
+
+    def result(self):
+        return self.n
+
+    def results(self):
+        raise AssertionError("results() waits for every task, and only task 0 runs")
 
 
 def test_the_launcher_submits_one_array_per_shape_and_keeps_the_order(monkeypatch):
@@ -274,6 +294,10 @@ def test_the_launcher_submits_one_array_per_shape_and_keeps_the_order(monkeypatc
     assert [
         (u["gpus_per_node"], u["cpus_per_task"], u["nodes"], u["tasks_per_node"]) for u in updates
     ] == [(1, 3, 1, 1), (4, 12, 1, 1), (2, 6, 1, 1)]
+    # the pipeline runs as one task on the first node, with the job's CPUs
+    assert [u["slurm_srun_args"] for u in updates] == [
+        ["--nodes=1", "--ntasks=1", f"--cpus-per-task={c}"] for c in (3, 12, 6)
+    ]
     assert all(
         u["slurm_partition"] == "gpu"
         and u["slurm_array_parallelism"] == 4
@@ -285,3 +309,72 @@ def test_the_launcher_submits_one_array_per_shape_and_keeps_the_order(monkeypatc
         "init",
         {"cluster": "slurm", "folder": "x/%j", "slurm_max_num_timeout": 3},
     )
+
+
+@pytest.mark.parametrize("gpus, job_has", [(1, "cuda"), (0, "cpu")])
+def test_the_dry_run_keys_are_the_keys_its_job_computes(monkeypatch, tmp_path, gpus, job_has):
+    """model.dtype=auto: the dry run's stored/to-compute column names the finetune keys the
+    job will compute, resolved as on the job's node (check_all's resolve_precision): bf16 on a
+    GPU job's CUDA, whatever this login node's CPU does; this CPU's answer for a CPU job."""
+    import torch
+
+    from pipeline.cluster.jobs import ClusterOptions
+    from pipeline.models import devices
+    from pipeline.plan import arm_specs
+    from pipeline.stages import finetune
+
+    monkeypatch.setattr(devices, "cpu_flags", lambda: set())  # a login node without bf16
+    cfg = composed(*SMOKE, "model.dtype=auto", f"paths.store={tmp_path}")
+    job_cfg = cfg.copy()  # what the job does first, on its node
+    with monkeypatch.context() as node:
+        if job_has == "cuda":
+            node.setattr(torch.cuda, "is_available", lambda: True)
+            node.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+        devices.resolve_precision(job_cfg)
+    assert job_cfg.model.dtype == ("bfloat16" if job_has == "cuda" else "float32")
+    keys = [finetune.key_of(job_cfg, arm) for arm in arm_specs(job_cfg)]
+    (tmp_path / keys[0]).mkdir()
+    (tmp_path / keys[0] / "COMPLETE").write_text("")  # the baseline, computed by such a job
+    job = point_job(0, [], cfg, ClusterOptions(gpus_per_node=gpus, mem_gb=1))
+    assert job.stages == f"{keys[0]} stored; {keys[1]} to compute"
+    assert cfg.model.dtype == "auto"  # the point's own config is left as it was
+
+
+@pytest.mark.parametrize(
+    "fp32_master, rank0_load, host_gb",
+    [(False, True, 192), (True, True, 330), (False, False, 1158)],
+)
+def test_the_70b_job_asks_for_the_host_memory_its_ranks_load(fp32_master, rank0_load, host_gb):
+    """Host memory per node of the 70B point (8 ranks + the pipeline, 6 GB each): rank-0 loading
+    holds one copy of the weights (ranks 1-7 build meta parameters: tests/test_fsdp_rank0.py),
+    in fp32 once accelerate upcasts them to masters; without it every rank holds one."""
+    from pipeline.cluster.jobs import ClusterOptions
+
+    cfg = composed(
+        "experiment=paper_table2",
+        "+point=table2_llama2_70b",
+        f"finetune.distributed.fsdp.fp32_master_weights={fp32_master}",
+        f"finetune.distributed.fsdp.rank0_load={rank0_load}",
+    )
+    job = point_job(0, [], cfg, ClusterOptions(gpus_per_node=8, gpu_memory_gb=80))
+    assert any(f"host memory per node: about {host_gb} GB" in line for line in job.plan_lines)
+    assert job.resources.mem_gb == host_gb
+
+
+def test_hf_generation_gets_the_gpus_its_kv_cache_needs_or_is_refused_before_submitting():
+    """hf generation runs on the job's first node: the 70B point's 8 GPUs hold its weights and
+    KV cache; a 70B QLoRA point (1 GPU to train) gets the 3 GPUs its generation needs; with
+    nodes of 2 GPUs it is refused, naming vllm and the batch size."""
+    from pipeline.cluster.jobs import ClusterOptions
+
+    opts = ClusterOptions(gpus_per_node=1, gpu_memory_gb=80)
+    paper = point_job(0, [], composed("experiment=paper_table2", "+point=table2_llama2_70b"), opts)
+    line = next(x for x in paper.plan_lines if x.startswith("generation (hf)"))
+    assert "138 GB of weights + 10.7 GB of KV cache (batch 16 x 2048 tokens) over 8 GPU(s)" in line
+    assert paper.resources.gpus_per_node == 8 and paper.ok
+    qlora = composed("model=llama2_70b", "finetune=qlora")
+    assert point_job(1, [], qlora, opts).resources.gpus_per_node == 3
+    small = point_job(2, [], qlora, ClusterOptions(gpus_per_node=1, gpu_memory_gb=80, node_gpus=2))
+    assert any(
+        "generate.engine=vllm" in p and "generate.batch_size" in p for p in small.problems
+    ), small.problems

@@ -5,7 +5,13 @@ import json
 
 import pytest
 
-from pipeline.data.loading import DataError, format_prompt, load_prompts, load_train
+from pipeline.data.loading import (
+    DataError,
+    format_prompt,
+    load_prompts,
+    load_train,
+    tokenize_examples,
+)
 
 
 def write(tmp_path, rows, name="train.json"):
@@ -90,3 +96,26 @@ def test_templates_end_as_in_the_paper():
     assert eval_prompt == train_prompt + "\n"
     with_input = format_prompt({"instruction": "Do X.", "input": "ctx"}, for_training=True)
     assert "### Input:\nctx\n\n### Response:" in with_input and "paired with an input" in with_input
+
+
+class _CharTokenizer:
+    """One token per character, no special tokens: lengths are easy to count."""
+
+    eos_token_id = 0
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [ord(c) for c in text]}
+
+
+@pytest.mark.parametrize("max_length", [0, -1])
+def test_tokenize_refuses_a_max_length_below_one_instead_of_cutting_the_eos(max_length):
+    # Before: full_ids[:-1] trained every example without its EOS (and without any cap).
+    with pytest.raises(ValueError, match=rf"finetune\.max_length={max_length}: must be >= 1"):
+        tokenize_examples([GOOD], _CharTokenizer(), max_length)
+
+
+def test_tokenize_keeps_the_eos_of_an_example_that_fits():
+    prompt = format_prompt(GOOD, for_training=True)
+    (example,), dropped = tokenize_examples([GOOD], _CharTokenizer(), len(prompt) + 4)
+    assert dropped == 0 and example["input_ids"][-1] == 0
+    assert example["labels"] == [-100] * len(prompt) + [ord(c) for c in "Hi!"] + [0]

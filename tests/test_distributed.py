@@ -99,14 +99,15 @@ def test_one_node_is_torchrun_standalone_and_several_are_srun_with_c10d(tmp_path
         req,
         env=env,
     )
-    assert cmd[:5] == [
+    assert cmd[:6] == [
         "srun",
+        "--overlap",  # beside the pipeline's own step (launcher=slurm), not waiting for it
         "--nodes=2",
         "--ntasks=2",
         "--ntasks-per-node=1",
         "--kill-on-bad-exit=1",
     ]
-    assert cmd[6:] == [
+    assert cmd[7:] == [
         "-m",
         "torch.distributed.run",
         "--nproc-per-node=8",

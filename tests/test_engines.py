@@ -246,3 +246,41 @@ def test_vllm_engine_agrees_with_the_hf_engine_on_a_gpu(tmp_path):
     # most (not necessarily all) answers must match exactly.
     same = sum(a == b for a, b in zip(hf["outputs"], vllm["outputs"]))
     assert same >= 4, (hf["outputs"], vllm["outputs"])
+
+
+@pytest.fixture
+def a_gpu_held(monkeypatch):
+    """One 80 GiB CUDA GPU, patched in: `state` sets what is free and what this process holds;
+    `calls` records what reached the worker and what released memory first."""
+    gib = 1024**3
+    state = {"free": 10 * gib, "held": 60 * gib}
+    calls: list = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=0: (state["free"], 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda i=0: state["held"])
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+
+    def worker(engine, python, request, work):
+        calls.append("worker")
+        n = len(request["prompts"])
+        return {"outputs": ["x"] * n, "new_tokens": [1] * n, "runtime_s": 0.0, "library": "v"}
+
+    monkeypatch.setattr(engines, "generate_in_subprocess", worker)
+    return state, calls
+
+
+def test_vllm_does_not_start_on_a_gpu_this_process_still_holds(a_gpu_held, tmp_path):
+    """After an in-process finetune, 60 of 80 GiB still held: refused before the worker starts,
+    with the numbers and the setting that fits; with the memory released, the worker starts."""
+    state, calls = a_gpu_held
+    cfg = composed("model=tiny", "generate=tiny", "generate.engine=vllm")
+    vllm = engines.engine("vllm")
+    args = (tmp_path, ["hi"], cfg.generate, "bfloat16", 4, 0, "g", tmp_path)
+    with pytest.raises(EngineError, match=r"10\.0 GiB free of 80\.0.*holds 60\.0 GiB") as err:
+        vllm.generate(*args)
+    assert "generate.vllm.gpu_memory_utilization=0.12 or lower" in str(err.value)
+    assert calls == ["empty_cache"]  # released first, then measured; the worker never started
+    state.update(free=76 * 1024**3, held=0)
+    outputs, counts, _, _ = vllm.generate(*args)
+    assert outputs == ["x"] and calls[-1] == "worker"

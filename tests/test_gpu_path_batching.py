@@ -28,6 +28,79 @@ def test_penalty_skips_left_padding_as_vllm_does():
     assert hf[0, pad] != 2.0 and vocab == scores.shape[1]  # what made answers batch-dependent
 
 
+def _rows_and_scores(rows: int = 6, length: int = 9, vocab: int = 40):
+    torch.manual_seed(1)
+    ids = torch.randint(0, vocab, (rows, length))
+    scores = torch.randn(rows, vocab) * 3  # both signs: the penalty multiplies or divides
+    return ids, scores
+
+
+@pytest.mark.parametrize("pads", [0, 3])
+def test_penalty_equals_transformers_own_on_rows_padded_alike(pads):
+    """With the same padding in every row, transformers' processor with an integer
+    prompt_ignore_length (every 5.x has it) is the exact reference for ours."""
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from pipeline.generation.batched import penalty_ignoring_padding
+
+    ids, scores = _rows_and_scores()
+    mask = (torch.arange(ids.shape[1]) >= pads).long().expand_as(ids)
+    ours = penalty_ignoring_padding(1.2, mask)[0](ids, scores.clone())
+    theirs = RepetitionPenaltyLogitsProcessor(1.2, prompt_ignore_length=pads or None)
+    assert torch.equal(ours, theirs(ids, scores.clone()))
+
+
+def test_penalty_needs_no_per_row_lengths_from_transformers(monkeypatch):
+    """transformers 5.17 and 5.18 reject a per-row tensor prompt_ignore_length (ValueError at
+    every generation with a penalty): ours must not depend on it."""
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from pipeline.generation.batched import penalty_ignoring_padding
+
+    original = RepetitionPenaltyLogitsProcessor.__init__
+
+    def as_in_5_17(self, penalty, prompt_ignore_length=None):
+        if prompt_ignore_length is not None and not isinstance(prompt_ignore_length, int):
+            raise ValueError("`prompt_ignore_length` has to be a positive integer")
+        original(self, penalty, prompt_ignore_length)
+
+    monkeypatch.setattr(RepetitionPenaltyLogitsProcessor, "__init__", as_in_5_17)
+    ids, scores = _rows_and_scores(rows=2, length=4, vocab=6)
+    mask = (torch.arange(4) >= torch.tensor([[2], [0]])).long()
+    ours = penalty_ignoring_padding(1.2, mask)[0](ids, scores.clone())
+    for row, pads in enumerate((2, 0)):  # each row as transformers penalises it alone
+        alone = RepetitionPenaltyLogitsProcessor(1.2)(
+            ids[row : row + 1, pads:], scores[row : row + 1].clone()
+        )
+        assert torch.equal(ours[row], alone[0])
+
+
+def _accepts_per_row_lengths() -> bool:
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    try:
+        RepetitionPenaltyLogitsProcessor(1.2, torch.tensor([1, 0]))
+    except ValueError:
+        return False
+    return True
+
+
+def test_penalty_is_what_transformers_per_row_lengths_give_where_it_has_them():
+    """Where transformers takes per-row lengths (5.19 on), ours gives the same scores: the
+    answers of the default are what they were before it stopped relying on that."""
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from pipeline.generation.batched import penalty_ignoring_padding
+
+    if not _accepts_per_row_lengths():
+        pytest.skip("this transformers has no per-row prompt_ignore_length (5.17, 5.18)")
+    ids, scores = _rows_and_scores()
+    pads = torch.tensor([0, 1, 4, 8, 9, 2])  # 9: a row with no real token
+    mask = (torch.arange(ids.shape[1]) >= pads[:, None]).long()
+    ours = penalty_ignoring_padding(1.2, mask)[0](ids, scores.clone())
+    assert torch.equal(ours, RepetitionPenaltyLogitsProcessor(1.2, pads)(ids, scores.clone()))
+
+
 @pytest.mark.e2e
 def test_an_fp32_answer_is_the_same_alone_and_in_any_batch():
     from pipeline.data.loading import ASSETS, format_prompt

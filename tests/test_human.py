@@ -3,52 +3,49 @@ through Flask's test client, the alpaca_eval export, kappa and the REPORT.md sec
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
 import pytest
+from sqlalchemy import select
 
 from pipeline.human.__main__ import main
 from pipeline.human.app import create_app
-from pipeline.human.db import EVENTS, VoteDB
+from pipeline.human.db import ANNOTATORS, EVENTS, VoteDB
 from pipeline.human.export import annotations, cohen_kappa, fleiss_kappa, majority, summarize
 from pipeline.human.report import human_report_section, markdown_html
 from pipeline.human.study import StudyError, load_study, sequence_for
-from tests.support.human import NEFT_KEY, make_experiment
-from tests.support.skips import needs_postgres
+from tests.support.human import (
+    DB_KINDS,
+    NEFT_KEY,
+    cast_votes,
+    fresh_db_url,
+    hidden_fields,
+    invite,
+    login,
+    make_experiment,
+)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=DB_KINDS)
 def served(request, study):
     """(study, db, app) on the default SQLite file, and on PostgreSQL when NEFTUNE_HUMAN_PG_URL
     names a scratch database (its human_* tables are dropped first)."""
-    if request.param == "postgresql":
-        pg_url = needs_postgres()
-        from sqlalchemy import create_engine
-
-        from pipeline.human.db import META
-
-        engine = create_engine(pg_url)
-        META.drop_all(engine)
-        engine.dispose()
-    db = VoteDB(pg_url if request.param == "postgresql" else study.default_db_url, study.id)
+    db = VoteDB(fresh_db_url(request.param, study), study.id)
     app = create_app(study, db)
     yield study, db, app
     db.dispose()
 
 
-def login(app, name: str):
-    client = app.test_client()
-    assert client.post("/start", data={"name": name}).status_code == 303
-    return client
-
-
 def page(client, pos: int | None = None) -> dict:
-    """The vote page's pair id, nonce and progress text."""
+    """The vote page's form (pair id, nonce, CSRF token) and progress text."""
     html = client.get("/vote" if pos is None else f"/vote?pos={pos}").get_data(as_text=True)
+    form = hidden_fields(html)
     return {
-        "pair": int(re.search(r'name="pair" value="(\d+)"', html).group(1)),
-        "nonce": re.search(r'name="nonce" value="([^"]+)"', html).group(1),
+        "pair": int(form["pair"]),
+        "nonce": form["nonce"],
+        "csrf": form["csrf"],
         "progress": re.search(r'id="progress"[^>]*>([^<]+)<', html).group(1),
     }
 
@@ -87,7 +84,7 @@ def test_study_errors_name_the_file_and_the_fix(tmp_path):
 def test_database_wal_one_vote_per_pair_and_history(served):
     study, db, _ = served
     assert db.journal_mode() == ("wal" if db.engine.dialect.name == "sqlite" else None)
-    sess = db.session(db.start_session("alice"))
+    sess = db.session(db.start_session(invite(db, "alice")))
     for pref in (1.0, 2.0):
         vote = {"preference": pref, "choice": "A", "swapped": pref == 2.0, "longer": None}
         db.record_vote(sess, 0, db.issue_nonce(sess["session_id"], 0), vote)
@@ -99,17 +96,18 @@ def test_database_wal_one_vote_per_pair_and_history(served):
 
 def test_rejections_store_nothing(served):
     study, db, app = served
-    alice, bob = login(app, "alice"), login(app, "bob")
+    alice, bob = login(app, db, "alice"), login(app, db, "bob")
     p = page(alice)
     other = (p["pair"] + 1) % len(study.pairs)
+    vote = {**p, "choice": "A"}  # alice's own form, right as it is
     cases = [  # (client, form, status)
-        (alice, {"pair": 99, "nonce": p["nonce"], "choice": "A"}, 404),
-        (alice, {"pair": p["pair"], "nonce": "forged", "choice": "A"}, 403),
-        (alice, {"pair": other, "nonce": p["nonce"], "choice": "A"}, 403),
-        (bob, {"pair": p["pair"], "nonce": p["nonce"], "choice": "A"}, 403),
-        (app.test_client(), {"pair": p["pair"], "nonce": p["nonce"], "choice": "A"}, 403),
-        (alice, {"pair": p["pair"], "nonce": p["nonce"], "choice": "maybe"}, 400),
-        (alice, {"pair": p["pair"], "nonce": p["nonce"], "choice": "A", "pad": "x" * 20000}, 413),
+        (alice, {**vote, "pair": 99}, 404),
+        (alice, {**vote, "nonce": "forged"}, 403),
+        (alice, {**vote, "pair": other}, 403),
+        (bob, {**vote, "csrf": page(bob)["csrf"]}, 403),  # bob's CSRF token, alice's nonce
+        (app.test_client(), vote, 403),
+        (alice, {**vote, "choice": "maybe"}, 400),
+        (alice, {**vote, "pad": "x" * 20000}, 413),
     ]
     for client, form, status in cases:
         resp = client.post("/vote", data=form)
@@ -124,7 +122,7 @@ def test_rejections_store_nothing(served):
 
 def test_change_from_the_page_and_reload(served):
     study, db, app = served
-    alice = login(app, "alice")
+    alice = login(app, db, "alice")
     first = page(alice)
     assert first["progress"] == "1 / 8" and page(alice)["pair"] == first["pair"]  # reload
     assert alice.post("/vote", data={**first, "choice": "A"}).status_code == 303
@@ -139,7 +137,7 @@ def test_change_from_the_page_and_reload(served):
 
 def test_export_is_base_vs_neft_whatever_was_shown(served, tmp_path):
     study, db, app = served
-    alice = login(app, "alice")
+    alice = login(app, db, "alice")
     shown = dict(sequence_for(study, "alice"))
     for _ in study.pairs:
         p = page(alice)
@@ -217,25 +215,49 @@ def test_report_section(study, tmp_path):
     assert human_report_section(empty) is None
     db = VoteDB(study.default_db_url, study.id)
     for name in ("alice", "bob"):
-        sess = db.session(db.start_session(name))
-        for pid in range(len(study.pairs)):
-            vote = {
-                "preference": 2.0 if pid < 6 else 1.0,
-                "choice": "A",
-                "swapped": True,
-                "longer": "neft",
-            }
-            db.record_vote(sess, pid, db.issue_nonce(sess["session_id"], pid), vote)
+        cast_votes(db, name, [2.0 if pid < 6 else 1.0 for pid in range(len(study.pairs))])
     db.dispose()
     text = human_report_section(results_dir)
     assert text.startswith("## Human study")
     assert "| +NEFT win rate, draws count ½ (%) | 75.00 ±" in text
     assert "Cohen's kappa 1.00 over 8 pairs" in text
     assert "74.6" in text and "88 / 22 / 30" in text
+    # Who voted, through which link: counts, then per annotator its label and link, no token.
+    assert "Annotators: 2 with 16 votes; invite links: 2 made, 2 used, 0 revoked." in text
+    made = r"\d{4}-\d\d-\d\d \d\d:\d\d UTC"
+    assert re.search(rf"\| alice \| invite #1 \| {made} \| live \| 8 \|", text)
+    assert re.search(rf"\| bob \| invite #2 \| {made} \| live \| 8 \|", text)
     assert "| head\\_to\\_head (" in text and "![" in text  # names escaped for Markdown
     assert (results_dir / "human_study.png").stat().st_size > 1000
     html = markdown_html(text)
     assert "<table>" in html and '<img alt="Human study' in html
+
+
+def test_invite_command_prints_a_link_and_stores_only_its_hash(study, tmp_path, capsys):
+    common = ["experiment=exp", "--results", str(tmp_path / "results")]
+    assert main(["invite", *common, "--label", " alice ", "--base-url", "http://lab:8765/"]) == 0
+    out = capsys.readouterr()
+    token = re.fullmatch(r"http://lab:8765/invite/([\w-]{43})", out.out.splitlines()[1]).group(1)
+    assert 'revoke experiment=exp --label "alice"' in out.err
+    assert main(["invite", *common, "--label", "alice"]) == 2  # a label is one annotator
+    assert "--new-link" in capsys.readouterr().err
+    db = VoteDB(study.default_db_url, study.id)
+    try:
+        with db.engine.connect() as conn:
+            stored = conn.execute(select(ANNOTATORS.c.token_hash)).scalars().all()
+        assert stored == [hashlib.sha256(token.encode()).hexdigest()]
+        assert db.invite_label(token) == "alice" and db.invite_label(token[:-1]) is None
+    finally:
+        db.dispose()
+    assert not any(token.encode() in f.read_bytes() for f in study.dir.glob("votes.sqlite*"))
+    assert main(["invites", *common]) == 0
+    listing = capsys.readouterr().out
+    assert re.search(r"^1  'alice'  invite  live  .*  0  0$", listing, flags=re.M)
+    assert token not in listing
+    assert main(["revoke", *common, "--label", "alice"]) == 0
+    assert "link revoked, 0 votes kept" in capsys.readouterr().out
+    assert main(["revoke", *common, "--label", "zoe"]) == 2
+    assert "no invite labelled 'zoe'" in capsys.readouterr().err
 
 
 def test_cli_fails_clearly_without_points(tmp_path, capsys):

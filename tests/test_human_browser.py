@@ -1,8 +1,10 @@
 """The human study in a real browser: `python -m pipeline.human serve` driven by headless Chromium.
 
-Two annotators vote on every pair of a small study (alice with the keyboard, bob with the mouse),
-alice reloads mid-way, the server is killed with SIGKILL and restarted, voting goes on; then the
-export must hold every acknowledged vote exactly once and the win rate the votes imply.
+Two annotators, invited with `python -m pipeline.human invite`, open their links and vote on every
+pair of a small study (alice with the keyboard, bob with the mouse), alice reloads mid-way, the
+server is killed with SIGKILL and restarted, voting goes on; then the export must hold every
+acknowledged vote exactly once and the win rate the votes imply. A second test is the attacker:
+a browser typing alice's name, and a page of another origin posting to the study from alice's.
 Screenshots go to results/default/ with NEFTUNE_SCREENSHOTS=1, else to the test's tmp dir.
 Needs Debian's chromium and chromium-driver, and selenium.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -173,9 +176,34 @@ def vote(driver, name: str, n: int, cast: list) -> None:
     cast.append((name, page["pair"], pref))
 
 
-def login(driver, url: str, name: str) -> None:
-    driver.get(url + "/")
-    driver.find_element(By.ID, "name").send_keys(name)
+def invite_link(results: Path, label: str, base_url: str) -> str:
+    """`python -m pipeline.human invite`: the link it prints for the annotator `label`."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.human",
+            "invite",
+            "experiment=exp",
+            "--results",
+            str(results),
+            "--label",
+            label,
+            "--base-url",
+            base_url,
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return re.search(rf"^{re.escape(base_url)}/invite/\S+$", out, flags=re.M).group(0)
+
+
+def login(driver, link: str, name: str) -> None:
+    """Open the invite link, check whom it invites, press Start."""
+    driver.get(link)
+    assert driver.find_element(By.ID, "invited").text.endswith(f"as {name}.")
     driver.find_element(By.ID, "start").click()
     WebDriverWait(driver, 10).until(ec.presence_of_element_located((By.ID, "progress")))
 
@@ -207,12 +235,13 @@ def test_two_annotators_reload_and_sigkill(tmp_path):
         ROOT / "results" / "default" if os.environ.get("NEFTUNE_SCREENSHOTS") == "1" else tmp_path
     )
     server = Server(results, free_port(), tmp_path / "server.log")
+    links = {name: invite_link(results, name, server.url) for name in PLAN}
     server.start()
     drivers, cast = {}, []
     try:
         for name in PLAN:
             drivers[name] = chrome(tmp_path / f"profile-{name}")
-            login(drivers[name], server.url, name)
+            login(drivers[name], links[name], name)
         alice, bob = drivers["alice"], drivers["bob"]
         for n in range(3):
             vote(alice, "alice", n, cast)
@@ -249,4 +278,57 @@ def test_two_annotators_reload_and_sigkill(tmp_path):
 
     expected = 100 * sum(p - 1 for _, _, p in cast) / len(cast)
     assert winrate_metrics(anns)["win_rate"] == pytest.approx(expected)
+    log = server.log.read_text()
+    assert "GET /invite/<token>" in log  # the access log shows the links' visits, not their tokens
+    assert not any(link.rsplit("/", 1)[1] in log for link in links.values())
     assert time.time() - started < 60
+
+
+def test_made_up_names_and_other_origins_are_refused(tmp_path):
+    """A second browser typing "alice" gets no session; a page of another origin (same site:
+    127.0.0.1, another port, so alice's SameSite cookies do go along) that posts a valid invite
+    of the attacker's from alice's browser is refused, and alice stays alice."""
+    results = make_experiment(tmp_path, records=RECORDS)
+    server = Server(results, free_port(), tmp_path / "server.log")
+    alice_link = invite_link(results, "alice", server.url)
+    mallory_token = invite_link(results, "mallory", server.url).rsplit("/", 1)[1]
+    evil_dir, evil_port = tmp_path / "evil", free_port()
+    evil_dir.mkdir()
+    (evil_dir / "index.html").write_text(
+        f'<form id="f" method="post" action="{server.url}/start">'
+        f'<input name="name" value="mallory"><input name="token" value="{mallory_token}">'
+        '</form><script>document.getElementById("f").submit()</script>'
+    )
+    evil = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(evil_port), "--bind", "127.0.0.1"],
+        cwd=evil_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server.start()
+    drivers = {}
+    try:
+        drivers["other"] = other = chrome(tmp_path / "profile-other")
+        other.get(server.url + "/")
+        other.find_element(By.ID, "token").send_keys("alice")
+        other.find_element(By.ID, "start").click()
+        WebDriverWait(other, 10).until(ec.presence_of_element_located((By.ID, "message")))
+        assert "unknown or was revoked" in other.find_element(By.ID, "message").text
+        other.get(server.url + "/vote")
+        assert not other.find_elements(By.ID, "progress")  # back on the start page
+        drivers["alice"] = alice = chrome(tmp_path / "profile-alice")
+        login(alice, alice_link, "alice")
+        vote(alice, "alice", 0, [])
+        alice.get(f"http://127.0.0.1:{evil_port}/")  # the page posts at once
+        WebDriverWait(alice, 10).until(ec.url_to_be(server.url + "/start"))
+        WebDriverWait(alice, 10).until(ec.presence_of_element_located((By.ID, "message")))
+        assert "cross-site request" in alice.find_element(By.ID, "message").text
+        alice.get(server.url + "/vote")
+        assert alice.find_element(By.CSS_SELECTOR, ".who").text == "alice"
+        assert shown(alice)["progress"] == "2 / 8"
+    finally:
+        for driver in drivers.values():
+            driver.quit()
+        server.kill()
+        evil.kill()
+        evil.wait(timeout=10)

@@ -10,7 +10,9 @@ from scipy.stats import norm
 from pipeline.metrics.stats import detectable_effect, paired_bootstrap_diff, winrate_diff_ci
 from pipeline.results.power import (
     default_paper,
+    design_floor,
     detectable,
+    min_discordant,
     null_words,
     paper_effect,
     prompts_to_detect,
@@ -96,6 +98,60 @@ def test_null_words_state_the_detectable_effect_and_the_prompts_for_the_papers_e
         "these 50 prompts would detect the paper's +35.0 points (Table 1); the CI excludes it"
         in text
     )
-    assert "cannot be estimated" in null_words(
-        {**d, "se": 0.0, "mde": 0.0}, "points", 1, 50, 1, None
-    )
+
+
+def test_the_design_floor_is_the_fewest_one_way_items_an_exact_test_rejects():
+    from scipy.stats import binomtest
+
+    # two-sided exact McNemar (sign) test, every discordant item one way: p = 2 x 0.5^d
+    assert binomtest(6, 6).pvalue < 0.05 < binomtest(5, 5).pvalue
+    assert (min_discordant(0.95), min_discordant(0.99), min_discordant(0.90)) == (6, 8, 5)
+    assert design_floor(16, 0.95, 100.0) == pytest.approx(37.5)  # 6/16 of 100 points
+    assert design_floor(805, 0.99, 100.0) == pytest.approx(800 / 805)
+    assert design_floor(5, 0.95, 100.0) is None  # 5 items cannot reach the 5% level at all
+
+
+def test_a_null_where_the_arms_agree_on_every_item_states_the_design_floor():
+    same = {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0, "level": 0.95, "se": 0.0, "mde": 0.0}
+    accuracy = null_words({**same, "n": 16}, "points", 1, 16, 1, (3.0, "X"), item_step=100.0)
+    assert "cannot be estimated" not in accuracy
+    assert (
+        "the arms agree on all 16 items, so the spread of this design is unknown; its floor: "
+        "an exact McNemar test at the 5% level needs at least 6 items that differ, all one "
+        "way, so 16 items cannot show a change under 6/16 = 37.5 points"
+    ) in accuracy
+    lengths = null_words({**same, "n": 50}, "characters", 1, 50, 2, None)
+    assert (
+        "the arms agree on all 50 items in every seed, so the spread of this design is "
+        "unknown; its floor: at least 6 of the 50 items must differ, all the same way, for "
+        "an exact sign test at the 5% level to show a change"
+    ) in lengths
+    few = null_words({**same, "n": 4}, "points", 1, 4, 1, None, item_step=100.0)
+    assert "4 items cannot show any change at the 5% level: an exact test needs 6" in few
+
+
+def test_more_prompts_shrink_only_the_prompt_part_of_a_seed_interval():
+    # se^2 = 4 (between seeds) + 5 (prompts): Z^2 (4 + 5 x 50/n) <= effect^2
+    share = 4 / 9
+    assert prompts_to_detect(50, Z * 3.0, Z * 2.5, share) == math.ceil(250 / 2.25)
+    assert prompts_to_detect(50, Z * 3.0, Z * 2.5) == math.ceil(50 * (3.0 / 2.5) ** 2)
+    assert prompts_to_detect(50, Z * 3.0, Z * 1.5, share) == math.inf  # 1.5^2 < 4
+    d = {
+        "diff": 0.5,
+        "ci_low": -8.0,
+        "ci_high": 9.0,
+        "n": 50,
+        "level": 0.95,
+        "power": 0.8,
+        "se": 3.0,
+        "se_prompts": math.sqrt(5.0),
+        "mde": Z * 3.0,
+        "n_seeds": 3,
+    }
+    text = null_words(d, "points", 1, 50, 3, (Z * 1.5, "Table X"))
+    assert (
+        f"no number of prompts at these 3 seeds would detect the paper's +{Z * 1.5:.1f} "
+        "points (Table X): the between-seed variance alone is too large; more seeds would"
+    ) in text
+    text = null_words(d, "points", 1, 50, 3, (Z * 2.5, "Table X"))
+    assert f"about 112 prompts x 3 seeds would detect the paper's +{Z * 2.5:.1f} points" in text

@@ -72,7 +72,8 @@ def test_multinode_sbatch_trains_through_srun_torchrun_c10d(two_nodes, tmp_path)
     assert "done in" in log, log[-3000:]
     assert "--nnodes=2 --rdzv-backend=c10d" in log and f"--rdzv-id={job_id}" in log
     # both arms' fine-tunes: one torchrun per node, with the job's CPUs (no GPUs asked here)
-    assert log.count("srun --nodes=2 --ntasks=2 --ntasks-per-node=1 --cpus-per-task=1 --kill") == 2
+    srun = "srun --overlap --nodes=2 --ntasks=2 --ntasks-per-node=1 --cpus-per-task=1 --kill"
+    assert log.count(srun) == 2
     for ft in finished(store, "finetune"):
         metrics = json.loads((ft / "metrics.json").read_text())
         assert (metrics["world_size"], metrics["train_steps"]) == (2, 24)

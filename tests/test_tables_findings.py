@@ -121,3 +121,107 @@ def test_every_null_finding_gives_its_detectable_effect_and_the_prompts_for_the_
     # compare version 3 keeps lm-eval differences in points: shown as they are
     assert "lm-eval arc: +6.2 points (95% CI -6.2 to +18.8, n=16 questions)" in text
     assert "it could detect changes of ±16.8 points or more" in text
+
+
+def seeds_effect(**metrics) -> Effect:
+    """neft-uniform5 vs base over seeds 1, 2, 3 on 50 prompts (compare version 4)."""
+    stage = ref("compare", "main", **metrics, n_seeds=3, n_prompts=50)
+    return Effect("neft-uniform5", "base", [1, 2, 3], {"compare": stage})
+
+
+def seed_diff(d: float, lo: float, hi: float, sd: float, **extra) -> dict:
+    """A difference over 3 seeds with its between-seed SD (stats.seed_interval's keys)."""
+    return {
+        **ci_diff(d, lo, hi, 2.0),
+        "n_seeds": 3,
+        "between_seed_sd": sd,
+        "se_prompts": 1.5,
+        "per_seed": [d - sd, d, d + sd],
+        "method": "seeds",
+        **extra,
+    }
+
+
+def test_findings_show_the_between_seed_sd_beside_each_interval():
+    p = point("main", "neft-uniform5", 5, 60.0)
+    p.effects = [
+        seeds_effect(
+            win_rate=seed_diff(3.0, -9.0, 15.0, 4.25, n_base=150, n_treated=150),
+            lc_win_rate=None,
+            chars=seed_diff(28.4, 12.0, 45.0, 6.5, n_base=140, n_treated=150),
+            words=None,
+            log_diversity=None,
+            openllm={
+                "arc": {
+                    **seed_diff(6.25, -5.0, 17.5, 3.0),
+                    "n": 16,
+                    "b": 2,
+                    "c": 5,
+                    "p_value": 0.3,
+                    "p_value_per_seed": [0.5, 1.0, 0.62],
+                }
+            },
+        )
+    ]
+    text = "\n".join(findings([p]))
+    assert "50 prompts, 3 seeds (per-seed differences" in text
+    assert (
+        "win rate vs the reference: +3.0 points (95% CI -9.0 to +15.0, n=50 prompts x 3 seeds; "
+        "between-seed SD 4.2 points); the CI includes zero"
+    ) in text
+    assert (
+        "mean answer length: +28.4 characters (95% CI +12.0 to +45.0, n=50 prompts x 3 seeds: "
+        "140 base and 150 +NEFT answers of 150 have a value; between-seed SD 6.5 characters)"
+    ) in text
+    assert (
+        "lm-eval arc: +6.2 points (95% CI -5.0 to +17.5, n=16 questions x 3 seeds; "
+        "between-seed SD 3.0 points)"
+    ) in text
+    assert "p=0.30 (t over 3 seeds; McNemar per seed p=0.50, 1.00, 0.62; 2 vs 5 discordant" in text
+    assert "one training seed" not in text
+
+
+def test_findings_say_when_one_seed_is_all_there_is():
+    p = point("main", "neft-uniform5", 5, 60.0)
+    p.effects = [
+        compare_effect(
+            win_rate=ci_diff(-2.0, -8.0, 4.0),
+            lc_win_rate=None,
+            chars=None,
+            words=None,
+            log_diversity=None,
+        )
+    ]
+    text = "\n".join(findings([p]))
+    assert (
+        "1 seed (paired bootstrap over prompts, 2000 resamples; one training seed is all there "
+        "is, so no interval here includes the variance between training runs;"
+    ) in text
+    assert "between-seed SD" not in text
+
+
+def test_an_lm_eval_null_where_the_arms_agree_on_every_question_states_the_floor():
+    p = point("main", "neft-uniform5", 5, 60.0)
+    same = {**ci_diff(0.0, 0.0, 0.0, 0.0), "n": 16, "p_value": 1.0, "b": 0, "c": 0}
+    p.effects = [
+        compare_effect(
+            win_rate=None,
+            lc_win_rate=None,
+            chars=None,
+            words=None,
+            log_diversity=None,
+            openllm={"arc": same},
+        )
+    ]
+    text = "\n".join(findings([p]))
+    assert "cannot be estimated" not in text
+    assert "so 16 items cannot show a change under 6/16 = 37.5 points" in text
+
+
+def test_findings_of_a_compare_stage_before_version_4_say_its_rows_were_pooled():
+    p = point("main", "neft-uniform5", 5, 60.0)
+    stage = ref("compare", "main", win_rate=ci_diff(-2.0, -8.0, 4.0), n_seeds=2, n_prompts=50)
+    p.effects = [Effect("neft-uniform5", "base", [1, 2], {"compare": stage})]
+    text = "\n".join(findings([p]))
+    assert "pooled as independent rows (compare before version 4)" in text
+    assert "between-seed SD" not in text

@@ -2,10 +2,12 @@
 
 A point's job is sized from its own config: nodes = finetune.distributed.nnodes, GPUs per node =
 its processes per node (or generate.vllm.tensor_parallel_size when larger), one task per node
-(the pipeline process; its finetune starts torchrun), CPUs per GPU x GPUs, and host memory from
-an estimate (the weights loaded on the CPU, a few GB per process) or the launcher's mem_gb,
-whichever is larger. Problems are collected, not raised, so a dry run names every point that
-cannot run before anything is submitted.
+(the pipeline runs in the first node's, launcher.pipeline_step; its finetune's `srun --overlap`
+starts a torchrun in every node's), CPUs per GPU x GPUs, and host memory from an estimate (the
+weights loaded on the CPU, a few GB per process) or the launcher's mem_gb, whichever is larger.
+`auto` dtypes are resolved as the job's node will resolve them (CUDA bf16 for a GPU job), and
+hf generation is checked to fit the first node's GPUs with its KV cache. Problems are collected,
+not raised, so a dry run names every point that cannot run before anything is submitted.
 
 Run: python -m pipeline.run experiment=paper_all launcher=slurm dry_run=true
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from pipeline.generation.engines import engine
+from pipeline.models.devices import job_precision
 from pipeline.train.memory_plan import check_plan, finetune_plan, model_params
 
 SHAREGPT_KEY = "${paths.sharegpt_train}"
@@ -48,7 +51,8 @@ class ClusterOptions:
 
 @dataclass(frozen=True)
 class Resources:
-    """One SLURM job: every node runs one task (the pipeline process, or a torchrun)."""
+    """One SLURM job: one task per node (the pipeline in the first node's; a torchrun in every
+    node's during a multi-node finetune)."""
 
     nodes: int
     gpus_per_node: int
@@ -106,8 +110,13 @@ def _host_gb(cfg, nproc: int, plan, process_gb: float) -> tuple[float, str]:
         n = model_params(cfg.model, dist.n_params)
     except ValueError:
         return procs * process_gb, "parameter count unknown: processes only"
-    weights = n * (4 if cfg.model.dtype == "float32" else 2) / 1e9
     fsdp = dist.strategy == "fsdp" and nproc * dist.nnodes > 1
+    # FSDP with fp32 masters: accelerate's prepare upcasts the loaded weights to fp32 on the
+    # host before it shards them (fsdp2_prepare_model), 4 bytes per parameter.
+    fp32 = cfg.model.dtype == "float32" or (fsdp and dist.fsdp.fp32_master_weights)
+    weights = n * (4 if fp32 else 2) / 1e9
+    # Rank-0 loading: only rank 0 reads the weights, the other ranks build meta parameters
+    # (training._load); otherwise every process of the node holds a copy.
     copies = 1 if nproc == 1 or (fsdp and dist.fsdp.rank0_load) else nproc
     gb, how = copies * weights, f"{copies} x {weights:.0f} GB of weights loaded on the CPU"
     if fsdp and dist.fsdp.cpu_offload and plan is not None:
@@ -159,6 +168,21 @@ def point_job(index: int, overrides: list[str], cfg, opts: ClusterOptions) -> Po
         job.problems.append(str(err))
     generation = engine(cfg.generate.engine).gpus_needed(cfg.generate)
     gpus = 0 if opts.gpus_per_node == 0 else max(opts.gpus_per_node, nproc, generation)
+    # `auto` as the job's node resolves it (plan.check_all), not as this login node would: the
+    # stored/to-compute column, the memory plan and the host estimate then see the job's dtype.
+    asked = cfg.model.dtype
+    try:
+        job_precision(cfg, gpus)
+    except ValueError as err:  # an unknown dtype: named, as the job's check would
+        job.problems.append(f"model.dtype: {err}")
+    # hf generation runs in the pipeline's process on the first node: as many GPUs as its
+    # weights and KV cache need (a 30B model's do not fit one 80 GB GPU).
+    hf_gpus, hf_line, hf_problem = (
+        _hf_generation(cfg, gpus, opts.gpu_memory_gb or dist.gpu_memory_gb, opts.node_gpus)
+        if gpus
+        else (0, "", "")
+    )
+    gpus = max(gpus, hf_gpus)
     if dist.strategy == "fsdp" and gpus == 0:
         job.problems.append(
             "finetune.distributed.strategy=fsdp needs CUDA GPUs and this "
@@ -174,6 +198,11 @@ def point_job(index: int, overrides: list[str], cfg, opts: ClusterOptions) -> Po
         opts.timeout_min,
     )
     job.plan_lines.append(f"host memory per node: about {host:.0f} GB ({how})")
+    job.plan_lines += [hf_line] if hf_line else []
+    job.problems += [hf_problem] if hf_problem else []
+    if asked != cfg.model.dtype:
+        where = "its CUDA GPUs" if gpus else "its CPU (this machine's flags)"
+        job.plan_lines.append(f"model.dtype: {asked} -> {cfg.model.dtype} on {where}")
     _check_node(job, opts)
     if sharegpt_unset(cfg):
         job.problems.append(
@@ -184,6 +213,54 @@ def point_job(index: int, overrides: list[str], cfg, opts: ClusterOptions) -> Po
     else:
         _check_data(job, cfg)
     return job
+
+
+def _hf_generation(cfg, gpus: int, gpu_gb: float | None, limit: int | None) -> tuple[int, str, str]:
+    """(GPUs, dry-run line, problem or "") of generate.engine=hf on the job's first node, which
+    has `gpus`: at least the fewest GPUs (up to `limit`, a node's) over which the weights,
+    balanced, leave every GPU the KV cache of its own layers for batch x max_total_length, as
+    models.devices.gpu_placement places them there; estimated from the model's size and shape
+    (a hub model's config.json is not on the login node). (0, "", "") where nothing is known."""
+    from pipeline.models.devices import INFERENCE_HEADROOM
+    from pipeline.train.model_size import KNOWN_KV_HEADS, model_shape
+
+    shape = model_shape(cfg.model)
+    if cfg.generate.engine != "hf" or gpu_gb is None or shape is None:
+        return 0, "", ""
+    try:
+        n = model_params(cfg.model, cfg.finetune.distributed.n_params)
+    except ValueError:
+        return 0, "", ""
+    hidden, layers, heads, _ = shape
+    per_value = 4 if cfg.model.dtype == "float32" else 2
+    kv_heads = KNOWN_KV_HEADS.get(cfg.model.name, heads)
+    gen = cfg.generate
+    kv = 2 * layers * kv_heads * (hidden // heads) * per_value * gen.batch_size
+    kv = kv * gen.max_total_length / 1e9
+    weights = n * per_value / 1e9
+    usable = gpu_gb * (1 - INFERENCE_HEADROOM)
+
+    def per_gpu(gpus: int) -> float:  # a layer is never split: one layer of slack per GPU
+        return (weights + kv) / gpus + (weights + kv) / layers
+
+    most = max(limit or 8, gpus)
+    gpus = max(gpus, next((g for g in range(1, most + 1) if per_gpu(g) <= usable), most))
+    line = (
+        f"generation (hf): {weights:.0f} GB of weights + {kv:.1f} GB of KV cache (batch "
+        f"{gen.batch_size} x {gen.max_total_length} tokens) over {gpus} GPU(s): about "
+        f"{per_gpu(gpus):.1f} GB per GPU of {usable:.0f} GB usable"
+    )
+    if per_gpu(gpus) <= usable:
+        return gpus, line, ""
+    return (
+        gpus,
+        line,
+        f"generation with generate.engine=hf needs about {per_gpu(gpus):.0f} GB on each of "
+        f"{gpus} GPU(s) ({weights:.0f} GB of weights, {kv:.1f} GB of KV cache), more than "
+        f"{usable:.0f} GB ({1 - INFERENCE_HEADROOM:.0%} of {gpu_gb:g} GB): use "
+        "generate.engine=vllm with generate.vllm.tensor_parallel_size=<GPUs>, or lower "
+        "generate.batch_size",
+    )
 
 
 def _check_data(job: PointJob, cfg) -> None:

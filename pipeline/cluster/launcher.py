@@ -116,6 +116,7 @@ class PointSizedSlurmLauncher(SlurmLauncher):
                         cpus_per_task=r.cpus_per_task,
                         mem_gb=r.mem_gb,
                         timeout_min=r.timeout_min,
+                        slurm_srun_args=pipeline_step(r),
                     ),
                 }
             )
@@ -135,7 +136,17 @@ class PointSizedSlurmLauncher(SlurmLauncher):
             )
             for job, handle in zip(members, executor.map_array(self, *zip(*params))):
                 submitted[job.index] = handle
-        return [submitted[i].results()[0] for i in sorted(submitted)]
+        # Task 0 ran the pipeline; a multi-node job's other tasks never start (pipeline_step).
+        return [submitted[i].task(0).result() for i in sorted(submitted)]
+
+
+def pipeline_step(r) -> list[str]:
+    """srun options of the step submitit starts the pipeline in: one task on the job's first
+    node, whatever the job's node count. submitit would otherwise start one task per node and
+    each would run the whole point (two pipelines for a 2-node point). The finetune's own
+    `srun ... torchrun` step over every node then shares this step's resources (--overlap,
+    pipeline/train/launch.py): since SLURM 20.11 a step gets none of what another step holds."""
+    return ["--nodes=1", "--ntasks=1", f"--cpus-per-task={r.cpus_per_task}"]
 
 
 def _not_run(overrides: list[str]) -> JobReturn:

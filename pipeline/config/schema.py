@@ -7,15 +7,17 @@ Show the composed config: python -m pipeline.run --cfg job
 
 Fixed choices are Enums of pipeline/config/choices.py (a typo fails at composition); choices
 from a registry (noise.kind, judge.kind, generate.engine) are str, checked in the stages' check.
+A kind's own settings are declared by the kind, next to its code (pipeline/registry.py), not
+here: the schema holds only what every kind has, and a `settings` node that the kind types.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from pipeline.config.choices import (
     Definition,
@@ -63,19 +65,20 @@ class DataConfig:
     diversity_cutoff: int = 50  # Table-4 K: repetition/diversity on the first K whitespace tokens
 
 
+def kind_settings() -> DictConfig:
+    """A kind's `settings` node as composed: open (not struct), so that any key of the selected
+    kind's settings can be given in its YAML or on the command line without `+`; checked and
+    typed right after composition against the kind's own dataclass (Registry.settings), where
+    an unknown key or a wrong type fails naming the kind and the key."""
+    return OmegaConf.create({}, flags={"struct": False})
+
+
 @dataclass
 class NoiseConfig:
     kind: str = "uniform"  # none | a kind of pipeline/train/noise_kinds/; none or alpha 0: baseline
     alpha: float = 5.0  # noise scale alpha (>= 0); the paper uses 5, 10, 15
     length: NoiseLength = NoiseLength.per_example  # per_example: no noise on padding | padded
-
-
-@dataclass
-class VllmConfig:
-    python: Optional[str] = None  # interpreter of a separate venv with vllm (it pins its own torch)
-    tensor_parallel_size: int = 1  # GPUs one model is split over
-    gpu_memory_utilization: float = 0.9  # share of each GPU's memory vLLM may take
-    max_model_len: Optional[int] = None  # null = generate.max_total_length
+    settings: Any = field(default_factory=kind_settings)  # noise.kind's own (its Settings)
 
 
 @dataclass
@@ -88,8 +91,8 @@ class GenerateConfig:
     max_new_tokens: int = 2048  # cap on generated tokens per answer
     max_total_length: int = 2048  # cap on prompt + answer tokens (the paper's 2048)
     repetition_penalty: float = 1.2  # the paper's value; 1.0 = off
-    engine: str = "hf"  # registered in generation/engines.py: hf (this process) | vllm (subprocess)
-    vllm: VllmConfig = field(default_factory=VllmConfig)  # engine=vllm only
+    engine: str = "hf"  # a pipeline/generation/engine_kinds/ engine: hf (this process) | vllm
+    settings: Any = field(default_factory=kind_settings)  # generate.engine's own (its Settings)
 
 
 @dataclass
@@ -102,12 +105,7 @@ class JudgeConfig:
     alpaca_eval_version: int = 1  # 1 (the paper's) | 2; alpaca_eval itself defaults to 2
     both_orders: bool = False  # judge (ref, model) and (model, ref) and average the verdicts
     lc_data: Optional[str] = None  # df_gamed.csv path (LC v1) | hub (download) | null: minimal
-    batch_size: int = 1  # pairs per local judge forward pass (API judges batch themselves)
-    max_prompt_tokens: int = 0  # local judge: prompts cut from the left beyond this (0 = API)
-    base_url: Optional[str] = None  # openai_compatible: the server's /v1 URL
-    served_model: Optional[str] = None  # openai_compatible: the model name the server serves
-    api_key_env: Optional[str] = "OPENAI_API_KEY"  # environment variable holding the key
-    model: Optional[ModelConfig] = None  # local judge: the judge model (a model config)
+    settings: Any = field(default_factory=kind_settings)  # judge.kind's own (its Settings)
 
 
 @dataclass
@@ -199,7 +197,8 @@ class LoggerConfig:
 
 @dataclass
 class ExperimentConfig:
-    name: str = "default"  # results/<name>/ and the W&B group
+    name: str = "default"  # results/<name>/ and the W&B group: one directory name (letters,
+    # digits, '.', '_', '-'; no leading dot), checked first in plan.check_all
 
 
 @dataclass
@@ -221,7 +220,8 @@ class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)  # the study's name
     head_to_head: bool = True  # also judge the +NEFT answers against the base answers directly
     point_name: Optional[str] = None  # names this point's file in results/<experiment>/points/
-    seeds: Optional[list[int]] = None  # train every arm once per seed; null = [finetune.seed]
+    seeds: Optional[list[int]] = None  # train every arm once per seed (distinct: a repeat is
+    # refused); null = [finetune.seed]
     dry_run: bool = False  # print every job (resources, memory plan, stored stages); run nothing
 
 

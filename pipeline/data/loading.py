@@ -30,6 +30,14 @@ PROMPT_NO_INPUT = (
 )
 
 
+# The fewest tokens an Alpaca training example can have: the no-input template with a
+# one-character instruction is 30 tokens in SmolLM2's tokenizer and in the tiny BPE (trained on
+# this very template, so as short as a tokenizer makes it), plus one response token and the EOS.
+# A finetune.max_length below it truncates every example to template only (rows dropped, or
+# trained without their EOS); the paper uses 512.
+SHORTEST_TRAIN_EXAMPLE = 32
+
+
 class DataError(ValueError):
     """A dataset file or row that cannot be used; the message names file, row and field."""
 
@@ -39,6 +47,19 @@ def format_prompt(record: dict, for_training: bool) -> str:
     template = PROMPT_INPUT if record.get("input") else PROMPT_NO_INPUT
     prompt = template.format(instruction=record["instruction"], input=record.get("input", ""))
     return prompt if for_training else prompt + "\n"
+
+
+def judged_instruction(record: dict) -> str:
+    """The instruction of `record` as outputs.json carries it and the judge reads it: with its
+    input, if any, after a blank line. alpaca_eval's format has no input field and its judges
+    see only `instruction`, so the input must be inside it, or the judge would compare answers
+    to a task it cannot see; a prompt's identity (duplicates, its reference answer) is this text
+    too, on every side (generate's outputs, prompts, reference files with or without inputs)."""
+    return (
+        f"{record['instruction']}\n\n{record['input']}"
+        if record.get("input")
+        else record["instruction"]
+    )
 
 
 def check_source(source: str, key: str) -> None:
@@ -208,14 +229,29 @@ def load_train(source: str, limit: int | None = None) -> list[dict]:
     ]
 
 
-def load_prompts(source: str, default_dataset: str, limit: int | None = None) -> list[dict]:
-    """Evaluation prompts {instruction, input, dataset} (AlpacaEval format), validated."""
+def load_prompts(
+    source: str, default_dataset: str, limit: int | None = None, key: str = "generate.prompts"
+) -> list[dict]:
+    """Evaluation prompts {instruction, input, dataset} (AlpacaEval format), validated; a
+    prompt given twice is refused (`key` names the config key in the message)."""
     rows = _validated_rows(
         source,
         limit,
         "evaluation prompts",
         (("instruction", True, True), ("input", False, False), ("dataset", False, True)),
     )
+    # Every prompt is one sample of the win rate and of its bootstrap: a repeated one would
+    # count twice, and its two answers would be judged against one reference answer.
+    first_row: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        text = judged_instruction(row)
+        if text in first_row:
+            raise DataError(
+                f"{key}: {source}: rows {first_row[text]} and {i} hold the same prompt "
+                f"({text[:80]!r}); a repeated prompt counts twice in the win rate and its "
+                "bootstrap: drop one of them"
+            )
+        first_row[text] = i
     return [
         {
             "instruction": r["instruction"],
@@ -234,6 +270,11 @@ def records_digest(records: list[dict]) -> str:
 def tokenize_examples(records: list[dict], tok, max_length: int) -> tuple[list[dict], int]:
     """input_ids/labels with the prompt masked (-100) and EOS appended; drops rows with no
     response left."""
+    if max_length < 1:  # full_ids[:-1] would keep everything but the EOS
+        raise ValueError(
+            f"finetune.max_length={max_length}: must be >= 1 (tokens per example, prompt + "
+            f"response + EOS; at least {SHORTEST_TRAIN_EXAMPLE} to hold any example)"
+        )
     examples, dropped = [], 0
     for rec in records:
         source = format_prompt(rec, for_training=True)

@@ -16,12 +16,37 @@ def penalty_ignoring_padding(penalty: float, attention_mask: torch.Tensor):
 
     transformers' own `repetition_penalty` penalises every id in the padded input, so with left
     padding (and pad == EOS, as for many models) an answer would depend on which prompts share
-    its batch; vLLM, which does not pad, penalises exactly these tokens.
+    its batch; vLLM, which does not pad, penalises exactly these tokens. Our own processor, not
+    RepetitionPenaltyLogitsProcessor with per-row `prompt_ignore_length`: transformers 5.17 and
+    5.18 (the GPU image's) reject a tensor there; from 5.19 on the two give the same scores.
     """
-    from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+    from transformers import LogitsProcessorList
 
     pads = (attention_mask == 0).sum(dim=1)  # left padding: the first `pads` positions of a row
-    return LogitsProcessorList([RepetitionPenaltyLogitsProcessor(float(penalty), pads)])
+    return LogitsProcessorList([PenaltyIgnoringPadding(float(penalty), pads)])
+
+
+class PenaltyIgnoringPadding:
+    """Repetition penalty (CTRL: a logit > 0 divided, < 0 multiplied by `penalty`) on the ids of
+    each row after its first `pads[row]` positions, once per distinct id. The arithmetic of
+    transformers' RepetitionPenaltyLogitsProcessor, so that scores match it bit for bit."""
+
+    def __init__(self, penalty: float, pads: torch.Tensor):
+        if not penalty > 0:
+            raise ValueError(f"repetition penalty {penalty} must be > 0")
+        self.penalty = penalty
+        self.pads = pads
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        vocab = scores.shape[-1]
+        pads = self.pads.to(input_ids.device)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        # Padding (and any id past the head's vocabulary) points at one extra column, dropped.
+        ids = input_ids.masked_fill(positions[None, :] < pads[:, None], vocab).clamp(max=vocab)
+        padded = torch.nn.functional.pad(scores, (0, 1))
+        seen = torch.gather(padded, 1, ids)
+        seen = torch.where(seen < 0, seen * self.penalty, seen / self.penalty)
+        return padded.scatter(1, ids, seen)[..., :vocab]
 
 
 def generate_batched(

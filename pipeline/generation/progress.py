@@ -24,20 +24,24 @@ def append_progress(progress: Path, answers: list[tuple[int, str, int]]) -> None
 
 def read_progress(progress: Path | None, outputs: list[str], counts: list[int]) -> set[int]:
     """Fill in the answers a killed run already wrote. A cut last line is dropped from the file
-    (its batch is redone), so that what is appended next starts a line of its own."""
+    (its batch is redone), so that what is appended next starts a line of its own.
+
+    Bytes, not text: a kill can cut the last line inside a UTF-8 character, and decoding the
+    whole file would fail on it before the cut line is dropped. A line that does not decode or
+    parse is skipped: its answer is generated again."""
     done: set[int] = set()
     if progress is None or not progress.is_file():
         return done
-    text = progress.read_text(encoding="utf-8")
-    if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
+    data = progress.read_bytes()
+    if data and not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
         tmp = progress.with_name(progress.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data)
         os.replace(tmp, progress)
-    for line in text.splitlines():
+    for line in data.splitlines():
         try:
-            row = json.loads(line)
-        except ValueError:
+            row = json.loads(line.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError both
             continue
         outputs[row["i"]], counts[row["i"]] = row["output"], row["new_tokens"]
         done.add(row["i"])

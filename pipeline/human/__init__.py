@@ -1,6 +1,7 @@
 """The paper's human study: blind pairwise preference votes on base vs +NEFT answers.
 
-Run: python -m pipeline.human serve experiment=default     (then open http://127.0.0.1:8765/)
+Run: python -m pipeline.human invite experiment=default --label alice   (prints alice's link)
+     python -m pipeline.human serve experiment=default     (annotators open their links)
      python -m pipeline.human export experiment=default    (alpaca_eval annotations)
      python -m pipeline.human report experiment=default    (win rate, kappa, judges vs humans)
 """

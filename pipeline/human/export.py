@@ -8,6 +8,7 @@ alpaca_eval's get_winrate gives the +NEFT win rate (preference 1 = base wins, 2 
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter, defaultdict
 
 from pipeline.human.study import Study
@@ -33,6 +34,7 @@ def annotations(study: Study, votes: list[dict]) -> list[dict]:
                 "dataset": pair.get("dataset", ""),
                 "longer_guess": v.get("longer"),
                 "n_changes": v.get("n_changes", 0),
+                "annotator_source": "legacy" if v.get("legacy_annotator") else "invite",
             }
         )
     return out
@@ -156,8 +158,42 @@ def _side(pref) -> str | None:
     return "tie" if pref == 1.5 else ("base" if pref < 1.5 else "neft")
 
 
-def summarize(study: Study, votes: list[dict]) -> dict:
-    """Every number of the study: counts, human win rate (+LC, CI), kappa, judges vs humans."""
+def _utc(t: float | None) -> str | None:
+    return None if t is None else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
+
+
+def links(annotators: list[dict]) -> dict:
+    """Where the votes came from (VoteDB.annotators()): per annotator its label, source
+    ("invite": a link the owner made; "legacy": a name typed before invites), link state and
+    time made, whether a link was used, votes; and the counts. Never a token."""
+    rows = [
+        {
+            "id": a["id"],
+            "label": a["label"],
+            "source": "legacy" if a["legacy"] else "invite",
+            "link": a["link"],
+            "link_made": _utc(a["invited_at"]),
+            "used": a["sessions"] > 0,
+            "votes": a["votes"],
+        }
+        for a in annotators
+    ]
+    made = [r for r in rows if r["link_made"] is not None]
+    legacy = [r for r in rows if r["source"] == "legacy"]
+    return {
+        "rows": rows,
+        "n_annotators": sum(r["votes"] > 0 for r in rows),
+        "n_links_made": len(made),
+        "n_links_used": sum(r["used"] for r in made),
+        "n_links_revoked": sum(r["link"] == "revoked" for r in made),
+        "n_legacy": sum(r["votes"] > 0 for r in legacy),
+        "n_legacy_votes": sum(r["votes"] for r in legacy),
+    }
+
+
+def summarize(study: Study, votes: list[dict], annotators: list[dict] | None = None) -> dict:
+    """Every number of the study: counts, human win rate (+LC, CI), kappa, judges vs humans;
+    with `annotators` (VoteDB.annotators()) also where the votes came from ("links")."""
     anns = annotations(study, votes)
     summary = {
         "study": study.id,
@@ -167,6 +203,8 @@ def summarize(study: Study, votes: list[dict]) -> dict:
         "annotators": dict(Counter(a["annotator"] for a in anns)),
         "per_annotator": {},
     }
+    if annotators is not None:
+        summary["links"] = links(annotators)
     for a in anns:
         verdicts = summary["per_annotator"].setdefault(a["annotator"], Counter())
         verdicts[float(a["preference"])] += 1

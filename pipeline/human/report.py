@@ -87,6 +87,37 @@ def _judges(s: dict) -> list[str]:
     return lines
 
 
+def _links(s: dict) -> list[str]:
+    """Who voted and through which link (export.links): counts, then one row per annotator."""
+    if "links" not in s:
+        return []
+    k = s["links"]
+    legacy = (
+        f"; {k['n_legacy']} legacy annotators (names typed on the start page before invites, "
+        f"not verified) with {k['n_legacy_votes']} votes"
+        if k["n_legacy"]
+        else ""
+    )
+    lines = [
+        f"Annotators: {k['n_annotators']} with {s['n_votes']} votes; invite links: "
+        f"{k['n_links_made']} made, {k['n_links_used']} used, {k['n_links_revoked']} "
+        f"revoked{legacy}."
+    ]
+    if not k["rows"]:
+        return lines
+    lines += ["", "| annotator | from | link made | link | votes |", "|---|---|---|---|---|"]
+    for r in k["rows"]:
+        source = f"invite #{r['id']}"
+        if r["source"] == "legacy":
+            source = "legacy name" + (f", then invite #{r['id']}" if r["link_made"] else "")
+        # Labels are data typed by the owner (legacy: by anyone): escaped like names.
+        lines.append(
+            f"| {escape_md(r['label'])} | {source} | {r['link_made'] or '–'} | {r['link']} "
+            f"| {r['votes']} |"
+        )
+    return lines
+
+
 def study_markdown(study: Study, s: dict, figure: str | None) -> str:
     """The markdown of one study's summary (from export.summarize)."""
     head = (
@@ -96,7 +127,7 @@ def study_markdown(study: Study, s: dict, figure: str | None) -> str:
         f"`python -m pipeline.human serve experiment={study.experiment}`."
     )
     if not s.get("human"):
-        return f"{head}\n\nNo votes yet ({s['n_pairs']} pairs)."
+        return "\n".join([head, "", f"No votes yet ({s['n_pairs']} pairs).", "", *_links(s)])
     ia = s["inter_annotator"]
     kappa = (
         f"{ia['method']}'s kappa {ia['kappa']:.2f} over {ia['n']} pairs"
@@ -111,6 +142,8 @@ def study_markdown(study: Study, s: dict, figure: str | None) -> str:
         *_table(s),
         "",
         f"Agreement between annotators: {kappa}. Votes per annotator: {who}.",
+        "",
+        *_links(s),
         "",
         *_judges(s),
     ]
@@ -143,7 +176,7 @@ def human_report_section(
     for i, study in enumerate(studies):
         db = VoteDB(db_url or os.environ.get(DB_ENV) or study.default_db_url, study.id)
         try:
-            summary = summarize(study, db.current_votes())
+            summary = summarize(study, db.current_votes(), db.annotators())
         finally:
             db.dispose()
         name = FIGURE if i == 0 else f"human_study_{i + 1}.png"

@@ -3,8 +3,9 @@
   <name>@<commit>      a published source of pipeline/assets/calibration_sources.yaml (default:
                        alpaca_eval's GPT-4 verdicts): its files from the store cache
                        (<paths.cache>/calibration/<name>-<commit>/) when each has its pinned
-                       sha256, else downloaded there (urllib, atomic, sha256-checked). `<name>`
-                       alone means its pinned commit.
+                       sha256, else copied there from a local copy the spec names (e.g.
+                       ../shared/data beside a checkout), else downloaded there (urllib, atomic,
+                       sha256-checked). `<name>` alone means its pinned commit.
   <file or folder>     a local annotation file, or every *.json in a folder, used as it is.
 
 No download is tried where HF_HUB_OFFLINE is set: that is how pipeline.prefetch tells compute jobs
@@ -17,6 +18,7 @@ import hashlib
 import http.client
 import os
 import shlex
+import shutil
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
@@ -30,6 +32,7 @@ from pipeline.data.loading import ASSETS
 from pipeline.store.manifest import sha256_of
 
 SOURCES = ASSETS / "calibration_sources.yaml"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # local copies are named relative to it
 CACHE_SUBDIR = "calibration"
 TIMEOUT_S = 60.0  # per request: a firewalled compute node fails within this, not hangs
 OFFLINE_VARS = ("HF_HUB_OFFLINE",)
@@ -59,6 +62,9 @@ class Published:
     commit: str
     url_template: str  # {repo}, {commit}, {path}
     files: tuple[PublishedFile, ...]
+    # Folders that may hold the same files (relative to the project root): tried before any
+    # download, each file taken only with its pinned sha256, so a copy is the published set.
+    local_copies: tuple[str, ...] = ()
 
     @property
     def source(self) -> str:
@@ -83,6 +89,7 @@ def load_sources(path: Path = SOURCES) -> dict[str, Published]:
             s["commit"],
             s["url"],
             tuple(PublishedFile(f, v["path"], v["sha256"]) for f, v in sorted(s["files"].items())),
+            tuple(s.get("local_copies", ())),
         )
         for name, s in raw.items()
     }
@@ -120,6 +127,27 @@ def cached(spec: Published, cache_root) -> list[Path] | None:
     paths = [spec.cache_dir(cache_root) / f.name for f in spec.files]
     good = all(p.is_file() and sha256_of(p) == f.sha256 for p, f in zip(paths, spec.files))
     return sorted(paths) if good else None
+
+
+def from_local_copy(spec: Published, cache_root) -> list[Path] | None:
+    """The files of `spec` copied into its cache folder from the first local copy that holds
+    every one with its pinned sha256 (atomic: a temp name, then a rename); None if none does."""
+    for folder in spec.local_copies:
+        root = Path(folder) if Path(folder).is_absolute() else PROJECT_ROOT / folder
+        found = [root / f.name for f in spec.files]
+        if not all(p.is_file() and sha256_of(p) == f.sha256 for p, f in zip(found, spec.files)):
+            continue
+        dest_dir = spec.cache_dir(cache_root)
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        for src in found:
+            tmp = dest_dir / f".{src.name}.{uuid.uuid4().hex}.tmp"
+            try:
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, dest_dir / src.name)
+            finally:
+                tmp.unlink(missing_ok=True)
+        return cached(spec, cache_root)
+    return None
 
 
 def _download_one(url: str, dest: Path, expected: str, timeout: float) -> None:
@@ -182,7 +210,7 @@ def resolve(
                 "(a JSON file, or a folder of *.json)"
             )
         return files
-    found = cached(spec, cache_root)
+    found = cached(spec, cache_root) or from_local_copy(spec, cache_root)
     if found:
         return found
     where = spec.cache_dir(cache_root)

@@ -16,9 +16,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.data.loading import ASSETS, check_encodable
-from pipeline.judging.alpaca_import import JudgeError, import_alpaca_eval
-from pipeline.judging.kinds import judge_kind
+from pipeline.data.loading import ASSETS, check_encodable, judged_instruction
+from pipeline.judging.alpaca_import import JudgeError, import_alpaca_eval, pin_alpaca_eval_version
+from pipeline.judging.kinds import judge_kind, judge_settings
 from pipeline.store.store import StageResult, Store
 
 
@@ -53,10 +53,31 @@ def load_reference(source: str) -> Reference:
         for field in ("instruction", "output"):
             if not isinstance(rec, dict) or not isinstance(rec.get(field), str):
                 raise JudgeError(f"{path}: record {i} has no string field '{field}'")
+    _check_one_answer_each(records, source)
     generator = records[0].get("generator", path.stem) if records else path.stem
     return Reference(
         label=str(generator), key=hashlib.sha256(text.encode()).hexdigest()[:16], records=records
     )
+
+
+def _check_one_answer_each(records: list, source: str) -> None:
+    """One reference answer per instruction (as the judge reads it: judged_instruction).
+
+    pairs_against looks answers up by instruction, so of two records with one instruction the
+    last would be judged against, silently. Two records with the same output are let through:
+    whichever is looked up, every judged pair is the same (a file concatenated with a copy of
+    itself, say); two different outputs are refused, since which one is meant is not ours to
+    guess."""
+    first: dict[str, int] = {}
+    for i, rec in enumerate(records):
+        text = judged_instruction(rec)
+        j = first.setdefault(text, i)
+        if j != i and records[j]["output"] != rec["output"]:
+            raise JudgeError(
+                f"generate.reference={source!r}: records {j} and {i} answer the same "
+                f"instruction differently ({text[:80]!r}); keep the one the win rate should be "
+                "judged against and drop the other"
+            )
 
 
 def reference_from_stage(stage: StageResult, label: str) -> Reference:
@@ -67,11 +88,17 @@ def reference_from_stage(stage: StageResult, label: str) -> Reference:
 def validate_judge(judge_cfg) -> None:
     """Fail before any training or generation when the judge cannot run."""
     kind = judge_kind(judge_cfg.kind)  # an unknown kind names the registered ones
+    judge_settings(judge_cfg)  # its own settings: keys and types (an unknown key is named)
     if judge_cfg.alpaca_eval_version not in (1, 2):
         raise JudgeError(
             f"judge.alpaca_eval_version={judge_cfg.alpaca_eval_version!r}: use 1 (the paper's) or 2"
         )
-    kind.validate(judge_cfg)
+    kind.validate(judge_cfg)  # the kind's own reasons first (a missing key says so)
+    # Then the process's AlpacaEval version: every job checks its judge here before any stage or
+    # table, and alpaca_eval keeps the version of its first import for the whole process. Pinned
+    # only when a judge was built, a sweep rerun whose stages were all reused imported
+    # alpaca_eval first in point #0's aggregation, unpinned, and point #1's judge then failed.
+    pin_alpaca_eval_version(judge_cfg.alpaca_eval_version)
 
 
 def annotator(judge_cfg, work: Path, cache: Store, fn_completions=None):
@@ -140,19 +167,22 @@ def _raise_if_invalid(annotator, scored: list[dict], fields: list[str]) -> None:
 
 
 def check_references(prompts: list[dict], reference: Reference, where: str, source: str) -> None:
-    """Every prompt has a reference answer (matched by instruction, as pairs_against does)."""
-    known = {r["instruction"] for r in reference.records}
-    missing = [i for i, p in enumerate(prompts) if p["instruction"] not in known]
+    """Every prompt has a reference answer, matched as pairs_against will match the generate
+    stage's outputs: by judged_instruction (instruction, and its input where it has one)."""
+    known = {judged_instruction(r) for r in reference.records}
+    missing = [i for i, p in enumerate(prompts) if judged_instruction(p) not in known]
     if missing:
         raise JudgeError(
             f"{where}: {len(missing)} of {len(prompts)} prompts have no reference answer in "
             f"generate.reference={source!r}, first row {missing[0]} "
-            f"({prompts[missing[0]]['instruction'][:80]!r}); add their answers or drop them"
+            f"({judged_instruction(prompts[missing[0]])[:80]!r}); add their answers or drop them"
         )
 
 
 def pairs_against(outputs: list[dict], reference: Reference, where: str) -> list[dict]:
-    ref_by_instruction = {r["instruction"]: r for r in reference.records}
+    # outputs.json records carry the input inside `instruction` already (no input field);
+    # a reference file may hold it apart, as the prompts do: judged_instruction joins both.
+    ref_by_instruction = {judged_instruction(r): r for r in reference.records}
     missing = [o["instruction"] for o in outputs if o["instruction"] not in ref_by_instruction]
     if missing:
         raise JudgeError(
@@ -173,8 +203,34 @@ def pairs_against(outputs: list[dict], reference: Reference, where: str) -> list
 
 
 def judge_key_params(judge_cfg) -> dict:
-    """The judge's part of a stage key: its config, and what its kind adds (a local judge: its
-    device where it is not the CPU, since a GPU's numerics can flip a close verdict)."""
+    """The judge's part of a stage key: its config (what every judge has, and its kind's typed
+    settings), and what its kind adds (a local judge: its device where it is not the CPU, since
+    a GPU's numerics can flip a close verdict)."""
+    from pipeline.config.choices import plain
     from pipeline.config.schema import config_params
 
-    return {"judge": config_params(judge_cfg)} | judge_kind(judge_cfg.kind).key_params(judge_cfg)
+    shared = {k: v for k, v in plain(judge_cfg).items() if k != "settings"}
+    settings = plain(judge_settings(judge_cfg))
+    judge = config_params(legacy_judge_params(shared, settings))
+    return {"judge": judge} | judge_kind(judge_cfg.kind).key_params(judge_cfg)
+
+
+# Every field the flat JudgeConfig had before kinds declared their own settings (issue 29), with
+# its default then; api_key_env per kind: the local judges' YAMLs set it null, the rest kept the
+# schema's OPENAI_API_KEY (openai_compatible's is its own setting now).
+_FLAT_JUDGE_FIELDS = {"batch_size": 1, "max_prompt_tokens": 0, "base_url": None}
+_FLAT_JUDGE_FIELDS |= {"served_model": None, "api_key_env": "OPENAI_API_KEY", "model": None}
+_FLAT_JUDGE_KINDS = {"local": {"api_key_env": None}, "openai": {}, "openai_compatible": {}}
+
+
+def legacy_judge_params(shared: dict, settings: dict) -> dict:
+    """What a judge's stage keys hash, from its shared fields and its kind's typed settings.
+
+    Hashed as before: the kinds that existed before kinds had settings of their own (local,
+    openai, openai_compatible) hash the flat JudgeConfig of then, every field of every kind at
+    its value or its default then, so that every judge stage stored before is still found. Any
+    other kind hashes its shared fields and its settings as they are."""
+    then = _FLAT_JUDGE_KINDS.get(shared["kind"])
+    if then is None:
+        return shared | {"settings": settings}
+    return shared | _FLAT_JUDGE_FIELDS | then | settings

@@ -3,11 +3,12 @@ difficulty) on design rows built once: the fits behind the minimal LC win rate, 
 and the paired LC interval. numpy, pandas and alpaca_eval only.
 
 alpaca_eval fixes its AlpacaEval version when first imported, so it is imported inside the
-functions.
+functions, through alpaca_eval_metrics.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from contextlib import contextmanager
 
@@ -16,6 +17,25 @@ import numpy as np
 LC_MINIMAL = "length_controlled_minimal"
 REQUIRED = ("preference", "output_1", "output_2")
 MIN_PAIRS = 5  # alpaca_eval cross-validates its GLM with 5 folds
+# What a process that pinned no AlpacaEval version imports alpaca_eval as: the paper's, the
+# default of judge.alpaca_eval_version (pipeline.config.schema).
+UNPINNED_IS_ALPACA_EVAL_2 = "False"
+
+
+def alpaca_eval_metrics():
+    """alpaca_eval.metrics (get_winrate, glm_winrate), for results that do not depend on the
+    AlpacaEval version, imported without deciding it against the judges.
+
+    alpaca_eval reads IS_ALPACA_EVAL_2 once, at its first import, for the whole process. A run
+    pins the configured version in its judge's check before any stage or table
+    (pipeline.judging.alpaca_import), so this imports that one. Only a process that pinned none
+    (a report rebuilt from point files, the human study) gets the paper's version here, rather
+    than alpaca_eval's default 2: imported first by the aggregation of a rerun, that default
+    made every later judge of version 1 in the process fail."""
+    os.environ.setdefault("IS_ALPACA_EVAL_2", UNPINNED_IS_ALPACA_EVAL_2)
+    import alpaca_eval.metrics
+
+    return alpaca_eval.metrics
 
 
 def annotation_frame(annotations):
@@ -53,7 +73,8 @@ def minimal_glm_design(preferences, len_1, len_2):
     them with alpaca_eval's CV logistic regression and predicts at zero length difference."""
     import numpy as np
     import pandas as pd
-    from alpaca_eval.metrics.glm_winrate import GLM_INFO, make_dmatrix_for_model
+
+    glm = alpaca_eval_metrics().glm_winrate
 
     pref = pd.Series(preferences, dtype=float).replace({0.0: 1.5}) - 1.0
     delta = pd.Series(np.asarray(len_1, dtype=float) - np.asarray(len_2, dtype=float))
@@ -70,13 +91,12 @@ def minimal_glm_design(preferences, len_1, len_2):
     test = pd.DataFrame({"not_gamed_baseline": [True], "std_delta_len": [0.0]})
     # Rows of missing verdicts stay (fit_minimal_design drops them): row i is pair i, so that
     # the same resampled rows of two arms are the same prompts.
-    return make_dmatrix_for_model(train, test, formula=GLM_INFO[LC_MINIMAL]["formula"])
+    return glm.make_dmatrix_for_model(train, test, formula=glm.GLM_INFO[LC_MINIMAL]["formula"])
 
 
 def fit_minimal_design(x_train, x_test, C: float | None = None) -> tuple[float, float]:
     """Fit the minimal GLM on its design rows (CV over C, or `C` given); (LC, C)."""
-    from alpaca_eval.metrics.glm_winrate import GLM_INFO, fit_LogisticRegressionCV
-
+    glm = alpaca_eval_metrics().glm_winrate
     x_train = x_train[x_train["preference"].notna()]
     if len(x_train) < MIN_PAIRS:
         raise ValueError(
@@ -88,9 +108,9 @@ def fit_minimal_design(x_train, x_test, C: float | None = None) -> tuple[float, 
         # row fit degenerates there (liblinear drops the zero-weight class, prints to stdout,
         # and returns 50 when every verdict went to the reference): LC = the raw win rate.
         return float(x_train["preference"].iloc[0] * 100), float("nan")
-    kwargs = dict(GLM_INFO[LC_MINIMAL]["kwargs"]) if C is None else {"n_splits": 0, "C": C}
+    kwargs = dict(glm.GLM_INFO[LC_MINIMAL]["kwargs"]) if C is None else {"n_splits": 0, "C": C}
     with quiet_sklearn():
-        model = fit_LogisticRegressionCV(x_train, "preference", is_ytrue_proba=True, **kwargs)
+        model = glm.fit_LogisticRegressionCV(x_train, "preference", is_ytrue_proba=True, **kwargs)
     # Every test row is the same (zero length difference), so one prediction is the mean.
     chosen = float(model.C_[0]) if C is None else float(C)
     return float(model.predict_proba(x_test)[0, 1] * 100), chosen

@@ -11,7 +11,8 @@ with alpaca_eval's `make_dmatrix_for_model` and `fit_LogisticRegressionCV`, labe
 Nothing here touches the network when lc_data is None and HF_HUB_OFFLINE is set.
 
 alpaca_eval fixes its AlpacaEval version (IS_ALPACA_EVAL_2) when first imported, so it is imported
-inside the functions: importing this module does not fix it.
+inside the functions, through glm.alpaca_eval_metrics: importing this module does not fix it, and
+using it fixes the version the process pinned for its judges.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from pipeline.metrics.glm import (
     LC_MINIMAL,
+    alpaca_eval_metrics,
     annotation_frame,
     fit_minimal_design,
     lc_bootstrap_se,
@@ -51,8 +53,7 @@ LC_SE_RESAMPLES = 100  # bootstrap refits behind the minimal GLM's standard erro
 def winrate_metrics(annotations) -> dict:
     """alpaca_eval's get_winrate as plain floats: win_rate, standard_error, n_wins, n_wins_base,
     n_draws, n_total, discrete_win_rate."""
-    from alpaca_eval.metrics import get_winrate
-
+    get_winrate = alpaca_eval_metrics().get_winrate
     return {k: float(v) for k, v in get_winrate(annotations).items()}
 
 
@@ -69,8 +70,10 @@ def find_lc_data(lc_data: str | None = None) -> str | None:
     lc_data="hub" also the Hugging Face Hub. None: not available (the minimal GLM is used).
 
     The hub is asked only when asked for: offline, its retries cost ~25 s a judged comparison."""
-    from alpaca_eval import constants
     from huggingface_hub import try_to_load_from_cache
+
+    alpaca_eval_metrics()  # alpaca_eval imported under the pinned version before its constants
+    from alpaca_eval import constants
 
     if lc_data not in (None, "hub"):
         path = Path(lc_data)
@@ -125,7 +128,7 @@ def _lc_v1(df, path: str) -> tuple[float, float]:
     """alpaca_eval's get_length_controlled_winrate (LC, its SE), df_gamed.csv read from `path`."""
     from unittest import mock
 
-    from alpaca_eval.metrics import glm_winrate
+    glm_winrate = alpaca_eval_metrics().glm_winrate
 
     def local_file(*args, **kwargs):
         filename = kwargs.get("filename", args[1] if len(args) > 1 else None)

@@ -149,14 +149,23 @@ def load_model_and_tokenizer(
     revision: str | None = None,
     load_in_4bit: bool = False,
     device: str | None = None,
+    kv_tokens: int = 0,
+    weights: bool = True,
 ):
     """from_pretrained for both, with a message that names the model when it cannot be loaded.
 
     `load_in_4bit`: QLoRA's NF4 base (bitsandbytes, GPU), computing in `dtype`.
     `device`: where an inference model goes (devices.compute_device()); None leaves the weights
     on the host, for the Trainer to place.
+    `kv_tokens`: the KV cache a generation will hold (batch x max total length), which every GPU
+    of a model spread over several keeps room for (devices.inference_placement).
+    `weights`: False builds the model without reading its weights: parameters on the meta
+    device, buffers computed (an FSDP rank other than 0, which rank 0's broadcast fills).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    if not weights:
+        return _skeleton(location, dtype, revision)
 
     quant = None
     if load_in_4bit:
@@ -173,7 +182,7 @@ def load_model_and_tokenizer(
             revision=revision,
             dtype=DTYPES[dtype],
             quantization_config=quant,
-            **(inference_placement(device) if device else {}),
+            **(inference_placement(device, location, dtype, kv_tokens) if device else {}),
         )
     except OSError as err:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or not Path(location).exists()
@@ -184,6 +193,31 @@ def load_model_and_tokenizer(
             else ""
         )
         raise ValueError(f"could not load model {location!r}: {err}.{hint}") from err
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def _skeleton(location: str, dtype: str, revision: str | None):
+    """The model of `location` with its parameters on the meta device and real buffers (RoPE's
+    inv_freq is computed, not stored), and its tokenizer: what an FSDP rank other than 0 needs
+    before accelerate's prepare, which moves every rank's model to meta and broadcasts rank 0's
+    weights into the shards (accelerate fsdp2_load_full_state_dict). transformers 5 reads the
+    full weights on every rank even with FSDP_CPU_RAM_EFFICIENT_LOADING set: a 70B node of 8 ranks
+    would hold 8 x 138 GB of host memory for a moment."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(location, revision=revision)
+        config = AutoConfig.from_pretrained(location, revision=revision)
+    except OSError as err:
+        raise ValueError(f"could not load model {location!r}: {err}") from err
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype])
+    # init_empty_weights re-creates every parameter, so the tie of lm_head to the embedding
+    # that from_config made is undone; from_pretrained ties after loading, as here.
+    model.tie_weights()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok

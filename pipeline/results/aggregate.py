@@ -10,7 +10,9 @@ Run: python -m pipeline.report results/<experiment>      (the pipeline runs it a
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 import time
 import uuid
@@ -31,6 +33,9 @@ LOG = get_logger("results")
 
 GENERATION = ".generation-"  # hidden: no glob that reads results (*.md, *.png) matches it
 ABANDONED_AFTER_S = 3600  # a generation directory this old was left by a killed aggregation
+# Below this much free space (or 1% of a small filesystem) a failed write is blamed on the disk
+# (as the stage store does: libraries often hide ENOSPC).
+LOW_SPACE_BYTES = 16 << 20
 
 
 class ResultsError(RuntimeError):
@@ -39,10 +44,11 @@ class ResultsError(RuntimeError):
 
 def load_paper(source: str) -> dict:
     """The paper's numbers (pkg:<asset> or a path to a YAML file like the shipped one)."""
-    path = ASSETS / source[len("pkg:"):] if source.startswith("pkg:") else Path(source)
+    path = ASSETS / source[len("pkg:") :] if source.startswith("pkg:") else Path(source)
     if not path.is_file():
-        raise FileNotFoundError(f"paths.paper_numbers={source!r}: no such file ({path}); "
-                                "use pkg:paper_numbers.yaml")
+        raise FileNotFoundError(
+            f"paths.paper_numbers={source!r}: no such file ({path}); use pkg:paper_numbers.yaml"
+        )
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
@@ -57,9 +63,11 @@ def check_writable(out_dir: Path) -> None:
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as err:
-        raise ResultsError(f"paths.results: cannot write results to {out_dir} "
-                           f"({type(err).__name__}: {err}); make it writable, free space there "
-                           "or set paths.results to another directory") from err
+        raise ResultsError(
+            f"paths.results: cannot write results to {out_dir} "
+            f"({type(err).__name__}: {err}); make it writable, free space there "
+            "or set paths.results to another directory"
+        ) from err
     finally:
         try:
             probe.unlink(missing_ok=True)
@@ -94,8 +102,14 @@ def _build(out_dir: Path, stage: Path, points: list[Point], paper: dict, skipped
         write_table(stage, spec.build(covered, paper))
         pngs = [name for make in spec.figures for name in make(covered, stage)]
         sections.append((spec, covered, pngs))
-    write_report(points, stage, [s for s in sections if s[0].in_report], skipped=skipped,
-                 study_dir=out_dir, paper=paper)
+    write_report(
+        points,
+        stage,
+        [s for s in sections if s[0].in_report],
+        skipped=skipped,
+        study_dir=out_dir,
+        paper=paper,
+    )
 
 
 def _sweep_abandoned(out_dir: Path) -> None:
@@ -117,18 +131,47 @@ def write_results(out_dir: Path, paper_numbers: str = "pkg:paper_numbers.yaml") 
     for path, why in skipped:
         LOG.warning("skipped point file %s: %s", path, why)
     if not points:
-        raise ResultsError(f"{out_dir / 'points'}: no usable point files"
-                           + (f" ({len(skipped)} skipped, see above)" if skipped else "")
-                           + "; run the experiment first")
+        raise ResultsError(
+            f"{out_dir / 'points'}: no usable point files"
+            + (f" ({len(skipped)} skipped, see above)" if skipped else "")
+            + "; run the experiment first"
+        )
     _sweep_abandoned(out_dir)
     stage = out_dir / f"{GENERATION}{uuid.uuid4().hex}"
-    stage.mkdir()
     try:
+        stage.mkdir()
         _build(out_dir, stage, points, paper, skipped)
         for built in sorted(stage.iterdir()):  # REPORT.md last: it names the files before it
             if built.name != "REPORT.md":
                 os.replace(built, out_dir / built.name)
         os.replace(stage / "REPORT.md", out_dir / "REPORT.md")
+    except Exception as err:
+        full = _full_disk_message(err, out_dir)
+        if full is None:
+            raise
+        raise ResultsError(full) from err
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return out_dir
+
+
+def _full_disk_message(err: Exception, out_dir: Path) -> str | None:
+    """What to tell the user when `err` came from a full filesystem under `out_dir`, else None.
+
+    PIL and a flush report ENOSPC without a path; the figure writer adds the figure's."""
+    try:
+        usage = shutil.disk_usage(out_dir)
+        free, nearly_full = usage.free, usage.free < min(LOW_SPACE_BYTES, usage.total // 100)
+    except OSError:
+        free, nearly_full = "?", False
+    if not nearly_full and getattr(err, "errno", None) not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    name = getattr(err, "filename", None)
+    # A temp file of an atomic write (.<name>.<hex>.tmp) is reported by the file it was to be.
+    name = name and re.sub(r"^\.(.+)\.[0-9a-f]{32}\.tmp$", r"\1", Path(name).name)
+    writing = f" while writing {name}" if name else ""
+    return (
+        f"paths.results: no space left in {out_dir}{writing} ({free} bytes free); free space "
+        "there or set paths.results to a larger filesystem, then rerun: every stage is reused "
+        "from the store and only the tables, figures and REPORT.md are rebuilt"
+    )

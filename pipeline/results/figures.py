@@ -38,6 +38,11 @@ def _save(fig, path: Path, dpi: int = 120) -> None:
     try:
         fig.savefig(tmp, dpi=dpi, format="png")
         os.replace(tmp, path)
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        # PIL's write error (a full disk: bare "[Errno 28]") names no file: name the figure.
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
     finally:
         tmp.unlink(missing_ok=True)
         _plt().close(fig)
@@ -48,8 +53,14 @@ def _grouped_bars(ax, ticks, series, ylabel: str, title: str) -> None:
     width = 0.8 / len(series)
     for k, (label, values, errors) in enumerate(series):
         offset = (k - (len(series) - 1) / 2) * width
-        ax.bar([x + offset for x in range(len(ticks))], values, width, yerr=errors,
-               color=COLORS[label], label=label)
+        ax.bar(
+            [x + offset for x in range(len(ticks))],
+            values,
+            width,
+            yerr=errors,
+            color=COLORS[label],
+            label=label,
+        )
     ax.set_xticks(list(range(len(ticks))), ticks)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -67,13 +78,25 @@ def _first(arms: list[Arm], stage: str, name: str, default=0.0):
 
 def winrate_figure(points: list[Point], out_dir: Path) -> list[str]:
     fig, ax = _plt().subplots(figsize=(max(4, 2.2 * len(points)), 3.5))
-    series = [(side, [_first(dict(_sides(p)).get(side, []), "alpaca_eval", "win_rate")
-                      for p in points],
-               [_first(dict(_sides(p)).get(side, []), "alpaca_eval", "standard_error")
-                for p in points]) for side in COLORS]
+    series = [
+        (
+            side,
+            [_first(dict(_sides(p)).get(side, []), "alpaca_eval", "win_rate") for p in points],
+            [
+                _first(dict(_sides(p)).get(side, []), "alpaca_eval", "standard_error")
+                for p in points
+            ],
+        )
+        for side in COLORS
+    ]
     ticks = [f"{p.dataset}, {(p.treated or ['base'])[0]}\n({p.model})" for p in points]
-    _grouped_bars(ax, ticks, series, "win rate vs reference (%)",
-                  f"AlpacaEval win rate, judge: {points[0].judge}")
+    _grouped_bars(
+        ax,
+        ticks,
+        series,
+        "win rate vs reference (%)",
+        f"AlpacaEval win rate, judge: {points[0].judge}",
+    )
     ax.axhline(50, color="black", lw=0.5, ls=":")
     _save(fig, out_dir / "winrate.png")
     return ["winrate.png"]
@@ -83,11 +106,23 @@ def openllm_figure(points: list[Point], out_dir: Path) -> list[str]:
     plt = _plt()
     fig, axes = plt.subplots(1, len(points), figsize=(6 * len(points), 3.5), squeeze=False)
     for ax, p in zip(axes[0], points):
-        series = [(side, [100 * _first(arms, "openllm", f"openllm_{t}") for t in OPENLLM_TASKS]
-                   + [100 * _first(arms, "openllm", "openllm_average")], None)
-                  for side, arms in _sides(p) if any("openllm" in a.stages for a in arms)]
-        _grouped_bars(ax, ["ARC", "HellaSwag", "MMLU", "TruthfulQA", "average"], series,
-                      "score (%)", f"{p.model}, {p.dataset} ({p.setting['openllm']['name']})")
+        series = [
+            (
+                side,
+                [100 * _first(arms, "openllm", f"openllm_{t}") for t in OPENLLM_TASKS]
+                + [100 * _first(arms, "openllm", "openllm_average")],
+                None,
+            )
+            for side, arms in _sides(p)
+            if any("openllm" in a.stages for a in arms)
+        ]
+        _grouped_bars(
+            ax,
+            ["ARC", "HellaSwag", "MMLU", "TruthfulQA", "average"],
+            series,
+            "score (%)",
+            f"{p.model}, {p.dataset} ({p.setting['openllm']['name']})",
+        )
     _save(fig, out_dir / "openllm.png")
     return ["openllm.png"]
 
@@ -124,10 +159,17 @@ def lengths_figure(points: list[Point], out_dir: Path) -> list[str]:
 
 
 OVERFIT_PANELS = (
-    ("overfit_loss", (("train_loss", "loss on training data (noise off)"),
-                      ("heldout_loss", "loss on held-out data"))),
-    ("overfit_overlap", (("rougeL", "ROUGE-L vs training response"),
-                         ("bleu", "BLEU vs training response"))),
+    (
+        "overfit_loss",
+        (
+            ("train_loss", "loss on training data (noise off)"),
+            ("heldout_loss", "loss on held-out data"),
+        ),
+    ),
+    (
+        "overfit_overlap",
+        (("rougeL", "ROUGE-L vs training response"), ("bleu", "BLEU vs training response")),
+    ),
 )
 
 
@@ -145,14 +187,22 @@ def overfit_figures(points: list[Point], out_dir: Path) -> list[str]:
         fig, axes = plt.subplots(len(points), 2, figsize=(10, 3.3 * len(points)), squeeze=False)
         for row, p in zip(axes, points):
             for ax, (key, xlabel) in zip(row, panels):
-                values = [(side, per_example[(p.id, side)][key]) for side in COLORS
-                          if (p.id, side) in per_example]
+                values = [
+                    (side, per_example[(p.id, side)][key])
+                    for side in COLORS
+                    if (p.id, side) in per_example
+                ]
                 lo = min(min(v) for _, v in values)
                 hi = max(max(v) for _, v in values)
                 bins = [lo + (hi - lo) * i / 20 for i in range(21)] if hi > lo else 20
                 for side, v in values:
-                    ax.hist(v, bins=bins, alpha=0.6, color=COLORS[side],
-                            label=f"{side} (mean {sum(v) / len(v):.4f})")
+                    ax.hist(
+                        v,
+                        bins=bins,
+                        alpha=0.6,
+                        color=COLORS[side],
+                        label=f"{side} (mean {sum(v) / len(v):.4f})",
+                    )
                 ax.set_xlabel(xlabel)
                 ax.set_ylabel("examples")
                 ax.set_title(f"{p.model}, {p.dataset}")
@@ -170,8 +220,9 @@ def dose_response_figure(points: list[Point], out_dir: Path) -> list[str]:
     if not fams:
         return []
     plt = _plt()
-    fig, axes = plt.subplots(len(fams), len(MEASURES), figsize=(4 * len(MEASURES),
-                             3.3 * len(fams)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(fams), len(MEASURES), figsize=(4 * len(MEASURES), 3.3 * len(fams)), squeeze=False
+    )
     for row, f in zip(axes, fams):
         by_measure = {t.measure: t for t in trends(f)}
         for ax, (measure, what, unit, _) in zip(row, MEASURES):
@@ -182,13 +233,24 @@ def dose_response_figure(points: list[Point], out_dir: Path) -> list[str]:
             y = [0.0] + [d["diff"] for d in t.diffs]
             low = [0.0] + [d["diff"] - d["ci_low"] for d in t.diffs]
             high = [0.0] + [d["ci_high"] - d["diff"] for d in t.diffs]
-            ax.errorbar(t.alphas, y, yerr=[low, high], fmt="o", color=COLORS["+NEFT"],
-                        capsize=3, label="vs base (95% CI)")
+            ax.errorbar(
+                t.alphas,
+                y,
+                yerr=[low, high],
+                fmt="o",
+                color=COLORS["+NEFT"],
+                capsize=3,
+                label="vs base (95% CI)",
+            )
             mean_a, mean_y = sum(t.alphas) / len(t.alphas), sum(y) / len(y)
-            ax.plot([t.alphas[0], t.alphas[-1]],
-                    [mean_y + t.slope * (a - mean_a) for a in (t.alphas[0], t.alphas[-1])],
-                    color="black", lw=1, ls="--",
-                    label=f"slope {t.slope:+.3g} ({t.ci_low:+.3g} to {t.ci_high:+.3g})")
+            ax.plot(
+                [t.alphas[0], t.alphas[-1]],
+                [mean_y + t.slope * (a - mean_a) for a in (t.alphas[0], t.alphas[-1])],
+                color="black",
+                lw=1,
+                ls="--",
+                label=f"slope {t.slope:+.3g} ({t.ci_low:+.3g} to {t.ci_high:+.3g})",
+            )
             ax.axhline(0, color=COLORS["base"], lw=0.5)
             ax.set_xlabel(f"alpha ({f.kind} noise)")
             ax.set_ylabel("+NEFT - base" + (f" ({unit})" if unit else ""))

@@ -27,6 +27,7 @@ from pipeline.judging.judges import (
     pairs_against,
     validate_judge,
 )
+from pipeline.metrics.glm import MIN_PAIRS
 from pipeline.stages.contract import Call, Context
 from pipeline.store.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
@@ -41,12 +42,21 @@ def check(cfg) -> None:
     prompts = cfg.generate.prompts
     if not prompts.startswith("hf:"):
         limit = cfg.generate.limit if (cfg.generate.limit or 0) > 0 else None
-        check_references(
-            load_prompts(prompts, cfg.generate.dataset_name, limit),
-            reference,
-            f"generate.prompts={prompts!r}",
-            cfg.generate.reference,
-        )
+        rows = load_prompts(prompts, cfg.generate.dataset_name, limit)
+        check_references(rows, reference, f"generate.prompts={prompts!r}", cfg.generate.reference)
+        # Every judged comparison has its LC win rate, whose GLM alpaca_eval cross-validates
+        # with 5 folds: fewer pairs fail there, after training and generating.
+        if len(rows) < MIN_PAIRS:
+            said = (
+                f"generate.limit={cfg.generate.limit}"
+                if limit is not None
+                else f"generate.prompts={prompts!r}"
+            )
+            raise ValueError(
+                f"{said}: {len(rows)} prompts are judged, and the length-controlled win rate "
+                f"needs at least {MIN_PAIRS}; give at least {MIN_PAIRS} prompts (generate.limit "
+                f">= {MIN_PAIRS} or null)"
+            )
 
 
 def run(cfg, ctx: Context, call: Call) -> StageResult:

@@ -48,6 +48,9 @@ def check(cfg) -> None:
     validate_model(cfg.model)
     noise_params(cfg.noise)
     check_source(cfg.data.train, "data.train")
+    # The finetune keys one by one before anything computed from them (the accumulation, the
+    # memory plan): a bad one is named, not found as a ZeroDivisionError further on.
+    check_training(cfg.finetune)
     dist = cfg.finetune.distributed
     accumulation_steps(cfg.finetune, world_size(dist))
     check_allocation(dist)  # no more processes per node than GPUs, nodes than the job has
@@ -56,7 +59,6 @@ def check(cfg) -> None:
             "finetune.distributed.strategy=fsdp needs CUDA GPUs (the Trainer shards "
             "with FSDP on GPUs only); on CPUs use strategy=ddp"
         )
-    check_training(cfg.finetune)
     if cfg.finetune.lora is not None:
         if dist.strategy == "fsdp":
             raise ValueError(

@@ -10,11 +10,18 @@ Run: python -m pipeline.run            (generates from both fine-tuned models of
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from pipeline.data.loading import check_source, format_prompt, load_prompts
+from pipeline.data.loading import (
+    DataError,
+    check_source,
+    format_prompt,
+    judged_instruction,
+    load_prompts,
+)
 from pipeline.generation.engines import check_engine, engine, engine_names
 from pipeline.stages.contract import Call, Context
 from pipeline.store.store import StageResult, Store, readable_of, stage_key, write_json_atomic
@@ -23,21 +30,66 @@ VERSION = 2  # 2: the repetition penalty skips left padding (an answer no longer
 # batch), and the batch goes to the model's device
 
 
+# The most characters one token can stand for in the tokenizers this project names: a
+# SentencePiece piece (LLaMA) is at most 16, SmolLM2's longest token is 81 characters (a run of
+# spaces), the tiny BPE's 14. The generate check has no tokenizer (loading one takes 5-15 s, or
+# the hub), so a prompt is measured in characters: one longer than this many times
+# max_total_length cannot fit in any of them, and is refused before training. A prompt under the
+# bound may still be too long in tokens: that is found when it is tokenized, in the stage.
+MAX_CHARS_PER_TOKEN = 128
+
+
 def check(cfg) -> None:
-    """Cheap: the prompt file exists and its rows are valid, the engine can run here, and every
-    length-control variant fits the decoding caps."""
-    check_source(cfg.generate.prompts, "generate.prompts")
-    if cfg.generate.limit is not None and cfg.generate.limit < 1:
+    """Cheap: the decoding numbers are in range, the prompt file exists and its rows are valid
+    (none too long for max_total_length), the engine can run here, and every length-control
+    variant fits the decoding caps."""
+    gen = cfg.generate
+    _check_decoding(gen)
+    check_source(gen.prompts, "generate.prompts")
+    if gen.limit is not None and gen.limit < 1:
         raise ValueError(
-            f"generate.limit={cfg.generate.limit}: give a number of prompts >= 1, "
-            "or null for all of them"
+            f"generate.limit={gen.limit}: give a number of prompts >= 1, or null for all of them"
         )
-    if not cfg.generate.prompts.startswith("hf:"):  # rows too: a bad one must not wait for training
-        load_prompts(cfg.generate.prompts, cfg.generate.dataset_name, cfg.generate.limit)
+    if not gen.prompts.startswith("hf:"):  # rows too: a bad one must not wait for training
+        prompts = load_prompts(gen.prompts, gen.dataset_name, gen.limit)
+        _check_prompt_lengths(prompts, gen)
     check_engine(cfg.generate)  # the registry's engine (unknown: names them), its own checks
     if cfg.length_control.enabled:
         for name, v in cfg.length_control.variants.items():
             _check_variant({"name": name, **OmegaConf.to_container(v, resolve=True)}, cfg.generate)
+
+
+def _check_decoding(gen_cfg) -> None:
+    """Each number of generate in its range, named before the engine would fail on it."""
+    for key in ("batch_size", "max_new_tokens"):
+        if gen_cfg[key] < 1:
+            raise ValueError(f"generate.{key}={gen_cfg[key]}: must be >= 1")
+    if gen_cfg.max_total_length < 2:
+        raise ValueError(
+            f"generate.max_total_length={gen_cfg.max_total_length}: prompt + answer tokens, "
+            "must be >= 2 (the paper's 2048)"
+        )
+    penalty = float(gen_cfg.repetition_penalty)
+    if not (math.isfinite(penalty) and penalty > 0):
+        raise ValueError(
+            f"generate.repetition_penalty={gen_cfg.repetition_penalty}: a finite number > 0 "
+            "(1.0 = off, the paper's 1.2)"
+        )
+
+
+def _check_prompt_lengths(prompts: list[dict], gen_cfg) -> None:
+    """No prompt longer in characters than max_total_length - 1 tokens can be (one new token
+    must fit beside it); see MAX_CHARS_PER_TOKEN."""
+    bound = MAX_CHARS_PER_TOKEN * (gen_cfg.max_total_length - 1)
+    for i, prompt in enumerate(prompts):
+        chars = len(format_prompt(prompt, for_training=False))
+        if chars > bound:
+            raise DataError(
+                f"generate.prompts: {gen_cfg.prompts}: row {i} has {chars} characters: more "
+                f"than generate.max_total_length={gen_cfg.max_total_length} tokens can hold "
+                f"with one new token (no token here is over {MAX_CHARS_PER_TOKEN} characters); "
+                "shorten or drop that row, or raise generate.max_total_length"
+            )
 
 
 def run(cfg, ctx: Context, call: Call) -> StageResult:
@@ -133,9 +185,7 @@ def _generate(
     )
     records = [
         {
-            "instruction": p["instruction"]
-            if not p["input"]
-            else f"{p['instruction']}\n\n{p['input']}",
+            "instruction": judged_instruction(p),
             "output": o,
             "generator": generator,
             "dataset": p["dataset"],

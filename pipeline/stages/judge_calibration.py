@@ -64,6 +64,11 @@ def check(cfg) -> None:
     validate_judge(cfg.judge)
     if cfg.calibration.n_pairs < 10:
         raise ValueError(f"calibration.n_pairs={cfg.calibration.n_pairs}: use at least 10")
+    if cfg.calibration.resamples < 1000:  # as compare.resamples: a percentile interval needs it
+        raise ValueError(
+            f"calibration.resamples={cfg.calibration.resamples}: use at least 1000 for a 95% "
+            "interval"
+        )
     if not cfg.calibration.enabled:
         return
     spec = published(cfg.calibration.pairs)  # a published name at an unpinned commit: refused

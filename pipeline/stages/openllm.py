@@ -57,6 +57,14 @@ LOCAL_TASKS = {
 
 
 def validate_openllm(openllm_cfg) -> None:
+    limit = openllm_cfg.limit
+    if limit is not None and limit < 1:
+        raise ValueError(
+            f"openllm.limit={limit}: questions per task, give a number >= 1, or null for all "
+            "of them"
+        )
+    if openllm_cfg.batch_size < 1:
+        raise ValueError(f"openllm.batch_size={openllm_cfg.batch_size}: must be >= 1")
     if openllm_cfg.task_set not in ("hub", "local"):
         raise ValueError(
             f"openllm.task_set={openllm_cfg.task_set!r}: use hub (lm-eval's datasets) or local "

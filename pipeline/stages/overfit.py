@@ -12,6 +12,7 @@ Run: python -m pipeline.run experiment=default_all     (the main point runs it f
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -38,8 +39,22 @@ VERSION = 2
 
 
 def check(cfg) -> None:
-    """Cheap: the held-out file exists."""
-    check_source(cfg.overfit.heldout, "overfit.heldout")
+    """Cheap: the numbers are in range and the held-out file exists (checked even when the
+    stage is off: a config that turns it on later must not fail after training)."""
+    o = cfg.overfit
+    for key in ("batch_size", "max_new_tokens"):
+        if o[key] < 1:
+            raise ValueError(f"overfit.{key}={o[key]}: must be >= 1")
+    for key in ("generate_sample", "heldout_limit", "loss_sample"):
+        if o[key] is not None and o[key] < 0:
+            raise ValueError(f"overfit.{key}={o[key]}: a number of rows, must be >= 0")
+    penalty = float(o.repetition_penalty)
+    if not (math.isfinite(penalty) and penalty > 0):
+        raise ValueError(
+            f"overfit.repetition_penalty={o.repetition_penalty}: a finite number > 0 "
+            "(1.0 = off, the paper's 1.2)"
+        )
+    check_source(o.heldout, "overfit.heldout")
 
 
 def run(cfg, ctx: Context, call: Call) -> StageResult:

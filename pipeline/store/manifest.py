@@ -4,12 +4,15 @@ A stage is reused only when its COMPLETE marker names its own key and its MANIFE
 exactly the files it holds, each with its size (and, with a full check, its sha256). There is no
 pass for a stage without a manifest: the stage being checked must not be able to switch its own
 check off (deleting MANIFEST.json, emptying its list, or being another stage's copy or symlink).
+A stage directory holds no symbolic links at all: a size check reads through a link, so a
+subdirectory linked to another stage's (same file sizes, other weights) would pass it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 MARKER = "COMPLETE"
@@ -29,10 +32,25 @@ def sha256_of(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()  # streams: safe for large weights
 
 
+LINK = "a symbolic link (a stage directory holds no links)"
+
+
 def _files(stage_dir: Path) -> list[str]:
-    """Relative paths of the stage's files, COMPLETE and the manifest left out."""
-    paths = (p for p in Path(stage_dir).rglob("*") if p.is_file())
-    rels = (p.relative_to(stage_dir).as_posix() for p in paths)
+    """Relative paths of the stage's files, COMPLETE and the manifest left out; Defect on a link.
+
+    Links are refused, not followed or skipped: rglob does not enter a linked directory (its
+    files would look absent, not unlisted) while stat() reads through it (their sizes match)."""
+    stage_dir = Path(stage_dir)
+    rels = []
+    # followlinks=False: a link to a directory is named in `dirs` but not entered.
+    for top, dirs, files in os.walk(stage_dir):
+        for name in sorted(dirs) + sorted(files):
+            path = Path(top) / name
+            rel = path.relative_to(stage_dir).as_posix()
+            if path.is_symlink():
+                raise Defect(rel, LINK)
+            if name in files and path.is_file():
+                rels.append(rel)
     return sorted(r for r in rels if r not in (MARKER, MANIFEST))
 
 

@@ -54,6 +54,11 @@ __all__ = [
 ]
 
 VERIFY_MODES = ("size", "full")
+# A lock's heartbeats per stale_after (see Store.__post_init__): a waiter reads a mtime up to one
+# heartbeat old even from a punctual holder, so each beat beyond the first tolerates one beat that
+# comes late or is lost (a busy CPU starving the heartbeat thread, a slow or attribute-caching
+# shared filesystem) without a live holder's stage being taken over mid-compute.
+MIN_HEARTBEATS_PER_STALE = 4
 # Below this much free space (or 1% of a small filesystem) a failed compute is blamed on the disk.
 LOW_SPACE_BYTES = 16 << 20
 
@@ -138,6 +143,7 @@ class Store:
     def __post_init__(self) -> None:
         if self.verify not in VERIFY_MODES:
             raise ValueError(f"Store verify={self.verify!r}: use 'size' (default) or 'full'")
+        _check_lock_timing(self.lock_stale_after_s, self.lock_heartbeat_s)
 
     def path(self, key: str) -> Path:
         """Directory of the finished stage `key` (whether or not it exists)."""
@@ -182,7 +188,13 @@ class Store:
                 metrics = compute(work)
                 self.tracker.record(run, metrics, work)
         write_json_atomic(work / METRICS, metrics)
-        write_json_atomic(work / MANIFEST, manifest_of(work))
+        try:
+            manifest = manifest_of(work)
+        except Defect as defect:  # a link: the stage could not be checked on reuse
+            raise StoreError(
+                f"stage {key}: {defect}; a stage writes only regular files into its directory"
+            ) from None
+        write_json_atomic(work / MANIFEST, manifest)
         return metrics
 
     def materialize(
@@ -267,6 +279,27 @@ class Store:
                 raise _lost(key, lock, self.lock_stale_after_s)
             return hit
         return StageResult(key, self.path(key), metrics, reused=False)
+
+
+def _check_lock_timing(stale_after_s: float, heartbeat_s: float) -> None:
+    """Refuse lock timing that cannot keep a live holder (before any stage or lock is made)."""
+    keys = f"paths.lock_stale_after_s={stale_after_s:g}, paths.lock_heartbeat_s={heartbeat_s:g}"
+    fix = "e.g. paths.lock_stale_after_s=300 paths.lock_heartbeat_s=15 (the defaults)"
+    if not heartbeat_s > 0:
+        raise ValueError(
+            f"{keys}: paths.lock_heartbeat_s={heartbeat_s:g} must be > 0 (seconds between a "
+            f"holder's refreshes of its lock; 0 spins its heartbeat thread); {fix}"
+        )
+    if not stale_after_s > MIN_HEARTBEATS_PER_STALE * heartbeat_s:
+        raise ValueError(
+            f"{keys}: paths.lock_stale_after_s must exceed {MIN_HEARTBEATS_PER_STALE} x "
+            f"paths.lock_heartbeat_s ({MIN_HEARTBEATS_PER_STALE * heartbeat_s:g} s). A holder "
+            "refreshes its lock every heartbeat and a waiter takes over a lock not refreshed "
+            "for lock_stale_after_s, so a live holder whose beats come late (a busy CPU, a slow "
+            "shared filesystem) would have its stage taken over mid-compute; "
+            f"{MIN_HEARTBEATS_PER_STALE} beats leave room for {MIN_HEARTBEATS_PER_STALE - 1} "
+            f"late ones. Raise paths.lock_stale_after_s or lower paths.lock_heartbeat_s, {fix}"
+        )
 
 
 def _lost(key: str, lock: StageLock, stale_after_s: float) -> StoreError:

@@ -2,10 +2,10 @@
 
 The pipeline process owns the stage store; a fine-tune on more than one process runs as
 `torchrun ... -m pipeline.train.training <request.json>` (one node), or under SLURM on several
-nodes as `srun --nodes=N --ntasks-per-node=1 torchrun --nnodes=N --rdzv-backend=c10d ...`, a
-subprocess that writes only inside the stage's work directory. torchrun, not a launcher of our
-own: it does rendezvous, worker restarts and signal forwarding the way every cluster recipe
-expects.
+nodes as `srun --overlap --nodes=N --ntasks-per-node=1 torchrun --nnodes=N --rdzv-backend=c10d
+...`, a subprocess that writes only inside the stage's work directory. torchrun, not a launcher
+of our own: it does rendezvous, worker restarts and signal forwarding the way every cluster
+recipe expects.
 
 Run: python -m pipeline.run finetune.distributed.nproc_per_node=2 finetune.distributed.strategy=ddp
 """
@@ -65,6 +65,9 @@ def world_size(dist_cfg) -> int:
 
 def accumulation_steps(train_cfg, world: int) -> int:
     """effective_batch_size / (per-device batch x world size), which must divide exactly."""
+    for key in ("per_device_batch_size", "effective_batch_size"):  # named, not a ZeroDivision
+        if train_cfg[key] < 1:
+            raise ValueError(f"finetune.{key}={train_cfg[key]}: must be >= 1")
     per_step = train_cfg.per_device_batch_size * world
     steps, rest = divmod(train_cfg.effective_batch_size, per_step)
     if rest or steps < 1:
@@ -162,7 +165,11 @@ def command(dist_cfg, request: Path, env: dict | None = None) -> list[str]:
         )
     check_allocation(dist_cfg, env)
     endpoint = dist_cfg.rdzv_endpoint or f"{_first_slurm_host(env)}:{dist_cfg.rdzv_port}"
-    srun = ["srun", f"--nodes={nnodes}", f"--ntasks={nnodes}", "--ntasks-per-node=1"]
+    # --overlap: this process may itself run in a step that holds every CPU and all memory of
+    # its node (launcher=slurm starts the pipeline with srun); since SLURM 20.11 a step shares
+    # nothing with other steps unless one says so, and this one would wait until the job's
+    # time limit. The pipeline waits while the workers train, so sharing costs nothing.
+    srun = ["srun", "--overlap", f"--nodes={nnodes}", f"--ntasks={nnodes}", "--ntasks-per-node=1"]
     cpus = _env_int(env, "SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE")
     if cpus:
         srun.append(f"--cpus-per-task={cpus}")

@@ -30,6 +30,9 @@ KNOWN_SHAPES = {
     "smollm2-135m": (576, 30, 9, 49152),
 }
 
+# Key-value heads where fewer than the attention heads (grouped-query attention): the KV cache.
+KNOWN_KV_HEADS = {"llama2-70b": 8}
+
 
 def gpu_memory_gb(configured: float | None = None) -> float | None:
     """Memory of GPU 0 in GB when torch sees a CUDA GPU, else `configured` (None = unknown)."""

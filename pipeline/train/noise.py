@@ -1,7 +1,8 @@
 """NEFTune noise on the input embeddings of any Hugging Face causal LM (PEFT-wrapped included).
 
 X + (alpha / sqrt(L * d)) * eps, eps ~ Uniform(-1, 1) (N(0, 1) for `gaussian`), in training only.
-The samplers of eps are registered by name in pipeline/train/noise_kinds/ (one module per kind).
+The kinds of eps are registered by name in pipeline/train/noise_kinds/ (one module per kind, each
+with its own settings, noise.settings, and hook points).
 
 - length="per_example": L is each sequence's real length from the attention mask, padding gets no
   noise, and when position_ids restart inside a row (packing) each segment uses its own length.
@@ -14,13 +15,22 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
 import torch
 
-from pipeline.config.choices import NoiseLength
-from pipeline.train.noise_kinds import OFF, check_kind, sampler
+from pipeline.config.choices import NoiseLength, plain
+from pipeline.train.noise_kinds import (
+    OFF,
+    NoiseKind,
+    check_kind,
+    noise_kind,
+    noise_settings,
+    sampler,
+    settings_object,
+)
 
 LENGTHS = tuple(m.value for m in NoiseLength)
 
@@ -43,23 +53,41 @@ def validate_noise(kind: str, alpha: float, length: str) -> None:
 
 
 def noise_params(noise_cfg) -> dict:
-    """The part of the noise config that changes training; every 'off' setting hashes alike."""
+    """The part of the noise config that changes training (what the finetune key hashes and the
+    training process gets); every 'off' setting hashes alike."""
     validate_noise(noise_cfg.kind, noise_cfg.alpha, noise_cfg.length)
+    settings = noise_settings(noise_cfg)  # its kind's own: keys and types (unknown: named)
     if noise_cfg.kind == OFF or noise_cfg.alpha == 0:  # alpha 0 is the baseline, any kind
         return {"kind": OFF}
+    noise_kind(noise_cfg.kind).check(settings)
     # Plain str, never the schema's Enum member: these values are hashed into stage keys.
     length = noise_cfg.length
     length = length.value if isinstance(length, Enum) else str(length)
-    return {"kind": str(noise_cfg.kind), "alpha": float(noise_cfg.alpha), "length": length}
+    shared = {"kind": str(noise_cfg.kind), "alpha": float(noise_cfg.alpha), "length": length}
+    return legacy_noise_params(shared, plain(settings))
+
+
+def legacy_noise_params(shared: dict, settings: dict) -> dict:
+    """What a noise setting's finetune key hashes, from kind, alpha, length and its kind's
+    typed settings.
+
+    Hashed as before: a kind without settings of its own (uniform, gaussian) hashes
+    {kind, alpha, length} as before kinds had settings (issue 29), so every finetune stored
+    before is still found; a kind with settings adds them, so that they split its keys."""
+    return shared | {"settings": settings} if settings else shared
 
 
 def noise_label(noise: dict) -> str:
-    """An arm's name for a noise setting: base, neft-uniform5, neft-gaussian5-padded."""
+    """An arm's name for a noise setting: base, neft-uniform5, neft-gaussian5-padded; a kind
+    with settings adds its label of them (NoiseKind.label)."""
     if noise["kind"] == OFF:
         return "base"
     alpha = noise["alpha"]
     alpha = int(alpha) if float(alpha).is_integer() else alpha
     suffix = "" if noise["length"] == "per_example" else "-padded"
+    if "settings" in noise:
+        kind = noise_kind(noise["kind"])
+        suffix = kind.label(settings_object(noise["kind"], noise["settings"])) + suffix
     return f"neft-{noise['kind']}{alpha}{suffix}"
 
 
@@ -87,15 +115,33 @@ def neftune_noise(
     attention_mask: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    settings: dict | None = None,
 ) -> torch.Tensor:
     """The noise tensor NEFTune adds to `embeds` (B, L, d).
 
     `generator` (on `embeds`' device) draws eps; None draws from torch's global RNG, as before.
+    `settings`: the kind's own (noise_params' plain dict; None: its defaults).
     """
-    _, seq_len, dim = embeds.shape
     if kind == OFF or alpha == 0:
         return torch.zeros_like(embeds)
-    draw = sampler(kind)
+    return _scaled_noise(
+        embeds, alpha, sampler(kind, settings), length, attention_mask, position_ids, generator
+    )
+
+
+def _scaled_noise(
+    embeds: torch.Tensor,
+    alpha: float,
+    draw: Callable,
+    length: str,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """`draw(like, mag, generator)`'s entries at NEFTune's scale alpha / sqrt(L * d)."""
+    if alpha == 0:
+        return torch.zeros_like(embeds)  # nothing drawn: the RNG stays where it was
+    _, seq_len, dim = embeds.shape
     if length == "padded" or attention_mask is None:
         return draw(embeds, alpha / torch.sqrt(torch.tensor(seq_len * dim)), generator)
     eps = draw(embeds, 1.0, generator)
@@ -115,8 +161,27 @@ class NEFTuneHandle:
     alpha: float
     kind: str
     length: str
+    settings: object = None  # the kind's Settings instance (None for the baseline)
+    noised: bool = True  # the embedding hook adds noise; training_loss's loss(False) clears it
+    _kind: NoiseKind | None = None
     _batch: dict = field(default_factory=dict)
     _handles: list = field(default_factory=list)
+
+    def training_loss(self, forward: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """One training batch's loss as the noise kind computes it (NoiseKind.training_loss);
+        `forward()` runs the model on the batch and returns its loss. The baseline and every
+        kind that keeps the default: `forward()` once, noised."""
+        if self._kind is None:
+            return forward()
+
+        def loss(noised: bool) -> torch.Tensor:
+            before, self.noised = self.noised, noised
+            try:
+                return forward()
+            finally:
+                self.noised = before
+
+        return self._kind.training_loss(loss, self.settings)
 
     def remove(self) -> None:
         for h in self._handles:
@@ -141,17 +206,28 @@ def attach_neftune(
     kind: str = "uniform",
     length: str = "per_example",
     generator: torch.Generator | None = None,
+    settings: dict | None = None,
 ) -> NEFTuneHandle:
     """Add NEFTune noise to `model`'s input embeddings while the embedding module is training.
 
     `model` is the object whose forward receives the batch (a PreTrainedModel or a PeftModel):
     a pre-hook captures attention_mask/position_ids so the embedding hook can use real lengths.
     `generator` (e.g. rank_generator(seed, rank, device)) draws the noise; None: the global RNG.
+    `settings`: the kind's own (noise_params' dict carries them; None: the kind's defaults). The
+    kind's `before_training` hook runs here, once.
     """
     validate_noise(kind, alpha, length)
     handle = NEFTuneHandle(alpha=alpha, kind=kind, length=length)
     if kind == OFF:
         return handle
+    handle._kind, handle.settings = noise_kind(kind), settings_object(kind, settings)
+    draw = handle._kind.sample
+    typed = handle.settings
+
+    def sample(like, mag, gen):
+        return draw(like, mag, gen, typed)
+
+    handle._kind.before_training(model, typed, generator)
     embedding = model.get_input_embeddings()
 
     def capture(_module, args, kwargs):
@@ -164,6 +240,8 @@ def attach_neftune(
         # Taken, not peeked: a later direct call of the embedding must not reuse this batch's mask.
         mask = handle._batch.pop("attention_mask", None)
         pos = handle._batch.pop("position_ids", None)
+        if not handle.noised:  # a clean pass of the kind's training_loss
+            return output
         if pos is not None and pos.shape != output.shape[:2]:
             pos = None
         if mask is not None and mask.shape != output.shape[:2]:
@@ -172,7 +250,7 @@ def attach_neftune(
             mask = torch.ones(
                 output.shape[:2], dtype=torch.long, device=output.device
             )  # packed, no padding
-        return output + neftune_noise(output, alpha, kind, length, mask, pos, generator)
+        return output + _scaled_noise(output, alpha, sample, length, mask, pos, generator)
 
     handle._handles.append(model.register_forward_pre_hook(capture, with_kwargs=True))
     handle._handles.append(embedding.register_forward_hook(add_noise))

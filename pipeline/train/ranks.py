@@ -103,6 +103,21 @@ def full_state_dict(model) -> dict | None:
     return get_model_state_dict(model, options=options)
 
 
+FSDP_MODEL_DIR = "pytorch_model_fsdp_0"  # accelerate's DCP directory of a sharded checkpoint
+
+
+def load_sharded_model(model, ckpt: Path) -> None:
+    """Read the model of an FSDP SHARDED_STATE_DICT checkpoint (accelerate's DCP directory in
+    `ckpt`, every rank's shard) whole into `model`, an unsharded module of this process alone:
+    no collective, so the other ranks take no part and read nothing."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    state = {"model": get_model_state_dict(model)}
+    dcp.load(state, storage_reader=dcp.FileSystemReader(str(ckpt / FSDP_MODEL_DIR)), no_dist=True)
+    set_model_state_dict(model, state["model"])
+
+
 def save_consolidated(model, out: Path, is_main: bool, dtype: str | None = None) -> None:
     """Write `model` (sharded or not) as plain safetensors that any loader reads, its floating
     tensors in `dtype` (FSDP's fp32 master weights are a training device, not the result)."""

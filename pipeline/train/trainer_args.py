@@ -12,7 +12,10 @@ Each rule here is something the Trainer or accelerate would otherwise do silentl
   from_pretrained (transformers/distributed/fsdp.py, is_fsdp_enabled), not when the Trainer
   builds its Accelerator later (prepare_rank0_loading);
 - activation checkpointing under FSDP belongs in fsdp_config (the training argument adds a
-  redundant all-gather in backward).
+  redundant all-gather in backward);
+- the training argument that switches activation checkpointing on is `gradient_checkpointing`
+  up to transformers 5.18 (the GPU image has 5.17) and `activation_checkpointing` after it,
+  which keeps the old name as a deprecated alias that warns (checkpointing_argument).
 """
 
 from __future__ import annotations
@@ -37,12 +40,42 @@ def has_bitsandbytes() -> bool:
 
 
 def check_training(train_cfg) -> None:
-    """Fail before anything loads on settings the Trainer would reject late, or in its terms."""
+    """Fail before anything loads on settings the Trainer would reject late, or in its terms,
+    or would train as something other than they say."""
+    import math
+
+    from pipeline.data.loading import SHORTEST_TRAIN_EXAMPLE
+
     for key in ("logging_steps", "save_steps", "per_device_batch_size", "effective_batch_size"):
         if int(train_cfg[key]) < 1:
             raise ValueError(f"finetune.{key}={train_cfg[key]}: must be >= 1")
-    if train_cfg.max_steps <= 0 and not train_cfg.epochs > 0:
+    # transformers trains max_steps=0 as one step (only < 0 means "use epochs"); any other
+    # negative would train the epochs under a stage key of its own.
+    if train_cfg.max_steps != -1 and train_cfg.max_steps < 1:
+        raise ValueError(
+            f"finetune.max_steps={train_cfg.max_steps}: use -1 to train finetune.epochs, "
+            "or >= 1 optimiser steps"
+        )
+    if train_cfg.max_steps == -1 and not train_cfg.epochs > 0:
         raise ValueError(f"finetune.epochs={train_cfg.epochs}: must be > 0 (or set max_steps)")
+    # Below this no example keeps a response token and its EOS; -1 used to train with no cap
+    # and every EOS cut off (full_ids[:-1]).
+    if train_cfg.max_length < SHORTEST_TRAIN_EXAMPLE:
+        raise ValueError(
+            f"finetune.max_length={train_cfg.max_length}: tokens per example (prompt + response "
+            f"+ EOS) must be >= {SHORTEST_TRAIN_EXAMPLE}, the shortest Alpaca example with a "
+            "response token and its EOS; the paper uses 512"
+        )
+    lr = float(train_cfg.learning_rate)
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(
+            f"finetune.learning_rate={train_cfg.learning_rate}: the peak learning rate, a finite "
+            "number > 0 (the paper's 5e-5)"
+        )
+    for key in ("warmup_ratio", "weight_decay", "max_grad_norm"):
+        value = float(train_cfg[key])
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"finetune.{key}={train_cfg[key]}: must be a finite number >= 0")
     if any(tag in train_cfg.optim for tag in BNB_OPTIMS) and not has_bitsandbytes():
         raise ValueError(
             f"finetune.optim={train_cfg.optim} is a bitsandbytes optimiser and "
@@ -106,6 +139,16 @@ def fsdp_config(train_cfg: dict) -> dict:
     }
 
 
+def checkpointing_argument(training_arguments_class) -> str:
+    """The name under which this transformers' TrainingArguments takes activation checkpointing
+    (both call the model's checkpointing_enable in trainer.py: only the name moved)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(training_arguments_class)}
+    new = "activation_checkpointing"
+    return new if new in names else "gradient_checkpointing"
+
+
 def training_arguments(train_cfg: dict, report_to: list, ckpt_root: Path, world: int):
     """TrainingArguments of one run (`train_cfg` is the resolved finetune config)."""
     from transformers import TrainingArguments
@@ -116,6 +159,8 @@ def training_arguments(train_cfg: dict, report_to: list, ckpt_root: Path, world:
     fsdp = uses_fsdp(cfg)
     if fsdp:
         extra.update(fsdp=True, fsdp_config=fsdp_config(cfg))
+    # Under FSDP, fsdp_config's own activation checkpointing does it (see the module doc).
+    extra[checkpointing_argument(TrainingArguments)] = cfg["gradient_checkpointing"] and not fsdp
     return TrainingArguments(
         output_dir=str(ckpt_root),
         num_train_epochs=cfg["epochs"],
@@ -129,7 +174,6 @@ def training_arguments(train_cfg: dict, report_to: list, ckpt_root: Path, world:
         max_grad_norm=cfg["max_grad_norm"],
         optim=cfg["optim"],
         bf16=mixed_precision_bf16(cfg),
-        activation_checkpointing=cfg["gradient_checkpointing"] and not fsdp,
         logging_steps=cfg["logging_steps"],
         save_strategy="steps",
         save_steps=cfg["save_steps"],

@@ -33,6 +33,7 @@ from pipeline.train.ranks import (
     check_world_size,
     exit_with_parent,
     last_checkpoint,
+    load_sharded_model,
     noise_rng_file,
     rank_info,
     save_consolidated,
@@ -130,6 +131,17 @@ class _Run:
     wall_s: float = 0.0  # seconds in Trainer.train (or loading the final checkpoint)
 
 
+def rank0_loading(train_cfg: dict) -> bool:
+    """FSDP with rank-0 loading (finetune.distributed.fsdp.rank0_load): only global rank 0 reads
+    the base weights and the final checkpoint; accelerate broadcasts from rank 0."""
+    return uses_fsdp(train_cfg) and bool(train_cfg["distributed"]["fsdp"]["rank0_load"])
+
+
+def skips_weights(train_cfg: dict, rank: int) -> bool:
+    """Does this rank build its model without reading weights (meta parameters)?"""
+    return rank0_loading(train_cfg) and rank != 0
+
+
 def _load(req: TrainRequest, records: list[dict]) -> _Run:
     """Trainer arguments, the model (LoRA-wrapped if asked) and the tokenized examples."""
     from pipeline.data.loading import tokenize_examples
@@ -144,9 +156,15 @@ def _load(req: TrainRequest, records: list[dict]) -> _Run:
         single_device(run.args)
     prepare_rank0_loading(run.args, cfg)  # before from_pretrained, which reads it
     run.quantized = cfg["lora"] is not None and use_4bit(cfg["lora"]["quantize_4bit"])
-    # Loaded in model.dtype; under FSDP with fp32 masters accelerate upcasts what trains.
+    # Loaded in model.dtype; under FSDP with fp32 masters accelerate upcasts what trains. With
+    # rank-0 loading, ranks other than 0 read no weights (transformers 5 would read them all on
+    # every rank): accelerate's prepare broadcasts rank 0's into every rank's shards.
     run.model, run.tok = load_model_and_tokenizer(
-        req.base_dir, req.dtype, req.revision, load_in_4bit=run.quantized
+        req.base_dir,
+        req.dtype,
+        req.revision,
+        load_in_4bit=run.quantized,
+        weights=not skips_weights(cfg, rank),
     )
     if cfg["lora"] is not None:
         run.model = with_lora(run.model, cfg["lora"], run.quantized)
@@ -158,6 +176,21 @@ def _load(req: TrainRequest, records: list[dict]) -> _Run:
         )
     run.trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     return run
+
+
+def load_final_checkpoint(trainer, resume: Path, train_cfg: dict, rank: int) -> None:
+    """The final checkpoint's weights into trainer.model, for save_consolidated to write.
+
+    Nothing trains, so the model is never prepared (sharded): under FSDP only rank 0 writes it,
+    unsharded, so rank 0 alone reads the sharded checkpoint, whole and without collectives, and
+    the other ranks read nothing (their model may hold no weights: rank-0 loading). The
+    Trainer's own _load_from_checkpoint loaded the whole DCP checkpoint unsharded on every rank
+    (70B: 8 x 138 GB of host memory per node).
+    """
+    if not uses_fsdp(train_cfg):
+        trainer._load_from_checkpoint(str(resume))
+    elif rank == 0:
+        load_sharded_model(trainer.model, resume)
 
 
 def _fit(run: _Run, noise: dict):
@@ -209,7 +242,7 @@ def _fit(run: _Run, noise: dict):
     if finished:
         # train(resume_from_checkpoint=) would run one optimiser step past max_steps when the
         # epoch has batches left (transformers 5.x); load the final weights and state instead.
-        trainer._load_from_checkpoint(str(resume))
+        load_final_checkpoint(trainer, resume, cfg, rank)
         trainer.state = resumed
     else:
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)

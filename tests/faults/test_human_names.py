@@ -1,25 +1,19 @@
 """Annotator names are data, never markup (issue 19, item 6): a name matplotlib would read as
 mathtext (`$\\undefinedmacro$`) must not break the figure, /report or pipeline.report; a name
-holding HTML must reach REPORT.md and /report escaped."""
+holding HTML must reach REPORT.md and /report escaped. Names are invite labels now (issue 26),
+and legacy names typed by anyone before invites are shown the same way."""
 
 from pipeline.human.db import VoteDB
 from pipeline.human.report import human_report_section, markdown_html
+from tests.support.human import cast_votes
 
 NAMES = ("$\\undefinedmacro$", "<script>alert(1)</script>")
 
 
 def _vote(study, names) -> None:  # noqa: F811
     db = VoteDB(study.default_db_url, study.id)
-    for name in names:
-        sess = db.session(db.start_session(name))
-        for pid in range(len(study.pairs)):
-            vote = {
-                "preference": 2.0 if pid < 5 else 1.0,
-                "choice": "A",
-                "swapped": True,
-                "longer": "neft",
-            }
-            db.record_vote(sess, pid, db.issue_nonce(sess["session_id"], pid), vote)
+    for name in names:  # invite labels, typed by the study owner
+        cast_votes(db, name, [2.0 if pid < 5 else 1.0 for pid in range(len(study.pairs))])
     db.dispose()
 
 

@@ -201,3 +201,38 @@ def test_the_store_does_not_publish_after_its_lock_was_taken_over(tmp_path):
         store.materialize("k", compute)
     assert not (tmp_path / "k").exists() and store.lookup("k") is None
     assert (tmp_path / "k.lock").read_text() == "other-node:1:new-holder"
+
+
+# --- lock timing (issue 26, item 11) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "stale_after_s, heartbeat_s, rule",
+    [
+        (10, 15, r"must exceed 4 x paths\.lock_heartbeat_s"),  # a live holder loses its lock
+        (59, 15, r"must exceed 4 x paths\.lock_heartbeat_s"),  # fewer than 4 beats of slack
+        (300, 0, r"paths\.lock_heartbeat_s=0.*must be > 0"),  # the heartbeat thread spins
+        (300, -1, r"paths\.lock_heartbeat_s=-1.*must be > 0"),
+        (float("nan"), 15, r"paths\.lock_stale_after_s=nan"),
+    ],
+)
+def test_lock_timing_that_cannot_keep_a_live_holder_is_refused(
+    tmp_path, stale_after_s, heartbeat_s, rule
+):
+    with pytest.raises(ValueError, match=rule) as exc_info:
+        Store(tmp_path / "store", stale_after_s, heartbeat_s)
+    assert "paths.lock_stale_after_s" in str(exc_info.value)
+    assert not (tmp_path / "store").exists()  # refused before any stage or lock
+
+
+def test_the_refusal_says_why_four_heartbeats(tmp_path):
+    with pytest.raises(ValueError) as exc_info:
+        Store(tmp_path, lock_stale_after_s=20, lock_heartbeat_s=15)
+    message = str(exc_info.value)
+    assert "late" in message and "taken over" in message and "e.g." in message
+
+
+@pytest.mark.parametrize("stale_after_s, heartbeat_s", [(300, 15), (60, 5), (60, 0.2), (61, 15)])
+def test_lock_timing_with_room_for_late_beats_is_accepted(tmp_path, stale_after_s, heartbeat_s):
+    store = Store(tmp_path, stale_after_s, heartbeat_s)
+    assert store.materialize("k", lambda work: {"v": 1}).metrics == {"v": 1}

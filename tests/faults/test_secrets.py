@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.judging.alpaca_import import JudgeError
 from pipeline.stages.alpaca_eval_stage import alpaca_eval_stage
 from pipeline.store.store import Store
 from tests.support.composed import SMOKE
@@ -42,6 +43,33 @@ def test_openai_compatible_key_is_used_but_never_written(
     assert "$FAKE_JUDGE_TOKEN" in config  # the variable's name, for whoever reads the config
     out = capsys.readouterr()
     assert CANARY not in caplog.text + out.out + out.err
+
+
+def test_a_key_echoed_by_the_server_is_redacted_from_the_error_and_the_logs(
+    tmp_path, fake_judge, monkeypatch, caplog, capsys
+):
+    fake_judge.reject_key = True
+    canary = "sk-canary-echoed-in-stage-90b1e4f7"
+    monkeypatch.setenv("FAKE_JUDGE_TOKEN", canary)
+    cfg = compatible_judge(fake_judge.url, key_env="FAKE_JUDGE_TOKEN")
+    generated, reference = fake_generate(tmp_path, n=5, broken=0)
+    with pytest.raises(JudgeError) as exc_info:
+        alpaca_eval_stage(
+            generated, reference, cfg, Store(tmp_path / "store"), Store(tmp_path / "cache")
+        )
+
+    assert fake_judge.rejected >= 1
+    message = str(exc_info.value)
+    assert (
+        "401" in message and "Incorrect API key provided: <redacted $FAKE_JUDGE_TOKEN>" in message
+    )
+    assert "refused the key in $FAKE_JUDGE_TOKEN" in message
+    error = exc_info.value
+    assert error.__cause__ is None and error.__context__ is None  # nothing of the original
+    assert "OpenAIError: Error code: 401" in caplog.text  # alpaca_eval's own log lines, redacted
+    out = capsys.readouterr()
+    assert canary not in caplog.text + out.out + out.err + message
+    assert files_holding(tmp_path, canary) == []
 
 
 OPENAI_JUDGE_RUN = """
@@ -201,3 +229,59 @@ def test_no_file_of_a_whole_run_holds_the_key(kind, whole_run_dir, module_fake_j
     assert len(list(store.glob("wandb/wandb/offline-run-*/run-*.wandb"))) >= 3
     assert (store / "results" / "default" / "REPORT.md").is_file()
     print(f"{kind}: {asked} verdicts from the fake judge, {n_files} files searched, no key")
+
+
+# --- a judge server that echoes the key in its error (issue 26, item 6) --------------------------
+
+
+@pytest.fixture(scope="module")
+def echo_run_dir(tmp_path_factory):
+    # Not whole_run_dir: there the judge stages of the runs above are stored (their keys hold no
+    # key and, for the openai kind, no URL), and a rerun would reuse them without a request.
+    return tmp_path_factory.mktemp("echo_runs")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("kind", ["openai_compatible", "openai"])
+def test_a_key_echoed_in_a_401_reaches_no_file_and_no_output(kind, echo_run_dir):
+    """The server answers 401 "Incorrect API key provided: <key>": alpaca_eval logs the error
+    (warning and traceback), re-raises it, the stage fails inside its W&B run, and Hydra prints
+    the job's traceback. The key's value is in none of it; the error still says 401 and which
+    variable holds the key."""
+    judge = FakeJudge()
+    judge.reject_key = True
+    canary = f"sk-canary-echoed{kind.replace('_', '')}-3d9f61c07ab2e845"
+    try:
+        if kind == "openai_compatible":
+            judge_args = [
+                "judge=openai_compatible",
+                f"judge.base_url={judge.url}",
+                "judge.served_model=fake-judge",
+                "judge.api_key_env=CANARY_JUDGE_KEY",
+            ]
+            env = {"CANARY_JUDGE_KEY": canary, "IS_ALPACA_EVAL_2": "False"}
+            variable = "$CANARY_JUDGE_KEY"
+        else:
+            judge_args = ["judge=weighted_alpaca_eval_gpt4_turbo"]
+            env = {
+                "OPENAI_API_KEY": canary,
+                "OPENAI_API_BASE": judge.url,
+                "IS_ALPACA_EVAL_2": "True",
+            }
+            variable = "$OPENAI_API_KEY"
+        done = run_whole_pipeline(echo_run_dir, judge_args, env)
+    finally:
+        judge.close()
+
+    assert done.returncode != 0
+    assert judge.rejected >= 1, done.stderr[-3000:]
+    assert set(judge.auth) == {f"Bearer {canary}"}
+    found, n_files = leaks(echo_run_dir, canary)
+    assert found == [], found
+    output = done.stdout + done.stderr
+    assert canary not in output and canary.rsplit("-", 1)[1] not in output
+    # Still says what happened and what to fix.
+    assert "401" in done.stderr and "Incorrect API key provided" in done.stderr
+    assert f"<redacted {variable}>" in done.stderr
+    assert n_files > 30 and len(list((echo_run_dir / "store").glob("hydra/*/run.log"))) >= 1
+    print(f"{kind}: 401 with the key echoed; {n_files} files searched, no key")

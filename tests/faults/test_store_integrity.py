@@ -172,3 +172,52 @@ def test_hashing_streams_large_files(tmp_path):
         tracemalloc.stop()
     assert digest == "3b6a07d0d404fab4e23b6d34bc6696a6a312dd92821332385e5af7c01c421351"
     assert peak < 4 << 20
+
+
+def _other_stage_weights(tmp_path: Path) -> Path:
+    """Another stage whose model/weights.bin has the same size as k's and other bytes (the
+    +NEFT arm's weights beside the base arm's)."""
+
+    def compute(work: Path) -> dict:
+        (work / "model").mkdir()
+        (work / "model" / "weights.bin").write_bytes(bytes(reversed(WEIGHTS)))
+        return {"run": "other"}
+
+    Store(tmp_path).materialize("other", compute)
+    return tmp_path / "other" / "model"
+
+
+def test_a_subdirectory_linked_to_another_stages_is_quarantined_under_size_verify(tmp_path, caplog):
+    # rglob does not enter a linked directory, so its files were "not unlisted", while the size
+    # check read through the link: the base arm regenerated from the +NEFT weights.
+    store = _published(tmp_path)
+    target = _other_stage_weights(tmp_path)
+    shutil.rmtree(tmp_path / "k" / "model")
+    (tmp_path / "k" / "model").symlink_to(target)
+    _assert_quarantined_and_recomputed(
+        store, caplog, "model", "a symbolic link (a stage directory holds no links)"
+    )
+    assert not (tmp_path / "k" / "model").is_symlink()
+    assert Store(tmp_path).lookup("other").metrics == {"run": "other"}  # the target untouched
+
+
+def test_a_file_linked_to_another_stages_is_quarantined_under_size_verify(tmp_path, caplog):
+    store = _published(tmp_path)
+    target = _other_stage_weights(tmp_path) / "weights.bin"
+    (tmp_path / "k" / "model" / "weights.bin").unlink()
+    (tmp_path / "k" / "model" / "weights.bin").symlink_to(target)
+    _assert_quarantined_and_recomputed(
+        store, caplog, "model/weights.bin", "a symbolic link (a stage directory holds no links)"
+    )
+    assert target.read_bytes() == bytes(reversed(WEIGHTS))
+
+
+def test_a_stage_that_writes_a_link_is_not_published(tmp_path):
+    def compute(work: Path) -> dict:
+        (work / "elsewhere").symlink_to(tmp_path)
+        return {}
+
+    store = Store(tmp_path / "store")
+    with pytest.raises(Exception, match="elsewhere: a symbolic link"):
+        store.materialize("k", compute)
+    assert store.lookup("k") is None and not (tmp_path / "store" / "k").exists()

@@ -22,21 +22,40 @@ def _token(text: str, logprob: float) -> dict:
 
 class FakeJudge:
     """Answers m/M logprobs (a valid weighted verdict); `garbage` prompts get text without them,
-    and the first `fail_next` requests get HTTP 500 (the OpenAI client retries those)."""
+    and the first `fail_next` requests get HTTP 500 (the OpenAI client retries those). With
+    `reject_key`, every request gets HTTP 401 whose error message echoes the key it was sent, in
+    full, as some OpenAI-compatible servers and proxies do."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.garbage: set[str] = set()
         self.fail_next = 0
+        self.reject_key = False
         self.answered = {"valid": 0, "garbage": 0, "http500": 0}
+        self.rejected = 0  # requests answered 401 (reject_key)
         self.auth: list[str] = []  # the Authorization header of every request
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def _answer(self, request: dict) -> tuple[int, dict]:
+    def _answer(self, request: dict, auth: str | None = None) -> tuple[int, dict]:
         prompt = json.dumps(request.get("messages", ""))
         with self.lock:
+            if self.reject_key:
+                self.rejected += 1
+                key = (auth or "").removeprefix("Bearer ")
+                message = (
+                    f"Incorrect API key provided: {key}. You can find your API key at "
+                    "https://platform.openai.com/account/api-keys."
+                )
+                return 401, {
+                    "error": {
+                        "message": message,
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "invalid_api_key",
+                    }
+                }
             if self.fail_next > 0:
                 self.fail_next -= 1
                 self.answered["http500"] += 1
@@ -73,9 +92,10 @@ class FakeJudge:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                auth = self.headers.get("Authorization")
                 with judge.lock:
-                    judge.auth.append(self.headers.get("Authorization"))
-                status, answer = judge._answer(json.loads(body or b"{}"))
+                    judge.auth.append(auth)
+                status, answer = judge._answer(json.loads(body or b"{}"), auth)
                 data = json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

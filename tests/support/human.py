@@ -1,7 +1,9 @@
 """A made-up human-study experiment (results dir, point file, both arms' outputs, a judge's
-scores) for the human-study tests; the `study` fixture built on it is in tests/conftest.py."""
+scores) for the human-study tests, and how those tests invite and log in annotators; the
+`study` fixture built on it is in tests/conftest.py."""
 
 import json
+import re
 from pathlib import Path
 
 BASE_KEY = "generate-tiny_off-aaaaaaaaaaaa"
@@ -66,3 +68,50 @@ def make_experiment(
     point = {"id": "point-demo", "store": str(store), "arms": arms}
     (points / "point-demo.json").write_text(json.dumps(point))
     return results
+
+
+def invite(db, label: str) -> str:
+    """The secret token of a new invite labelled `label` in `db` (a VoteDB)."""
+    return db.create_invite(label)[1]
+
+
+def hidden_fields(html: str) -> dict[str, str]:
+    """The hidden inputs of a page's form (csrf, token, pair, nonce), by name."""
+    return dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', html))
+
+
+def login(app, db, label: str):
+    """A Flask test client logged in as a new invite `label`, the way a browser does it: open
+    the link's page, post its form (token and CSRF token)."""
+    client = app.test_client()
+    form = hidden_fields(client.get(f"/invite/{invite(db, label)}").get_data(as_text=True))
+    assert client.post("/start", data=form).status_code == 303
+    return client
+
+
+def cast_votes(db, label: str, prefs: list[float]) -> None:
+    """`label`'s votes (preference per pair id, shown as A with +NEFT as A), through the db."""
+    sess = db.session(db.start_session(invite(db, label)))
+    for pid, pref in enumerate(prefs):
+        vote = {"preference": pref, "choice": "A", "swapped": True, "longer": "neft"}
+        db.record_vote(sess, pid, db.issue_nonce(sess["session_id"], pid), vote)
+
+
+DB_KINDS = ["sqlite", "postgresql"]  # the parameters of the tests that run on both databases
+
+
+def fresh_db_url(kind: str, study) -> str:
+    """A votes database for one test: the study's SQLite file, or the scratch PostgreSQL database
+    of NEFTUNE_HUMAN_PG_URL with its human_* tables dropped first (skips where it is unset)."""
+    if kind == "sqlite":
+        return study.default_db_url
+    from sqlalchemy import create_engine
+
+    from pipeline.human.db import META
+    from tests.support.skips import needs_postgres
+
+    url = needs_postgres()
+    engine = create_engine(url)
+    META.drop_all(engine)
+    engine.dispose()
+    return url

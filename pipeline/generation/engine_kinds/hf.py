@@ -34,7 +34,13 @@ class HfEngine(Engine):
         from pipeline.models.devices import compute_device, release_accelerator_memory
         from pipeline.models.loading import load_model_and_tokenizer
 
-        model, tok = load_model_and_tokenizer(str(model_dir), dtype, device=compute_device())
+        # The KV cache of a full batch: every GPU of a model spread over several keeps room for it.
+        model, tok = load_model_and_tokenizer(
+            str(model_dir),
+            dtype,
+            device=compute_device(),
+            kv_tokens=gen_cfg.batch_size * gen_cfg.max_total_length,
+        )
         started = time.time()
         outputs, counts = generate_batched(
             model,
@@ -62,7 +68,10 @@ class HfEngine(Engine):
 
         dec = request["decoding"]
         model, tok = load_model_and_tokenizer(
-            request["model_dir"], request["dtype"], device=compute_device()
+            request["model_dir"],
+            request["dtype"],
+            device=compute_device(),
+            kv_tokens=dec["batch_size"] * dec["max_total_length"],
         )
         started = time.time()
         outputs, counts = generate_batched(

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
+from pathlib import Path
 
 from pipeline.generation import engines
-from pipeline.generation.engines import VENV_HINT, Engine, register_engine, resolve_python
+from pipeline.generation.engines import (
+    VENV_HINT,
+    Engine,
+    EngineError,
+    register_engine,
+    resolve_python,
+)
+from pipeline.text.logs import get_logger
+
+LOG = get_logger("generate")
+HELD_WARN_GIB = 1.0  # this process holding more than this when vLLM starts is worth a warning
 
 
 @register_engine("vllm")
@@ -46,6 +58,21 @@ class VllmEngine(Engine):
                 f"generate.vllm.tensor_parallel_size={tp} needs as many GPUs; "
                 f"{gpus} visible: lower it or run on more GPUs"
             )
+
+    def generate(
+        self,
+        model_dir: Path,
+        texts: list[str],
+        gen_cfg,
+        dtype: str,
+        max_new: int,
+        min_new: int,
+        label: str,
+        work: Path,
+    ) -> tuple[list, list, float, dict]:
+        """Through the worker, once the GPUs vLLM will take are free enough (check_gpus_free)."""
+        check_gpus_free(gen_cfg.vllm)
+        return super().generate(model_dir, texts, gen_cfg, dtype, max_new, min_new, label, work)
 
     def run(self, request: dict) -> dict:
         import vllm
@@ -89,3 +116,36 @@ class VllmEngine(Engine):
             "runtime_s": time.time() - started,
             "library": f"vllm {vllm.__version__}",
         }
+
+
+def check_gpus_free(vllm_cfg) -> None:
+    """Before vLLM starts: each of its tensor_parallel_size GPUs must have the share
+    generate.vllm.gpu_memory_utilization of its memory free, after this process has let go of
+    what its dead models hold (models.devices.gpu_memory releases it first). A finetune that
+    trained in this process, or a model an earlier stage still references, keeps memory in
+    PyTorch's cache; vLLM would then fail at startup, or the two would share a GPU until one
+    ran out. Raises EngineError with the numbers and the fix; warns when this process still
+    holds memory that vLLM could have used."""
+    from pipeline.models.devices import gpu_memory
+
+    tp, share = int(vllm_cfg.tensor_parallel_size), float(vllm_cfg.gpu_memory_utilization)
+    for gpu in gpu_memory(tp):
+        others = max(0.0, gpu.total_gb - gpu.free_gb - gpu.held_gb)
+        if gpu.held_gb > HELD_WARN_GIB:
+            LOG.warning(
+                "GPU %d: this process still holds %.1f GiB as vLLM starts (a model of an "
+                "earlier stage is still referenced)",
+                gpu.index,
+                gpu.held_gb,
+            )
+        need = share * gpu.total_gb
+        if gpu.free_gb < need:
+            fits = math.floor(gpu.free_gb / gpu.total_gb * 100) / 100
+            raise EngineError(
+                f"GPU {gpu.index} has {gpu.free_gb:.1f} GiB free of {gpu.total_gb:.1f} GiB, "
+                f"and vLLM is to take generate.vllm.gpu_memory_utilization={share:g} of it "
+                f"({need:.1f} GiB): this process holds {gpu.held_gb:.1f} GiB (a model of an "
+                f"earlier stage, e.g. the finetune trained in this process), other processes "
+                f"{others:.1f} GiB. Set generate.vllm.gpu_memory_utilization={fits:g} or lower, "
+                "free the GPU (run generate in a job of its own), or use generate.engine=hf"
+            )

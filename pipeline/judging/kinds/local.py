@@ -1,10 +1,15 @@
 """A local Hugging Face causal LM as alpaca_eval's `fn_completions`: it answers "Output (a)" or
-"Output (b)" by comparing its next-token logits (judge.model, e.g. SmolLM2-135M-Instruct)."""
+"Output (b)" by comparing its next-token logits (judge.settings.model, e.g.
+SmolLM2-135M-Instruct)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import MISSING, OmegaConf
+
+from pipeline.config.schema import ModelConfig
 from pipeline.data.loading import ASSETS
 from pipeline.judging.alpaca_import import JudgeError
 from pipeline.judging.kinds import JudgeKind, register
@@ -14,26 +19,55 @@ from pipeline.models.loading import DTYPES, base_model_dir, validate_model
 ANNOTATORS_DIR = ASSETS / "annotators"
 
 
+@dataclass
+class LocalSettings:
+    """judge.settings of judge.kind=local."""
+
+    model: ModelConfig = MISSING  # the judge model, a model config (YAML: /model@settings.model)
+    batch_size: int = 4  # pairs per judge forward pass (>= 1)
+    max_prompt_tokens: int = 1024  # judge prompts are cut from the left beyond this many tokens
+
+
 @register("local")
 class LocalJudge(JudgeKind):
-    """judge.model on this process's device; annotator configs in pipeline/assets/annotators/."""
+    """judge.settings.model on this process's device; annotator configs in
+    pipeline/assets/annotators/."""
+
+    Settings = LocalSettings
 
     def validate(self, judge_cfg) -> None:
-        validate_model(judge_cfg.model)
+        settings = self.settings(judge_cfg)
+        if settings.batch_size < 1:
+            raise JudgeError(
+                f"judge.settings.batch_size={settings.batch_size}: pairs per local judge "
+                "forward pass, must be >= 1"
+            )
+        if settings.max_prompt_tokens < 1:
+            raise JudgeError(
+                f"judge.settings.max_prompt_tokens={settings.max_prompt_tokens}: must be >= 1 "
+                "(the judge's prompts are cut from the left beyond this many tokens)"
+            )
+        if OmegaConf.is_missing(settings, "model"):
+            raise JudgeError(
+                f"judge={judge_cfg.name}: judge.settings.model is not set; name the judge "
+                "model in the judge YAML's defaults list (- /model@settings.model: smollm2_135m)"
+            )
+        validate_model(settings.model)
 
     def annotator_args(self, judge_cfg, work: Path, cache, fn_completions) -> tuple[Path, dict]:
         if fn_completions is None:
+            settings = self.settings(judge_cfg)
             fn_completions = local_judge_completions(
-                base_model_dir(judge_cfg.model, cache),
-                judge_cfg.model.dtype,
-                judge_cfg.batch_size,
-                judge_cfg.max_prompt_tokens,
+                base_model_dir(settings.model, cache),
+                settings.model.dtype,
+                settings.batch_size,
+                settings.max_prompt_tokens,
             )
         config = ANNOTATORS_DIR / judge_cfg.annotator / "configs.yaml"
         return config, {"fn_completions": fn_completions}
 
     def model(self, judge_cfg):
-        return judge_cfg.model
+        return self.settings(judge_cfg).model
 
     def key_params(self, judge_cfg) -> dict:
         # A GPU's numerics can flip a close verdict: its device enters the key where not the CPU.

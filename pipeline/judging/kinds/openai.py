@@ -6,7 +6,10 @@ import os
 from pathlib import Path
 
 from pipeline.judging.alpaca_import import JudgeError, import_alpaca_eval
-from pipeline.judging.kinds import JudgeKind, register
+from pipeline.judging.kinds import JudgeKind, redact_key_errors, register
+
+# Where alpaca_eval's OpenAI client reads keys from (a comma-separated list in the second).
+KEY_VARIABLES = ("OPENAI_API_KEY", "OPENAI_API_KEYS")
 
 
 @register("openai")
@@ -30,3 +33,7 @@ class OpenAIJudge(JudgeKind):
         alpaca_eval = import_alpaca_eval(judge_cfg.alpaca_eval_version)
         root = Path(alpaca_eval.__file__).parent / "evaluators_configs"
         return root / judge_cfg.annotator / "configs.yaml", {}
+
+    def prepare(self, annotator, judge_cfg) -> None:
+        # Keys in a client config file (OPENAI_CLIENT_CONFIG_PATH) are not known here.
+        redact_key_errors(annotator, judge_cfg, KEY_VARIABLES)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.train.noise_kinds import register
+from pipeline.train.noise_kinds import NoiseKind, register
 
 
 @register("gaussian")
-def gaussian(like: torch.Tensor, mag, generator: torch.Generator | None) -> torch.Tensor:
-    """N(0, 1) entries shaped like `like`, times `mag`."""
-    return torch.zeros_like(like).normal_(0.0, 1.0, generator=generator) * mag
+class Gaussian(NoiseKind):
+    """N(0, 1) entries times `mag`; no settings of its own."""
+
+    def sample(self, like: torch.Tensor, mag, generator, settings) -> torch.Tensor:
+        return torch.zeros_like(like).normal_(0.0, 1.0, generator=generator) * mag

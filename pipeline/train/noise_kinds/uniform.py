@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.train.noise_kinds import register
+from pipeline.train.noise_kinds import NoiseKind, register
 
 
 @register("uniform")
-def uniform(like: torch.Tensor, mag, generator: torch.Generator | None) -> torch.Tensor:
-    """Uniform(-mag, mag) entries shaped like `like`."""
-    # The same call as transformers' neftune hook, so equal seeds give equal noise.
-    return torch.zeros_like(like).uniform_(-mag, mag, generator=generator)
+class Uniform(NoiseKind):
+    """Uniform(-mag, mag) entries; no settings of its own."""
+
+    def sample(self, like: torch.Tensor, mag, generator, settings) -> torch.Tensor:
+        # The same call as transformers' neftune hook, so equal seeds give equal noise.
+        return torch.zeros_like(like).uniform_(-mag, mag, generator=generator)

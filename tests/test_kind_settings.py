@@ -1,0 +1,89 @@
+"""Kind settings (issue 29): the stage keys of the default and of a config of every other shipped
+kind are the ones computed before kinds had settings of their own, so every stored stage is
+still found."""
+
+import pytest
+
+from pipeline.judging.judges import judge_key_params
+from pipeline.models import devices
+from pipeline.plan import arm_specs
+from pipeline.stages import alpaca_eval_stage, finetune, generate, judge_calibration
+from pipeline.store.store import stage_key
+from tests.support.composed import composed
+
+# Computed by this test against the code before issue 29 (judge.model, judge.batch_size,
+# judge.base_url, generate.vllm.* flat in the schema): stores filled then must still be found.
+KEYS_BEFORE_KIND_SETTINGS = {
+    "default": {
+        "finetune base": "finetune-smollm2-135m_default_base-27fee4388980",
+        "finetune neft-uniform5": "finetune-smollm2-135m_default_neft-uniform5-77e1128fd186",
+        "generate": "generate-g-37ed32852b14",
+        "alpaca_eval": "alpaca_eval-a-0f6ffd6acacc",
+        "judge_calibration": "judge_calibration-c-5b78211cc9bc",
+    },
+    "other kinds": {
+        "finetune base": "finetune-smollm2-135m_default_base-27fee4388980",
+        "finetune neft-gaussian5": "finetune-smollm2-135m_default_neft-gaussian5-b3051b7a96ee",
+        "generate": "generate-g-7514ea4e8f90",
+        "alpaca_eval": "alpaca_eval-a-56550007b301",
+        "judge_calibration": "judge_calibration-c-e08412ad9b48",
+    },
+    "smoke": {
+        "finetune base": "finetune-tiny-llama_default_base-9b45a5206426",
+        "finetune neft-uniform5": "finetune-tiny-llama_default_neft-uniform5-ee0819dab874",
+        "generate": "generate-g-ef6659da76a4",
+        "alpaca_eval": "alpaca_eval-a-4761d3f8f092",
+        "judge_calibration": "judge_calibration-c-3b3210a514d4",
+    },
+    "openai judge": {
+        "finetune base": "finetune-smollm2-135m_default_base-27fee4388980",
+        "finetune neft-uniform5": "finetune-smollm2-135m_default_neft-uniform5-77e1128fd186",
+        "generate": "generate-g-37ed32852b14",
+        "alpaca_eval": "alpaca_eval-a-2d40670f018e",
+        "judge_calibration": "judge_calibration-c-fa4b428ef28d",
+    },
+}
+OVERRIDES = {
+    "default": (),
+    "other kinds": (
+        "judge=openai_compatible",
+        "judge.base_url=http://judge-node:8000/v1",
+        "judge.served_model=Llama-3-70B-Instruct",
+        "noise=gaussian",
+        "generate.engine=vllm",
+        "generate.vllm.python=/venvs/vllm/bin/python",
+        "generate.vllm.tensor_parallel_size=2",
+    ),
+    "smoke": ("+stack=smoke",),  # judge=local_tiny
+    "openai judge": ("judge=weighted_alpaca_eval_gpt4_turbo",),
+}
+REFERENCE = "0123456789abcdef"  # the reference file's content hash (an input of alpaca_eval)
+PAIRS = "fedcba9876543210"  # the calibration files' digest (judge_calibration's input)
+
+
+def stage_keys(cfg) -> dict:
+    """The finetune key of each arm, and the generate, alpaca_eval and judge_calibration keys
+    downstream of the noised arm, as the stages compute them (inputs fixed where they are
+    files)."""
+    devices.resolve_precision(cfg)  # as check_all does before any key
+    keys = {}
+    for arm in arm_specs(cfg):
+        keys[f"finetune {arm.name}"] = finetune.key_of(cfg, arm)
+    tuned = keys[f"finetune {arm.name}"]
+    params = generate.generate_params(cfg.generate, cfg.model.dtype)
+    keys["generate"] = stage_key("generate", "g", params, [tuned], generate.VERSION)
+    judge = judge_key_params(cfg.judge)
+    keys["alpaca_eval"] = stage_key(
+        "alpaca_eval", "a", judge, [keys["generate"], REFERENCE], alpaca_eval_stage.VERSION
+    )
+    calibration = judge | {"n_pairs": 40, "seed": 0, "resamples": 2000, "pairs": PAIRS}
+    keys["judge_calibration"] = stage_key(
+        "judge_calibration", "c", calibration, [PAIRS], judge_calibration.VERSION
+    )
+    return keys
+
+
+@pytest.mark.parametrize("name", list(OVERRIDES))
+def test_stage_keys_are_the_ones_computed_before_kind_settings(name):
+    keys = stage_keys(composed(*OVERRIDES[name]))
+    assert keys == KEYS_BEFORE_KIND_SETTINGS[name]
