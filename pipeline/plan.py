@@ -1,23 +1,31 @@
-"""The stage plan of one experiment point, declared once as data, and the walker that runs it.
+"""The stage plan of one experiment point, declared once as data, and the one walker that runs it.
 
-A point trains one arm per noise setting (the noise-off baseline and, unless it is the baseline,
-the configured noise) and per seed, and runs ARM_CHAIN on each; VARIANT_CHAIN on each Table-5
-length-control variant of the baseline; COMPARISON (+NEFT judged against the baseline); and
-POINT_STEPS once. Every stage module exposes `check(cfg)` (cheap; all run before any expensive
-work) and `run(cfg, ctx, call) -> StageResult`. Adding a stage: its module, its conf group, and
-one Step below.
+Every step names its stage module and its SCOPE, what it runs once for:
+  arm      each model trained: the noise-off baseline and (unless it is the baseline) the
+           configured noise, for every seed; the chain finetune -> generate -> judge -> ...
+  variant  each Table-5 length-control variant of each baseline (the baseline's finetune,
+           generating with the variant's setting)
+  pair     each +NEFT arm judged head to head against the baseline of its seed
+  effect   each +NEFT arm against the baseline, its seeds paired (the compare stage)
+  point    once: the training data's Table-4 row, the judge's calibration
+`run_plan` walks the scopes in that order, each over its units, and returns a PlanResult. Every
+stage module exposes `check(cfg)` (cheap; all run before any expensive work) and
+`run(cfg, ctx, call) -> StageResult`. A new stage is its module and one Step below (and a
+TableSpec to show it: pipeline/README.md, "Extending").
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from omegaconf import OmegaConf
 
 from pipeline.judging.judges import reference_from_stage
+from pipeline.logs import get_logger
 from pipeline.models.devices import resolve_precision
 from pipeline.results.points import Arm, Comparison, Effect, StageRef, Variant
 from pipeline.stages import (
@@ -32,41 +40,52 @@ from pipeline.stages import (
 )
 from pipeline.stages.contract import ArmPair, ArmSpec, Call, Context, Stage
 from pipeline.store.store import StageResult
-from pipeline.text.logs import get_logger
 from pipeline.train.noise import noise_label, noise_params
 
 LOG = get_logger("plan")
 
 
-@dataclass(frozen=True)
-class Step:
-    stage: str  # name under which the result is kept (a chain's upstream, a point's stages)
-    module: Stage  # pipeline.stages.<module> (stages/contract.py)
-    enabled: Callable[[Any], bool]  # does this config run it?
+class Scope(Enum):
+    """What a step runs once for (the module docstring); walked in this order."""
+
+    arm = "arm"
+    variant = "variant"
+    pair = "pair"
+    effect = "effect"
+    point = "point"
 
 
 def _always(_cfg) -> bool:
     return True
 
 
-ARM_CHAIN = (
-    Step("finetune", finetune, _always),
-    Step("generate", generate, _always),
-    Step("alpaca_eval", alpaca_eval_stage, _always),
-    Step("analysis", analysis, _always),
-    Step("openllm", openllm, lambda cfg: len(cfg.openllm.tasks) > 0),
-    Step("overfit", overfit, lambda cfg: cfg.overfit.enabled),
+@dataclass(frozen=True)
+class Step:
+    stage: str  # name under which the result is kept (a chain's upstream, a point's stages)
+    module: Stage  # pipeline.stages.<module> (stages/contract.py)
+    scopes: tuple[Scope, ...]  # what it runs once for
+    enabled: Callable[[Any], bool] = _always  # does this config run it?
+
+
+ARM, VARIANT, PAIR, EFFECT, POINT = Scope
+STEPS = (
+    Step("finetune", finetune, (ARM,)),
+    Step("generate", generate, (ARM, VARIANT)),
+    Step("alpaca_eval", alpaca_eval_stage, (ARM, VARIANT)),
+    Step("analysis", analysis, (ARM, VARIANT)),
+    Step("openllm", openllm, (ARM,), lambda cfg: len(cfg.openllm.tasks) > 0),
+    Step("overfit", overfit, (ARM,), lambda cfg: cfg.overfit.enabled),
+    Step("head_to_head", alpaca_eval_stage, (PAIR,), lambda cfg: cfg.head_to_head),
+    # +NEFT minus base with CIs that count the seeds (stats.seed_interval)
+    Step("compare", compare, (EFFECT,)),
+    Step("train_analysis", analysis, (POINT,)),  # Table 4's training-data row
+    Step("judge_calibration", judge_calibration, (POINT,), judge_calibration.enabled),
 )
-# Table 5: the baseline's finetune, generating with each length-control variant.
-VARIANT_CHAIN = tuple(s for s in ARM_CHAIN if s.stage in ("generate", "alpaca_eval", "analysis"))
-COMPARISON = Step("head_to_head", alpaca_eval_stage, lambda cfg: cfg.head_to_head)
-# Per non-baseline arm, pooled over seeds: +NEFT minus base with paired-bootstrap CIs.
-EFFECT = Step("compare", compare, _always)
 COMPARED = ("alpaca_eval", "analysis", "openllm")  # the stages an effect pairs, seed by seed
-POINT_STEPS = (
-    Step("train_analysis", analysis, _always),  # Table 4's training-data row
-    Step("judge_calibration", judge_calibration, judge_calibration.enabled),  # trust in the judge
-)
+
+
+def steps_of(scope: Scope) -> tuple[Step, ...]:
+    return tuple(s for s in STEPS if scope in s.scopes)
 
 
 def arm_specs(cfg) -> list[ArmSpec]:
@@ -117,13 +136,12 @@ def check_all(cfg) -> None:
     check_experiment_name(cfg.experiment.name)  # first: nothing may be written under a bad one
     check_seeds(cfg)
     resolve_precision(cfg)
-    steps = ARM_CHAIN + (COMPARISON, EFFECT) + POINT_STEPS
-    for module in dict.fromkeys(s.module for s in steps):  # cheap, so disabled ones too
+    for module in dict.fromkeys(s.module for s in STEPS):  # cheap, so disabled ones too
         module.check(cfg)
 
 
 def _ref(result: StageResult) -> StageRef:
-    return StageRef(result.key, result.metrics)
+    return StageRef(key=result.key, metrics=result.metrics)
 
 
 def _say(stage: str, label: str, result: StageResult) -> None:
@@ -131,87 +149,148 @@ def _say(stage: str, label: str, result: StageResult) -> None:
     LOG.info("[%s] %s: %s -> %s", stage, label, how, result.path)
 
 
-def _walk(cfg, ctx: Context, chain, call: Call, label: str) -> dict[str, StageResult]:
-    done = dict(call.upstream)
-    for step in chain:
-        if step.enabled(cfg):
-            result = step.module.run(cfg, ctx, Call(call.arm, done, call.variant, call.reference))
-            _say(step.stage, label, result)
-            done[step.stage] = result
-    return done
+@dataclass
+class PlanResult:
+    """Everything one point's plan computed, by scope, each stage as a StageRef."""
+
+    arms: list[Arm] = field(default_factory=list)
+    variants: list[Variant] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
+    effects: list[Effect] = field(default_factory=list)
+    point_stages: dict[str, StageRef] = field(default_factory=dict)
+    # Each arm's StageResults by stage name: what later scopes take their inputs from.
+    by_arm: dict[ArmSpec, dict[str, StageResult]] = field(default_factory=dict)
 
 
-def _effects(cfg, ctx: Context, results: dict) -> list[Effect]:
-    """One compare stage per non-baseline arm: its seeds paired with the baseline's."""
-    effects = []
-    treated_names = dict.fromkeys(s.name for s in results if not s.baseline)
-    for name in treated_names if EFFECT.enabled(cfg) else ():
-        pairs = []
-        for spec in (s for s in results if s.name == name):
-            base = next(s for s in results if s.baseline and s.seed == spec.seed)
-            shared = [k for k in COMPARED if k in results[base] and k in results[spec]]
-            pairs.append(
-                ArmPair(
-                    spec.seed,
-                    {k: results[base][k] for k in shared},
-                    {k: results[spec][k] for k in shared},
+@dataclass(frozen=True)
+class Unit:
+    """One thing a scope runs its steps for: the stages' Call, a label for the console, and
+    where its results go in the PlanResult."""
+
+    call: Call
+    label: str
+    keep: Callable[[PlanResult, dict[str, StageResult]], None]
+
+
+def _refs(results: dict[str, StageResult]) -> dict[str, StageRef]:
+    return {k: _ref(v) for k, v in results.items()}
+
+
+def _arm_units(cfg, done: PlanResult) -> Iterator[Unit]:
+    several = len(cfg.seeds or []) > 1
+    for spec in arm_specs(cfg):
+
+        def keep(done: PlanResult, results, spec=spec) -> None:
+            done.by_arm[spec] = results
+            done.arms.append(
+                Arm(
+                    name=spec.name,
+                    baseline=spec.baseline,
+                    seed=spec.seed,
+                    noise=noise_params(spec.noise),
+                    stages=_refs(results),
                 )
             )
-        spec = next(s for s in results if s.name == name)
-        result = EFFECT.module.run(cfg, ctx, Call(spec, {}, pairs=tuple(pairs)))
-        _say(EFFECT.stage, f"{name} vs base", result)
-        effects.append(Effect(name, "base", [p.seed for p in pairs], {EFFECT.stage: _ref(result)}))
-    return effects
+
+        label = f"{spec.name}, seed {spec.seed}" if several else spec.name
+        yield Unit(Call(spec, {}), label, keep)
 
 
-def run_plan(
-    cfg, ctx: Context
-) -> tuple[list[Arm], list[Variant], list[Comparison], list[Effect], dict]:
-    """Run every stage of one point: its arms, variants, comparisons, effects, point stages."""
-    arms, results = [], {}
-    for spec in arm_specs(cfg):
-        label = spec.name if len(cfg.seeds or []) < 2 else f"{spec.name}, seed {spec.seed}"
-        results[spec] = _walk(cfg, ctx, ARM_CHAIN, Call(spec, {}), label)
-        noise = noise_params(spec.noise)
-        arms.append(
-            Arm(
-                spec.name,
-                spec.baseline,
-                spec.seed,
-                noise,
-                {k: _ref(v) for k, v in results[spec].items()},
-            )
-        )
-    variants, comparisons = [], []
-    for base in (s for s in results if s.baseline):
-        if cfg.length_control.enabled:
-            for name in cfg.length_control.variants:
-                call = Call(base, {"finetune": results[base]["finetune"]}, variant=name)
-                done = _walk(cfg, ctx, VARIANT_CHAIN, call, f"{base.name}, {name}")
-                setting = OmegaConf.to_container(cfg.length_control.variants[name], resolve=True)
-                variants.append(
-                    Variant(
-                        name,
-                        base.seed,
-                        setting,
-                        {k: _ref(v) for k, v in done.items() if k != "finetune"},
+def _baselines(done: PlanResult) -> list[ArmSpec]:
+    return [s for s in done.by_arm if s.baseline]
+
+
+def _variant_units(cfg, done: PlanResult) -> Iterator[Unit]:
+    if not cfg.length_control.enabled:
+        return
+    for base in _baselines(done):
+        for name in cfg.length_control.variants:
+            setting = OmegaConf.to_container(cfg.length_control.variants[name], resolve=True)
+
+            def keep(done: PlanResult, results, name=name, seed=base.seed, setting=setting):
+                done.variants.append(
+                    Variant(name=name, seed=seed, setting=setting, stages=_refs(results))
+                )
+
+            upstream = {"finetune": done.by_arm[base]["finetune"]}
+            yield Unit(Call(base, upstream, variant=name), f"{base.name}, {name}", keep)
+
+
+def _pair_units(cfg, done: PlanResult) -> Iterator[Unit]:
+    for base in _baselines(done):
+        reference = reference_from_stage(done.by_arm[base]["generate"], "base")
+        for spec in (s for s in done.by_arm if not s.baseline and s.seed == base.seed):
+
+            def keep(done: PlanResult, results, spec=spec, base=base) -> None:
+                done.comparisons.append(
+                    Comparison(
+                        arm=spec.name, baseline=base.name, seed=spec.seed, stages=_refs(results)
                     )
                 )
-        if not COMPARISON.enabled(cfg):
-            continue
-        for spec in (s for s in results if not s.baseline and s.seed == base.seed):
-            reference = reference_from_stage(results[base]["generate"], "base")
-            call = Call(spec, {"generate": results[spec]["generate"]}, reference=reference)
-            judged = COMPARISON.module.run(cfg, ctx, call)
-            _say("alpaca_eval", f"{spec.name} vs {base.name}", judged)
-            comparisons.append(
-                Comparison(spec.name, base.name, spec.seed, {COMPARISON.stage: _ref(judged)})
+
+            upstream = {"generate": done.by_arm[spec]["generate"]}
+            call = Call(spec, upstream, reference=reference)
+            yield Unit(call, f"{spec.name} vs {base.name}", keep)
+
+
+def _effect_units(cfg, done: PlanResult) -> Iterator[Unit]:
+    """Per non-baseline arm: its seeds, each paired with the baseline of that seed."""
+    for name in dict.fromkeys(s.name for s in done.by_arm if not s.baseline):
+        pairs = []
+        for spec in (s for s in done.by_arm if s.name == name):
+            base = next(s for s in _baselines(done) if s.seed == spec.seed)
+            b, t = done.by_arm[base], done.by_arm[spec]
+            shared = [k for k in COMPARED if k in b and k in t]
+            pairs.append(ArmPair(spec.seed, {k: b[k] for k in shared}, {k: t[k] for k in shared}))
+
+        def keep(done: PlanResult, results, name=name, pairs=pairs) -> None:
+            done.effects.append(
+                Effect(
+                    arm=name, baseline="base", seeds=[p.seed for p in pairs], stages=_refs(results)
+                )
             )
-    effects = _effects(cfg, ctx, results)
-    point_stages = {}
-    for step in POINT_STEPS:
-        if step.enabled(cfg):
-            result = step.module.run(cfg, ctx, Call(arm_specs(cfg)[0], {}))
-            _say(step.stage, "point", result)
-            point_stages[step.stage] = _ref(result)
-    return arms, variants, comparisons, effects, point_stages
+
+        spec = next(s for s in done.by_arm if s.name == name)
+        yield Unit(Call(spec, {}, pairs=tuple(pairs)), f"{name} vs base", keep)
+
+
+def _point_units(cfg, done: PlanResult) -> Iterator[Unit]:
+    def keep(done: PlanResult, results) -> None:
+        done.point_stages.update(_refs(results))
+
+    yield Unit(Call(arm_specs(cfg)[0], {}), "point", keep)
+
+
+UNITS = {
+    ARM: _arm_units,
+    VARIANT: _variant_units,
+    PAIR: _pair_units,
+    EFFECT: _effect_units,
+    POINT: _point_units,
+}
+
+
+def _walk(cfg, ctx: Context, steps: tuple[Step, ...], unit: Unit) -> dict[str, StageResult]:
+    """The steps of one unit in order, each reading what the ones before it returned; the
+    unit's own results (not the upstream it was given)."""
+    call, done = unit.call, dict(unit.call.upstream)
+    for step in steps:
+        here = Call(call.arm, done, call.variant, call.reference, call.pairs)
+        result = step.module.run(cfg, ctx, here)
+        _say(step.stage, unit.label, result)
+        done[step.stage] = result
+    return {k: v for k, v in done.items() if k not in call.upstream}
+
+
+def run_plan(cfg, ctx: Context) -> PlanResult:
+    """Run every stage of one point, scope by scope (arms first, the point last); a scope none
+    of whose steps this config runs has no units (no head-to-head record without the step)."""
+    done = PlanResult()
+    for scope in Scope:
+        # Asked once per run: some steps say why they do not run (an uncalibrated judge).
+        steps = tuple(s for s in steps_of(scope) if s.enabled(cfg))
+        if not steps:
+            continue
+        for unit in UNITS[scope](cfg, done):
+            unit.keep(done, _walk(cfg, ctx, steps, unit))
+    return done

@@ -5,16 +5,17 @@ into the caches their compute jobs then read offline.
     python -m pipeline.prefetch experiment=paper_all --dry-run    (list what it would fetch)
     python -m pipeline.prefetch experiment=paper_all --source /mirror   (copy from a local mirror)
 
-Every point of a multirun is composed as Hydra would run it (pipeline/cluster/points.py) and what
-it needs is read from its config (pipeline/cluster/needs.py): hub models (model.source=hub, a
-local judge's model), hf: datasets (data.train, generate.prompts, overfit.heldout), the datasets
-of lm-eval's tasks (openllm.task_set=hub; groups such as mmlu expanded), alpaca_eval's LC data
-(judge.lc_data=hub); local files the run reads (generate.reference, calibration.pairs, ...) are
-checked. Each item is fetched once however many points need it, into HF_HUB_CACHE and
-HF_DATASETS_CACHE as this environment sets them (printed first); a complete item is not
-downloaded again. At the end: the variables to export for the compute jobs, and a table (kind,
-id, where, size, status: fetched | already present | failed | missing (optional)). Exits 1 when an
-item failed, naming it and why (e.g. a gated model: set HF_TOKEN).
+Every point of a multirun is composed as Hydra would run it (pipeline/cluster/sweep_points.py)
+and what it needs is read from its config (pipeline/cluster/downloads.py): hub models
+(model.source=hub, a local judge's model), hf: datasets (data.train, generate.prompts,
+overfit.heldout), the datasets of lm-eval's tasks (openllm.task_set=hub; groups such as mmlu
+expanded), alpaca_eval's LC data (judge.lc_data=hub); local files the run reads
+(generate.reference, calibration.pairs, ...) are checked. Each item is fetched once however many
+points need it, into HF_HUB_CACHE and HF_DATASETS_CACHE as this environment sets them (printed
+first); a complete item is not downloaded again. At the end: the variables to export for the
+compute jobs, and a table (kind, id, where, size, status: fetched | already present | failed |
+missing (optional)). Exits 1 when an item failed, naming it and why (e.g. a gated model: set
+HF_TOKEN).
 
 Run it where the jobs' caches are mounted, with the same HF_HOME (or HF_HUB_CACHE /
 HF_DATASETS_CACHE) the jobs will have, and without HF_HUB_OFFLINE. `--source DIR` (or
@@ -30,9 +31,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.cluster.downloads import Item, config_items
 from pipeline.cluster.fetchers import explain, fetcher_for
-from pipeline.cluster.needs import Item, config_items
-from pipeline.cluster.points import experiment_point_configs
+from pipeline.cluster.sweep_points import experiment_point_configs
 
 SOURCE_ENV = "NEFTUNE_PREFETCH_SOURCE"
 KIND_ORDER = ("model", "dataset", "hub_file", "calibration", "file", "config")

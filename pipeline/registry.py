@@ -105,31 +105,38 @@ class Registry:
         arm's noise) gets the defaults. An unknown key or a value of the wrong type fails
         (`error`) naming the kind, the full key and the settings the kind has."""
         from omegaconf import DictConfig, OmegaConf
-        from omegaconf.errors import OmegaConfBaseException
+        from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
         name = section[self.field]
         cls = self.settings_type(name)
         given = section.get("settings")
         if isinstance(given, DictConfig) and OmegaConf.get_type(given) is cls:
             return given
+        if given is not None and not isinstance(given, (DictConfig, dict)):
+            raise self.error(
+                f"{self.section}.settings={given!r}: the settings of {self.key}={name!r} are a "
+                f"mapping of its {cls.__qualname__} fields ({cls.__module__})"
+            )
         try:
             typed = OmegaConf.merge(OmegaConf.structured(cls), given or {})
         except OmegaConfBaseException as err:
-            raise self.error(self._settings_error(name, cls, err)) from None
+            unknown = isinstance(err, (ConfigKeyError, ConfigAttributeError))
+            raise self.error(self._settings_error(name, cls, err, unknown)) from None
         if "settings" not in section or OmegaConf.is_readonly(section):
             return typed
         section.settings = typed
         return section.settings
 
-    def _settings_error(self, name: str, cls: type, err) -> str:
-        """`<section>.settings.<key>`: what is wrong, the kind, its settings, a close name."""
+    def _settings_error(self, name: str, cls: type, err, unknown: bool) -> str:
+        """`<section>.settings.<key>`: what is wrong (`unknown`: a key the dataclass does not
+        have), the kind, its settings, a close name."""
         where = f"{self.section}.settings.{err.full_key}"
         owner = err.object_type if is_dataclass(err.object_type) else cls
         valid = [f.name for f in fields(owner)]
         declared = f"{owner.__qualname__} in {owner.__module__}"
         kind = f"{self.key}={name!r}"
         said = str(err).splitlines()[0]
-        if said.startswith("Key ") and " not in " in said:  # OmegaConf's unknown key
+        if unknown:
             if not valid:
                 return f"{where}: {kind} has no settings of its own ({declared})"
             close = difflib.get_close_matches(str(err.key), valid, n=1)
@@ -138,6 +145,7 @@ class Registry:
                 f"{where}: {kind} has no setting {str(err.key)!r}{hint}; its settings "
                 f"({declared}): {', '.join(valid)}"
             )
-        types = {f.name: f.type for f in fields(owner)}
+        # A str where the module has `from __future__ import annotations`, else the type itself.
+        types = {f.name: getattr(f.type, "__name__", f.type) for f in fields(owner)}
         wanted = types.get(str(err.key), "?")
         return f"{where}: {said}; {kind} declares {err.key}: {wanted} ({declared})"

@@ -15,6 +15,7 @@ already computed with the same config and inputs is reused, not recomputed.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -32,10 +33,11 @@ from pipeline.tracking.tracker import Tracker
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-def _setting(cfg: DictConfig, arms, extra) -> dict:
-    """What the tables say of how a point was trained and evaluated."""
+def _setting(cfg: DictConfig, done) -> dict:
+    """What the tables say of how a point was trained and evaluated (`done`: its PlanResult)."""
     from pipeline.train.launch import world_size
 
+    arms = done.arms
     base_ft = arms[0].stages["finetune"].metrics
     ft = cfg.finetune
     method = "full finetune"
@@ -49,7 +51,7 @@ def _setting(cfg: DictConfig, arms, extra) -> dict:
         "learning_rate": ft.learning_rate,
         "effective_batch": ft.effective_batch_size,
         "world_size": world_size(ft.distributed),
-        "n_train": extra["train_analysis"].metrics["n_total"],
+        "n_train": done.point_stages["train_analysis"].metrics["n_total"],
         "n_eval": arms[0].stages["generate"].metrics["gen_n_outputs"],
         "cutoff": cfg.data.diversity_cutoff,
         "seeds": sorted({a.seed for a in arms}),
@@ -88,29 +90,28 @@ def run_point(cfg: DictConfig, tracker: Tracker):
         Path(paths.cache), paths.lock_stale_after_s, paths.lock_heartbeat_s, verify=paths.verify
     )
     report_to = ["wandb"] if tracker.enabled else []  # the Trainer logs into the stage's run
-    arms, variants, comparisons, effects, extra = run_plan(cfg, Context(store, cache, report_to))
-    treated = next((a.name for a in arms if not a.baseline), "base")
+    done = run_plan(cfg, Context(store, cache, report_to))
+    treated = next((a.name for a in done.arms if not a.baseline), "base")
     # Named by what the point is, not by its stage keys: a rerun with other settings replaces it.
     readable = f"{cfg.point_name or f'{cfg.model.name}_{cfg.data.name}'}_{treated}"
     point_id = stage_key(
         "point", readable, {"judge": cfg.judge.name, "openllm": cfg.openllm.name}, [], 1
     )
-    setting = _setting(cfg, arms, extra)
     return Point(
-        point_id,
-        cfg.point_name,
-        cfg.experiment.name,
-        str(Path(paths.store).resolve()),
-        cfg.model.name,
-        cfg.data.name,
-        cfg.judge.name,
-        load_reference(cfg.generate.reference).label,
-        setting,
-        arms,
-        variants,
-        comparisons,
-        effects,
-        extra,
+        id=point_id,
+        name=cfg.point_name,
+        experiment=cfg.experiment.name,
+        store=str(Path(paths.store).resolve()),
+        model=cfg.model.name,
+        dataset=cfg.data.name,
+        judge=cfg.judge.name,
+        reference=load_reference(cfg.generate.reference).label,
+        setting=_setting(cfg, done),
+        arms=done.arms,
+        variants=done.variants,
+        comparisons=done.comparisons,
+        effects=done.effects,
+        point_stages=done.point_stages,
     )
 
 
@@ -137,9 +138,23 @@ def print_summary(point) -> None:
         )
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (scancel, a SLURM preemption, `kill`) ends the run as SystemExit, so that every
+    `finally` runs: the store releases the lock of the stage being computed. Python's default
+    dies on the spot, and a lock held for a stage just marked COMPLETE stayed in the store for
+    good (every later run reuses the stage and never looks at its lock again)."""
+
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from pipeline.plan import check_experiment_name
+
+    exit_on_sigterm()
 
     # Before anything is named after it (a dry run's report, the W&B group, results/<name>/).
     check_experiment_name(cfg.experiment.name)

@@ -42,7 +42,7 @@ def _default_model():
 
     from pipeline.models.loading import base_model_dir, load_model_and_tokenizer
     from pipeline.store.store import Store
-    from tests.composed import composed
+    from tests.support.composed import composed
 
     cfg = composed()
     location = base_model_dir(cfg.model, Store(Path(OmegaConf.select(cfg, "paths.cache"))))

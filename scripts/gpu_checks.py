@@ -380,11 +380,10 @@ def measure_training_memory(llama: dict, overrides: tuple, work: Path, device: s
     says (the pipeline's training arguments; no checkpoint written) for its max_steps; memory
     figures are CUDA's (0 elsewhere: tests run this on a CPU for its plumbing)."""
     import torch
-    from omegaconf import OmegaConf
     from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback
 
+    from pipeline.config.finetune import finetune_settings
     from pipeline.data.loading import pad_batch
-    from pipeline.train.launch import accumulation_steps
     from pipeline.train.memory_plan import finetune_plan
     from pipeline.train.noise import attach_neftune
     from pipeline.train.trainer_args import training_arguments
@@ -393,8 +392,7 @@ def measure_training_memory(llama: dict, overrides: tuple, work: Path, device: s
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     cfg = composed(*overrides)
     plan, _ = finetune_plan(cfg)
-    train = OmegaConf.to_container(cfg.finetune, resolve=True, enum_to_str=True)
-    train["gradient_accumulation_steps"] = accumulation_steps(cfg.finetune, 1)
+    train = finetune_settings(cfg.finetune)
     args = training_arguments(train, [], work / "checkpoints", 1)
     args.save_strategy = type(args.save_strategy)("no")  # a 7B checkpoint: 40 GB, a minute
     torch.manual_seed(0)
@@ -402,8 +400,8 @@ def measure_training_memory(llama: dict, overrides: tuple, work: Path, device: s
         model = LlamaForCausalLM._from_config(LlamaConfig(**llama), dtype=torch.bfloat16)
     n_params = sum(p.numel() for p in model.parameters())
     handle = attach_neftune(model, 5.0, "uniform", "per_example")
-    length, steps = int(train["max_length"]), int(train["max_steps"])
-    ids = torch.randint(1, llama["vocab_size"], (train["effective_batch_size"] * steps, length))
+    length, steps = int(train.max_length), int(train.max_steps)
+    ids = torch.randint(1, llama["vocab_size"], (train.effective_batch_size * steps, length))
     data = [{"input_ids": row.tolist(), "labels": row.tolist()} for row in ids]
     seen: dict = {"step_s": []}
 
@@ -445,7 +443,7 @@ def measure_training_memory(llama: dict, overrides: tuple, work: Path, device: s
         peak_allocated=gb(torch.cuda.max_memory_allocated()) if cuda else 0.0,
         peak_reserved=gb(torch.cuda.max_memory_reserved()) if cuda else 0.0,
         step_s=seen["step_s"],
-        tokens_per_step=train["effective_batch_size"] * length,
+        tokens_per_step=train.effective_batch_size * length,
         gpu=torch.cuda.get_device_name() if cuda else device,
     )
     if cuda and len(rec.step_s) >= 3:

@@ -73,35 +73,40 @@ def fsdp_probe(fp32_master: bool, ckpt_dir: str) -> dict:
     }
 
 
-def _fsdp_train_cfg(fp32_master: bool, max_steps: int = 2) -> dict:
-    return {
-        "epochs": 1,
-        "max_steps": max_steps,
-        "per_device_batch_size": 1,
-        "gradient_accumulation_steps": 1,
-        "learning_rate": 1e-4,
-        "lr_scheduler": "constant",
-        "warmup_ratio": 0.0,
-        "weight_decay": 0.0,
-        "max_grad_norm": 1.0,
-        "optim": "adamw_torch",
-        "bf16": True,
-        "gradient_checkpointing": True,
-        "logging_steps": 1,
-        "save_steps": 1,
-        "sampling": "random",
-        "seed": 0,
-        "distributed": {
-            "strategy": "fsdp",
-            "timeout_s": 600,
-            "fsdp": {
-                "sharding": "full_shard",
-                "fp32_master_weights": fp32_master,
-                "cpu_offload": False,
-                "rank0_load": True,
+def _fsdp_train_cfg(fp32_master: bool, max_steps: int = 2):
+    """The finetune config of the probe (typed, as the training code reads it): FSDP, bf16."""
+    from pipeline.config.finetune import finetune_settings
+
+    return finetune_settings(
+        {
+            "epochs": 1,
+            "max_steps": max_steps,
+            "per_device_batch_size": 1,
+            "effective_batch_size": 1,
+            "learning_rate": 1e-4,
+            "lr_scheduler": "constant",
+            "warmup_ratio": 0.0,
+            "weight_decay": 0.0,
+            "max_grad_norm": 1.0,
+            "optim": "adamw_torch",
+            "bf16": True,
+            "gradient_checkpointing": True,
+            "logging_steps": 1,
+            "save_steps": 1,
+            "sampling": "random",
+            "seed": 0,
+            "distributed": {
+                "strategy": "fsdp",
+                "timeout_s": 600,
+                "fsdp": {
+                    "sharding": "full_shard",
+                    "fp32_master_weights": fp32_master,
+                    "cpu_offload": False,
+                    "rank0_load": True,
+                },
             },
-        },
-    }
+        }
+    )
 
 
 # -- the training worker under torchrun (world size 1), killed once and resumed --------------------
@@ -192,16 +197,15 @@ def killed_and_resumed(work: Path, overrides: tuple, device: str) -> FsdpRecord:
     from omegaconf import OmegaConf
     from safetensors import safe_open
 
+    from pipeline.config.finetune import finetune_settings
     from pipeline.data.loading import load_train
     from pipeline.models.loading import base_model_dir, load_model_and_tokenizer
     from pipeline.store.store import Store
-    from pipeline.train.launch import accumulation_steps
     from pipeline.train.noise import noise_params
     from pipeline.train.training import TrainRequest
 
     cfg = composed(*overrides)
-    train = OmegaConf.to_container(cfg.finetune, resolve=True, enum_to_str=True)
-    train.update(gradient_accumulation_steps=accumulation_steps(cfg.finetune, 1), seed=0)
+    train = finetune_settings(OmegaConf.merge(cfg.finetune, {"seed": 0}))
     run_dir, launch = work / "run", work / "run" / "launch"
     launch.mkdir(parents=True)
     request = TrainRequest(

@@ -20,7 +20,7 @@ def sweep_points(overrides: list[str]) -> list[list[str]]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from pipeline.cluster.points import expand_grids  # the run's sweeper expands the same way
+    from pipeline.cluster.sweep_points import expand_grids  # the run's sweeper expands the same way
     from pipeline.run import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

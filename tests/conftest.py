@@ -13,6 +13,15 @@ import pytest  # noqa: E402  (after the environment above: nothing may read it e
 
 
 @pytest.fixture
+def tiny_run(tmp_path):
+    """The tiny end-to-end run (tests.support.pipeline_run.TinyRun: `python -m pipeline.run` on
+    the shrunken config, +stack=smoke) on a store under this test's tmp_path."""
+    from tests.support.pipeline_run import TinyRun
+
+    return TinyRun(tmp_path / "store")
+
+
+@pytest.fixture
 def study(tmp_path):
     """A loaded human study (pipeline.human) over tests.support.human's made-up experiment."""
     from pipeline.human.study import ensure_dir, load_study

@@ -80,12 +80,14 @@ class CountingJudge:
 
 @pytest.fixture(scope="module")
 def tiny_judge(tmp_path_factory):
+    from pipeline.judging.kinds import judge_settings
     from pipeline.judging.kinds.local import local_judge_completions
     from pipeline.models.loading import base_model_dir
 
     cfg = judge_cfg("local_tiny")
     cache = Store(tmp_path_factory.mktemp("cache"))
-    return cfg, cache, local_judge_completions(base_model_dir(cfg.model, cache), "float32", 4, 1000)
+    model_dir = base_model_dir(judge_settings(cfg).model, cache)
+    return cfg, cache, local_judge_completions(model_dir, "float32", 4, 1000)
 
 
 def pairs(n=5):

@@ -16,8 +16,8 @@ from urllib.error import URLError
 import pytest
 from omegaconf import OmegaConf
 
+from pipeline.cluster.downloads import config_items
 from pipeline.cluster.fetchers import fetcher_for
-from pipeline.cluster.needs import config_items
 from pipeline.config.schema import CalibrationConfig
 from pipeline.judging import calibration_source as cs
 from pipeline.stages import judge_calibration as stage

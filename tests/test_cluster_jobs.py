@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipeline.cluster.jobs import group_arrays, point_job
-from pipeline.cluster.points import experiment_point_configs
+from pipeline.cluster.sweep_points import experiment_point_configs
 from pipeline.train import launch
 from tests.support.composed import SMOKE, composed
 

@@ -211,7 +211,7 @@ def test_every_experiment_and_sweep_point_composes():
 
 
 def test_paper_table1_points_have_the_papers_alpha_per_dataset():
-    from pipeline.cluster.points import experiment_point_configs
+    from pipeline.cluster.sweep_points import experiment_point_configs
 
     got = {}
     for _, cfg in experiment_point_configs(["experiment=paper_table1"]):

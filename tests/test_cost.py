@@ -24,23 +24,23 @@ def test_the_store_records_wall_time_and_device_in_complete(tmp_path):
 def _point(store, judge_kind: str) -> Point:
     def arm(name, alpha):
         stages = {
-            "finetune": StageRef(f"finetune-{name}-0", {"train_runtime_s": 100.0}),
-            "alpaca_eval": StageRef(f"alpaca_eval-{name}-0", {"n_total": 3.0}),
+            "finetune": StageRef(key=f"finetune-{name}-0", metrics={"train_runtime_s": 100.0}),
+            "alpaca_eval": StageRef(key=f"alpaca_eval-{name}-0", metrics={"n_total": 3.0}),
         }
         noise = {"kind": "none"} if alpha == 0 else {"kind": "uniform", "alpha": alpha}
-        return Arm(name, alpha == 0, 42, noise, stages)
+        return Arm(name=name, baseline=alpha == 0, seed=42, noise=noise, stages=stages)
 
     return Point(
-        f"p-{judge_kind}",
-        None,
-        "e",
-        str(store),
-        "m",
-        "d",
-        "j",
-        "r",
-        {},
-        [arm("base", 0), arm("neft", 5)],
+        id=f"p-{judge_kind}",
+        name=None,
+        experiment="e",
+        store=str(store),
+        model="m",
+        dataset="d",
+        judge="j",
+        reference="r",
+        setting={},
+        arms=[arm("base", 0), arm("neft", 5)],
         choices={"finetune": "cpu"},
         config={"judge": {"kind": judge_kind}},
     )

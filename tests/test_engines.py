@@ -173,7 +173,7 @@ def test_a_worker_crash_without_response_names_the_worker_log(tiny, tmp_path):
 
 def test_a_missing_interpreter_is_named(tiny, tmp_path):
     cfg, model_dir, texts = tiny
-    with pytest.raises(EngineError, match=r"generate.vllm.python='/nonexistent/python' is not"):
+    with pytest.raises(EngineError, match=r"generate.settings.python='/nonexistent/python' is not"):
         generate_in_subprocess(
             "vllm", "/nonexistent/python", request_of(cfg, model_dir, texts), tmp_path
         )
@@ -198,7 +198,8 @@ def test_the_stage_through_the_worker_writes_the_same_outputs_json(tiny, tmp_pat
         return generate_in_subprocess("hf", sys.executable, request, work)
 
     monkeypatch.setattr(engines, "generate_in_subprocess", hf_behind_worker)
-    gen = OmegaConf.merge(cfg.generate, {"engine": "vllm", "vllm": {"python": "/venv/python"}})
+    gen = OmegaConf.merge(cfg.generate, {"engine": "vllm"})
+    gen.settings = {"python": "/venv/python"}  # vllm's own settings, in place of hf's (none)
     worker = generate_stage.generate(finetuned, gen, cfg.model.dtype, store)
 
     assert worker.key != in_process.key
@@ -279,7 +280,7 @@ def test_vllm_does_not_start_on_a_gpu_this_process_still_holds(a_gpu_held, tmp_p
     args = (tmp_path, ["hi"], cfg.generate, "bfloat16", 4, 0, "g", tmp_path)
     with pytest.raises(EngineError, match=r"10\.0 GiB free of 80\.0.*holds 60\.0 GiB") as err:
         vllm.generate(*args)
-    assert "generate.vllm.gpu_memory_utilization=0.12 or lower" in str(err.value)
+    assert "generate.settings.gpu_memory_utilization=0.12 or lower" in str(err.value)
     assert calls == ["empty_cache"]  # released first, then measured; the worker never started
     state.update(free=76 * 1024**3, held=0)
     outputs, counts, _, _ = vllm.generate(*args)

@@ -18,7 +18,8 @@ UPSTREAM = "finetune-tiny-llama_base-0123456789ab"
 
 
 # Keys of the generate stage computed before the schema had `engine` and `vllm` (commit
-# 3c9999d~1), for the upstream key UPSTREAM: stores filled then must still be found.
+# 3c9999d~1; generate.settings since issue 29), for the upstream key UPSTREAM: stores filled then
+# must still be found.
 KEYS_BEFORE_ENGINES = {
     ("model=tiny", "generate=tiny"): "generate-tiny-llama_base-a6d8dd70a8bf",
     ("model=tiny", "generate=cpu"): "generate-tiny-llama_base-67904b302fc1",
@@ -33,7 +34,7 @@ def test_engine_hf_keeps_every_generate_key(overrides):
         cfg.model.dtype = "bfloat16"
     params = generate_stage.generate_params(cfg.generate, cfg.model.dtype)
     plain = OmegaConf.to_container(cfg.generate, resolve=True)
-    for k in ("reference", "engine", "vllm"):
+    for k in ("reference", "engine", "settings"):
         plain.pop(k)
     assert params == plain | {"dtype": cfg.model.dtype}
     # Version 1: the keys were computed then; version 2 (padding-free penalty) is a deliberate
@@ -49,17 +50,23 @@ def test_engine_vllm_and_its_settings_enter_the_key_but_not_the_interpreter_path
         return stage_key("generate", "x", params, [UPSTREAM], 1), params
 
     hf_key, _ = key()
-    vllm_key, params = key("generate.engine=vllm", "generate.vllm.python=/a/python")
+    vllm_key, params = key("generate.engine=vllm", "generate.settings.python=/a/python")
     assert params["engine"] == "vllm" and params["vllm"] == {
         "tensor_parallel_size": 1,
         "gpu_memory_utilization": 0.9,
         "max_model_len": None,
     }
     assert vllm_key != hf_key
-    assert key("generate.engine=vllm", "generate.vllm.python=/b/python")[0] == vllm_key
-    assert key("generate.engine=vllm", "generate.vllm.tensor_parallel_size=2")[0] != vllm_key
-    # An hf run ignores vLLM settings entirely: they do not split its key.
-    assert key("generate.vllm.tensor_parallel_size=4")[0] == hf_key
+    assert key("generate.engine=vllm", "generate.settings.python=/b/python")[0] == vllm_key
+    assert key("generate.engine=vllm", "generate.settings.tensor_parallel_size=2")[0] != vllm_key
+    # generate.settings are the selected engine's own: hf has none, so vLLM's are refused for it,
+    # naming the engine and the key (before: accepted and ignored).
+    with pytest.raises(ValueError) as err:
+        key("generate.settings.tensor_parallel_size=4")
+    assert (
+        "generate.settings.tensor_parallel_size: generate.engine='hf' has no settings of its own"
+        in str(err.value)
+    )
 
 
 def test_check_passes_the_default_and_explains_every_vllm_misconfiguration(tmp_path, monkeypatch):
@@ -74,19 +81,19 @@ def test_check_passes_the_default_and_explains_every_vllm_misconfiguration(tmp_p
     assert "generate.engine='tgi' is unknown; registered engines: hf, vllm" in msg
     assert "pipeline/generation/engine_kinds/tgi.py" in msg and "@register_engine('tgi')" in msg
     msg = fails("generate.engine=vllm")
-    assert "generate.vllm.python is not set" in msg and "pip install vllm" in msg
+    assert "generate.settings.python is not set" in msg and "pip install vllm" in msg
     assert "generate.engine=hf" in msg
     plain = tmp_path / "python"
     plain.write_text("not executable")
-    msg = fails("generate.engine=vllm", f"generate.vllm.python={plain}")
-    assert f"generate.vllm.python='{plain}' is not an executable file" in msg
+    msg = fails("generate.engine=vllm", f"generate.settings.python={plain}")
+    assert f"generate.settings.python='{plain}' is not an executable file" in msg
     vllm_here = importlib.util.find_spec("vllm") is not None
     if not vllm_here:
-        msg = fails("generate.engine=vllm", f"generate.vllm.python={sys.executable}")
+        msg = fails("generate.engine=vllm", f"generate.settings.python={sys.executable}")
         assert "has no vllm installed" in msg and "-m pip install vllm" in msg
     monkeypatch.setattr(engines, "_has_module", lambda python, module: True)
     monkeypatch.setattr(engines, "visible_cuda_gpus", lambda: 0)
-    msg = fails("generate.engine=vllm", f"generate.vllm.python={sys.executable}")
+    msg = fails("generate.engine=vllm", f"generate.settings.python={sys.executable}")
     assert "needs a CUDA GPU and none is visible" in msg and "generate.engine=hf" in msg
     monkeypatch.setattr(engines, "visible_cuda_gpus", lambda: 1)
     generate_stage.check(
@@ -94,13 +101,13 @@ def test_check_passes_the_default_and_explains_every_vllm_misconfiguration(tmp_p
             "model=tiny",
             "generate=tiny",
             "generate.engine=vllm",
-            f"generate.vllm.python={sys.executable}",
+            f"generate.settings.python={sys.executable}",
         )
     )
     msg = fails(
         "generate.engine=vllm",
-        f"generate.vllm.python={sys.executable}",
-        "generate.vllm.tensor_parallel_size=2",
+        f"generate.settings.python={sys.executable}",
+        "generate.settings.tensor_parallel_size=2",
     )
     assert "tensor_parallel_size=2 needs as many GPUs; 1 visible" in msg
 

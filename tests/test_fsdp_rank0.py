@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from pipeline.config.finetune import finetune_settings
 from pipeline.models.loading import base_model_dir
 from pipeline.store.store import Store
 from pipeline.train.training import TrainRequest
@@ -109,9 +110,8 @@ def probed(tmp_path_factory):
         "finetune.effective_batch_size=4",
         "finetune.per_device_batch_size=2",
     )
-    train = OmegaConf.to_container(cfg.finetune, resolve=True, enum_to_str=True)
-    train.update(gradient_accumulation_steps=1, seed=0)
-    assert train["distributed"]["fsdp"]["rank0_load"] is True  # the default
+    train = finetune_settings(OmegaConf.merge(cfg.finetune, {"seed": 0}))
+    assert train.distributed.fsdp.rank0_load is True  # the default
     TrainRequest(
         work=str(root / "work"),
         base_dir=base_model_dir(cfg.model, Store(root / "cache")),

@@ -172,7 +172,7 @@ def test_the_resolved_dtype_not_auto_is_what_the_point_runs_with(monkeypatch):
     cfg = composed("model=llama2_7b", "finetune=tiny", "generate=tiny", "judge=local_tiny")
     assert cfg.model.dtype == "auto"
     devices.resolve_precision(cfg)
-    assert cfg.model.dtype == "float32" and cfg.judge.model.dtype == "float32"
+    assert cfg.model.dtype == "float32" and cfg.judge.settings.model.dtype == "float32"
     assert "resolve_precision(cfg)" in Path(check_all.__code__.co_filename).read_text()
 
 
@@ -185,10 +185,11 @@ def test_training_arguments_build_on_every_supported_transformers(tmp_path, chec
 
     from omegaconf import OmegaConf
 
+    from pipeline.config.finetune import finetune_settings
     from pipeline.train.trainer_args import training_arguments
 
-    cfg = OmegaConf.to_container(composed("finetune=tiny").finetune, resolve=True)
-    cfg.update(gradient_accumulation_steps=1, gradient_checkpointing=checkpointing)
+    tiny = composed("finetune=tiny").finetune
+    cfg = finetune_settings(OmegaConf.merge(tiny, {"gradient_checkpointing": checkpointing}))
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*checkpointing.*", category=FutureWarning)
         args = training_arguments(cfg, [], tmp_path, 1)
@@ -199,6 +200,7 @@ def test_training_arguments_build_on_every_supported_transformers(tmp_path, chec
 def test_lora_adapters_train_and_merge_on_the_installed_peft():
     """The LoRA path (pipeline.train.lora) on whatever peft is installed: CI runs this on the
     declared floor too (peft 0.17 imports transformers' HybridCache, gone in transformers 5)."""
+    from pipeline.config.finetune import LoraConfig
     from pipeline.train.lora import merged, with_lora
     from scripts.gpu_rows import tiny_llama
 
@@ -206,7 +208,7 @@ def test_lora_adapters_train_and_merge_on_the_installed_peft():
     ids = torch.randint(0, 100, (2, 16))
     with torch.no_grad():
         before = model(input_ids=ids).logits
-    lora = {"r": 4, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    lora = LoraConfig(r=4, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj"])
     wrapped = with_lora(model, lora, False)
     trainable = [p for p in wrapped.parameters() if p.requires_grad]
     assert 0 < sum(p.numel() for p in trainable) < sum(p.numel() for p in wrapped.parameters())

@@ -14,7 +14,7 @@ from pipeline.human.__main__ import main
 from pipeline.human.app import create_app
 from pipeline.human.db import ANNOTATORS, EVENTS, VoteDB
 from pipeline.human.export import annotations, cohen_kappa, fleiss_kappa, majority, summarize
-from pipeline.human.report import human_report_section, markdown_html
+from pipeline.human.report_section import human_report_section, markdown_html
 from pipeline.human.study import StudyError, load_study, sequence_for
 from tests.support.human import (
     DB_KINDS,

@@ -12,7 +12,8 @@ from pipeline.store.store import stage_key
 from tests.support.composed import composed
 
 # Computed by this test against the code before issue 29 (judge.model, judge.batch_size,
-# judge.base_url, generate.vllm.* flat in the schema): stores filled then must still be found.
+# judge.base_url, generate.vllm.* flat in the schema; the overrides then named those keys):
+# stores filled then must still be found.
 KEYS_BEFORE_KIND_SETTINGS = {
     "default": {
         "finetune base": "finetune-smollm2-135m_default_base-27fee4388980",
@@ -47,12 +48,12 @@ OVERRIDES = {
     "default": (),
     "other kinds": (
         "judge=openai_compatible",
-        "judge.base_url=http://judge-node:8000/v1",
-        "judge.served_model=Llama-3-70B-Instruct",
+        "judge.settings.base_url=http://judge-node:8000/v1",
+        "judge.settings.served_model=Llama-3-70B-Instruct",
         "noise=gaussian",
         "generate.engine=vllm",
-        "generate.vllm.python=/venvs/vllm/bin/python",
-        "generate.vllm.tensor_parallel_size=2",
+        "generate.settings.python=/venvs/vllm/bin/python",
+        "generate.settings.tensor_parallel_size=2",
     ),
     "smoke": ("+stack=smoke",),  # judge=local_tiny
     "openai judge": ("judge=weighted_alpaca_eval_gpt4_turbo",),

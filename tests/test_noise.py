@@ -188,3 +188,52 @@ def test_bf16_scale_is_computed_in_fp32_so_lengths_above_256_are_not_rounded():
         measured = noise.float().abs().sum() / eps.float().abs().sum()
         want = alpha / math.sqrt(seq_len * dim)
         assert abs(measured.item() / want - 1) < 5e-4, seq_len
+
+
+@pytest.fixture
+def hooked_kind():
+    """A kind using the hook points beyond `sample` (NoisyTune's weights, R3F's two passes)."""
+    from pipeline.train.noise_kinds import KINDS, NoiseKind, register
+
+    class Hooked(NoiseKind):
+        def sample(self, like, mag, generator, settings):
+            return torch.ones_like(like) * mag
+
+        def before_training(self, model, settings, generator):
+            with torch.no_grad():  # NoisyTune: a one-off perturbation of the pretrained weights
+                model.get_input_embeddings().weight.add_(1.0)
+
+        def training_loss(self, loss, settings):
+            return loss(False) + loss(True)  # R3F: a clean and a noised pass
+
+    register("hooked")(Hooked)
+    yield
+    KINDS.pop("hooked")
+
+
+def test_a_kind_reaches_every_hook_point_through_the_handle(hooked_kind):
+    model = tiny_llama()
+    before = model.get_input_embeddings().weight.detach().clone()
+    handle = attach_neftune(model, alpha=5.0, kind="hooked")
+    assert torch.equal(model.get_input_embeddings().weight, before + 1.0)
+    model.train()
+    ids = torch.tensor([[5, 6, 7]])
+    added = []
+
+    def forward():
+        noise = captured_noise(model, model, input_ids=ids, attention_mask=torch.ones_like(ids))
+        added.append(noise)
+        return noise.sum()
+
+    handle.training_loss(forward)
+    assert torch.count_nonzero(added[0]) == 0  # the clean pass
+    assert torch.allclose(added[1], torch.full_like(added[1], 5.0 / math.sqrt(3 * D)))
+    assert handle.noised  # back on after the kind's passes
+    # Uniform keeps NEFTune's default: one noised pass, nothing done to the weights.
+    plain = tiny_llama()
+    weights = plain.get_input_embeddings().weight.detach().clone()
+    handle = attach_neftune(plain, alpha=5.0)
+    assert torch.equal(plain.get_input_embeddings().weight, weights)
+    calls = []
+    handle.training_loss(lambda: calls.append(handle.noised) or torch.tensor(0.0))
+    assert calls == [True]

@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.composed import SMOKE
-from tests.support.pipeline_run import run_pipeline, stage_dirs
+from tests.support.pipeline_run import stage_dirs
 
 pytestmark = pytest.mark.e2e
 
 
-def test_alpha_grid_sweep_trains_the_baseline_once_and_tables_every_alpha(tmp_path):
-    store = tmp_path / "store"
-    result = run_pipeline(store, "sweep=alpha_grid", *SMOKE, "logger=disabled")
+def test_alpha_grid_sweep_trains_the_baseline_once_and_tables_every_alpha(tiny_run):
+    store = tiny_run.store
+    result = tiny_run.run("sweep=alpha_grid", "logger=disabled")
     assert result.returncode == 0, result.stderr[-3000:]
     finetunes = [p.name for p in stage_dirs(store, "finetune")]
     assert len(finetunes) == 4 and sum("_base-" in name for name in finetunes) == 1
@@ -28,9 +27,9 @@ def test_alpha_grid_sweep_trains_the_baseline_once_and_tables_every_alpha(tmp_pa
     assert sum(line.startswith("| default | tiny-llama |") for line in table1.splitlines()) == 4
 
 
-def test_lora_finetune_trains_adapters_with_noise_through_the_peft_wrapper(tmp_path):
-    store = tmp_path / "store"
-    result = run_pipeline(store, *SMOKE, "finetune=lora_tiny", "logger=disabled")
+def test_lora_finetune_trains_adapters_with_noise_through_the_peft_wrapper(tiny_run):
+    store = tiny_run.store
+    result = tiny_run.run("finetune=lora_tiny", "logger=disabled")
     assert result.returncode == 0, result.stderr[-3000:]
     base, neft = (
         json.loads((p / "metrics.json").read_text()) for p in stage_dirs(store, "finetune")
@@ -49,17 +48,17 @@ def test_lora_finetune_trains_adapters_with_noise_through_the_peft_wrapper(tmp_p
     assert len(stage_dirs(store, "generate")) == 2
 
 
-def test_report_points_fill_every_section_of_the_report(tmp_path):
+def test_report_points_fill_every_section_of_the_report(tiny_run):
     """The points of experiment=default_all, on the tiny model: main (+ overfit, length
     control), a noise variant, LoRA."""
-    store = tmp_path / "store"
-    common = [*SMOKE, "experiment.name=all", "logger=disabled"]
+    store = tiny_run.store
+    common = ["experiment.name=all", "logger=disabled"]
     for extra in (
         ["+point=all_main", "overfit=tiny", "length_control=tiny"],
         ["+point=all_gaussian5"],
         ["+point=all_lora", "finetune=lora_tiny"],
     ):
-        done = run_pipeline(store, *common, *extra)
+        done = tiny_run.run(*common, *extra)
         assert done.returncode == 0, done.stderr[-3000:]
     out = store / "results" / "all"
     report = (out / "REPORT.md").read_text()

@@ -30,10 +30,14 @@ def rows(path: Path) -> list[list[str]]:
 @pytest.fixture
 def experiment(tmp_path):
     long = Variant(
-        "long",
-        42,
-        {"instruction_suffix": " Give a long answer.", "min_new_tokens": 0, "max_new_tokens": None},
-        {
+        name="long",
+        seed=42,
+        setting={
+            "instruction_suffix": " Give a long answer.",
+            "min_new_tokens": 0,
+            "max_new_tokens": None,
+        },
+        stages={
             "generate": ref("generate", "long", gen_n_outputs=4),
             "alpaca_eval": ref("alpaca_eval", "long", win_rate=45.0, standard_error=1.0),
             "analysis": analysis("long", 400.0),
@@ -120,6 +124,25 @@ def test_a_point_file_of_another_schema_is_refused_with_the_fix(tmp_path, caplog
     with pytest.raises(RuntimeError, match="no usable point files"):
         write_results(tmp_path)
     assert re.search("skipped point file .*old.json.*rerun its point", caplog.text)
+
+
+def test_a_point_file_of_the_schema_before_point_stages_is_read(tmp_path):
+    """Schema 1 called the point's own stages `extra`; its files (the committed studies among
+    them) are read as they are, not refused."""
+    from pipeline.results.points import SCHEMA, read_points
+
+    committed = Path(__file__).resolve().parents[1] / "results" / "default" / "points"
+    old = next(committed.glob("*.json"))
+    data = json.loads(old.read_text(encoding="utf-8"))
+    assert data["schema"] == 1 and "extra" in data  # as committed
+    (tmp_path / old.name).write_text(json.dumps(data), encoding="utf-8")
+    (point,) = read_points(tmp_path)
+    assert point.schema == SCHEMA == 2
+    assert set(point.point_stages) == {"train_analysis", "judge_calibration"}
+    assert (
+        point.point_stages["judge_calibration"].metrics
+        == data["extra"]["judge_calibration"]["metrics"]
+    )
 
 
 SHARED_PAPER = Path(__file__).resolve().parents[2] / "shared" / "paper_numbers.md"

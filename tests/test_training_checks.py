@@ -29,15 +29,14 @@ import torch, json, sys
 torch.cuda.is_available = lambda: True
 torch.cuda.device_count = lambda: 4
 torch.cuda.set_device = lambda *a: None
+from pipeline.config.finetune import finetune_settings
 from pipeline.train.trainer_args import single_device, training_arguments
 from tests.support.composed import composed
-from omegaconf import OmegaConf
-cfg = OmegaConf.to_container(composed("finetune=tiny").finetune, resolve=True)
-cfg["gradient_accumulation_steps"] = 1
+cfg = finetune_settings(composed("finetune=tiny").finetune)
 args = training_arguments(cfg, [], {str(tmp_path)!r}, 1)
 before = args.n_gpu
 single_device(args)
-print(json.dumps([before, args.n_gpu, args.train_batch_size, cfg["per_device_batch_size"]]))
+print(json.dumps([before, args.n_gpu, args.train_batch_size, cfg.per_device_batch_size]))
 """
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300

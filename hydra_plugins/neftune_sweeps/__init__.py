@@ -1,10 +1,10 @@
-"""Hydra's door to pipeline.cluster.points' sweeper: Hydra instantiates a sweeper only from a
+"""Hydra's door to pipeline.cluster.sweep_points' sweeper: Hydra instantiates a sweeper only from a
 class defined under hydra_plugins.* (hydra.core.plugins.Plugins._instantiate), so the class that
-hydra/sweeper=grid names lives here, and what it does lives in pipeline/cluster/points.py
+hydra/sweeper=grid names lives here, and what it does lives in pipeline/cluster/sweep_points.py
 (expand_grids). Found when the repository root is on sys.path, like
 hydra_plugins.neftune_cluster."""
 
-from pipeline.cluster.points import GridSweeper, register
+from pipeline.cluster.sweep_points import GridSweeper, register
 
 register()
 

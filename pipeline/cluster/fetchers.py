@@ -20,7 +20,7 @@ import json
 from fnmatch import fnmatch
 from pathlib import Path
 
-from pipeline.cluster.needs import Item
+from pipeline.cluster.downloads import Item
 from pipeline.judging.calibration_source import cached, download, published
 
 HUB, MIRROR = "hub", "mirror"

@@ -4,23 +4,38 @@
     DIR/datasets/<org>/<name>/...    a dataset repo's files (data files, README.md with its
                                      `configs:` metadata when it has named configs)
 
-Models and hub files go into the hub cache in huggingface_hub's own layout (blobs/<sha256>,
-snapshots/<commit>/<file> linking to them, refs/<revision>), so from_pretrained(<org>/<name>)
-and hf_hub_download find them under HF_HUB_OFFLINE=1. A mirror has no commits: the snapshot is
-named by a hash of repo and revision (or by the revision when it is a commit hash), and files
-added later to a repo already cached join the snapshot its ref names. Datasets are prepared by
-datasets' own builder from the mirrored repo and written where datasets' offline lookup searches
+Models and hub files go into the hub cache where huggingface_hub's offline lookups
+(try_to_load_from_cache, hf_hub_download and snapshot_download with HF_HUB_OFFLINE=1, hence
+from_pretrained(<org>/<name>)) find them: refs/<revision> naming a commit, and the files under
+snapshots/<commit>/. A mirror has no commits: the snapshot is named by a hash of repo and revision
+(or by the revision when it is a commit hash), and files added later to a repo already cached
+join the snapshot its ref names. Datasets are prepared by datasets' own builder from the mirrored
+repo and written where datasets' offline lookup searches
 (HF_DATASETS_CACHE/<org>___<name>/<config>/<version>/<hash>).
+
+Why the hub cache is written here and not by huggingface_hub (checked in huggingface_hub 2.4):
+its writers fetch over HTTP only. hf_hub_download and snapshot_download ask an endpoint
+(HF_ENDPOINT: repo_info, list_repo_tree, a HEAD on /resolve/) for the commit and every file;
+there is no file:// or local-folder source, and snapshot_download(local_dir=...) fills a plain
+folder from the network, not the cache. try_to_load_from_cache, scan_cache_dir and
+get_cached_repo_tree only read the cache; cached_assets_path is a separate assets/ tree, not a
+repo's. What writes refs/ and snapshots/ is private (in file_download:
+_cache_commit_hash_for_specific_revision, _create_symlink, _chmod_and_move). So the two folders
+its readers use are written by hand, with plain files in the snapshot (the layout
+huggingface_hub itself writes where it cannot link to blobs/), and try_to_load_from_cache, its
+public reader, then checks every file: a release that reads another layout fails the prefetch,
+not the offline job.
 """
 
 from __future__ import annotations
 
+import filecmp
 import hashlib
-import os
 import re
 import shutil
 from pathlib import Path
 
+from pipeline.cluster.downloads import Item
 from pipeline.cluster.fetchers import (
     MIRROR,
     HubDataset,
@@ -31,20 +46,12 @@ from pipeline.cluster.fetchers import (
     load_kwargs,
     register,
 )
-from pipeline.cluster.needs import Item
 
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _commit(root: Path, repo_id: str, revision: str | None) -> str:
+    """The snapshot folder of `revision` in the cached repo `root`, its ref written if new."""
     ref = revision or "main"
     if COMMIT.fullmatch(ref):
         return ref
@@ -53,45 +60,38 @@ def _commit(root: Path, repo_id: str, revision: str | None) -> str:
         return ref_file.read_text().strip()
     commit = hashlib.sha1(f"mirror:{repo_id}@{ref}".encode()).hexdigest()
     ref_file.parent.mkdir(parents=True, exist_ok=True)
-    ref_file.write_text(commit)
+    partial = ref_file.with_name(ref_file.name + ".incomplete")
+    partial.write_text(commit)
+    partial.replace(ref_file)  # atomic: a reader never sees half a commit hash
     return commit
 
 
-def _place(blob: Path, link: Path) -> None:
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    try:  # relative, as huggingface_hub links them: the cache can be moved whole
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    except OSError:  # no symlinks on this filesystem: huggingface_hub then stores copies too
-        shutil.copy2(blob, link)
+def write_snapshot(root: Path, item: Item, files: dict[str, Path]) -> None:
+    """Put `files` (repo path -> mirror file) into the cached repo `root` (HF_HUB_CACHE/
+    <type>s--<org>--<name>) of `item`; a file already there with the same content is kept."""
+    from huggingface_hub import try_to_load_from_cache
 
-
-def write_snapshot(root: Path, repo_id: str, revision: str | None, files: dict[str, Path]) -> int:
-    """Put `files` (repo path -> mirror file) into the cached repo `root`; the number copied
-    (0: every file was there with the same content)."""
-    snapshot = root / "snapshots" / _commit(root, repo_id, revision)
-    copied = 0
+    commit = _commit(root, item.id, item.revision)
     for rel, src in sorted(files.items()):
-        digest = _sha256(src)
-        blob, link = root / "blobs" / digest, snapshot / rel
-        if (
-            blob.is_file()
-            and link.exists()
-            and (
-                link.resolve() == blob.resolve()
-                or (not link.is_symlink() and _sha256(link) == digest)
-            )
-        ):
+        dest = root / "snapshots" / commit / rel
+        if dest.is_file() and filecmp.cmp(src, dest, shallow=False):
             continue
-        if not blob.is_file():
-            blob.parent.mkdir(parents=True, exist_ok=True)
-            partial = blob.with_suffix(".incomplete")
-            shutil.copyfile(src, partial)
-            partial.replace(blob)  # atomic: an interrupted copy is never taken for the blob
-        _place(blob, link)
-        copied += 1
-    return copied
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = dest.with_name(dest.name + ".incomplete")
+        shutil.copyfile(src, partial)
+        partial.replace(dest)  # atomic (and replaces a link to a blob): never half a file
+        # A lookup that found no such file once (offline) left a marker that now lies.
+        (root / ".no_exist" / commit / rel).unlink(missing_ok=True)
+    for rel in sorted(files):
+        found = try_to_load_from_cache(
+            item.id, rel, cache_dir=root.parent, revision=item.revision, repo_type=item.repo_type
+        )
+        if not isinstance(found, str):
+            raise RuntimeError(
+                f"{item.label()}: {rel} was copied into {root} but huggingface_hub does not find "
+                "it there: this huggingface_hub reads another cache layout than "
+                "pipeline/cluster/mirror.py writes"
+            )
 
 
 def _mirror_dir(source: Path, item: Item) -> Path:
@@ -111,7 +111,7 @@ class MirrorModel(HubModel):
         files = {rel: src / rel for rel in kept(every)}
         if "config.json" not in files:
             raise FileNotFoundError(f"{src} has no config.json: not a transformers model repo")
-        write_snapshot(self.where(item), item.id, item.revision, files)
+        write_snapshot(self.where(item), item, files)
 
 
 @register("hub_file", MIRROR)
@@ -122,7 +122,7 @@ class MirrorFile(HubFile):
         src = _mirror_dir(self.source, item) / item.name
         if not src.is_file():
             raise FileNotFoundError(f"{item.label()} is not in the mirror (no file {src})")
-        write_snapshot(self.where(item), item.id, item.revision, {item.name: src})
+        write_snapshot(self.where(item), item, {item.name: src})
 
 
 @register("dataset", MIRROR)

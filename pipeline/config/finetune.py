@@ -70,3 +70,12 @@ class FinetuneConfig:
     seed: int = 42  # data order and init of anything random
     lora: Optional[LoraConfig] = None  # adapters instead of a full finetune; null = full
     distributed: DistributedConfig = field(default_factory=DistributedConfig)  # processes
+
+
+def finetune_settings(node) -> FinetuneConfig:
+    """The finetune config as its typed dataclass, from a DictConfig or a plain dict (a torchrun
+    worker's request.json): what the training code reads, by attribute, and what
+    train.trainer_args.training_arguments maps onto the Trainer's arguments."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(FinetuneConfig), node))

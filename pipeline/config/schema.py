@@ -30,6 +30,7 @@ from pipeline.config.choices import (
     plain,
 )
 from pipeline.config.finetune import FinetuneConfig
+from pipeline.store.key_rules import without_empty_arch
 
 
 @dataclass
@@ -231,18 +232,9 @@ def register() -> None:
 
 
 def config_params(node) -> dict:
-    """A config node as the plain dict a stage key hashes.
-
-    The schema gave every model an `arch` slot; a model that has none hashes as it did before the
-    schema existed, so stage keys computed then are still found.
-    """
-
-    def strip(value):
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if not (k == "arch" and v is None)}
-        return value
-
-    return strip(plain(node))
+    """A config node as the plain dict a stage key hashes (store/key_rules.py: without_empty_arch
+    keeps the keys computed before the schema existed)."""
+    return without_empty_arch(plain(node))
 
 
 register()

@@ -1,7 +1,8 @@
 """Generation engines behind one subprocess worker: hf (transformers generate) and vllm.
 
 vLLM pins its own torch and transformers, so it runs in a Python environment of its own
-(generate.vllm.python). The generate stage writes a request into its work dir and starts
+(generate.settings.python with generate.engine=vllm). The generate stage writes a request into
+its work dir and starts
 
     <python> -m pipeline.generation.worker worker <request.json> <response.json>
 
@@ -15,8 +16,9 @@ request.json   {"protocol": 1, "engine": "hf" | "vllm", "model_dir": str, "dtype
                 "decoding": {"greedy": true, "max_new_tokens": int, "max_total_length": int,
                              "repetition_penalty": float, "min_new_tokens": int,
                              "batch_size": int (hf only: vLLM schedules its own batches)},
-                "options": {"tensor_parallel_size": int, "gpu_memory_utilization": float,
-                            "max_model_len": int | null} (vllm only)}
+                "options": {the engine's settings (generate.settings) less `python`, e.g. vllm:
+                            "tensor_parallel_size": int, "gpu_memory_utilization": float,
+                            "max_model_len": int | null}}
 response.json  {"protocol": 1, "engine": str, "library": "<name> <version>",
                 "outputs": [str, ...], "new_tokens": [int, ...] (both in prompt order),
                 "runtime_s": float (generation only, model load excluded)}
@@ -27,7 +29,8 @@ and quoting its last lines.
 
 Engines are registered by name (generate.engine): one module each in
 pipeline/generation/engine_kinds/, an Engine subclass decorated with @register_engine, found with
-pkgutil. Those modules, like this one, import only the standard library at top level.
+pkgutil, its own settings a dataclass beside it (Settings; generate.settings in the config).
+Those modules, like this one, import only the standard library at top level.
 """
 
 from __future__ import annotations
@@ -37,17 +40,21 @@ import os
 import shutil
 import subprocess
 import time
+from dataclasses import fields
 from pathlib import Path
 
-from pipeline.registry import Registry
-from pipeline.text.logs import log_tail
+from pipeline.logs import log_tail
+from pipeline.registry import NoSettings, Registry
 
 PROTOCOL = 1
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 VENV_HINT = (
     "create one (python -m venv ~/vllm-env && ~/vllm-env/bin/pip install vllm) and set "
-    "generate.vllm.python=~/vllm-env/bin/python, or use generate.engine=hf"
+    "generate.settings.python=~/vllm-env/bin/python, or use generate.engine=hf"
 )
+# Field metadata of a setting that is a location, not a setting of what is computed (an
+# interpreter's path): it never enters the generate key.
+LOCATION = {"hashed": False}
 
 
 class EngineError(RuntimeError):
@@ -58,6 +65,11 @@ class Engine:
     """One generation engine: its checks and key params (parent side), its generation."""
 
     name = "?"  # set by @register_engine
+    Settings: type = NoSettings  # the dataclass of generate.settings for this engine
+
+    def settings(self, gen_cfg):
+        """generate.settings, typed as this engine's Settings (checked; defaults filled in)."""
+        return ENGINES.settings(gen_cfg)
 
     def check(self, gen_cfg) -> None:
         """Fail before any work when the engine cannot run here; say how to fix it."""
@@ -67,12 +79,12 @@ class Engine:
         return 0
 
     def key_params(self, settings: dict) -> dict:
-        """What of the engine enters the generate key: its name and settings (generate.<name>),
-        never the interpreter path (a location, not a setting)."""
-        return {
-            "engine": self.name,
-            self.name: {k: v for k, v in settings.items() if k != "python"},
-        }
+        """What of the engine enters the generate key: its name and its typed settings (plain),
+        never a location (a field with LOCATION metadata, such as the interpreter path)."""
+        places = {f.name for f in fields(self.Settings) if f.metadata.get("hashed") is False}
+        return legacy_engine_params(
+            self.name, {k: v for k, v in settings.items() if k not in places}
+        )
 
     def generate(
         self,
@@ -86,10 +98,10 @@ class Engine:
         work: Path,
     ) -> tuple[list, list, float, dict]:
         """(answers, new-token counts, generation seconds, metrics): by default through a worker
-        started by generate.<name>.python, with generate.<name> (less python) as options."""
+        started by generate.settings.python, with generate.settings (less python) as options."""
         from omegaconf import OmegaConf
 
-        options = OmegaConf.to_container(gen_cfg[self.name], resolve=True)
+        options = OmegaConf.to_container(self.settings(gen_cfg), resolve=True)
         python = options.pop("python", None)
         request = make_request(
             self.name,
@@ -124,10 +136,20 @@ ENGINES = Registry(
     "pipeline.generation.engine_kinds",
     lambda name: (
         f"A new engine is pipeline/generation/engine_kinds/{name}.py (an Engine subclass "
-        f"decorated with @register_engine({name!r})), plus a generate.{name} section in "
-        "pipeline/config/schema.py for settings of its own"
+        f"decorated with @register_engine({name!r})), its settings a Settings dataclass "
+        "beside it (generate.settings in the config)"
     ),
 )
+
+
+def legacy_engine_params(name: str, settings: dict) -> dict:
+    """What an engine's part of the generate key hashes, from its name and hashed settings.
+
+    Hashed as before: the settings under the engine's own name, as generate.<name> held them
+    before engines declared their own settings (issue 29; generate.settings now), so that every
+    generate stage stored before is still found. (hf overrides key_params: keyed as before
+    engines existed.)"""
+    return {"engine": name, name: settings}
 
 
 def register_engine(name: str):
@@ -196,7 +218,7 @@ def generate_in_subprocess(
     exe = resolve_python(python)
     if exe is None:
         raise EngineError(
-            f"generate.vllm.python={python!r} is not an executable interpreter; " + VENV_HINT
+            f"generate.settings.python={python!r} is not an executable interpreter; " + VENV_HINT
         )
     work = Path(work).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -265,8 +287,16 @@ def _has_module(python: str, module: str) -> bool:
 
 
 def check_engine(gen_cfg) -> None:
-    """Fail before any work when generate.engine is unknown or cannot run here."""
-    engine(gen_cfg.engine).check(gen_cfg)
+    """Fail before any work when generate.engine is unknown, its settings are not its own (an
+    unknown key, a wrong type), or it cannot run here."""
+    chosen = engine(gen_cfg.engine)
+    ENGINES.settings(gen_cfg)
+    chosen.check(gen_cfg)
+
+
+def engine_settings(gen_cfg):
+    """generate.settings typed as generate.engine's Settings, in place (see Registry.settings)."""
+    return ENGINES.settings(gen_cfg)
 
 
 def _hf_engine(request: dict) -> dict:

@@ -8,8 +8,8 @@ Run: python -m pipeline.human invite experiment=default --label alice   (prints 
 
 
 def human_report_section(results_dir, store=None, db_url=None):
-    """REPORT.md's "Human study" markdown, or None (see pipeline.human.report)."""
+    """REPORT.md's "Human study" markdown, or None (see pipeline.human.report_section)."""
     # Imported here so that `import pipeline.human` stays light (no Flask, no SQLAlchemy).
-    from pipeline.human.report import human_report_section as section
+    from pipeline.human.report_section import human_report_section as section
 
     return section(results_dir, store, db_url)

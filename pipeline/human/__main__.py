@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             f"links used, {k['n_legacy']} legacy names with {k['n_legacy_votes']} votes) -> {out}"
         )
         return 0
-    from pipeline.human.report import study_markdown
+    from pipeline.human.report_section import study_markdown
 
     summary = summarize(study, db.current_votes(), db.annotators())
     print(study_markdown(study, summary, figure=None))

@@ -236,7 +236,7 @@ class _Pages:
 
     def report(self):
         self._local_only()
-        from pipeline.human.report import human_report_section, markdown_html
+        from pipeline.human.report_section import human_report_section, markdown_html
 
         text = human_report_section(self.report_dir, self.study.store, db_url=self.db.url)
         body = markdown_html(text or "No study with votes yet.", img_prefix="report/")

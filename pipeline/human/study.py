@@ -14,8 +14,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.logs import get_logger
 from pipeline.store.store import readable_of, write_json_atomic
-from pipeline.text.logs import get_logger
 
 LOG = get_logger("human")
 

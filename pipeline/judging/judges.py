@@ -206,12 +206,14 @@ def judge_key_params(judge_cfg) -> dict:
     """The judge's part of a stage key: its config (what every judge has, and its kind's typed
     settings), and what its kind adds (a local judge: its device where it is not the CPU, since
     a GPU's numerics can flip a close verdict)."""
+    from omegaconf import OmegaConf
+
     from pipeline.config.choices import plain
     from pipeline.config.schema import config_params
 
     shared = {k: v for k, v in plain(judge_cfg).items() if k != "settings"}
     settings = plain(judge_settings(judge_cfg))
-    judge = config_params(legacy_judge_params(shared, settings))
+    judge = config_params(OmegaConf.create(legacy_judge_params(shared, settings)))
     return {"judge": judge} | judge_kind(judge_cfg.kind).key_params(judge_cfg)
 
 

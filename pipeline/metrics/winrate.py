@@ -21,6 +21,7 @@ import math
 import os
 from pathlib import Path
 
+from pipeline.logs import get_logger
 from pipeline.metrics.glm import (
     LC_MINIMAL,
     alpaca_eval_metrics,
@@ -30,7 +31,6 @@ from pipeline.metrics.glm import (
     minimal_glm_design,
     quiet_sklearn,
 )
-from pipeline.text.logs import get_logger
 
 LOG = get_logger("winrate")
 

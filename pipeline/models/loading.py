@@ -11,9 +11,11 @@ model.source selects the loader:
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -60,14 +62,32 @@ def _gguf_file(spec: str) -> Path:
     return path
 
 
+@contextmanager
+def _no_gguf_bars():
+    """transformers draws the GGUF conversion's bars with tqdm itself, with no switch: a
+    one-time conversion into the cache, seconds long, whose bars tell a user nothing."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    drawn = getattr(gguf_utils, "tqdm", None)
+    if drawn is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(drawn, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = drawn
+
+
 def _convert_gguf(spec: str, out: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = _gguf_file(spec)
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32
-    )
+    with _no_gguf_bars():
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32
+        )
     # A dequantized GGUF model still carries its quantizer; drop it so it saves as plain weights.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

@@ -26,8 +26,8 @@ from pipeline.results.cost import cost_section
 from pipeline.results.findings import findings
 from pipeline.results.points import Point, read_point_files
 from pipeline.results.registry import TABLES
-from pipeline.results.report import write_report
-from pipeline.text.logs import get_logger
+from pipeline.results.report_md import write_report
+from pipeline.logs import get_logger
 
 LOG = get_logger("results")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.store.manifest import MARKER
-from pipeline.text.escape import escape_md
+from pipeline.markup import escape_md
 from pipeline.results.points import Point, StageRef
 
 RUNTIME_METRIC = {"finetune": "train_runtime_s", "generate": "gen_runtime_s"}
@@ -51,7 +51,7 @@ def _stages(p: Point) -> list[tuple[str, str, StageRef]]:
     out += [(s, f"{c.arm} vs {c.baseline} seed {c.seed}", r) for c in p.comparisons
             for s, r in c.stages.items()]
     out += [(s, f"{e.arm} vs {e.baseline}", r) for e in p.effects for s, r in e.stages.items()]
-    return out + [(s, "point", r) for s, r in p.extra.items()]
+    return out + [(s, "point", r) for s, r in p.point_stages.items()]
 
 
 def _json(path: Path):

@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 from pipeline.results.points import Arm, Point
-from pipeline.text.logs import get_logger
+from pipeline.logs import get_logger
 
 LOG = get_logger("results")
 

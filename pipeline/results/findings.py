@@ -117,7 +117,7 @@ def findings(points: list[Point], paper: dict | None = None) -> list[str]:
     paper = default_paper() if paper is None else paper
     md = ["## Findings", ""]
     for p in points:
-        calibration = p.extra.get("judge_calibration")
+        calibration = p.point_stages.get("judge_calibration")
         judge_text, informative = judge_sentence(calibration)
         for e in p.effects:
             m = e.stages["compare"].metrics

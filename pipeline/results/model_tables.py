@@ -30,7 +30,7 @@ def table4(points: list[Point], paper: dict) -> Table:
             ours = []
             for p in points:
                 if which is None:
-                    ref_ = p.extra["train_analysis"]
+                    ref_ = p.point_stages["train_analysis"]
                     ours.append(Cell(fmt(ref_.metrics[name]), (ref_.key,)))
                 else:
                     arms = p.baseline if which == "base" else (

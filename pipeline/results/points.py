@@ -2,7 +2,8 @@
 
 Every number a table shows is read from a `StageRef`: the stage key that computed it and that
 stage's metrics.json, so a table cell can name (and link) the stage directory it came from.
-Arms, seeds, length-control variants and head-to-head comparisons are lists, not name prefixes.
+Arms, seeds, length-control variants and head-to-head comparisons are lists, not name prefixes;
+every record is built by keyword (kw_only), so a field added or moved cannot shift the others.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-SCHEMA = 1
+SCHEMA = 2  # 2: `extra` renamed `point_stages` (it holds the judge's calibration too)
+# Point files of an older schema that this version still reads, and how each differs.
+READABLE = {1: {"rename": {"extra": "point_stages"}}}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StageRef:
     """One computed stage: its key (the directory under the store) and its metrics."""
 
@@ -22,7 +25,7 @@ class StageRef:
     metrics: dict
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Arm:
     """One fine-tuned model of a point (a noise setting x a seed) and the stages run on it."""
 
@@ -33,7 +36,7 @@ class Arm:
     stages: dict[str, StageRef] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Variant:
     """A length-control generation of the baseline model (Table 5) and the stages run on it."""
 
@@ -43,7 +46,7 @@ class Variant:
     stages: dict[str, StageRef] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Comparison:
     """+NEFT judged directly against the baseline of the same seed (the head-to-head)."""
 
@@ -53,7 +56,7 @@ class Comparison:
     stages: dict[str, StageRef] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Effect:
     """+NEFT minus the baseline on every measure, with CIs, pooled over seeds (compare stage)."""
 
@@ -63,7 +66,7 @@ class Effect:
     stages: dict[str, StageRef] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Point:
     """Everything one run (one sweep point) computed, with the keys of the stages that did it."""
 
@@ -80,7 +83,9 @@ class Point:
     variants: list[Variant] = field(default_factory=list)
     comparisons: list[Comparison] = field(default_factory=list)
     effects: list[Effect] = field(default_factory=list)
-    extra: dict[str, StageRef] = field(default_factory=dict)  # point-level stages (train data)
+    # Stages run once per point, not per arm: the training data's Table-4 row (train_analysis)
+    # and the judge's calibration (judge_calibration).
+    point_stages: dict[str, StageRef] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
     choices: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
@@ -106,36 +111,54 @@ class Point:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "Point":
+    def from_json(cls, data: dict) -> Point:
+        data = _upgraded(data)
         if data.get("schema") != SCHEMA:
-            raise ValueError(f"point {data.get('id')!r}: schema {data.get('schema')!r}, expected "
-                             f"{SCHEMA}; rerun the point to rewrite it")
+            raise ValueError(
+                f"point {data.get('id')!r}: schema {data.get('schema')!r}, expected "
+                f"{SCHEMA}; rerun the point to rewrite it"
+            )
 
         def refs(stages: dict) -> dict[str, StageRef]:
             return {k: StageRef(**v) for k, v in stages.items()}
 
         fields = dict(data)
         fields["arms"] = [Arm(**{**a, "stages": refs(a["stages"])}) for a in data["arms"]]
-        fields["variants"] = [Variant(**{**v, "stages": refs(v["stages"])})
-                              for v in data["variants"]]
-        fields["comparisons"] = [Comparison(**{**c, "stages": refs(c["stages"])})
-                                 for c in data["comparisons"]]
-        fields["effects"] = [Effect(**{**e, "stages": refs(e["stages"])})
-                             for e in data["effects"]]
-        fields["extra"] = refs(data["extra"])
+        fields["variants"] = [
+            Variant(**{**v, "stages": refs(v["stages"])}) for v in data["variants"]
+        ]
+        fields["comparisons"] = [
+            Comparison(**{**c, "stages": refs(c["stages"])}) for c in data["comparisons"]
+        ]
+        fields["effects"] = [Effect(**{**e, "stages": refs(e["stages"])}) for e in data["effects"]]
+        fields["point_stages"] = refs(data["point_stages"])
         return cls(**fields)
+
+
+def _upgraded(data: dict) -> dict:
+    """A point file of an older schema in this schema's shape (the committed studies and every
+    results/<experiment>/points/ written before stay readable without rerunning them)."""
+    change = READABLE.get(data.get("schema")) if isinstance(data, dict) else None
+    if change is None:
+        return data
+    data = {change["rename"].get(k, k): v for k, v in data.items()}
+    return data | {"schema": SCHEMA}
 
 
 def _parsed(path: Path, data) -> Point:
     if not isinstance(data, dict):
         raise ValueError(f"top level is {type(data).__name__}, expected a point object")
     point = Point.from_json(data)
-    refs = [r for a in point.arms + point.variants + point.comparisons + point.effects
-            for r in a.stages.values()] + list(point.extra.values())
+    refs = [
+        r
+        for a in point.arms + point.variants + point.comparisons + point.effects
+        for r in a.stages.values()
+    ] + list(point.point_stages.values())
     for ref in refs:
         if not isinstance(ref.metrics, dict) or not ref.metrics:
-            raise ValueError(f"stage {ref.key}: metrics are {ref.metrics!r}, expected an object "
-                             "with its numbers")
+            raise ValueError(
+                f"stage {ref.key}: metrics are {ref.metrics!r}, expected an object with its numbers"
+            )
     return point
 
 
@@ -151,8 +174,13 @@ def read_point_files(points_dir: Path) -> tuple[list[tuple[Path, Point]], list[t
         try:
             read.append((f, _parsed(f, json.loads(f.read_text(encoding="utf-8")))))
         except (ValueError, KeyError, TypeError, AttributeError) as err:
-            skipped.append((f, f"not a point file this version can read ({type(err).__name__}: "
-                               f"{err}); rerun its point or delete the file"))
+            skipped.append(
+                (
+                    f,
+                    f"not a point file this version can read ({type(err).__name__}: "
+                    f"{err}); rerun its point or delete the file",
+                )
+            )
     by_id: dict[str, list[Path]] = {}
     for f, point in read:
         by_id.setdefault(point.id, []).append(f)
@@ -161,8 +189,13 @@ def read_point_files(points_dir: Path) -> tuple[list[tuple[Path, Point]], list[t
         owners = by_id[point.id]
         if len(owners) > 1 and f.stem != point.id:
             names = ", ".join(o.name for o in owners)
-            skipped.append((f, f"repeats point id {point.id} ({names}); only a file named "
-                               f"{point.id}.json is read: delete the copies"))
+            skipped.append(
+                (
+                    f,
+                    f"repeats point id {point.id} ({names}); only a file named "
+                    f"{point.id}.json is read: delete the copies",
+                )
+            )
             continue
         kept.append((f, point))
     kept.sort(key=lambda fp: (fp[1].model, fp[1].dataset, _first_alpha(fp[1]), fp[1].treated))

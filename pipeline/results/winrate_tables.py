@@ -26,7 +26,7 @@ def evidence(points: list[Point]) -> str:
             + ", ".join(f"{n} prompts x {s} seed(s)" for n, s in sizes) + ".")
     judged = {}
     for p in points:
-        ref = p.extra.get("judge_calibration")
+        ref = p.point_stages.get("judge_calibration")
         judged[p.judge] = ref.metrics if ref else None
     for judge, m in sorted(judged.items()):
         if m is None:

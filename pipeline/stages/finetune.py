@@ -22,11 +22,14 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from pipeline.config.choices import plain
+from pipeline.config.finetune import finetune_settings
 from pipeline.config.schema import config_params
 from pipeline.data.loading import check_source, load_train, records_digest
 from pipeline.models.devices import release_accelerator_memory
 from pipeline.models.loading import base_model_dir, validate_model
 from pipeline.stages.contract import Call, Context
+from pipeline.store.key_rules import finetune_params
 from pipeline.store.store import StageResult, Store, stage_key
 from pipeline.train.launch import (
     accumulation_steps,
@@ -77,16 +80,8 @@ def run(cfg, ctx: Context, call: Call) -> StageResult:
 
 
 def _keyed(model_cfg, data_cfg, noise: dict, train_cfg, records: list[dict]):
-    """(readable name, hashed params, resolved finetune config) of one fine-tune."""
+    """(readable name, hashed params) of one fine-tune."""
     world = world_size(train_cfg.distributed)
-    resolved = OmegaConf.to_container(train_cfg, resolve=True, enum_to_str=True)  # plain str
-    resolved["gradient_accumulation_steps"] = accumulation_steps(train_cfg, world)
-    # Hashed as before the launch existed: the derived accumulation, not the effective batch;
-    # the launch only when it is more than one process (then it changes what is computed).
-    hashed = {k: v for k, v in resolved.items() if k not in ("effective_batch_size", "distributed")}
-    launch = distributed_key_params(train_cfg.distributed, world)
-    if launch:
-        hashed["distributed"] = launch
     params = {
         "model": config_params(model_cfg),
         "data": {
@@ -95,16 +90,20 @@ def _keyed(model_cfg, data_cfg, noise: dict, train_cfg, records: list[dict]):
             "records": records_digest(records),
         },
         "noise": noise,
-        "finetune": hashed,
+        "finetune": finetune_params(
+            plain(train_cfg),
+            accumulation_steps(train_cfg, world),
+            distributed_key_params(train_cfg.distributed, world),
+        ),
     }
-    return f"{model_cfg.name}_{data_cfg.name}_{noise_label(noise)}", params, resolved
+    return f"{model_cfg.name}_{data_cfg.name}_{noise_label(noise)}", params
 
 
 def key_of(cfg, arm) -> str:
     """The finetune key of `arm` (an ArmSpec) under `cfg`, without training anything."""
     train_cfg = OmegaConf.merge(cfg.finetune, {"seed": arm.seed})
     records = load_train(cfg.data.train, cfg.data.train_limit)
-    readable, params, _ = _keyed(cfg.model, cfg.data, noise_params(arm.noise), train_cfg, records)
+    readable, params = _keyed(cfg.model, cfg.data, noise_params(arm.noise), train_cfg, records)
     return stage_key("finetune", readable, params, [], VERSION)
 
 
@@ -121,7 +120,7 @@ def finetune(
     validate_model(model_cfg)
     noise = noise_params(noise_cfg)
     records = load_train(data_cfg.train, data_cfg.train_limit)  # bad rows fail before training
-    readable, params, resolved = _keyed(model_cfg, data_cfg, noise, train_cfg, records)
+    readable, params = _keyed(model_cfg, data_cfg, noise, train_cfg, records)
     key = stage_key("finetune", readable, params, [], VERSION)
     world = world_size(train_cfg.distributed)
 
@@ -135,7 +134,7 @@ def finetune(
             dtype=model_cfg.dtype,
             revision=model_cfg.revision,
             noise=noise,
-            train=resolved,
+            train=finetune_settings(train_cfg),
             # Workers log to no W&B run of their own; the stage's run gets the metrics.
             report_to=list(report_to) if world == 1 else [],
             world_size=world,

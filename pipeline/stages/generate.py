@@ -22,7 +22,7 @@ from pipeline.data.loading import (
     judged_instruction,
     load_prompts,
 )
-from pipeline.generation.engines import check_engine, engine, engine_names
+from pipeline.generation.engines import check_engine, engine, engine_settings
 from pipeline.stages.contract import Call, Context
 from pipeline.store.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
@@ -148,16 +148,18 @@ def generate_params(gen_cfg, dtype: str) -> dict:
     """The part of the generate config the stage key hashes, plus the weights' dtype.
 
     The reference is for judging; it does not change what is generated. The engine and its
-    settings enter only when it is not the default hf, so every key computed before engines
-    existed is still found; the interpreter path never does (a location, not a setting). The hf
-    engine's device enters where it is not the CPU (devices.device_key_params).
+    typed settings (generate.settings) enter only when it is not the default hf, so every key
+    computed before engines existed is still found; the interpreter path never does (a location,
+    not a setting). The hf engine's device enters where it is not the CPU
+    (devices.device_key_params).
     """
+    settings = OmegaConf.to_container(engine_settings(gen_cfg), resolve=True, enum_to_str=True)
     params = OmegaConf.to_container(gen_cfg, resolve=True, enum_to_str=True)
     params.pop("reference", None)
+    params.pop("settings", None)
     name = params.pop("engine", "hf")
-    settings = {n: params.pop(n) for n in engine_names() if n in params}  # generate.<engine>
     # dtype as plain str: model.dtype is the schema's Enum member
-    return params | engine(name).key_params(settings.get(name) or {}) | {"dtype": str(dtype)}
+    return params | engine(name).key_params(settings) | {"dtype": str(dtype)}
 
 
 def _generate(

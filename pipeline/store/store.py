@@ -24,17 +24,17 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.logs import get_logger
 from pipeline.store.atomic import write_json_atomic, write_text_atomic
 from pipeline.store.keys import readable_of, stage_key
 from pipeline.store.locking import StageLock
 from pipeline.store.manifest import MANIFEST, MARKER, METRICS, Defect, checked_metrics, manifest_of
 from pipeline.store.workdirs import claim_work, discard, publish, remove_unfinished
-from pipeline.text.logs import get_logger
 
 LOG = get_logger("store")
 
@@ -69,12 +69,15 @@ class StoreError(RuntimeError):
 
 @dataclass(frozen=True)
 class StageResult:
-    """A finished stage: its key, directory, metrics and whether it was reused from the store."""
+    """A finished stage: its key, directory, metrics, whether it was reused from the store, and
+    the seconds materialize took (a computed stage: its computation, lock wait included; a reused
+    one: finding and checking it): what the console's line per stage says."""
 
     key: str
     path: Path
     metrics: dict
     reused: bool
+    seconds: float = 0.0
 
 
 def is_complete(stage_dir: Path) -> bool:
@@ -82,7 +85,7 @@ def is_complete(stage_dir: Path) -> bool:
     return (Path(stage_dir) / MARKER).is_file()
 
 
-def compute_device() -> dict:
+def held_accelerators() -> dict:
     """The accelerators the computing process held: {"kind": "cuda"|"cpu", "count": GPUs}.
 
     Read from torch only when the stage has imported it (the store never imports torch itself);
@@ -212,6 +215,11 @@ class Store:
         tracker records for the run.
         Raises StoreError when the filesystem is full or the lock was taken over meanwhile.
         """
+        started = time.monotonic()
+        result = self._materialize(key, compute, resumable, config)
+        return replace(result, seconds=round(time.monotonic() - started, 3))
+
+    def _materialize(self, key, compute, resumable: bool, config) -> StageResult:
         hit = self.lookup(key)
         if hit is not None:
             return hit
@@ -255,7 +263,7 @@ class Store:
                         "started_at": started,
                         "finished_at": finished,
                         "wall_s": round(finished - started, 3),
-                        "device": compute_device(),
+                        "device": held_accelerators(),
                     },
                 )
             published = publish(work, self.path(key))

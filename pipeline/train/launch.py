@@ -19,8 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipeline.logs import get_logger, log_tail
 from pipeline.models.devices import visible_cuda_gpus
-from pipeline.text.logs import get_logger, log_tail
 
 LOG = get_logger("finetune")
 
@@ -66,8 +66,8 @@ def world_size(dist_cfg) -> int:
 def accumulation_steps(train_cfg, world: int) -> int:
     """effective_batch_size / (per-device batch x world size), which must divide exactly."""
     for key in ("per_device_batch_size", "effective_batch_size"):  # named, not a ZeroDivision
-        if train_cfg[key] < 1:
-            raise ValueError(f"finetune.{key}={train_cfg[key]}: must be >= 1")
+        if getattr(train_cfg, key) < 1:
+            raise ValueError(f"finetune.{key}={getattr(train_cfg, key)}: must be >= 1")
     per_step = train_cfg.per_device_batch_size * world
     steps, rest = divmod(train_cfg.effective_batch_size, per_step)
     if rest or steps < 1:

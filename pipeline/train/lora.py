@@ -12,10 +12,10 @@ def with_lora(model, lora_cfg, quantized: bool):
     if quantized:
         model = prepare_model_for_kbit_training(model)
     config = LoraConfig(
-        r=lora_cfg["r"],
-        lora_alpha=lora_cfg["alpha"],
-        lora_dropout=lora_cfg["dropout"],
-        target_modules=list(lora_cfg["target_modules"]),
+        r=lora_cfg.r,
+        lora_alpha=lora_cfg.alpha,
+        lora_dropout=lora_cfg.dropout,
+        target_modules=list(lora_cfg.target_modules),
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 
 import torch
@@ -220,6 +220,13 @@ def attach_neftune(
     handle = NEFTuneHandle(alpha=alpha, kind=kind, length=length)
     if kind == OFF:
         return handle
+    if settings is None and fields(noise_kind(kind).Settings):
+        # Its defaults would train another noise than the finetune key (which hashes the
+        # settings) says: the caller must hand over what noise_params() gave.
+        raise ValueError(
+            f"noise.kind={kind!r} has settings of its own: attach_neftune(..., "
+            "settings=noise_params(noise_cfg)['settings']) must be given them"
+        )
     handle._kind, handle.settings = noise_kind(kind), settings_object(kind, settings)
     draw = handle._kind.sample
     typed = handle.settings

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
+from pipeline.logs import get_logger
 from pipeline.store.store import write_json_atomic
-from pipeline.text.logs import get_logger
 
 LOG = get_logger("finetune")
 

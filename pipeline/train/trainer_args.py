@@ -21,12 +21,15 @@ Each rule here is something the Trainer or accelerate would otherwise do silentl
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from pathlib import Path
 
 import torch
 
-from pipeline.text.logs import get_logger
+from pipeline.config.finetune import FinetuneConfig
+from pipeline.data.loading import SHORTEST_TRAIN_EXAMPLE
+from pipeline.logs import get_logger
 
 LOG = get_logger("finetune")
 
@@ -42,10 +45,6 @@ def has_bitsandbytes() -> bool:
 def check_training(train_cfg) -> None:
     """Fail before anything loads on settings the Trainer would reject late, or in its terms,
     or would train as something other than they say."""
-    import math
-
-    from pipeline.data.loading import SHORTEST_TRAIN_EXAMPLE
-
     for key in ("logging_steps", "save_steps", "per_device_batch_size", "effective_batch_size"):
         if int(train_cfg[key]) < 1:
             raise ValueError(f"finetune.{key}={train_cfg[key]}: must be >= 1")
@@ -113,29 +112,29 @@ def is_launched() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
-def uses_fsdp(train_cfg: dict) -> bool:
-    return train_cfg["distributed"]["strategy"] == "fsdp" and is_launched()
+def uses_fsdp(train_cfg: FinetuneConfig) -> bool:
+    return train_cfg.distributed.strategy == "fsdp" and is_launched()
 
 
-def mixed_precision_bf16(train_cfg: dict) -> bool:
+def mixed_precision_bf16(train_cfg: FinetuneConfig) -> bool:
     """The Trainer's `bf16` flag. Under FSDP it is exactly fp32_master_weights: mixed precision
     makes accelerate keep fp32 masters; without it the bf16 weights train as they are."""
     if uses_fsdp(train_cfg):
-        return bool(train_cfg["distributed"]["fsdp"]["fp32_master_weights"])
-    return bool(train_cfg["bf16"])
+        return bool(train_cfg.distributed.fsdp.fp32_master_weights)
+    return bool(train_cfg.bf16)
 
 
-def fsdp_config(train_cfg: dict) -> dict:
+def fsdp_config(train_cfg: FinetuneConfig) -> dict:
     """fsdp_config of TrainingArguments (FSDP2): sharding, offload, rank-0 loading, sharded
     checkpoints, FSDP's own activation checkpointing."""
-    fsdp = train_cfg["distributed"]["fsdp"]
+    fsdp = train_cfg.distributed.fsdp
     return {
         "version": 2,
-        "reshard_after_forward": fsdp["sharding"] == "full_shard",
-        "cpu_offload": fsdp["cpu_offload"],
-        "cpu_ram_efficient_loading": fsdp["rank0_load"],
+        "reshard_after_forward": fsdp.sharding == "full_shard",
+        "cpu_offload": fsdp.cpu_offload,
+        "cpu_ram_efficient_loading": fsdp.rank0_load,
         "state_dict_type": "SHARDED_STATE_DICT",
-        "activation_checkpointing": train_cfg["gradient_checkpointing"],
+        "activation_checkpointing": train_cfg.gradient_checkpointing,
     }
 
 
@@ -149,43 +148,52 @@ def checkpointing_argument(training_arguments_class) -> str:
     return new if new in names else "gradient_checkpointing"
 
 
-def training_arguments(train_cfg: dict, report_to: list, ckpt_root: Path, world: int):
-    """TrainingArguments of one run (`train_cfg` is the resolved finetune config)."""
+def training_arguments(ft: FinetuneConfig, report_to: list, ckpt_root: Path, world: int):
+    """The one mapping from the finetune config to the Trainer's arguments (as the
+    alignment-handbook's recipes go straight into SFTConfig): every finetune.* key that reaches
+    TrainingArguments is read here, by attribute, from the typed FinetuneConfig
+    (config.finetune.finetune_settings), and what is derived (the accumulation from the effective
+    batch and the world size, the precision under FSDP) is derived here."""
     from transformers import TrainingArguments
 
-    cfg, extra = train_cfg, {}
+    from pipeline.train.launch import accumulation_steps
+
+    extra = {}
     if (world > 1 or is_launched()) and not torch.cuda.is_available():
         extra.update(use_cpu=True, ddp_backend="gloo")  # CPU ranks talk over gloo
-    fsdp = uses_fsdp(cfg)
+    fsdp = uses_fsdp(ft)
     if fsdp:
-        extra.update(fsdp=True, fsdp_config=fsdp_config(cfg))
+        extra.update(fsdp=True, fsdp_config=fsdp_config(ft))
     # Under FSDP, fsdp_config's own activation checkpointing does it (see the module doc).
-    extra[checkpointing_argument(TrainingArguments)] = cfg["gradient_checkpointing"] and not fsdp
+    extra[checkpointing_argument(TrainingArguments)] = ft.gradient_checkpointing and not fsdp
     return TrainingArguments(
         output_dir=str(ckpt_root),
-        num_train_epochs=cfg["epochs"],
-        max_steps=cfg["max_steps"],
-        per_device_train_batch_size=cfg["per_device_batch_size"],
-        gradient_accumulation_steps=cfg["gradient_accumulation_steps"],
-        learning_rate=cfg["learning_rate"],
-        lr_scheduler_type=cfg["lr_scheduler"],
-        warmup_steps=cfg["warmup_ratio"],  # a float < 1 is a fraction of the total steps
-        weight_decay=cfg["weight_decay"],
-        max_grad_norm=cfg["max_grad_norm"],
-        optim=cfg["optim"],
-        bf16=mixed_precision_bf16(cfg),
-        logging_steps=cfg["logging_steps"],
+        num_train_epochs=ft.epochs,
+        max_steps=ft.max_steps,
+        per_device_train_batch_size=ft.per_device_batch_size,
+        gradient_accumulation_steps=accumulation_steps(ft, world),
+        learning_rate=ft.learning_rate,
+        lr_scheduler_type=ft.lr_scheduler,
+        warmup_steps=ft.warmup_ratio,  # a float < 1 is a fraction of the total steps
+        weight_decay=ft.weight_decay,
+        max_grad_norm=ft.max_grad_norm,
+        optim=ft.optim,
+        bf16=mixed_precision_bf16(ft),
+        logging_steps=ft.logging_steps,
         save_strategy="steps",
-        save_steps=cfg["save_steps"],
+        save_steps=ft.save_steps,
         save_total_limit=2,
-        train_sampling_strategy=cfg["sampling"],
-        seed=cfg["seed"],
-        data_seed=cfg["seed"],
+        train_sampling_strategy=str(ft.sampling),
+        seed=ft.seed,
+        data_seed=ft.seed,
         report_to=report_to,
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        # Pinned host memory speeds copies to a GPU only; without one torch warns on every
+        # DataLoader (a warning per finetune on the console).
+        dataloader_pin_memory=torch.cuda.is_available(),
         include_num_input_tokens_seen="non_padding",
-        ddp_timeout=int(cfg["distributed"].get("timeout_s", 7200)),
+        ddp_timeout=int(ft.distributed.timeout_s),
         **extra,
     )
 
@@ -204,10 +212,10 @@ def single_device(args) -> None:
         args._n_gpu = 1
 
 
-def prepare_rank0_loading(args, train_cfg: dict) -> None:
+def prepare_rank0_loading(args, train_cfg: FinetuneConfig) -> None:
     """Before from_pretrained: with FSDP rank-0 loading, tell transformers (env) and bring up
     the process group (args.device does), so ranks other than 0 load on the meta device."""
-    if not (uses_fsdp(train_cfg) and train_cfg["distributed"]["fsdp"]["rank0_load"]):
+    if not (uses_fsdp(train_cfg) and train_cfg.distributed.fsdp.rank0_load):
         return
     os.environ["ACCELERATE_USE_FSDP"] = "true"
     os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "true"

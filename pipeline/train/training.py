@@ -25,8 +25,10 @@ from typing import Any
 
 import torch
 
+from pipeline.config.finetune import FinetuneConfig, finetune_settings
+from pipeline.logs import configure_logging, get_logger
+from pipeline.store.keys import readable_of
 from pipeline.store.store import write_json_atomic
-from pipeline.text.logs import configure_logging, get_logger
 from pipeline.train.lora import merged, with_lora
 from pipeline.train.ranks import (
     WORLD_FILE,
@@ -61,7 +63,7 @@ class TrainRequest:
     dtype: str  # model.dtype
     revision: str | None  # model.revision
     noise: dict  # noise_params(): kind, alpha, length
-    train: dict  # finetune config, resolved; gradient_accumulation_steps derived from the world
+    train: FinetuneConfig  # the arm's finetune config (its seed), typed
     report_to: list  # the Trainer's loggers (workers of a launch log to none)
     world_size: int = 1  # processes in all (nproc_per_node x nnodes)
 
@@ -70,7 +72,8 @@ class TrainRequest:
 
     @classmethod
     def load(cls, path: Path) -> TrainRequest:
-        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls(**{**data, "train": finetune_settings(data["train"])})
 
 
 def mean_logged_loss(log_history: list[dict]) -> float:
@@ -83,7 +86,9 @@ def mean_logged_loss(log_history: list[dict]) -> float:
     return total / last if last else float("nan")
 
 
-def _callbacks(rank: int, generator: torch.Generator | None):
+def _callbacks(rank: int, generator: torch.Generator | None, clean=None):
+    """The run's own callbacks: loss logged at checkpoints, the noise generator checkpointed,
+    and `clean` (clean_loss_callback: the loss without noise, None when noise is off)."""
     from transformers import TrainerCallback
 
     class LogAtCheckpoints(TrainerCallback):
@@ -107,7 +112,103 @@ def _callbacks(rank: int, generator: torch.Generator | None):
                 os.replace(tmp, ckpt / noise_rng_file(rank))
             return control
 
-    return [LogAtCheckpoints()]
+    return [LogAtCheckpoints()] + ([clean] if clean is not None else [])
+
+
+CLEAN_LOSS_LOG = "clean_loss_log.json"  # [{step, clean_loss, loss}]: the loss without noise
+CLEAN_SUBSET = 8  # training examples the clean loss is measured on: the first, in data order
+
+
+def clean_loss_callback(run: _Run, noise: dict, resumed_step: int):
+    """A TrainerCallback measuring, at every logging step of a run with noise, the mean loss of
+    a fixed training subset (CLEAN_SUBSET examples) with the noise off, beside the noisy training
+    loss: the NEFTune paper's point is that the two differ, and that only the clean one says how
+    well the model fits (its Fig. 4). None when noise is off (the training loss is clean then).
+
+    Nothing the Trainer computes changes: the model is put in eval mode (no noise, no dropout:
+    no random number is drawn) under torch.no_grad, and its mode restored; the weights,
+    train_loss and a killed-and-resumed run stay bit-identical. Every rank measures (an FSDP
+    forward gathers shards from all of them); rank 0 writes clean_loss_log.json after each
+    logging step, which a resumed run reads back up to its checkpoint, and logs
+    `train/clean_loss` into the W&B run beside the Trainer's `train/loss`.
+    """
+    if noise["kind"] == "none":
+        return None
+    from transformers import TrainerCallback
+
+    from pipeline.data.loading import pad_batch
+
+    path = run.work / CLEAN_LOSS_LOG
+    kept = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    subset = run.examples[:CLEAN_SUBSET]
+    pad_id = run.tok.pad_token_id
+
+    class CleanLoss(TrainerCallback):
+        def __init__(self):
+            self.entries = [e for e in kept if e["step"] <= resumed_step]
+
+        @torch.no_grad()
+        def measure(self, model, args) -> float:
+            was_training = model.training
+            model.eval()
+            try:
+                total, tokens = 0.0, 0
+                for start in range(0, len(subset), args.per_device_train_batch_size):
+                    chunk = subset[start : start + args.per_device_train_batch_size]
+                    batch = {k: v.to(args.device) for k, v in pad_batch(chunk, pad_id).items()}
+                    n = int((batch["labels"][:, 1:] != -100).sum())  # the tokens the loss counts
+                    total += float(model(**batch, use_cache=False).loss) * n
+                    tokens += n
+            finally:
+                model.train(was_training)
+            return total / max(tokens, 1)
+
+        def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+            if "loss" not in (logs or {}):  # the closing summary, not a logging step
+                return control
+            step, value = state.global_step, self.measure(model, args)
+            self.entries.append({"step": step, "clean_loss": value, "loss": logs["loss"]})
+            if run.rank == 0:
+                write_json_atomic(path, self.entries)
+            if state.is_world_process_zero and "wandb" in args.report_to:
+                import wandb
+
+                if wandb.run is not None:
+                    wandb.run.log({"train/clean_loss": value, "train/global_step": step})
+            return control
+
+    return CleanLoss()
+
+
+def _progress_bar(trainer, run: _Run, clean) -> None:
+    """The Trainer's progress bar, named after the stage, with the loss (and the clean loss) in
+    its postfix instead of a dict printed per logging step."""
+    from tqdm.auto import tqdm
+    from transformers.trainer_callback import ProgressCallback
+
+    if not any(type(cb) is ProgressCallback for cb in trainer.callback_handler.callbacks):
+        return  # disable_tqdm: no bar to replace
+    key = run.work.name.rsplit(".", 2)[0]  # <key>.<tag>.partial
+    name = readable_of(key) if key.count("-") >= 2 else key
+
+    class StageBar(ProgressCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                desc = f"finetune {name}"
+                self.training_bar = tqdm(total=state.max_steps, desc=desc, dynamic_ncols=True)
+            self.current_step = 0
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not (state.is_world_process_zero and self.training_bar and "loss" in (logs or {})):
+                return
+            shown = {"loss": f"{logs['loss']:.4f}"}
+            last = clean.entries[-1] if clean is not None and clean.entries else {}
+            if last.get("step") == state.global_step:
+                shown["clean loss"] = f"{last['clean_loss']:.4f}"
+            self.training_bar.set_postfix(shown, refresh=False)
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(StageBar())
 
 
 @dataclass
@@ -131,13 +232,13 @@ class _Run:
     wall_s: float = 0.0  # seconds in Trainer.train (or loading the final checkpoint)
 
 
-def rank0_loading(train_cfg: dict) -> bool:
+def rank0_loading(train_cfg: FinetuneConfig) -> bool:
     """FSDP with rank-0 loading (finetune.distributed.fsdp.rank0_load): only global rank 0 reads
     the base weights and the final checkpoint; accelerate broadcasts from rank 0."""
-    return uses_fsdp(train_cfg) and bool(train_cfg["distributed"]["fsdp"]["rank0_load"])
+    return uses_fsdp(train_cfg) and bool(train_cfg.distributed.fsdp.rank0_load)
 
 
-def skips_weights(train_cfg: dict, rank: int) -> bool:
+def skips_weights(train_cfg: FinetuneConfig, rank: int) -> bool:
     """Does this rank build its model without reading weights (meta parameters)?"""
     return rank0_loading(train_cfg) and rank != 0
 
@@ -155,7 +256,7 @@ def _load(req: TrainRequest, records: list[dict]) -> _Run:
     if world == 1:
         single_device(run.args)
     prepare_rank0_loading(run.args, cfg)  # before from_pretrained, which reads it
-    run.quantized = cfg["lora"] is not None and use_4bit(cfg["lora"]["quantize_4bit"])
+    run.quantized = cfg.lora is not None and use_4bit(cfg.lora.quantize_4bit)
     # Loaded in model.dtype; under FSDP with fp32 masters accelerate upcasts what trains. With
     # rank-0 loading, ranks other than 0 read no weights (transformers 5 would read them all on
     # every rank): accelerate's prepare broadcasts rank 0's into every rank's shards.
@@ -166,19 +267,18 @@ def _load(req: TrainRequest, records: list[dict]) -> _Run:
         load_in_4bit=run.quantized,
         weights=not skips_weights(cfg, rank),
     )
-    if cfg["lora"] is not None:
-        run.model = with_lora(run.model, cfg["lora"], run.quantized)
-    run.examples, run.dropped = tokenize_examples(records, run.tok, cfg["max_length"])
+    if cfg.lora is not None:
+        run.model = with_lora(run.model, cfg.lora, run.quantized)
+    run.examples, run.dropped = tokenize_examples(records, run.tok, cfg.max_length)
     if not run.examples:
         raise ValueError(
-            f"no training example has response tokens within "
-            f"finetune.max_length={cfg['max_length']}"
+            f"no training example has response tokens within finetune.max_length={cfg.max_length}"
         )
     run.trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     return run
 
 
-def load_final_checkpoint(trainer, resume: Path, train_cfg: dict, rank: int) -> None:
+def load_final_checkpoint(trainer, resume: Path, train_cfg: FinetuneConfig, rank: int) -> None:
     """The final checkpoint's weights into trainer.model, for save_consolidated to write.
 
     Nothing trains, so the model is never prepared (sharded): under FSDP only rank 0 writes it,
@@ -203,7 +303,7 @@ def _fit(run: _Run, noise: dict):
     cfg, ckpt_root, rank, world = run.cfg, run.work / "checkpoints", run.rank, run.world
     # One process draws from the global RNG (which the Trainer checkpoints), as before; ranks
     # draw from their own (seed, rank) generator so that their noise is independent.
-    generator = rank_generator(cfg["seed"], rank, run.args.device) if world > 1 else None
+    generator = rank_generator(cfg.seed, rank, run.args.device) if world > 1 else None
     handle = attach_neftune(
         run.model,
         noise.get("alpha", 0.0),
@@ -221,14 +321,16 @@ def _fit(run: _Run, noise: dict):
     # The last step is always checkpointed: found, training is over.
     finished = resumed is not None and resumed.global_step >= resumed.max_steps > 0
     tok = run.tok
+    clean = clean_loss_callback(run, noise, resumed.global_step if resumed else 0)
     trainer = Trainer(
         model=run.model,
         args=run.args,
         train_dataset=run.examples,
         data_collator=lambda feats: pad_batch(feats, tok.pad_token_id),
         processing_class=tok,
-        callbacks=_callbacks(rank, generator),
+        callbacks=_callbacks(rank, generator, clean),
     )
+    _progress_bar(trainer, run, clean)
     if uses_fsdp(cfg) and not trainer.is_fsdp_enabled:
         # accelerate falls back to plain DDP without CUDA: never train unsharded by surprise.
         raise RuntimeError(
@@ -275,12 +377,12 @@ def _metrics(run: _Run, trainer, noise: dict) -> dict:
         "noise_kind": noise["kind"],
         "noise_alpha": float(noise.get("alpha", 0.0)),
         "noise_length": noise.get("length", "none"),
-        "lora": run.cfg["lora"] is not None,
+        "lora": run.cfg.lora is not None,
         "lora_4bit": run.quantized,
         "trainable_params": run.trainable,
     }
     if run.world > 1:
-        metrics.update(world_size=run.world, strategy=run.cfg["distributed"]["strategy"])
+        metrics.update(world_size=run.world, strategy=str(run.cfg.distributed.strategy))
     return metrics
 
 
@@ -289,7 +391,7 @@ def train(req: TrainRequest, records: list[dict]) -> dict | None:
     run = _load(req, records)
     trainer = _fit(run, req.noise)
     model = trainer.model
-    if run.cfg["lora"] is not None:
+    if run.cfg.lora is not None:
         if run.rank == 0:
             model.save_pretrained(run.work / "adapter")
         model = merged(model, run.work / "adapter", run.quantized)

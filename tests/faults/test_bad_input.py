@@ -10,15 +10,15 @@ import pytest
 from pipeline.data.loading import DataError
 from pipeline.judging.judges import JudgeError
 from pipeline.plan import check_all
-from tests.support.composed import SMOKE, composed
+from tests.support.pipeline_run import TinyRun, tiny_config
 
-TINY = [*SMOKE, "openllm=none"]
+FAST = ("openllm=none",)  # what these runs change of the tiny stack
 
 
 @pytest.mark.parametrize("alpha", ["nan", "inf", "-inf"])
 def test_a_non_finite_alpha_fails_the_checks(alpha):
     with pytest.raises(ValueError, match=r"noise.alpha=.*finite number"):
-        check_all(composed(*TINY, "noise=uniform", f"noise.alpha={alpha}"))
+        check_all(tiny_config(*FAST, "noise=uniform", f"noise.alpha={alpha}"))
 
 
 def _rows_with_surrogate(path: Path, field: str, n: int = 3) -> Path:
@@ -37,13 +37,13 @@ def test_a_lone_surrogate_in_training_data_fails_the_checks_naming_file_and_row(
         match=rf"data.train: {bad}: row 1: field 'instruction'.*"
         "surrogate",
     ):
-        check_all(composed(*TINY, f"data.train={bad}"))
+        check_all(tiny_config(*FAST, f"data.train={bad}"))
 
 
 def test_a_lone_surrogate_in_the_prompts_fails_the_checks_naming_file_and_row(tmp_path):
     bad = _rows_with_surrogate(tmp_path / "prompts.json", "instruction")
     with pytest.raises(DataError, match=rf"{bad}: row 1: field 'instruction'.*surrogate"):
-        check_all(composed(*TINY, f"generate.prompts={bad}"))
+        check_all(tiny_config(*FAST, f"generate.prompts={bad}"))
 
 
 def test_prompts_without_a_reference_answer_fail_the_checks_naming_the_row(tmp_path):
@@ -54,7 +54,7 @@ def test_prompts_without_a_reference_answer_fail_the_checks_naming_the_row(tmp_p
     path = tmp_path / "prompts.json"
     path.write_text(json.dumps(prompts))
     with pytest.raises(JudgeError, match=r"1 of 6 prompts have no reference answer.*row 4"):
-        check_all(composed(*TINY, f"generate.prompts={path}"))
+        check_all(tiny_config(*FAST, f"generate.prompts={path}"))
 
 
 def test_a_results_directory_that_cannot_be_written_fails_before_any_stage(tmp_path, monkeypatch):
@@ -67,9 +67,7 @@ def test_a_results_directory_that_cannot_be_written_fails_before_any_stage(tmp_p
 
     monkeypatch.setattr(pipeline.plan, "run_plan", trained)
     (tmp_path / "file").write_text("not a directory")
-    cfg = composed(
-        *TINY, f"paths.results={tmp_path / 'file' / 'results'}", f"paths.store={tmp_path / 'store'}"
-    )
+    cfg = TinyRun(tmp_path / "store", results=tmp_path / "file" / "results").config(*FAST)
     with pytest.raises(
         RuntimeError,
         match=r"paths.results: cannot write results to "

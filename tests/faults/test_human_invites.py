@@ -17,7 +17,7 @@ from sqlalchemy import create_engine
 from pipeline.human.app import create_app
 from pipeline.human.db import EVENTS, SESSIONS, InviteError, VoteDB, digest
 from pipeline.human.export import summarize
-from pipeline.human.report import human_report_section
+from pipeline.human.report_section import human_report_section
 from pipeline.human.study import sequence_for
 from tests.support.human import DB_KINDS, fresh_db_url, hidden_fields, invite, login
 

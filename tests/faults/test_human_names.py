@@ -4,7 +4,7 @@ holding HTML must reach REPORT.md and /report escaped. Names are invite labels n
 and legacy names typed by anyone before invites are shown the same way."""
 
 from pipeline.human.db import VoteDB
-from pipeline.human.report import human_report_section, markdown_html
+from pipeline.human.report_section import human_report_section, markdown_html
 from tests.support.human import cast_votes
 
 NAMES = ("$\\undefinedmacro$", "<script>alert(1)</script>")

@@ -6,9 +6,7 @@ logs (the documented smoke command: tests/faults/test_documented_commands.py).
 """
 
 import json
-import os
 import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -16,10 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.composed import SMOKE
+from tests.support.pipeline_run import ROOT, TinyRun
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = [*SMOKE, "openllm=none", "logger=disabled"]
+FAST = ("openllm=none", "logger=disabled")  # what these runs change of the tiny stack
 # Rows that decode as latin-1 but not as UTF-8 ("é" is the single byte 0xE9 in latin-1).
 ROWS = [
     {"instruction": f"Name a French word {i}.", "input": "", "output": f"Café, numéro {i}."}
@@ -40,29 +37,6 @@ start = float((ready / "go").read_text())
 while time.time() < start:
     pass
 """
-
-
-def run_pipeline(
-    store: Path, *overrides: str, prelude: str = "", env: dict | None = None, wait: bool = True
-):
-    code = (
-        f"{prelude}\nimport sys\nfrom pipeline.run import main\nsys.argv = ['pipeline.run', "
-        f"*{list(overrides)!r}, 'paths.store={store}', 'paths.results={store}/results']\n"
-        "main()\n"
-    )
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **(env or {}))
-    if not wait:
-        return subprocess.Popen(
-            [sys.executable, "-c", code],
-            cwd=ROOT,
-            env=env,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-    return subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
 
 
 def error_line(stderr: str) -> str:
@@ -106,7 +80,7 @@ def bad_input_runs(tmp_path_factory):
     for i, (case, overrides) in enumerate(BAD_INPUTS.items()):
         store = tmp / f"store{i}"
         procs[case] = (
-            run_pipeline(store, *TINY, *(o.format(tmp=tmp) for o in overrides), wait=False),
+            TinyRun(store).start(*FAST, *(o.format(tmp=tmp) for o in overrides)),
             store,
         )
     runs = {}
@@ -170,15 +144,13 @@ def _two_together(store: Path, ready: Path, *extra: str, offset: float = 0.0) ->
     seconds past the next whole second, which is returned."""
     ready.mkdir()
     procs = [
-        run_pipeline(
-            store,
-            *TINY,
+        TinyRun(store).start(
+            *FAST,
             *extra,
             f"experiment.name=twin{i}",
             f"generate.prompts={store.parent / 'missing.json'}",
             prelude=TOGETHER,
             env={"READY_DIR": str(ready)},
-            wait=False,
         )
         for i in range(2)
     ]

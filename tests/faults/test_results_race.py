@@ -32,7 +32,7 @@ PNG_END = b"IEND\xaeB`\x82"  # a PNG's last chunk: a file cut short lacks it
 def _naive_writers() -> None:
     """The writers before the aggregation step: tables written in place, REPORT.md through one
     temp name shared by every process, figures saved straight onto their names."""
-    from pipeline.results import cells, figures, report
+    from pipeline.results import cells, figures, report_md
 
     def in_place(path: Path, text: str) -> None:
         with open(path, "w", encoding="utf-8") as fh:
@@ -50,7 +50,7 @@ def _naive_writers() -> None:
         figures._plt().close(fig)
 
     cells.write_text_atomic = in_place
-    report.write_text_atomic = shared_partial
+    report_md.write_text_atomic = shared_partial
     figures._save = save_in_place
 
     from pipeline.results import aggregate

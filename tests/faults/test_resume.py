@@ -7,27 +7,22 @@ A constant learning rate makes any extra optimiser step change the weights.
 """
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.support.composed import SMOKE
+from tests.support.pipeline_run import TinyRun
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = [
-    *SMOKE,
+FAST = (  # what these runs change of the tiny stack
     "openllm=none",
     "logger=disabled",
     "head_to_head=false",
     "calibration.enabled=false",
     "finetune.lr_scheduler=constant",
-]
+)
 pytestmark = pytest.mark.e2e
 
 # Each prelude SIGKILLs the run at one phase, only in the stage whose work dir contains KILL_IN.
@@ -65,15 +60,8 @@ shutil.rmtree = _killing_rmtree
 
 
 def run_pipeline(store: Path, *overrides: str, prelude: str = "", kill_in: str = "finetune-"):
-    code = (
-        f"{prelude}\nimport sys\nfrom pipeline.run import main\nsys.argv = ['pipeline.run', "
-        f"*{list(overrides)!r}, 'paths.store={store}', 'paths.results={store}/results']\n"
-        "main()\n"
-    )
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", KILL_IN=kill_in)
-    return subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
+    """The tiny run, killed by `prelude` only in the stage whose work dir holds `kill_in`."""
+    return TinyRun(store).run(*FAST, *overrides, prelude=prelude, env={"KILL_IN": kill_in})
 
 
 def stages(store: Path, stage: str) -> dict[str, Path]:
@@ -94,7 +82,7 @@ def ran(store: Path, *overrides: str) -> Path:
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory):
     """One uninterrupted run with noise: its noise-off arm is also what noise=off computes."""
-    return ran(tmp_path_factory.mktemp("fresh"), *TINY, "noise=uniform")
+    return ran(tmp_path_factory.mktemp("fresh"), "noise=uniform")
 
 
 def deterministic(log_path: Path) -> list[dict]:
@@ -135,14 +123,14 @@ def test_kill_mid_training_with_noise_resumes_bit_identical(tmp_path, fresh):
         if done.is_dir() and "neft" not in done.name and done.name not in ("hydra", "results"):
             shutil.copytree(done, store / done.name)
     killed = run_pipeline(
-        store, *TINY, "noise=uniform", prelude=KILL_MID_TRAINING, kill_in="neft-uniform5"
+        store, "noise=uniform", prelude=KILL_MID_TRAINING, kill_in="neft-uniform5"
     )
     assert killed.returncode == -9
     (partial,) = store.glob("finetune-*neft-uniform5*.partial")
     ckpts = sorted(p.name for p in (partial / "checkpoints").glob("checkpoint-*"))
     assert ckpts == ["checkpoint-8"]
 
-    resumed = ran(store, *TINY, "noise=uniform")
+    resumed = ran(store, "noise=uniform")
     metrics = assert_same_as_uninterrupted(resumed, fresh)
     assert sorted(m["resumed_from_step"] for m in metrics) == [0, 8]
     assert [m["noise_alpha"] for m in metrics] == [0.0, 5.0]
@@ -150,26 +138,26 @@ def test_kill_mid_training_with_noise_resumes_bit_identical(tmp_path, fresh):
 
 def test_kill_while_writing_the_final_model_trains_no_extra_step(tmp_path, fresh):
     store = tmp_path / "store"
-    killed = run_pipeline(store, *TINY, "noise=off", prelude=KILL_IN_FINAL_SAVE)
+    killed = run_pipeline(store, "noise=off", prelude=KILL_IN_FINAL_SAVE)
     assert killed.returncode == -9
     (partial,) = store.glob("finetune-*.partial")
     assert (partial / "model.partial-marker").is_file()  # killed in save_pretrained of model/
     assert (partial / "checkpoints" / "checkpoint-24" / "trainer_state.json").is_file()
     assert not (partial / "trained.json").exists()
 
-    resumed = ran(store, *TINY, "noise=off")
+    resumed = ran(store, "noise=off")
     (metrics,) = assert_same_as_uninterrupted(resumed, fresh)
     assert metrics["resumed_from_step"] == 24  # the final checkpoint: loaded, not trained on
 
 
 def test_kill_after_the_model_is_written_retrains_nothing(tmp_path, fresh):
     store = tmp_path / "store"
-    killed = run_pipeline(store, *TINY, "noise=off", prelude=KILL_AFTER_TRAINED)
+    killed = run_pipeline(store, "noise=off", prelude=KILL_AFTER_TRAINED)
     assert killed.returncode == -9
     (partial,) = store.glob("finetune-*.partial")
     trained = json.loads((partial / "trained.json").read_text())
     assert (partial / "checkpoints").is_dir()
 
-    resumed = ran(store, *TINY, "noise=off")
+    resumed = ran(store, "noise=off")
     (metrics,) = assert_same_as_uninterrupted(resumed, fresh)
     assert metrics == trained  # returned as written: same runtime, nothing retrained

@@ -108,3 +108,44 @@ def test_a_really_full_results_filesystem_fails_with_a_hint(tmp_path):
         assert json.loads(next((out / "points").iterdir()).read_text())  # points untouched
     finally:
         subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+SIGTERM_IN_COMPUTE = """
+import os, signal, sys, time
+from pathlib import Path
+from pipeline.run import exit_on_sigterm
+from pipeline.store.store import Store
+if sys.argv[2] == "handled":
+    exit_on_sigterm()
+
+def compute(work):
+    (work / "out.txt").write_text("done")
+    os.kill(os.getpid(), signal.SIGTERM)  # as scancel or a preemption would, mid-stage
+    time.sleep(30)
+    return {"x": 1}
+
+Store(Path(sys.argv[1])).materialize("stage-a-000000000000", compute)
+"""
+
+
+@pytest.mark.parametrize("handled", ["handled", "default"])
+def test_a_sigterm_mid_stage_leaves_no_lock_behind(tmp_path, handled):
+    """A run ended by SIGTERM releases the lock of the stage it was computing (exit 143); with
+    Python's default handling the lock file stayed (the control case shows the harness sees it)."""
+    import subprocess
+    import sys
+
+    store = tmp_path / "store"
+    done = subprocess.run(
+        [sys.executable, "-c", SIGTERM_IN_COMPUTE, str(store), handled],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    locks = sorted(p.name for p in store.glob("*.lock"))
+    if handled == "handled":
+        assert done.returncode == 143, done.stderr[-2000:]
+        assert locks == []
+    else:
+        assert done.returncode == -15 and locks == ["stage-a-000000000000.lock"]

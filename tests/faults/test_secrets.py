@@ -192,9 +192,9 @@ def test_no_file_of_a_whole_run_holds_the_key(kind, whole_run_dir, module_fake_j
     if kind == "openai_compatible":
         judge_args = [
             "judge=openai_compatible",
-            f"judge.base_url={judge.url}",
-            "judge.served_model=fake-judge",
-            "judge.api_key_env=CANARY_JUDGE_KEY",
+            f"judge.settings.base_url={judge.url}",
+            "judge.settings.served_model=fake-judge",
+            "judge.settings.api_key_env=CANARY_JUDGE_KEY",
         ]
         env = {"CANARY_JUDGE_KEY": canary, "IS_ALPACA_EVAL_2": "False"}
     else:  # alpaca_eval's own OpenAI client: key and base from the environment
@@ -255,9 +255,9 @@ def test_a_key_echoed_in_a_401_reaches_no_file_and_no_output(kind, echo_run_dir)
         if kind == "openai_compatible":
             judge_args = [
                 "judge=openai_compatible",
-                f"judge.base_url={judge.url}",
-                "judge.served_model=fake-judge",
-                "judge.api_key_env=CANARY_JUDGE_KEY",
+                f"judge.settings.base_url={judge.url}",
+                "judge.settings.served_model=fake-judge",
+                "judge.settings.api_key_env=CANARY_JUDGE_KEY",
             ]
             env = {"CANARY_JUDGE_KEY": canary, "IS_ALPACA_EVAL_2": "False"}
             variable = "$CANARY_JUDGE_KEY"

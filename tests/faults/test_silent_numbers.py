@@ -9,22 +9,16 @@ answer to that input. The checks themselves, case by case: tests/test_checks_bef
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.support.composed import SMOKE
-from tests.support.pipeline_run import stage_dirs
+from tests.support.pipeline_run import ROOT, TinyRun, stage_dirs
 
-ROOT = Path(__file__).resolve().parents[2]
-# Small wherever the case allows, so that a run the checks let through (before the fixes: all
-# of them) costs seconds of training, not minutes.
-TINY = [
-    *SMOKE,
+# What these runs change of the tiny stack: small wherever the case allows, so that a run the
+# checks let through (before the fixes: all of them) costs seconds of training, not minutes.
+FAST = [
     "openllm=none",
     "logger=disabled",
     "noise=off",
@@ -74,23 +68,6 @@ REFUSED = {  # case -> (overrides; what the last error line says)
 JUDGED = ["generate.prompts={tmp}/inputs.json", "generate.reference={tmp}/inputs.json"]
 
 
-def _start(store: Path, overrides: list[str]) -> subprocess.Popen:
-    argv = [*overrides, f"paths.store={store}", f"paths.results={store}/results"]
-    code = (
-        f"import sys\nfrom pipeline.run import main\nsys.argv = ['pipeline.run', *{argv!r}]\n"
-        "main()\n"
-    )
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    return subprocess.Popen(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-
-
 def _error_line(stderr: str) -> str:
     """The exception line Hydra prints last (its hint about HYDRA_FULL_ERROR follows it)."""
     return next((line for line in reversed(stderr.splitlines()) if "Error: " in line), "")
@@ -112,7 +89,7 @@ def runs(tmp_path_factory):
     started, procs = time.monotonic(), {}
     for i, (case, overrides) in enumerate(cases.items()):
         store = tmp / "runs" / f"store{i}"
-        procs[case] = (_start(store, TINY + [o.format(tmp=tmp) for o in overrides]), store)
+        procs[case] = (TinyRun(store).start(*FAST, *(o.format(tmp=tmp) for o in overrides)), store)
     done = {}
     for case, (proc, store) in procs.items():
         out, err = proc.communicate(timeout=900)

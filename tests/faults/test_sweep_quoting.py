@@ -62,7 +62,12 @@ def test_an_override_with_a_space_or_a_glob_reaches_the_point_as_given(tmp_path)
 
 def test_printed_points_are_shell_words_one_line_each():
     done = subprocess.run(
-        [sys.executable, "scripts/sweep_points.py", "sweep=alpha_grid", "generate.dataset_name='a b'"],
+        [
+            sys.executable,
+            "scripts/sweep_points.py",
+            "sweep=alpha_grid",
+            "generate.dataset_name='a b'",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.pipeline_run import ROOT, TinyRun
 
 ORDER = """
 import sys
 import numpy as np
 from tests.support.composed import composed
 from pipeline.judging.alpaca_import import import_alpaca_eval, pin_alpaca_eval_version
-from pipeline.results.trend_data import _lc_matrix
+from pipeline.results.trend import _lc_matrix
 
 judge = composed(sys.argv[1]).judge
 if sys.argv[2] == "checked":  # what every job of a run does first (plan.check_all)
@@ -69,9 +69,8 @@ def test_the_aggregation_before_a_judge_imports_its_version(judge, checked, vers
 
 # --- the whole sweep, killed and rerun --------------------------------------------------------
 
-SWEEP = [
+SWEEP = [  # what the sweep changes of the tiny stack
     "sweep=alpha_grid",
-    "+stack=smoke",
     "logger=disabled",  # the compared metrics and tables do not depend on W&B
     "openllm=none",  # 40-90 s an arm on this CPU, and no part of what a rerun can get wrong
     "calibration.n_pairs=10",
@@ -83,20 +82,9 @@ HISTORY = re.compile(r"runtime|_per_s$|^resumed_from_step$|wall")
 
 
 def _start(root: Path, log: str) -> subprocess.Popen:
-    store = root / "store"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     with open(root / log, "w") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pipeline.run",
-                *SWEEP,
-                f"paths.store={store}",
-                f"paths.results={root}/results",
-            ],
-            cwd=ROOT,
-            env=env,
+        return TinyRun(root / "store", results=root / "results").start(
+            *SWEEP,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: the kill reaches every child

@@ -22,10 +22,9 @@ pytestmark = pytest.mark.e2e
 
 TRIALS = 50
 STALE_S, BEAT_S = 1.0, 0.1
-# 8 steps, a checkpoint every 2: a few tenths of a second of training, many points to freeze in.
+# What these finetunes change of the tiny stack: 8 steps, a checkpoint every 2, a few tenths of a
+# second of training, many points to freeze in.
 OVERRIDES = [
-    "model=tiny",
-    "finetune=tiny",
     "noise=uniform",
     "finetune.lr_scheduler=constant",
     "finetune.max_steps=8",
@@ -40,10 +39,10 @@ def _worker(conn, cache: str) -> None:
 
     from pipeline.stages.finetune import finetune
     from pipeline.store.store import Store
-    from tests.support.composed import composed
+    from tests.support.pipeline_run import tiny_config
 
     torch.set_num_threads(1)  # two workers on a small CI machine: no thread oversubscription
-    cfg = composed(*OVERRIDES)
+    cfg = tiny_config(*OVERRIDES)
     train_cfg = OmegaConf.merge(cfg.finetune, {"seed": 0})
     conn.send(("ready", os.getpid()))
     while (root := conn.recv()) is not None:

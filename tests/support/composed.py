@@ -6,6 +6,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 import pipeline.config.schema  # noqa: F401  (registers the config schema)
+from pipeline.stages.kind_settings import check_kind_settings
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -16,6 +17,9 @@ SMOKE = ["+stack=smoke"]
 
 
 def composed(*overrides: str):
-    """The config `python -m pipeline.run *overrides` would run (without the hydra node)."""
+    """The config `python -m pipeline.run *overrides` would run (without the hydra node), each
+    kind's settings checked and typed as the first step after composition does."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        cfg = compose("config", overrides=list(overrides))
+    check_kind_settings(cfg)
+    return cfg

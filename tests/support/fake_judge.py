@@ -116,9 +116,9 @@ class FakeJudge:
 
 def compatible_judge(url: str, key_env: str = "JUDGE_API_KEY"):
     cfg = composed("judge=openai_compatible").judge
-    OmegaConf.update(cfg, "base_url", url)
-    OmegaConf.update(cfg, "served_model", "fake-judge")
-    OmegaConf.update(cfg, "api_key_env", key_env)
+    OmegaConf.update(cfg, "settings.base_url", url)
+    OmegaConf.update(cfg, "settings.served_model", "fake-judge")
+    OmegaConf.update(cfg, "settings.api_key_env", key_env)
     return cfg
 
 

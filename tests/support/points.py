@@ -6,7 +6,7 @@ SCORES = {f"openllm_{t}": 0.5 for t in ("arc", "hellaswag", "mmlu", "truthfulqa"
 
 
 def ref(stage: str, name: str, **metrics) -> StageRef:
-    return StageRef(f"{stage}-{name}-000000000000", metrics)
+    return StageRef(key=f"{stage}-{name}-000000000000", metrics=metrics)
 
 
 def analysis(name: str, chars: float) -> StageRef:
@@ -70,7 +70,7 @@ def arm(
     noise = (
         {"kind": "none"} if alpha == 0 else {"kind": kind, "alpha": alpha, "length": "per_example"}
     )
-    return Arm(name, alpha == 0, 42, noise, stages)
+    return Arm(name=name, baseline=alpha == 0, seed=42, noise=noise, stages=stages)
 
 
 def _setting(lora: bool) -> dict:
@@ -94,10 +94,10 @@ def _setting(lora: bool) -> dict:
 def _head_to_head(name: str, treated: str) -> Comparison:
     """The judge's treated-vs-base comparison of a point (55% of 4 pairs)."""
     return Comparison(
-        treated,
-        "base",
-        42,
-        {
+        arm=treated,
+        baseline="base",
+        seed=42,
+        stages={
             "head_to_head": ref(
                 "alpaca_eval", f"{name}_h2h", win_rate=55.0, standard_error=2.0, n_total=4.0
             )
@@ -131,21 +131,21 @@ def point(
     ]
     h2h = [_head_to_head(name, treated)]
     return Point(
-        f"point-{name}",
-        name,
-        "exp",
-        "/nonexistent-store",
-        "m",
-        "default",
-        "j",
-        "r",
-        setting,
-        arms,
-        list(variants),
-        h2h,
-        [],
-        {"train_analysis": analysis(f"{name}_train", 300.0)},
-        [f"+point=all_{name}"],
-        {"generate": "cpu"},
-        {"finetune": {"epochs": 1}},
+        id=f"point-{name}",
+        name=name,
+        experiment="exp",
+        store="/nonexistent-store",
+        model="m",
+        dataset="default",
+        judge="j",
+        reference="r",
+        setting=setting,
+        arms=arms,
+        variants=list(variants),
+        comparisons=h2h,
+        effects=[],
+        point_stages={"train_analysis": analysis(f"{name}_train", 300.0)},
+        overrides=[f"+point=all_{name}"],
+        choices={"generate": "cpu"},
+        config={"finetune": {"epochs": 1}},
     )

@@ -1,48 +1,65 @@
-"""vllm: vLLM in its own Python environment (generate.vllm.python), behind the worker."""
+"""vllm: vLLM in its own Python environment (generate.settings.python), behind the worker."""
 
 from __future__ import annotations
 
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from pipeline.generation import engines
 from pipeline.generation.engines import (
+    LOCATION,
     VENV_HINT,
     Engine,
     EngineError,
     register_engine,
     resolve_python,
 )
-from pipeline.text.logs import get_logger
+from pipeline.logs import get_logger
 
 LOG = get_logger("generate")
 HELD_WARN_GIB = 1.0  # this process holding more than this when vLLM starts is worth a warning
+
+
+@dataclass
+class VllmSettings:
+    """generate.settings of generate.engine=vllm."""
+
+    # interpreter of a separate venv with vllm (it pins its own torch); a location: not hashed
+    python: Optional[str] = field(default=None, metadata=LOCATION)
+    tensor_parallel_size: int = 1  # GPUs one model is split over
+    gpu_memory_utilization: float = 0.9  # share of each GPU's memory vLLM may take
+    max_model_len: Optional[int] = None  # null = generate.max_total_length
 
 
 @register_engine("vllm")
 class VllmEngine(Engine):
     """Greedy decoding with vLLM's own batching; needs a CUDA GPU and a venv with vllm."""
 
+    Settings = VllmSettings
+
     def gpus_needed(self, gen_cfg) -> int:
-        return int(gen_cfg.vllm.tensor_parallel_size)
+        return int(self.settings(gen_cfg).tensor_parallel_size)
 
     def check(self, gen_cfg) -> None:
-        python, tp = gen_cfg.vllm.python, gen_cfg.vllm.tensor_parallel_size
+        settings = self.settings(gen_cfg)
+        python, tp = settings.python, settings.tensor_parallel_size
         if not python:
             raise ValueError(
                 "generate.engine=vllm runs vLLM in its own Python environment "
-                "(vLLM pins its own torch), and generate.vllm.python is not set: " + VENV_HINT
+                "(vLLM pins its own torch), and generate.settings.python is not set: " + VENV_HINT
             )
         exe = resolve_python(python)
         if exe is None:
             raise ValueError(
-                f"generate.vllm.python={python!r} is not an executable file: " + VENV_HINT
+                f"generate.settings.python={python!r} is not an executable file: " + VENV_HINT
             )
         if not engines._has_module(exe, "vllm"):
             raise ValueError(
-                f"generate.vllm.python={python!r} has no vllm installed: run "
+                f"generate.settings.python={python!r} has no vllm installed: run "
                 f"`{exe} -m pip install vllm`, or use generate.engine=hf"
             )
         gpus = engines.visible_cuda_gpus()
@@ -55,7 +72,7 @@ class VllmEngine(Engine):
             )
         if tp > gpus:
             raise ValueError(
-                f"generate.vllm.tensor_parallel_size={tp} needs as many GPUs; "
+                f"generate.settings.tensor_parallel_size={tp} needs as many GPUs; "
                 f"{gpus} visible: lower it or run on more GPUs"
             )
 
@@ -71,7 +88,7 @@ class VllmEngine(Engine):
         work: Path,
     ) -> tuple[list, list, float, dict]:
         """Through the worker, once the GPUs vLLM will take are free enough (check_gpus_free)."""
-        check_gpus_free(gen_cfg.vllm)
+        check_gpus_free(self.settings(gen_cfg))
         return super().generate(model_dir, texts, gen_cfg, dtype, max_new, min_new, label, work)
 
     def run(self, request: dict) -> dict:
@@ -120,7 +137,7 @@ class VllmEngine(Engine):
 
 def check_gpus_free(vllm_cfg) -> None:
     """Before vLLM starts: each of its tensor_parallel_size GPUs must have the share
-    generate.vllm.gpu_memory_utilization of its memory free, after this process has let go of
+    generate.settings.gpu_memory_utilization of its memory free, after this process has let go of
     what its dead models hold (models.devices.gpu_memory releases it first). A finetune that
     trained in this process, or a model an earlier stage still references, keeps memory in
     PyTorch's cache; vLLM would then fail at startup, or the two would share a GPU until one
@@ -143,9 +160,10 @@ def check_gpus_free(vllm_cfg) -> None:
             fits = math.floor(gpu.free_gb / gpu.total_gb * 100) / 100
             raise EngineError(
                 f"GPU {gpu.index} has {gpu.free_gb:.1f} GiB free of {gpu.total_gb:.1f} GiB, "
-                f"and vLLM is to take generate.vllm.gpu_memory_utilization={share:g} of it "
+                f"and vLLM is to take generate.settings.gpu_memory_utilization={share:g} of it "
                 f"({need:.1f} GiB): this process holds {gpu.held_gb:.1f} GiB (a model of an "
                 f"earlier stage, e.g. the finetune trained in this process), other processes "
-                f"{others:.1f} GiB. Set generate.vllm.gpu_memory_utilization={fits:g} or lower, "
-                "free the GPU (run generate in a job of its own), or use generate.engine=hf"
+                f"{others:.1f} GiB. Set generate.settings.gpu_memory_utilization={fits:g} or "
+                "lower, free the GPU (run generate in a job of its own), or use "
+                "generate.engine=hf"
             )

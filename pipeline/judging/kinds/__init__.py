@@ -28,8 +28,8 @@ import traceback
 from pathlib import Path
 
 from pipeline.judging.alpaca_import import JudgeError
+from pipeline.logs.secrets import holds_secret, keep_out_of_logs, redact
 from pipeline.registry import NoSettings, Registry
-from pipeline.text.secrets import holds_secret, keep_out_of_logs, redact
 
 
 class JudgeKind:
@@ -69,7 +69,7 @@ def redact_key_errors(annotator, judge_cfg, variables: tuple[str, ...]) -> None:
 
     A server may echo the key in its error (a 401 "Incorrect API key provided: <key>"), which
     alpaca_eval logs and re-raises: the keys are redacted from every log record
-    (pipeline.text.secrets), and annotator.annotate_pairs raises, in place of an error whose text
+    (pipeline.logs.secrets), and annotator.annotate_pairs raises, in place of an error whose text
     holds one, a JudgeError saying the same with the key redacted, the original dropped (not
     chained: Hydra prints the chain, W&B records what is printed)."""
     held = keep_out_of_logs(*variables)

@@ -13,7 +13,12 @@ from pipeline.config.schema import ModelConfig
 from pipeline.data.loading import ASSETS
 from pipeline.judging.alpaca_import import JudgeError
 from pipeline.judging.kinds import JudgeKind, register
-from pipeline.models.devices import compute_device, device_key_params, inference_placement
+from pipeline.models.devices import (
+    compute_device,
+    device_key_params,
+    inference_placement,
+    resolve_dtype,
+)
 from pipeline.models.loading import DTYPES, base_model_dir, validate_model
 
 ANNOTATORS_DIR = ASSETS / "annotators"
@@ -53,6 +58,11 @@ class LocalJudge(JudgeKind):
                 "model in the judge YAML's defaults list (- /model@settings.model: smollm2_135m)"
             )
         validate_model(settings.model)
+        if settings.model.dtype == "auto":
+            # resolve_precision resolves it before any key, as it does model.dtype, where it
+            # looks for the judge's model at judge.settings.model; a config it did not reach
+            # resolves here, on this process's hardware, before any key is computed.
+            settings.model.dtype = resolve_dtype(settings.model.dtype)
 
     def annotator_args(self, judge_cfg, work: Path, cache, fn_completions) -> tuple[Path, dict]:
         if fn_completions is None:

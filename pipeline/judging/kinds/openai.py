@@ -8,7 +8,9 @@ from pathlib import Path
 from pipeline.judging.alpaca_import import JudgeError, import_alpaca_eval
 from pipeline.judging.kinds import JudgeKind, redact_key_errors, register
 
-# Where alpaca_eval's OpenAI client reads keys from (a comma-separated list in the second).
+# Where alpaca_eval's OpenAI client reads keys from (a comma-separated list in the second). The
+# client reads them itself, so this kind has no settings of its own (no api_key_env: that is
+# openai_compatible's, whose key this project hands over).
 KEY_VARIABLES = ("OPENAI_API_KEY", "OPENAI_API_KEYS")
 
 

@@ -16,7 +16,7 @@ import yaml
 
 from pipeline.store.store import write_text_atomic
 from pipeline.results.cost import cost_section
-from pipeline.text.escape import escape_md
+from pipeline.markup import escape_md
 from pipeline.results.findings import findings
 from pipeline.results.points import Point
 
@@ -98,7 +98,7 @@ def write_report(points: list[Point], out_dir: Path, sections: list, skipped: li
         md += [f"![{png}]({png})" for png in pngs]
         md += ["", "**Where our setting differs from the paper's.** "
                + setting_note(spec.paper_setting, covered)]
-    from pipeline.human.report import human_report_section
+    from pipeline.human.report_section import human_report_section
 
     # None until a study of this experiment exists; its figure goes beside the report.
     human = human_report_section(Path(study_dir or out_dir), figures_dir=Path(out_dir))

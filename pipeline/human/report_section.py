@@ -6,15 +6,15 @@ NEFTUNE_HUMAN_DB environment variable when the study was held on a shared server
 
 from __future__ import annotations
 
-import html
 import os
-import re
 from pathlib import Path
+
+from markdown_it import MarkdownIt
 
 from pipeline.human.db import VoteDB
 from pipeline.human.export import summarize
 from pipeline.human.study import Study, existing_studies
-from pipeline.text.escape import escape_mathtext, escape_md
+from pipeline.markup import escape_mathtext, escape_md
 
 # Jain et al. 2023, human study: 140 prompts, NEFT preferred 88 times, 22 draws, "74.6% win".
 PAPER = {"n": 140, "neft": 88, "draws": 22}
@@ -243,34 +243,17 @@ def write_figure(s: dict, path: Path) -> None:
     plt.close(fig)
 
 
-_MD_ESCAPED = re.compile(r"\\([\\`*_{}\[\]()#+!|~$<>-])")
-_CELL_SEP = re.compile(r"(?<!\\)\|")
-
-
 def markdown_html(text: str, img_prefix: str = "") -> str:
-    """HTML of the markdown this module writes (headings, tables, images, paragraphs)."""
-
-    def inline(s: str) -> str:
-        s = html.escape(html.unescape(_MD_ESCAPED.sub(r"\1", s)))  # escape_md undone, as HTML
-        s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
-        return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", s)
-
-    out, blocks = [], re.split(r"\n\s*\n", text.strip())
-    for block in blocks:
-        lines = block.splitlines()
-        if block.startswith("#"):
-            level = len(block) - len(block.lstrip("#"))
-            out.append(f"<h{level}>{inline(block.lstrip('#').strip())}</h{level}>")
-        elif block.startswith("|"):
-            rows = [[c.strip() for c in _CELL_SEP.split(ln.strip().strip("|"))] for ln in lines]
-            head = "".join(f"<th>{inline(c)}</th>" for c in rows[0])
-            body = "".join(
-                "<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rows[2:]
-            )
-            out.append(f"<table><tr>{head}</tr>{body}</table>")
-        elif m := re.fullmatch(r"!\[([^\]]*)\]\(([^)\s]+)\)", block.strip()):
-            src = html.escape(img_prefix + m.group(2))
-            out.append(f'<img alt="{html.escape(m.group(1))}" src="{src}">')
-        else:
-            out.append(f"<p>{inline(' '.join(lines))}</p>")
-    return "\n".join(out)
+    """HTML of the markdown this module writes (headings, tables, images, paragraphs), for the
+    /report page: CommonMark with tables (markdown-it-py), raw HTML off, so that names and
+    labels (data, escaped by escape_md) are shown as typed and never read as markup. Image
+    paths get `img_prefix` (the page serves the figures under report/)."""
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    tokens = md.parse(text)
+    for token in tokens:
+        for image in token.children or ():
+            if image.type == "image":
+                # alt first, as this page always wrote it (tests/test_human.py looks for it).
+                src = img_prefix + str(image.attrs["src"])
+                image.attrs = {"alt": "", **image.attrs, "src": src}
+    return md.renderer.render(tokens, md.options, {})

@@ -2,7 +2,7 @@
 
 Read from the places the pipeline downloads or reads something at run time:
   model.source=hub            models.load_model_and_tokenizer: from_pretrained(id, revision)
-  judge.model (kind=local)    judging.annotator -> base_model_dir -> from_pretrained
+  judge.settings.model (kind=local)  judging.annotator -> base_model_dir -> from_pretrained
   data.train, generate.prompts, overfit.heldout (enabled)
                               data._read_hub: datasets.load_dataset(name, config) for hf:...
   openllm.task_set=hub        lm-eval's ConfigurableTask.download: load_dataset(dataset_path,

@@ -31,7 +31,7 @@ def arc(diff: dict) -> dict:
 def compare_effect(**metrics) -> Effect:
     """neft-uniform5 vs base, seed 42: one compare stage of 1 seed and 50 prompts."""
     stage = ref("compare", "main", **metrics, n_seeds=1, n_prompts=50)
-    return Effect("neft-uniform5", "base", [42], {"compare": stage})
+    return Effect(arm="neft-uniform5", baseline="base", seeds=[42], stages={"compare": stage})
 
 
 def uninformative_calibration():
@@ -64,7 +64,7 @@ def test_findings_state_each_effect_its_ci_and_whether_the_judge_is_informative(
             openllm=arc(ci_diff(0.0625, -0.0625, 0.1875)),
         )
     ]
-    p.extra["judge_calibration"] = uninformative_calibration()
+    p.point_stages["judge_calibration"] = uninformative_calibration()
     text = "\n".join(findings([p]))
     assert (
         "mean answer length: +28.4 characters (95% CI +12.0 to +45.0, n=50 prompts); the CI "
@@ -126,7 +126,7 @@ def test_every_null_finding_gives_its_detectable_effect_and_the_prompts_for_the_
 def seeds_effect(**metrics) -> Effect:
     """neft-uniform5 vs base over seeds 1, 2, 3 on 50 prompts (compare version 4)."""
     stage = ref("compare", "main", **metrics, n_seeds=3, n_prompts=50)
-    return Effect("neft-uniform5", "base", [1, 2, 3], {"compare": stage})
+    return Effect(arm="neft-uniform5", baseline="base", seeds=[1, 2, 3], stages={"compare": stage})
 
 
 def seed_diff(d: float, lo: float, hi: float, sd: float, **extra) -> dict:
@@ -221,7 +221,9 @@ def test_an_lm_eval_null_where_the_arms_agree_on_every_question_states_the_floor
 def test_findings_of_a_compare_stage_before_version_4_say_its_rows_were_pooled():
     p = point("main", "neft-uniform5", 5, 60.0)
     stage = ref("compare", "main", win_rate=ci_diff(-2.0, -8.0, 4.0), n_seeds=2, n_prompts=50)
-    p.effects = [Effect("neft-uniform5", "base", [1, 2], {"compare": stage})]
+    p.effects = [
+        Effect(arm="neft-uniform5", baseline="base", seeds=[1, 2], stages={"compare": stage})
+    ]
     text = "\n".join(findings([p]))
     assert "pooled as independent rows (compare before version 4)" in text
     assert "between-seed SD" not in text
