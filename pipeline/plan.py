@@ -39,6 +39,7 @@ from pipeline.stages import (
     overfit,
 )
 from pipeline.stages.contract import ArmPair, ArmSpec, Call, Context, Stage
+from pipeline.stages.kind_settings import check_kind_settings
 from pipeline.store.store import StageResult
 from pipeline.train.noise import noise_label, noise_params
 
@@ -131,9 +132,11 @@ def check_seeds(cfg) -> None:
 
 
 def check_all(cfg) -> None:
-    """The point's name and seeds; resolve precision (`auto` -> the dtype that runs here, before
-    any key is computed); then every stage's cheap check, before anything is trained."""
+    """The point's name, the kinds' settings and the seeds; resolve precision (`auto` -> the
+    dtype that runs here, before any key is computed); then every stage's cheap check, before
+    anything is trained."""
     check_experiment_name(cfg.experiment.name)  # first: nothing may be written under a bad one
+    check_kind_settings(cfg)  # each kind's settings typed: every check below reads them
     check_seeds(cfg)
     resolve_precision(cfg)
     for module in dict.fromkeys(s.module for s in STEPS):  # cheap, so disabled ones too

@@ -1,14 +1,20 @@
 """Kind settings (issue 29): the stage keys of the default and of a config of every other shipped
 kind are the ones computed before kinds had settings of their own, so every stored stage is
-still found."""
+still found; the shared schema holds no field of one kind."""
+
+from dataclasses import fields
 
 import pytest
 
+from pipeline.config.schema import GenerateConfig, JudgeConfig, NoiseConfig
+from pipeline.generation import engines
+from pipeline.judging import kinds as judge_kinds
 from pipeline.judging.judges import judge_key_params
 from pipeline.models import devices
 from pipeline.plan import arm_specs
 from pipeline.stages import alpaca_eval_stage, finetune, generate, judge_calibration
 from pipeline.store.store import stage_key
+from pipeline.train import noise_kinds
 from tests.support.composed import composed
 
 # Computed by this test against the code before issue 29 (judge.model, judge.batch_size,
@@ -88,3 +94,32 @@ def stage_keys(cfg) -> dict:
 def test_stage_keys_are_the_ones_computed_before_kind_settings(name):
     keys = stage_keys(composed(*OVERRIDES[name]))
     assert keys == KEYS_BEFORE_KIND_SETTINGS[name]
+
+
+@pytest.mark.parametrize(
+    "schema, registry",
+    [
+        (JudgeConfig, judge_kinds.REGISTRY),
+        (NoiseConfig, noise_kinds.REGISTRY),
+        (GenerateConfig, engines.ENGINES),
+    ],
+)
+def test_the_shared_schema_holds_no_field_of_one_kind(schema, registry):
+    """Before issue 29, JudgeConfig held local's model, batch_size and max_prompt_tokens and
+    openai_compatible's base_url, served_model and api_key_env; GenerateConfig held `vllm`."""
+    shared = {f.name for f in fields(schema)}
+    assert "settings" in shared
+    for name in registry.names():
+        own = {f.name for f in fields(registry.settings_type(name))}
+        assert not own & shared, (name, own & shared)
+        assert name not in shared  # no section named after a kind (generate.vllm was one)
+    if schema is JudgeConfig:
+        assert shared == {
+            "name",
+            "kind",
+            "annotator",
+            "alpaca_eval_version",
+            "both_orders",
+            "lc_data",
+            "settings",
+        }

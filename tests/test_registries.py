@@ -404,12 +404,6 @@ def test_a_wrong_noise_setting_fails_when_composed_naming_the_kind_and_key(
     assert str(err.value) == message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="pipeline/train/training.py's _fit does not yet hand noise['settings'] to "
-    "attach_neftune (issue 29 report: one argument to add); it fails loudly until it does",
-)
 def test_the_finetune_stage_trains_with_the_kinds_setting(laplace_noise, tmp_path):
     from omegaconf import OmegaConf
 
@@ -435,8 +429,8 @@ def test_a_judge_kind_with_settings_of_its_own_is_two_files(fixed_judge, tmp_pat
     assert files_written(tmp_path) == ["extra_conf/judge/fixed.yaml", "kinds/fixed.py"]
     alpaca_eval_stage.check(cfg)
     params = judge_key_params(cfg.judge)
-    # A kind that is not one of the flat JudgeConfig's (legacy_judge_params): its shared fields
-    # and its settings, nothing of the other kinds.
+    # A kind that is not one of the flat JudgeConfig's (store/key_rules.py judge_params): its
+    # shared fields and its settings, nothing of the other kinds.
     assert params["judge"] == {
         "name": "fixed-a",
         "kind": "fixed",

@@ -1,7 +1,8 @@
 """What one point needs from a cluster, whether it can run there, and the dry run's text.
 
 A point's job is sized from its own config: nodes = finetune.distributed.nnodes, GPUs per node =
-its processes per node (or generate.vllm.tensor_parallel_size when larger), one task per node
+its processes per node (or the vllm engine's generate.settings.tensor_parallel_size when
+larger), one task per node
 (the pipeline runs in the first node's, launcher.pipeline_step; its finetune's `srun --overlap`
 starts a torchrun in every node's), CPUs per GPU x GPUs, and host memory from an estimate (the
 weights loaded on the CPU, a few GB per process) or the launcher's mem_gb, whichever is larger.
@@ -258,7 +259,7 @@ def _hf_generation(cfg, gpus: int, gpu_gb: float | None, limit: int | None) -> t
         f"generation with generate.engine=hf needs about {per_gpu(gpus):.0f} GB on each of "
         f"{gpus} GPU(s) ({weights:.0f} GB of weights, {kv:.1f} GB of KV cache), more than "
         f"{usable:.0f} GB ({1 - INFERENCE_HEADROOM:.0%} of {gpu_gb:g} GB): use "
-        "generate.engine=vllm with generate.vllm.tensor_parallel_size=<GPUs>, or lower "
+        "generate.engine=vllm with generate.settings.tensor_parallel_size=<GPUs>, or lower "
         "generate.batch_size",
     )
 

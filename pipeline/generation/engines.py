@@ -45,6 +45,7 @@ from pathlib import Path
 
 from pipeline.logs import log_tail
 from pipeline.registry import NoSettings, Registry
+from pipeline.store.key_rules import engine_params
 
 PROTOCOL = 1
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -82,9 +83,7 @@ class Engine:
         """What of the engine enters the generate key: its name and its typed settings (plain),
         never a location (a field with LOCATION metadata, such as the interpreter path)."""
         places = {f.name for f in fields(self.Settings) if f.metadata.get("hashed") is False}
-        return legacy_engine_params(
-            self.name, {k: v for k, v in settings.items() if k not in places}
-        )
+        return engine_params(self.name, {k: v for k, v in settings.items() if k not in places})
 
     def generate(
         self,
@@ -140,16 +139,6 @@ ENGINES = Registry(
         "beside it (generate.settings in the config)"
     ),
 )
-
-
-def legacy_engine_params(name: str, settings: dict) -> dict:
-    """What an engine's part of the generate key hashes, from its name and hashed settings.
-
-    Hashed as before: the settings under the engine's own name, as generate.<name> held them
-    before engines declared their own settings (issue 29; generate.settings now), so that every
-    generate stage stored before is still found. (hf overrides key_params: keyed as before
-    engines existed.)"""
-    return {"engine": name, name: settings}
 
 
 def register_engine(name: str):

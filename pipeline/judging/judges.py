@@ -19,6 +19,7 @@ from pathlib import Path
 from pipeline.data.loading import ASSETS, check_encodable, judged_instruction
 from pipeline.judging.alpaca_import import JudgeError, import_alpaca_eval, pin_alpaca_eval_version
 from pipeline.judging.kinds import judge_kind, judge_settings
+from pipeline.store.key_rules import judge_params
 from pipeline.store.store import StageResult, Store
 
 
@@ -213,26 +214,5 @@ def judge_key_params(judge_cfg) -> dict:
 
     shared = {k: v for k, v in plain(judge_cfg).items() if k != "settings"}
     settings = plain(judge_settings(judge_cfg))
-    judge = config_params(OmegaConf.create(legacy_judge_params(shared, settings)))
+    judge = config_params(OmegaConf.create(judge_params(shared, settings)))
     return {"judge": judge} | judge_kind(judge_cfg.kind).key_params(judge_cfg)
-
-
-# Every field the flat JudgeConfig had before kinds declared their own settings (issue 29), with
-# its default then; api_key_env per kind: the local judges' YAMLs set it null, the rest kept the
-# schema's OPENAI_API_KEY (openai_compatible's is its own setting now).
-_FLAT_JUDGE_FIELDS = {"batch_size": 1, "max_prompt_tokens": 0, "base_url": None}
-_FLAT_JUDGE_FIELDS |= {"served_model": None, "api_key_env": "OPENAI_API_KEY", "model": None}
-_FLAT_JUDGE_KINDS = {"local": {"api_key_env": None}, "openai": {}, "openai_compatible": {}}
-
-
-def legacy_judge_params(shared: dict, settings: dict) -> dict:
-    """What a judge's stage keys hash, from its shared fields and its kind's typed settings.
-
-    Hashed as before: the kinds that existed before kinds had settings of their own (local,
-    openai, openai_compatible) hash the flat JudgeConfig of then, every field of every kind at
-    its value or its default then, so that every judge stage stored before is still found. Any
-    other kind hashes its shared fields and its settings as they are."""
-    then = _FLAT_JUDGE_KINDS.get(shared["kind"])
-    if then is None:
-        return shared | {"settings": settings}
-    return shared | _FLAT_JUDGE_FIELDS | then | settings

@@ -71,7 +71,7 @@ def resolve_precision(cfg, device: str | None = None, bf16: bool | None = None) 
     `device`, `bf16`: the hardware of the process that will run it, where that is not this one
     (the dry run resolves as the job's node will; see resolve_dtype)."""
     cfg.model.dtype = resolve_dtype(cfg.model.dtype, device, bf16)
-    judge_model = cfg.judge.get("model") if "judge" in cfg else None
+    judge_model = cfg.judge.settings.get("model") if "judge" in cfg else None
     if judge_model is not None:
         judge_model.dtype = resolve_dtype(judge_model.dtype, device, bf16)
 
@@ -225,7 +225,7 @@ def check_placement(placement: Placement, gen_keys: str) -> Placement:
         f"{placement.describe()}; {INFERENCE_HEADROOM:.0%} of each GPU is kept for the CUDA "
         f"context and prefill. {gen_keys}: lower generate.batch_size (the KV cache is "
         "batch x max_total_length tokens), or use generate.engine=vllm with "
-        "generate.vllm.tensor_parallel_size set to the node's GPUs, or more GPUs"
+        "generate.settings.tensor_parallel_size set to the node's GPUs, or more GPUs"
     )
 
 
@@ -256,12 +256,6 @@ def inference_placement(
         gpu_placement(config, dtype, free, kv_tokens), f"{location} on {gpus} GPUs"
     )
     return {"device_map": placement.device_map}
-
-
-def device_key_params(device: str) -> dict:
-    """What of the device enters an inference stage's key: nothing on the CPU (keys computed
-    before devices were recorded are still found), the device elsewhere (other numerics)."""
-    return {} if device == "cpu" else {"device": device}
 
 
 def release_accelerator_memory() -> None:

@@ -151,7 +151,7 @@ def generate_params(gen_cfg, dtype: str) -> dict:
     typed settings (generate.settings) enter only when it is not the default hf, so every key
     computed before engines existed is still found; the interpreter path never does (a location,
     not a setting). The hf engine's device enters where it is not the CPU
-    (devices.device_key_params).
+    (store/key_rules.py device_params).
     """
     settings = OmegaConf.to_container(engine_settings(gen_cfg), resolve=True, enum_to_str=True)
     params = OmegaConf.to_container(gen_cfg, resolve=True, enum_to_str=True)

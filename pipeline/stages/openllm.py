@@ -26,10 +26,10 @@ from pipeline.models.devices import (
     DTYPES,
     compute_device,
     cuda_gpu_count,
-    device_key_params,
     release_accelerator_memory,
 )
 from pipeline.stages.contract import Call, Context
+from pipeline.store.key_rules import device_params
 from pipeline.store.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
 VERSION = 2  # 2: per_question.json (each question's score, for paired tests)
@@ -108,7 +108,7 @@ def openllm(finetuned: StageResult, openllm_cfg, dtype: str, store: Store) -> St
     params = (
         OmegaConf.to_container(openllm_cfg, resolve=True, enum_to_str=True)
         | {"dtype": str(dtype)}
-        | device_key_params(compute_device())
+        | device_params(compute_device())
     )
     label = f"{readable_of(finetuned.key)}_{openllm_cfg.name}"
     key = stage_key("openllm", label, params, [finetuned.key], VERSION)

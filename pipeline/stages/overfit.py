@@ -29,9 +29,10 @@ from pipeline.data.loading import (
     tokenize_examples,
 )
 from pipeline.generation.batched import generate_batched
-from pipeline.models.devices import compute_device, device_key_params, release_accelerator_memory
+from pipeline.models.devices import compute_device, release_accelerator_memory
 from pipeline.models.loading import load_model_and_tokenizer
 from pipeline.stages.contract import Call, Context
+from pipeline.store.key_rules import device_params
 from pipeline.store.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
 # 2: generations with the padding-free repetition penalty (generation.batched.generate_batched)
@@ -212,7 +213,7 @@ def overfit(
             "max_length": max_length,
             "dtype": str(dtype),  # plain str, not the schema's Enum member
         }
-        | device_key_params(compute_device())
+        | device_params(compute_device())
     )
     key = stage_key("overfit", readable_of(finetuned.key), params, [finetuned.key], VERSION)
     rows = {"loss": loss_rows, "heldout": heldout, "generate": gen_rows}

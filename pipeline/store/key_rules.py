@@ -38,3 +38,57 @@ def finetune_params(finetune: dict, accumulation: int, launch: dict) -> dict:
     if launch:
         hashed["distributed"] = launch
     return hashed
+
+
+def noise_setting_params(shared: dict, settings: dict) -> dict:
+    """A noise setting as finetune keys hash it, from {kind, alpha, length} and its kind's typed
+    settings: a kind without settings of its own (uniform, gaussian) hashes {kind, alpha,
+    length} as before kinds carried settings, so every finetune stored before is still found; a
+    kind with settings adds them, so that they split its keys."""
+    return shared | {"settings": settings} if settings else shared
+
+
+# Every field the flat JudgeConfig had before kinds declared their own settings, with its default
+# then; api_key_env per kind: the local judges' YAMLs set it null, the rest kept the schema's
+# OPENAI_API_KEY (openai_compatible's is its own setting now).
+FLAT_JUDGE_FIELDS = {
+    "batch_size": 1,
+    "max_prompt_tokens": 0,
+    "base_url": None,
+    "served_model": None,
+    "api_key_env": "OPENAI_API_KEY",
+    "model": None,
+}
+FLAT_JUDGE_KINDS = {"local": {"api_key_env": None}, "openai": {}, "openai_compatible": {}}
+
+
+def judge_params(shared: dict, settings: dict) -> dict:
+    """A judge as its stage keys hash it, from its shared fields and its kind's typed settings:
+    the kinds that existed before kinds had settings of their own (local, openai,
+    openai_compatible) hash the flat JudgeConfig of then, every field of every kind at its value
+    or its default then, so that every judge stage stored before is still found. Any other kind
+    hashes its shared fields and its settings as they are."""
+    then = FLAT_JUDGE_KINDS.get(shared["kind"])
+    if then is None:
+        return shared | {"settings": settings}
+    return shared | FLAT_JUDGE_FIELDS | then | settings
+
+
+def engine_params(name: str, settings: dict) -> dict:
+    """A generation engine as the generate key hashes it: its settings under the engine's own
+    name, as generate.<name> held them before engines declared their own settings
+    (generate.settings now), so that every generate stage stored before is still found."""
+    return {"engine": name, name: settings}
+
+
+def device_params(device: str) -> dict:
+    """The device an inference stage ran on, as its key hashes it: nothing on the CPU (keys
+    computed before devices were recorded are still found), the device elsewhere (a GPU's
+    numerics can flip a close verdict or a greedy token)."""
+    return {} if device == "cpu" else {"device": device}
+
+
+def hf_engine_params(device: str) -> dict:
+    """The hf engine in the generate key: no engine name and no settings, as before engines
+    existed (it was the only way to generate), and its device where not the CPU."""
+    return device_params(device)

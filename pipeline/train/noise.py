@@ -22,6 +22,7 @@ from enum import Enum
 import torch
 
 from pipeline.config.choices import NoiseLength, plain
+from pipeline.store.key_rules import noise_setting_params
 from pipeline.train.noise_kinds import (
     OFF,
     NoiseKind,
@@ -64,17 +65,7 @@ def noise_params(noise_cfg) -> dict:
     length = noise_cfg.length
     length = length.value if isinstance(length, Enum) else str(length)
     shared = {"kind": str(noise_cfg.kind), "alpha": float(noise_cfg.alpha), "length": length}
-    return legacy_noise_params(shared, plain(settings))
-
-
-def legacy_noise_params(shared: dict, settings: dict) -> dict:
-    """What a noise setting's finetune key hashes, from kind, alpha, length and its kind's
-    typed settings.
-
-    Hashed as before: a kind without settings of its own (uniform, gaussian) hashes
-    {kind, alpha, length} as before kinds had settings (issue 29), so every finetune stored
-    before is still found; a kind with settings adds them, so that they split its keys."""
-    return shared | {"settings": settings} if settings else shared
+    return noise_setting_params(shared, plain(settings))
 
 
 def noise_label(noise: dict) -> str:

@@ -79,10 +79,7 @@ def bad_input_runs(tmp_path_factory):
     started, procs = time.monotonic(), {}
     for i, (case, overrides) in enumerate(BAD_INPUTS.items()):
         store = tmp / f"store{i}"
-        procs[case] = (
-            TinyRun(store).start(*FAST, *(o.format(tmp=tmp) for o in overrides)),
-            store,
-        )
+        procs[case] = (TinyRun(store).start(*FAST, *(o.format(tmp=tmp) for o in overrides)), store)
     runs = {}
     for case, (proc, store) in procs.items():
         out, err = proc.communicate(timeout=300)

@@ -13,10 +13,10 @@ class HfEngine(Engine):
     """Batched greedy generation (generation.batched) on this process's device."""
 
     def key_params(self, settings: dict) -> dict:
-        # Keys as before engines existed: no engine, no settings; the device where not the CPU.
-        from pipeline.models.devices import compute_device, device_key_params
+        from pipeline.models.devices import compute_device
+        from pipeline.store.key_rules import hf_engine_params
 
-        return device_key_params(compute_device())
+        return hf_engine_params(compute_device())
 
     def generate(
         self,

@@ -13,13 +13,9 @@ from pipeline.config.schema import ModelConfig
 from pipeline.data.loading import ASSETS
 from pipeline.judging.alpaca_import import JudgeError
 from pipeline.judging.kinds import JudgeKind, register
-from pipeline.models.devices import (
-    compute_device,
-    device_key_params,
-    inference_placement,
-    resolve_dtype,
-)
+from pipeline.models.devices import compute_device, inference_placement, resolve_dtype
 from pipeline.models.loading import DTYPES, base_model_dir, validate_model
+from pipeline.store.key_rules import device_params
 
 ANNOTATORS_DIR = ASSETS / "annotators"
 
@@ -81,7 +77,7 @@ class LocalJudge(JudgeKind):
 
     def key_params(self, judge_cfg) -> dict:
         # A GPU's numerics can flip a close verdict: its device enters the key where not the CPU.
-        return device_key_params(compute_device())
+        return device_params(compute_device())
 
 
 def local_judge_completions(model_dir: str, dtype: str, batch_size: int, max_prompt_tokens: int):
