@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from pipeline.judging.judges import reference_from_stage
-from pipeline.logs import get_logger
+from pipeline.logs import get_logger, stage_line
 from pipeline.models.devices import resolve_precision
 from pipeline.results.points import Arm, Comparison, Effect, StageRef, Variant
 from pipeline.stages import (
@@ -66,6 +67,7 @@ class Step:
     module: Stage  # pipeline.stages.<module> (stages/contract.py)
     scopes: tuple[Scope, ...]  # what it runs once for
     enabled: Callable[[Any], bool] = _always  # does this config run it?
+    off: str = ""  # why a config that does not run it does not (the console's skipped line)
 
 
 ARM, VARIANT, PAIR, EFFECT, POINT = Scope
@@ -74,15 +76,26 @@ STEPS = (
     Step("generate", generate, (ARM, VARIANT)),
     Step("alpaca_eval", alpaca_eval_stage, (ARM, VARIANT)),
     Step("analysis", analysis, (ARM, VARIANT)),
-    Step("openllm", openllm, (ARM,), lambda cfg: len(cfg.openllm.tasks) > 0),
-    Step("overfit", overfit, (ARM,), lambda cfg: cfg.overfit.enabled),
-    Step("head_to_head", alpaca_eval_stage, (PAIR,), lambda cfg: cfg.head_to_head),
+    Step("openllm", openllm, (ARM,), lambda cfg: len(cfg.openllm.tasks) > 0, "openllm=none"),
+    Step("overfit", overfit, (ARM,), lambda cfg: cfg.overfit.enabled, "overfit=none"),
+    Step(
+        "head_to_head",
+        alpaca_eval_stage,
+        (PAIR,),
+        lambda cfg: cfg.head_to_head,
+        "head_to_head=false",
+    ),
     # +NEFT minus base with CIs that count the seeds (stats.seed_interval)
     Step("compare", compare, (EFFECT,)),
     Step("train_analysis", analysis, (POINT,)),  # Table 4's training-data row
-    Step("judge_calibration", judge_calibration, (POINT,), judge_calibration.enabled),
+    Step(
+        "judge_calibration",
+        judge_calibration,
+        (POINT,),
+        judge_calibration.enabled,
+        "calibration.enabled=false, or no calibration pairs here (see above)",
+    ),
 )
-COMPARED = ("alpaca_eval", "analysis", "openllm")  # the stages an effect pairs, seed by seed
 
 
 def steps_of(scope: Scope) -> tuple[Step, ...]:
@@ -148,8 +161,18 @@ def _ref(result: StageResult) -> StageRef:
 
 
 def _say(stage: str, label: str, result: StageResult) -> None:
-    how = "reused" if result.reused else "computed"
-    LOG.info("[%s] %s: %s -> %s", stage, label, how, result.path)
+    LOG.info("%s", stage_line(stage, label, result))
+
+
+def _arm_identity(spec: ArmSpec) -> dict:
+    """What the W&B runs of an arm's stages record of it (pipeline/tracking/identity.py)."""
+    return {"arm": spec.name, "noise": noise_params(spec.noise), "seed": spec.seed}
+
+
+def _identified(ctx: Context, **identity):
+    """Every W&B run opened meanwhile records `identity` in its config."""
+    tracker = getattr(ctx.store, "tracker", None)  # none: no store (a walk that plans only)
+    return tracker.identity(**identity) if tracker is not None else nullcontext()
 
 
 @dataclass
@@ -173,6 +196,7 @@ class Unit:
     call: Call
     label: str
     keep: Callable[[PlanResult, dict[str, StageResult]], None]
+    identity: dict = field(default_factory=dict)  # what its stages' W&B runs measured
 
 
 def _refs(results: dict[str, StageResult]) -> dict[str, StageRef]:
@@ -196,7 +220,7 @@ def _arm_units(cfg, done: PlanResult) -> Iterator[Unit]:
             )
 
         label = f"{spec.name}, seed {spec.seed}" if several else spec.name
-        yield Unit(Call(spec, {}), label, keep)
+        yield Unit(Call(spec, {}), label, keep, _arm_identity(spec))
 
 
 def _baselines(done: PlanResult) -> list[ArmSpec]:
@@ -216,7 +240,8 @@ def _variant_units(cfg, done: PlanResult) -> Iterator[Unit]:
                 )
 
             upstream = {"finetune": done.by_arm[base]["finetune"]}
-            yield Unit(Call(base, upstream, variant=name), f"{base.name}, {name}", keep)
+            identity = {**_arm_identity(base), "variant": name}
+            yield Unit(Call(base, upstream, variant=name), f"{base.name}, {name}", keep, identity)
 
 
 def _pair_units(cfg, done: PlanResult) -> Iterator[Unit]:
@@ -233,7 +258,7 @@ def _pair_units(cfg, done: PlanResult) -> Iterator[Unit]:
 
             upstream = {"generate": done.by_arm[spec]["generate"]}
             call = Call(spec, upstream, reference=reference)
-            yield Unit(call, f"{spec.name} vs {base.name}", keep)
+            yield Unit(call, f"{spec.name} vs {base.name}", keep, _arm_identity(spec))
 
 
 def _effect_units(cfg, done: PlanResult) -> Iterator[Unit]:
@@ -243,7 +268,7 @@ def _effect_units(cfg, done: PlanResult) -> Iterator[Unit]:
         for spec in (s for s in done.by_arm if s.name == name):
             base = next(s for s in _baselines(done) if s.seed == spec.seed)
             b, t = done.by_arm[base], done.by_arm[spec]
-            shared = [k for k in COMPARED if k in b and k in t]
+            shared = [k for k in compare.COMPARED if k in b and k in t]
             pairs.append(ArmPair(spec.seed, {k: b[k] for k in shared}, {k: t[k] for k in shared}))
 
         def keep(done: PlanResult, results, name=name, pairs=pairs) -> None:
@@ -254,7 +279,8 @@ def _effect_units(cfg, done: PlanResult) -> Iterator[Unit]:
             )
 
         spec = next(s for s in done.by_arm if s.name == name)
-        yield Unit(Call(spec, {}, pairs=tuple(pairs)), f"{name} vs base", keep)
+        identity = {**_arm_identity(spec), "seed": None}  # its seeds pooled
+        yield Unit(Call(spec, {}, pairs=tuple(pairs)), f"{name} vs base", keep, identity)
 
 
 def _point_units(cfg, done: PlanResult) -> Iterator[Unit]:
@@ -279,7 +305,8 @@ def _walk(cfg, ctx: Context, steps: tuple[Step, ...], unit: Unit) -> dict[str, S
     call, done = unit.call, dict(unit.call.upstream)
     for step in steps:
         here = Call(call.arm, done, call.variant, call.reference, call.pairs)
-        result = step.module.run(cfg, ctx, here)
+        with _identified(ctx, **unit.identity, step=step.stage):
+            result = step.module.run(cfg, ctx, here)
         _say(step.stage, unit.label, result)
         done[step.stage] = result
     return {k: v for k, v in done.items() if k not in call.upstream}
@@ -291,7 +318,10 @@ def run_plan(cfg, ctx: Context) -> PlanResult:
     done = PlanResult()
     for scope in Scope:
         # Asked once per run: some steps say why they do not run (an uncalibrated judge).
-        steps = tuple(s for s in steps_of(scope) if s.enabled(cfg))
+        on = [(s, s.enabled(cfg)) for s in steps_of(scope)]
+        for step in (s for s, enabled in on if not enabled):
+            LOG.info("%s", stage_line(step.stage, scope.value, skipped=step.off))
+        steps = tuple(s for s, enabled in on if enabled)
         if not steps:
             continue
         for unit in UNITS[scope](cfg, done):

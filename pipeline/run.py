@@ -68,7 +68,7 @@ def _setting(cfg: DictConfig, done) -> dict:
 def run_point(cfg: DictConfig, tracker: Tracker):
     """Check every stage, then run the plan of one point; returns the typed Point."""
     from pipeline.judging.judges import load_reference
-    from pipeline.plan import check_all, run_plan
+    from pipeline.plan import arm_specs, check_all, run_plan
     from pipeline.results.points import Point
     from pipeline.stages.contract import Context
 
@@ -90,13 +90,21 @@ def run_point(cfg: DictConfig, tracker: Tracker):
         Path(paths.cache), paths.lock_stale_after_s, paths.lock_heartbeat_s, verify=paths.verify
     )
     report_to = ["wandb"] if tracker.enabled else []  # the Trainer logs into the stage's run
-    done = run_plan(cfg, Context(store, cache, report_to))
-    treated = next((a.name for a in done.arms if not a.baseline), "base")
+    treated = next((s.name for s in arm_specs(cfg) if not s.baseline), "base")
     # Named by what the point is, not by its stage keys: a rerun with other settings replaces it.
     readable = f"{cfg.point_name or f'{cfg.model.name}_{cfg.data.name}'}_{treated}"
     point_id = stage_key(
         "point", readable, {"judge": cfg.judge.name, "openllm": cfg.openllm.name}, [], 1
     )
+    # What every W&B run of this point measured (the walker adds each arm's identity).
+    with tracker.identity(
+        experiment=cfg.experiment.name,
+        point=point_id,
+        model=cfg.model.name,
+        data=cfg.data.name,
+        judge=cfg.judge.name,
+    ):
+        done = run_plan(cfg, Context(store, cache, report_to))
     return Point(
         id=point_id,
         name=cfg.point_name,
@@ -152,8 +160,10 @@ def exit_on_sigterm() -> None:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from pipeline.logs import quiet_libraries
     from pipeline.plan import check_experiment_name
 
+    quiet_libraries()  # first: before a library prints what tells a user nothing
     exit_on_sigterm()
 
     # Before anything is named after it (a dry run's report, the W&B group, results/<name>/).
@@ -178,11 +188,16 @@ def main(cfg: DictConfig) -> None:
     (out / "points").mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "points" / f"{point.id}.json", point.to_json())
     write_results(out, cfg.paths.paper_numbers)
-    tracker.log_tables(out)
+    from pipeline.results.headline import report_lines
+    from pipeline.results.wandb_rows import report_tables
+
+    tracker.log_tables(out, report_tables(out) if tracker.enabled else None)
     print(f"tables and figures: {out.resolve()}")
     print(
         f"\ndone in {time.time() - started:.1f} s; stage store: {Path(cfg.paths.store).resolve()}"
     )
+    for line in tracker.closing_lines() + report_lines(out):
+        print(line)
 
 
 if __name__ == "__main__":

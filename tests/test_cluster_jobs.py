@@ -35,6 +35,7 @@ def sharegpt(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.e2e  # a whole command in fresh interpreters: tens of seconds
 def test_the_paper_dry_run_lists_every_point_with_resources_that_fit(sharegpt, tmp_path):
     done = dry_run(
         "experiment=paper_all", f"paths.sharegpt_train={sharegpt}", f"paths.store={tmp_path}/store"

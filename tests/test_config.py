@@ -60,14 +60,6 @@ def test_every_option_of_every_group_composes(group):
             OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
 
 
-def test_default_is_smollm_with_noise_alpha_5_and_store_under_runs():
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config")
-    assert cfg.model.source == "gguf_package" and cfg.model.dtype == "float32"
-    assert (cfg.noise.kind, cfg.noise.alpha, cfg.noise.length) == ("uniform", 5.0, "per_example")
-    assert cfg.paths.store == "runs" and cfg.experiment.name == "default"
-
-
 def test_paper_finetune_config_has_the_paper_settings():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["finetune=paper", "generate=paper"])

@@ -24,6 +24,9 @@ def test_the_default_downloads_nothing_it_needs(tmp_path):
     (the judge's calibration pairs) is optional, skipped with a message where it cannot be had."""
     needed = [item for item in config_items(default(tmp_path)) if not item.optional]
     assert needed == [], f"the default run would download {needed}"
+    # what this would catch: a default that reads its model from the hub
+    hub = composed(f"paths.store={tmp_path / 'store'}", "model.source=hub", "model.id=org/m")
+    assert [item.kind for item in config_items(hub) if not item.optional] == ["model"]
 
 
 def test_the_default_compares_a_noise_off_model_with_a_noised_one(tmp_path):

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,8 +16,7 @@ import pytest
 
 from pipeline.logs import ConsoleFilter, quiet_libraries, seconds_text, stage_line
 from pipeline.store.store import Store
-from tests.support.composed import SMOKE
-from tests.support.pipeline_run import ROOT, run_pipeline
+from tests.support.pipeline_run import ROOT, TinyRun
 
 MTIME = "mtime may not be reliable on this filesystem, falling back to numerical ordering"
 STAGE_LINE = re.compile(r"^\[(\w+)\] (.+): (computed|reused) -> (\S+) \((.+)\)$")
@@ -81,6 +81,24 @@ def test_the_console_shows_the_pipelines_lines_and_warnings_that_matter(
     assert ConsoleFilter().filter(_record(name, level, message)) is shown
 
 
+def test_the_console_prints_a_redacted_traceback_as_redacted():
+    """secrets.RedactSecrets caches a redacted traceback in exc_text before any handler formats
+    the record: the console's formatter must print that, not format exc_info again."""
+    from pipeline.logs import ConsoleFormatter
+
+    try:
+        raise ValueError("sk-live-0123")
+    except ValueError:
+        failure = sys.exc_info()
+    record = logging.LogRecord("root", logging.ERROR, __file__, 1, "failed", None, failure)
+    record.exc_text = "ValueError: <redacted $KEY>"
+    text = ConsoleFormatter().format(record)
+    assert text.startswith("ERROR [root] failed") and "<redacted $KEY>" in text
+    assert "sk-live-0123" not in text
+    info = _record("pipeline.plan", logging.INFO, "[finetune] base: computed -> k (1.0 s)")
+    assert ConsoleFormatter().format(info) == "[finetune] base: computed -> k (1.0 s)"
+
+
 def test_transformers_sub_second_bars_are_off_and_its_other_bars_on():
     from transformers.utils import logging as hf_logging
 
@@ -91,6 +109,40 @@ def test_transformers_sub_second_bars_are_off_and_its_other_bars_on():
     assert logging.getLogger("transformers").handlers  # and its own handler filters its noise
     (handler,) = logging.getLogger("transformers").handlers
     assert not handler.filter(_record("transformers.trainer", logging.WARNING, MTIME))
+
+
+@pytest.mark.parametrize(
+    "message, category, module, shown",
+    [
+        ("pkg_resources is deprecated as an API.", UserWarning, "alpaca_eval.utils", False),
+        (
+            "'penalty' was deprecated in version 1.8 and",
+            FutureWarning,
+            "sklearn.linear_model._logistic",
+            False,
+        ),
+        (
+            "Inconsistent values: penalty=l1 with l1_ratio=0.0.",
+            UserWarning,
+            "sklearn.linear_model._logistic",
+            False,
+        ),
+        ("pkg_resources is deprecated as an API.", UserWarning, "someone.else", True),  # not theirs
+        (
+            "Inconsistent values: penalty=l2 with l1_ratio=1",
+            UserWarning,
+            "sklearn.linear_model._logistic",
+            True,
+        ),
+    ],
+)
+def test_known_harmless_warnings_are_filtered_by_message_and_module(
+    message, category, module, shown
+):
+    quiet_libraries(transformers=False)
+    with warnings.catch_warnings(record=True) as caught:  # the filters as they are, recorded
+        warnings.warn_explicit(message, category, "x.py", 1, module=module)
+    assert bool(caught) is shown
 
 
 IMPORT_ALPACA_EVAL = "import hydra_plugins, alpaca_eval.utils"
@@ -111,28 +163,32 @@ def test_alpaca_evals_import_warnings_are_silenced_at_their_source(quiet):
 
 @pytest.mark.e2e
 def test_the_tiny_runs_console_tells_the_story_in_few_lines(tmp_path):
-    store = tmp_path / "store"
-    done = run_pipeline(store, *SMOKE)
-    assert done.returncode == 0, done.stderr[-3000:]
-    console = done.stdout + done.stderr
-    lines = console.splitlines()
-    assert len(lines) < 80, console
+    tiny = TinyRun(tmp_path / "store")
+    # bytes, not text: text mode would turn each \r of a bar's redraw into a line of its own
+    done = subprocess.run(
+        [sys.executable, "-c", tiny.code()],
+        cwd=tiny.root,
+        env=tiny.env(),
+        capture_output=True,
+        timeout=600,
+    )
+    stdout, stderr = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, stderr[-3000:]
+    console = stdout + stderr
+    assert console.count("\n") < 80, console  # lines as a terminal (and `wc -l`) counts them
     assert "wandb:" not in console and "UserWarning" not in console and "Warning:" not in console
-    stages = [STAGE_LINE.match(line) for line in done.stdout.splitlines()]
-    stages = [m for m in stages if m]
-    # 2 arms x (finetune, generate, alpaca_eval, analysis, openllm), head to head, compare,
-    # train_analysis, judge_calibration: each its line, with its time
+    # every stage instance the plan runs has its line, in the plan's order, with its time
+    stages = [m for m in map(STAGE_LINE.match, stdout.splitlines()) if m]
+    assert [m[1] for m in stages] == tiny.planned_stages()
     assert len(stages) == 14 and {m[3] for m in stages} == {"computed"}
     assert all(re.fullmatch(r"[\d.]+ s|\d+ min \d\d s", m[5]) for m in stages)
-    chain = ["finetune", "generate", "alpaca_eval", "analysis", "openllm"]
-    assert [m[1] for m in stages[:5]] == chain
-    # a bar per long loop: the Trainer's steps of each arm and its generation batches
-    assert console.count("finetune tiny-llama_default_base: ") >= 1
-    assert console.count("finetune tiny-llama_default_neft-uniform5: ") >= 1
-    assert "{'loss'" not in console  # no dict per logging step
-    # the end: where the report is, its first finding, where the W&B runs are
-    tail = done.stdout.rstrip().splitlines()[-4:]
-    report = store / "results" / "default" / "REPORT.md"
-    assert f"report: {report.resolve()}" in tail
-    assert any(line.startswith("first finding: neft-uniform5 vs base: ") for line in tail)
-    assert any(line.startswith("W&B: offline runs in ") for line in done.stdout.splitlines())
+    assert "[overfit] arm: skipped (overfit=none)" in stdout.splitlines()
+    # a bar per long loop: the Trainer's steps of each arm, without a dict per logging step
+    assert "finetune tiny-llama_default_base: 100%" in stderr
+    assert "clean loss=" in stderr.split("finetune tiny-llama_default_neft-uniform5: ")[-1]
+    assert "{'loss'" not in console
+    # the end: where the W&B runs and the report are, and the report's first finding
+    tail = stdout.rstrip().splitlines()[-3:]
+    assert tail[0].startswith("W&B: offline runs in ") and "wandb sync " in tail[0]
+    assert tail[1] == f"report: {tiny.results_dir().resolve() / 'REPORT.md'}"
+    assert tail[2].startswith("first finding: neft-uniform5 vs base: win rate vs the reference: ")

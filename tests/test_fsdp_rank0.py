@@ -145,6 +145,7 @@ def probed(tmp_path_factory):
     return done, root
 
 
+@pytest.mark.e2e  # a whole command in fresh interpreters: tens of seconds
 def test_rank_1_holds_no_weights_before_prepare_and_gets_rank_0s_after(probed):
     done, root = probed
     assert (root / "load1.json").is_file(), done.stderr[-3000:]
@@ -157,6 +158,7 @@ def test_rank_1_holds_no_weights_before_prepare_and_gets_rank_0s_after(probed):
     assert rank0["equal_to_base"] == rank0["base_keys"]
 
 
+@pytest.mark.e2e  # a whole command in fresh interpreters: tens of seconds
 def test_a_finished_fsdp_run_reads_its_final_checkpoint_on_rank_0_only(probed):
     done, root = probed
     assert done.returncode == 0, done.stderr[-3000:]

@@ -102,8 +102,13 @@ def _assert_logged_to_wandb(store: Path, finetunes: list[Path], generates: list[
         metrics = json.loads((ft / "metrics.json").read_text())
         assert (run["job_type"], run["group"]) == ("finetune", "default")
         assert run["summary"]["train_loss"] == pytest.approx(metrics["train_loss"])
-        assert run["config"]["noise"]["kind"] in ("none", "uniform")
+        # what it measured, under the keys every run has (pipeline/tracking/identity.py)
+        assert run["config"]["noise"]["alpha"] == metrics["noise_alpha"]
+        assert (run["config"]["experiment"], run["config"]["model"]) == ("default", "tiny-llama")
+        assert run["config"]["stage_key"] == ft.name and run["config"]["seed"] == 42
         assert sum("train/loss" in row for row in run["history"]) == 12  # the Trainer's curve
+        clean = sum("train/clean_loss" in row for row in run["history"])  # without the noise
+        assert clean == (12 if metrics["noise_alpha"] else 0)
     for gen in generates:
         assert runs[gen.name]["job_type"] == "generate" and runs[gen.name]["artifacts"] == [
             f"outputs-{gen.name}"
@@ -127,13 +132,17 @@ def _assert_logged_to_wandb(store: Path, finetunes: list[Path], generates: list[
     }
     assert logged_tables["table1"] == len((results / "table1.csv").read_text().splitlines()) - 1
     assert {"table1", "table4", "figure3", "noise_grid"} <= set(logged_tables)
+    assert logged_tables["generations"] == 6  # 6 prompts, base and +NEFT side by side
+    assert logged_tables["findings"] >= 4  # win rate, LC, characters, words (+ lm-eval tasks)
     logged_images = {
         k.rsplit("/", 1)[0]
         for row in tables_run["history"]
         for k in row
         if k.endswith("/_type") and row[k] == "image-file"
     }
-    assert logged_images == {"figure/winrate", "figure/lengths", "figure/openllm"}
+    # every figure of the results directory, each under its own name
+    assert logged_images == {f"figure/{p.stem}" for p in results.glob("*.png")}
+    assert {"figure/winrate", "figure/lengths", "figure/openllm"} <= logged_images
 
 
 def test_a_table_number_leads_to_the_stage_that_computed_it(tmp_path):

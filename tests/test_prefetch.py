@@ -138,6 +138,7 @@ def test_fetcher_registry_by_kind_and_origin(tmp_path):
     assert type(fetcher_for("model", None)).__name__ == "HubModel"
 
 
+@pytest.mark.e2e  # a whole command in fresh interpreters: tens of seconds
 def test_prefetch_from_mirror_then_offline_load(mirror, tmp_path):
     """Every point of experiment=default_all (5 points) needs the same model and dataset: each is
     fetched once into the caches, loads offline with the pipeline's loaders, a second run finds
@@ -180,6 +181,7 @@ def test_prefetch_from_mirror_then_offline_load(mirror, tmp_path):
     _assert_a_missing_item_fails_named(hf_home, mirror, overrides, tmp_path / "no_pairs")
 
 
+@pytest.mark.e2e  # a whole command in fresh interpreters: tens of seconds
 def test_dry_run_lists_every_paper_model(capsys):
     """experiment=paper_all, dry: every point is enumerated and every hub model of conf/model/ is
     listed (with the leaderboard's lm-eval datasets), nothing fetched."""

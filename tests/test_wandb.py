@@ -7,6 +7,7 @@ noise logs its loss without noise beside the noisy one. Read back from the recor
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,56 @@ def logged_images(run: dict) -> set[str]:
     }
 
 
+def test_the_clean_loss_is_the_noise_free_loss_of_a_fixed_subset_and_draws_nothing(tmp_path):
+    """clean_loss_callback: with NEFTune attached and the model training, a measurement is the
+    mean loss per response token of the first CLEAN_SUBSET examples with the noise off; it
+    draws no random number (the Trainer's RNG, which a resumed run restores, is untouched),
+    leaves the model training, and a resumed run keeps the entries up to its checkpoint."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from pipeline.data.loading import load_train, pad_batch, tokenize_examples
+    from pipeline.models.loading import base_model_dir, load_model_and_tokenizer
+    from pipeline.train.noise import attach_neftune
+    from pipeline.train.training import CLEAN_LOSS_LOG, CLEAN_SUBSET, clean_loss_callback
+    from tests.support.composed import composed
+
+    cfg = composed(*SMOKE)
+    base = base_model_dir(cfg.model, Store(tmp_path / "cache"))
+    model, tok = load_model_and_tokenizer(base, "float32")
+    records = load_train(cfg.data.train, cfg.data.train_limit)
+    examples, _ = tokenize_examples(records, tok, cfg.finetune.max_length)
+    work = tmp_path / "work"
+    work.mkdir()
+    earlier = [{"step": s, "clean_loss": 1.0, "loss": 2.0} for s in (2, 4, 6, 8)]
+    (work / CLEAN_LOSS_LOG).write_text(json.dumps(earlier))  # a killed run got to step 8
+    run = SimpleNamespace(work=work, examples=examples, tok=tok, rank=0)
+    assert clean_loss_callback(run, {"kind": "none"}, 0) is None  # no noise: the loss is clean
+
+    clean = clean_loss_callback(run, {"kind": "uniform"}, resumed_step=4)  # resumed at 4
+    assert [e["step"] for e in clean.entries] == [2, 4]
+    handle = attach_neftune(model, 5.0, "uniform", "per_example")
+    model.train()
+    rng = torch.get_rng_state()
+    args = SimpleNamespace(per_device_train_batch_size=3, device=torch.device("cpu"), report_to=[])
+    state = SimpleNamespace(global_step=6, is_world_process_zero=True)
+    clean.on_log(args, state, None, model=model, logs={"loss": 6.5})
+    assert torch.equal(torch.get_rng_state(), rng) and model.training
+    logged = json.loads((work / CLEAN_LOSS_LOG).read_text())
+    assert [e["step"] for e in logged] == [2, 4, 6] and logged[-1]["loss"] == 6.5
+
+    handle.remove()  # the same loss, example by example, with no noise hook at all
+    model.eval()
+    total = tokens = 0
+    with torch.no_grad():
+        for example in examples[:CLEAN_SUBSET]:
+            batch = pad_batch([example], tok.pad_token_id)
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            total, tokens = total + float(model(**batch).loss) * n, tokens + n
+    assert logged[-1]["clean_loss"] == pytest.approx(total / tokens, rel=1e-5)
+
+
 # --- the tiny alpha grid, end to end ------------------------------------------------------------
 
 GRID = [
@@ -143,6 +194,18 @@ GRID = [
     "calibration.n_pairs=10",
     "experiment.name=grid",
 ]
+
+
+def _effect_lines(report: Path) -> int:
+    """The measured effects in a REPORT's Findings: the lines under each '- **<arm> vs base**'
+    (not its head-to-head line, not the dose-response lines)."""
+    heading, n = "", 0
+    for line in report.read_text(encoding="utf-8").splitlines():
+        if line.startswith("- **"):
+            heading = line.split("**")[1]
+        elif line.startswith("  - ") and re.fullmatch(r"\S+ vs \S+", heading):
+            n += "head to head" not in line
+    return n
 
 
 def _cell_number(cell: str) -> float:
@@ -198,12 +261,7 @@ def test_alpha_grid_series_from_run_configs_and_summaries_equal_the_tables(tmp_p
         assert logged[name] == len(list(csv.reader(path.open(encoding="utf-8")))) - 1, name
     assert logged_images(tables_run) == {f"figure/{p.stem}" for p in results.glob("*.png")}
     assert logged["generations"] == 3 * 6
-    report = (results / "REPORT.md").read_text()
-    n_findings = sum(
-        line.startswith("  - ") and "[`compare-" in line and "head to head" not in line
-        for line in report.splitlines()
-    )
-    assert logged["findings"] == n_findings > 0
+    assert logged["findings"] == _effect_lines(results / "REPORT.md") > 0
 
     # every finetune with noise holds both curves: the Trainer's loss and the loss without noise
     finetunes = {r["name"]: r for r in runs if r["job_type"] == "finetune"}

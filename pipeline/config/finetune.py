@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from pipeline.config.choices import Sampling, Strategy
+from pipeline.config.choices import Dtype, Sampling, Strategy
 
 # The linear layers of a Llama block: where the paper's (Q)LoRA puts its adapters.
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -62,7 +62,11 @@ class FinetuneConfig:
     max_grad_norm: float = 1.0  # gradient clipping norm
     optim: str = "adamw_torch"  # transformers optimiser name
     max_length: int = 512  # tokens per example (prompt + response + EOS), longer ones truncated
-    bf16: bool = True  # bf16 mixed precision (GPU); false = fp32
+    bf16: bool = True  # bf16 mixed precision where model.dtype resolves to bf16 (CUDA, a CPU
+    # with AMX/AVX512-BF16); off elsewhere, whatever this says (models/devices.resolve_precision)
+    weights_dtype: Dtype = Dtype.auto  # dtype the weights and AdamW states train in: auto =
+    # model.dtype, except float32 on a CPU under bf16 mixed precision (pure bf16 loses updates
+    # there) | float32 | bfloat16; resolved before any key; the result is saved in model.dtype
     gradient_checkpointing: bool = True  # trade compute for memory
     logging_steps: int = 10  # loss log interval in optimiser steps
     save_steps: int = 200  # checkpoint interval in optimiser steps (resume point after a kill)

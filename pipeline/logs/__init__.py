@@ -38,7 +38,8 @@ class RankPrefix(logging.Filter):
 def configure_logging(level: int = logging.INFO) -> None:
     """Outside Hydra: INFO and above to stderr as '[rank r/w] [name] message' (libraries' INFO
     and known-harmless warnings left out, as on the console of a run). Idempotent."""
-    quiet_libraries()
+    # transformers only where this process has it already: the human-study app never loads it
+    quiet_libraries(transformers="transformers" in sys.modules)
     root = logging.getLogger()
     if any(getattr(h, "_pipeline", False) for h in root.handlers):
         return
@@ -94,6 +95,10 @@ HARMLESS_WARNINGS = (
     # a namespace package (the project's hydra_plugins) was imported before it scanned sys.path.
     ("pkg_resources is deprecated", UserWarning, r"alpaca_eval(\.|$)"),
     (r"Module \w+ was already imported from", UserWarning, r"alpaca_eval(\.|$)"),
+    # alpaca_eval's LC GLM passes penalty="l1" (solver liblinear); scikit-learn >= 1.8 still fits
+    # L1 (an explicit penalty wins over l1_ratio) and notes the deprecation, at every fit.
+    (r"'penalty' was deprecated in version", FutureWarning, r"sklearn(\.|$)"),
+    (r"Inconsistent values: penalty=l1 with l1_ratio=", UserWarning, r"sklearn(\.|$)"),
 )
 # transformers' own progress bars that finish in well under a second on every model the
 # pipeline loads or saves (per load, per save: dozens per run); the long loops keep theirs.
@@ -122,18 +127,17 @@ class ConsoleFilter(logging.Filter):
 
 
 class ConsoleFormatter(logging.Formatter):
-    """The pipeline's INFO lines as they are; anything else with its level and logger."""
+    """The pipeline's INFO lines as they are; anything else with its level and logger. (Both
+    through logging.Formatter, which prints a record's cached exc_text: a traceback that
+    secrets.RedactSecrets redacted stays redacted.)"""
+
+    plain = logging.Formatter("%(message)s")
+    named = logging.Formatter("%(levelname)s [%(name)s] %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         ours = record.name == "pipeline" or record.name.startswith("pipeline.")
-        rank = getattr(record, "rank", "")
-        if ours and record.levelno == logging.INFO:
-            text = record.getMessage()
-        else:
-            text = f"{record.levelname} [{record.name}] {record.getMessage()}"
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
-        return rank + text
+        formatter = self.plain if ours and record.levelno == logging.INFO else self.named
+        return getattr(record, "rank", "") + formatter.format(record)
 
 
 def _quiet_bar(factory, args, kwargs):
@@ -142,13 +146,16 @@ def _quiet_bar(factory, args, kwargs):
     return factory(*args, **kwargs)
 
 
-def quiet_libraries() -> None:
+def quiet_libraries(transformers: bool = True) -> None:
     """Silence at its source what libraries print that says nothing to a user: the Python
-    warnings of HARMLESS_WARNINGS, transformers' sub-second bars (QUIET_BARS) and its
-    known-harmless records (its own stderr handler bypasses the root logger's filters).
-    Idempotent; call it first thing in an entry point (before alpaca_eval is imported)."""
+    warnings of HARMLESS_WARNINGS and (`transformers`: importing it) transformers' sub-second
+    bars (QUIET_BARS) and its known-harmless records (its own stderr handler bypasses the root
+    logger's filters). Idempotent; call it first thing in an entry point (before alpaca_eval is
+    imported)."""
     for message, category, module in HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    if not transformers:
+        return
     try:
         from transformers.utils import logging as hf_logging
     except ImportError:  # the human-study app runs without it

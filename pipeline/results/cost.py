@@ -1,6 +1,9 @@
 """What a study cost, from its stages' own records: per stage the compute it used (CPU seconds,
 or GPUs x wall seconds) and, for judged stages, the verdicts and what an API judge billed; per
-experiment the total, every stage counted once however many points share it (the baseline).
+experiment the total, every stage counted once however many points share it (the baseline); per
+trained arm what its noise kind cost: optimiser steps, the training loop's seconds and the
+forward+backward passes of the model per example and step (finetune's
+train_passes_per_example: 1 for plain fine-tuning and NEFTune, 2 for R3F, K + 1 for FreeLB).
 
 Sources, in order: the stage's COMPLETE marker (`wall_s` and `device`, which the store records
 at publication), else the runtime the stage put in its metrics.json (finetune's train_runtime_s,
@@ -139,4 +142,65 @@ def cost_section(points: list[Point]) -> list[str]:
         verdicts = "–" if c.verdicts is None else f"{c.verdicts} ({c.price_source})"
         md.append(f"| `{c.key}` | {escape_md(c.role)} | {c.device} | {_s(c.wall_s)} | "
                   f"{_s(c.gpu_s) if c.gpus else '–'} | {c.source} | {verdicts} | {price} |")
+    return md + [""] + training_section(points)
+
+
+@dataclass
+class TrainingCost:
+    """What training one arm cost (its finetune stage's metrics.json)."""
+
+    key: str
+    arm: str
+    seed: int
+    group: tuple  # (model, dataset, seed): the arms whose baseline it is compared with
+    baseline: bool
+    steps: int | None
+    seconds: float | None  # the training loop's (train_runtime_s)
+    passes: float | None  # forward+backward passes per example and step (None: not recorded)
+
+    @property
+    def passes_in_all(self) -> float | None:
+        """Passes of the model over each example position of a batch, all steps together."""
+        return None if self.steps is None or self.passes is None else self.steps * self.passes
+
+
+def training_costs(points: list[Point]) -> list[TrainingCost]:
+    """Every arm's finetune stage once, in the points' order."""
+    seen, out = set(), []
+    for p in points:
+        for a in p.arms:
+            ref = a.stages.get("finetune")
+            if ref is None or ref.key in seen:
+                continue
+            seen.add(ref.key)
+            m = ref.metrics
+            out.append(TrainingCost(
+                ref.key, a.name, a.seed, (p.model, p.dataset, a.seed), a.baseline,
+                m.get("train_steps"), m.get("train_runtime_s"), m.get("train_passes_per_example")))
+    return out
+
+
+def training_section(points: list[Point]) -> list[str]:
+    """Markdown lines: per trained arm its steps, passes and seconds, and its seconds against
+    its baseline's (same model, data and seed)."""
+    costs = training_costs(points)
+    if not costs:
+        return []
+    base_s = {c.group: c.seconds for c in costs if c.baseline and c.seconds}
+    md = ["### Training cost per arm", "",
+          "From each finetune stage's metrics.json: optimiser steps, forward+backward passes of "
+          "the model per example and step (1: plain fine-tuning and NEFTune; R3F 2, a clean and "
+          "a noised pass; FreeLB K + 1; '–': a stage stored before passes were counted), their "
+          "product, and the seconds of the training loop (on the device of its point's config), "
+          "also as a multiple of its baseline's (same model, data and seed).", "",
+          "| arm | seed | finetune key | steps | passes per example | passes x steps | "
+          "train seconds | x baseline |", "|---|---|---|---|---|---|---|---|"]
+    for c in costs:
+        ref = base_s.get(c.group)
+        ratio = "–" if ref is None or c.seconds is None else f"{c.seconds / ref:.2f}"
+        passes = "–" if c.passes is None else f"{c.passes:g}"
+        total = "–" if c.passes_in_all is None else f"{c.passes_in_all:g}"
+        steps = "–" if c.steps is None else str(c.steps)
+        md.append(f"| {escape_md(c.arm)} | {c.seed} | `{c.key}` | {steps} | {passes} | {total} | "
+                  f"{_s(c.seconds)} | {ratio} |")
     return md + [""]

@@ -1,5 +1,6 @@
 """Figures of an experiment (matplotlib PNGs beside the tables): win rates, leaderboard scores,
-output lengths, and the overfitting histograms of Figs 4-5.
+output lengths, the overfitting histograms of Figs 4-5, and the noise family against its
+baseline.
 
 Per-output data (answer lengths, per-example losses) is read from the stage directories the
 points name; a figure whose stages are not in this store is skipped with a message.
@@ -258,3 +259,83 @@ def dose_response_figure(points: list[Point], out_dir: Path) -> list[str]:
             ax.legend(fontsize=7)
     _save(fig, out_dir / "dose_response.png", dpi=110)
     return ["dose_response.png"]
+
+
+FAMILY_PANELS = (  # (compare metric, what, unit)
+    ("win_rate", "win rate vs the reference", "points"),
+    ("lc_win_rate", "length-controlled win rate", "points"),
+    ("chars", "mean answer length", "characters"),
+    ("log_diversity", "log-diversity", ""),
+)
+
+
+def _family(points: list[Point]) -> list[tuple[str, Point, list[Arm], dict | None]]:
+    """(label, point, arms, compare metrics or None for the baseline) of every arm, each
+    model/data's baseline once, in the points' order."""
+    out, seen = [], set()
+    several = len({(q.model, q.dataset) for q in points}) > 1
+    for p in points:
+        for name in ["base"] + p.treated:
+            if (p.model, p.dataset, name) in seen:
+                continue
+            seen.add((p.model, p.dataset, name))
+            arms = p.baseline if name == "base" else p.arms_named(name)
+            effect = next((e for e in p.effects if e.arm == name and "compare" in e.stages), None)
+            if name != "base" and effect is None:
+                continue
+            label = name + (f"\n({p.model}, {p.dataset})" if several else "")
+            out.append((label, p, arms, effect.stages["compare"].metrics if effect else None))
+    return out
+
+
+def noise_family_figure(points: list[Point], out_dir: Path) -> list[str]:
+    """Each noise arm minus the shared baseline on every measure, with its 95% CI (the compare
+    stage), and what each arm cost to train (seconds of the training loop, passes per
+    example)."""
+    rows = _family(points)
+    treated = [r for r in rows if r[3] is not None]
+    if not treated:
+        return []
+    plt = _plt()
+    fig, axes = plt.subplots(
+        1, len(FAMILY_PANELS) + 1, figsize=(3.6 * (len(FAMILY_PANELS) + 1), 3.8), squeeze=False
+    )
+    for ax, (measure, what, unit) in zip(axes[0], FAMILY_PANELS):
+        shown = [(label, m[measure]) for label, _, _, m in treated if m.get(measure)]
+        x = list(range(len(shown)))
+        if shown:
+            ax.errorbar(
+                x,
+                [d["diff"] for _, d in shown],
+                yerr=[
+                    [d["diff"] - d["ci_low"] for _, d in shown],
+                    [d["ci_high"] - d["diff"] for _, d in shown],
+                ],
+                fmt="o",
+                color=COLORS["+NEFT"],
+                capsize=3,
+            )
+        if not shown:  # e.g. log-diversity when no answer reaches the cutoff K
+            ax.text(0.5, 0.5, "no difference measured", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8)
+        ax.axhline(0, color=COLORS["base"], lw=0.8)
+        ax.set_xticks(x, [label for label, _ in shown], rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel("arm - base" + (f" ({unit})" if unit else ""))
+        ax.set_title(f"{what}\n(95% CI)", fontsize=9)
+    ax = axes[0][-1]
+    seconds = [_first(arms, "finetune", "train_runtime_s", None) for _, _, arms, _ in rows]
+    passes = [_first(arms, "finetune", "train_passes_per_example", None) for _, _, arms, _ in rows]
+    ax.bar(
+        range(len(rows)),
+        [s or 0.0 for s in seconds],
+        color=[COLORS["base"] if m is None else COLORS["+NEFT"] for *_, m in rows],
+    )
+    for i, n in enumerate(passes):
+        ax.annotate("passes ?" if n is None else f"{n:g} pass{'es' if n != 1 else ''}",
+                    (i, seconds[i] or 0.0), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(rows)), [label for label, *_ in rows], rotation=30, ha="right",
+                  fontsize=7)
+    ax.set_ylabel("training loop (s)")
+    ax.set_title("cost to train\n(passes per example)", fontsize=9)
+    _save(fig, out_dir / "noise_family.png", dpi=110)
+    return ["noise_family.png"]

@@ -58,6 +58,11 @@ TABLES = (
               "training responses", lambda p: any("overfit" in a.stages for a in p.arms),
               model_tables.overfit, (figures.overfit_figures,),
               f"model llama2-7b, {FULL_FT}"),
+    TableSpec("noise_family", "Noise family — each regulariser against the same baseline",
+              _full, winrate_tables.noise_family, (figures.noise_family_figure,),
+              "NEFTune: model llama2-7b, Alpaca, judge alpaca_eval_gpt4, uniform alpha 5, "
+              f"{FULL_FT}; FreeLB, R3F and NoisyTune were published on GLUE-style "
+              "classification (RoBERTa, ALBERT, BERT), not instruction tuning"),
     TableSpec("noise_grid", "Every noise arm", _full, winrate_tables.noise_grid, (), "",
               in_report=False),
 )

@@ -1,4 +1,5 @@
-"""Win-rate tables (paper Tables 1, 3, 5, 6 and every noise arm), ours beside the paper's.
+"""Win-rate tables (paper Tables 1, 3, 5, 6, every noise arm and the noise family), ours beside
+the paper's.
 
 Each builder takes the typed points a table covers and the paper's numbers (paper_numbers.yaml) and
 returns a Table whose cells carry the keys of the stages they were read from.
@@ -61,7 +62,9 @@ def table1(points: list[Point], paper: dict) -> Table:
         covered.add(p.dataset)
         treated = p.treated[0] if p.treated else None
         neft_arms = p.arms_named(treated) if treated else []
+        # alpha 0 on a treated arm: a kind whose strength is a setting of its own (R3F, ...)
         alpha = fmt(neft_arms[0].noise["alpha"], 0) if neft_arms else "–"
+        alpha = alpha if alpha not in ("0", "-0") else "–"
         rows.append([p.dataset, p.model, f"{p.judge} / {p.reference}", win_rate(p.baseline),
                      win_rate(neft_arms) if neft_arms else "–", lc_win_rate(p.baseline),
                      lc_win_rate(neft_arms) if neft_arms else "–", alpha,
@@ -203,3 +206,93 @@ def noise_grid(points: list[Point], paper: dict) -> Table:
                    f"{k}: " + " / ".join(fmt(v) for v in row.values()) for k, row in ref.items())
                + ".")
     return Table("noise_grid", caption, header, rows)
+
+
+FAMILY_EFFECTS = (  # (compare metric, column, digits): each against the shared baseline
+    ("win_rate", "win rate", 1),
+    ("lc_win_rate", "LC win rate", 1),
+    ("chars", "mean characters", 1),
+    ("log_diversity", "log-diversity", 2),
+)
+
+
+def _effect_cell(effects: list, name: str, digits: int) -> Cell:
+    """A compare difference with its CI: `+d (lo to hi)`, linked to the compare stage."""
+    refs = [e.stages["compare"] for e in effects if "compare" in e.stages]
+    d = refs[0].metrics.get(name) if refs else None
+    if not d:
+        return Cell("–")
+    return Cell(f"{d['diff']:+.{digits}f} ({d['ci_low']:+.{digits}f} to "
+                f"{d['ci_high']:+.{digits}f})", (refs[0].key,))
+
+
+def _leaderboard_cell(effects: list) -> Cell:
+    """Per leaderboard task the difference in points with its CI (compare's paired tests)."""
+    refs = [e.stages["compare"] for e in effects if "compare" in e.stages]
+    tasks = (refs[0].metrics.get("openllm") or {}) if refs else {}
+    if not tasks:
+        return Cell("–")
+    parts = []
+    for task, d in tasks.items():
+        if "se" not in d:  # compare before version 3 kept lm-eval scores as fractions
+            d = {**d, **{k: 100 * d[k] for k in ("diff", "ci_low", "ci_high")}}
+        parts.append(f"{task} {d['diff']:+.1f} ({d['ci_low']:+.1f} to {d['ci_high']:+.1f})")
+    return Cell("; ".join(parts), (refs[0].key,))
+
+
+def family_setting(noise: dict) -> str:
+    """A noise setting in words: its kind, the alpha it uses and its own settings."""
+    if noise.get("kind", "none") == "none":
+        return "none (baseline)"
+    alpha = float(noise.get("alpha") or 0.0)
+    parts = [f"alpha {alpha:g}"] if alpha else []  # 0: a kind whose strength is its own
+    parts += [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+              for k, v in (noise.get("settings") or {}).items()]
+    return f"{noise['kind']}: " + ", ".join(parts) if parts else noise["kind"]
+
+
+def noise_family(points: list[Point], paper: dict) -> Table:
+    """Every noise arm against the shared noise-off baseline: its win rates and their
+    differences with 95% CIs (the compare stage), answer length and diversity, the leaderboard
+    tasks, the noise-off training and held-out loss (the overfit stage) and what it cost to
+    train (the finetune stage: steps, seconds, passes)."""
+    header = (["model, data", "arm", "setting", "win rate", "LC win rate"]
+              + [f"Δ {label} vs base (95% CI)" for _, label, _ in FAMILY_EFFECTS]
+              + ["Δ leaderboard tasks vs base, points (95% CI)", "leaderboard average (%)",
+                 "train loss (noise off)", "held-out loss", "steps", "train seconds",
+                 "passes per example"])
+    rows, seen = [], set()
+    for p in points:
+        for name in ["base"] + p.treated:
+            arms = p.baseline if name == "base" else p.arms_named(name)
+            # One row per trained model (the baseline every point shares: once).
+            trained = tuple(sorted(a.stages["finetune"].key for a in arms
+                                   if "finetune" in a.stages))
+            if (p.model, p.dataset, name, trained) in seen:
+                continue
+            seen.add((p.model, p.dataset, name, trained))
+            effects = [] if name == "base" else [e for e in p.effects if e.arm == name]
+            rows.append(
+                [f"{p.model}, {p.dataset}", name, family_setting(arms[0].noise),
+                 win_rate(arms), lc_win_rate(arms)]
+                + [_effect_cell(effects, m, d) if effects else "–" for m, _, d in FAMILY_EFFECTS]
+                + [_leaderboard_cell(effects) if effects else "–",
+                   metric(arms, "openllm", "openllm_average", 1, scale=100.0),
+                   metric(arms, "overfit", "overfit_train_loss", 4),
+                   metric(arms, "overfit", "overfit_heldout_loss", 4),
+                   metric(arms, "finetune", "train_steps", 0),
+                   metric(arms, "finetune", "train_runtime_s", 1),
+                   metric(arms, "finetune", "train_passes_per_example", 0)])
+    caption = (
+        "Noise family — NEFTune and its relatives (FreeLB's K ascent steps from NEFTune's init, "
+        "R3F's symmetric-KL term, NoisyTune's one-off weight noise), each trained on the same "
+        "data with the same seeds and judged, decoded and measured alike, each against the same "
+        "noise-off baseline. Δ: the arm minus the baseline, paired over the same prompts (and "
+        "seeds), with the compare stage's 95% CI; win rates in points, lengths in characters. "
+        "Train loss and held-out loss: mean NLL per response token measured with the noise off "
+        "after training (the overfit stage; '–' where overfit=none). Cost: optimiser steps, "
+        "seconds of the training loop (finetune's train_runtime_s, on the point's device) and "
+        "forward+backward passes of the model per example and step (1: plain fine-tuning; R3F "
+        "2; FreeLB K + 1; '–': not recorded by a stage stored before passes were counted). "
+        f"Computed by this run (judge {_judges(points)})." + evidence(points))
+    return Table("noise_family", caption, header, rows)

@@ -41,6 +41,9 @@ VERSION = 4
 # Power of the detectable effect (mde) each difference carries; a config key (compare.power) to be.
 POWER = 0.8
 SIDES = ("base", "treated")  # the two ArmPair fields, in the order their keys are hashed
+# The arm stages an effect pairs, seed by seed (plan.py hands them over): a new per-arm stage
+# whose effect should be paired adds its name here and its measure below.
+COMPARED = ("alpaca_eval", "analysis", "openllm")
 
 
 def check(cfg) -> None:

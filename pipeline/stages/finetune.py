@@ -26,7 +26,7 @@ from pipeline.config.choices import plain
 from pipeline.config.finetune import finetune_settings
 from pipeline.config.schema import config_params
 from pipeline.data.loading import check_source, load_train, records_digest
-from pipeline.models.devices import release_accelerator_memory
+from pipeline.models.devices import release_accelerator_memory, weights_dtype
 from pipeline.models.loading import base_model_dir, validate_model
 from pipeline.stages.contract import Call, Context
 from pipeline.store.key_rules import finetune_params
@@ -82,6 +82,7 @@ def run(cfg, ctx: Context, call: Call) -> StageResult:
 def _keyed(model_cfg, data_cfg, noise: dict, train_cfg, records: list[dict]):
     """(readable name, hashed params) of one fine-tune."""
     world = world_size(train_cfg.distributed)
+    resolved = plain(train_cfg) | {"weights_dtype": weights_dtype(train_cfg, str(model_cfg.dtype))}
     params = {
         "model": config_params(model_cfg),
         "data": {
@@ -91,9 +92,10 @@ def _keyed(model_cfg, data_cfg, noise: dict, train_cfg, records: list[dict]):
         },
         "noise": noise,
         "finetune": finetune_params(
-            plain(train_cfg),
+            resolved,
             accumulation_steps(train_cfg, world),
             distributed_key_params(train_cfg.distributed, world),
+            str(model_cfg.dtype),
         ),
     }
     return f"{model_cfg.name}_{data_cfg.name}_{noise_label(noise)}", params

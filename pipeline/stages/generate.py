@@ -23,7 +23,9 @@ from pipeline.data.loading import (
     load_prompts,
 )
 from pipeline.generation.engines import check_engine, engine, engine_settings
+from pipeline.models.devices import compute_device
 from pipeline.stages.contract import Call, Context
+from pipeline.store import key_rules
 from pipeline.store.store import StageResult, Store, readable_of, stage_key, write_json_atomic
 
 VERSION = 2  # 2: the repetition penalty skips left padding (an answer no longer depends on its
@@ -151,13 +153,15 @@ def generate_params(gen_cfg, dtype: str) -> dict:
     typed settings (generate.settings) enter only when it is not the default hf, so every key
     computed before engines existed is still found; the interpreter path never does (a location,
     not a setting). The hf engine's device enters where it is not the CPU
-    (store/key_rules.py device_params).
+    (store/key_rules.py device_params), the batch size only where it can change an answer
+    (key_rules.generate_params).
     """
     settings = OmegaConf.to_container(engine_settings(gen_cfg), resolve=True, enum_to_str=True)
     params = OmegaConf.to_container(gen_cfg, resolve=True, enum_to_str=True)
     params.pop("reference", None)
     params.pop("settings", None)
     name = params.pop("engine", "hf")
+    params = key_rules.generate_params(params, str(dtype), compute_device())
     # dtype as plain str: model.dtype is the schema's Enum member
     return params | engine(name).key_params(settings) | {"dtype": str(dtype)}
 

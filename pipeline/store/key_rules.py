@@ -23,7 +23,7 @@ def without_empty_arch(value):
     return value
 
 
-def finetune_params(finetune: dict, accumulation: int, launch: dict) -> dict:
+def finetune_params(finetune: dict, accumulation: int, launch: dict, model_dtype: str) -> dict:
     """The finetune config as finetune keys hash it.
 
     - The effective batch is configured (finetune.effective_batch_size) but the keys hash the
@@ -32,8 +32,13 @@ def finetune_params(finetune: dict, accumulation: int, launch: dict) -> dict:
     - The launch (finetune.distributed) enters only when it is more than one process (`launch`
       non-empty: its world size and sharding change data order and numerics); one process
       trains in the pipeline process whatever the strategy says, as before the launch existed.
+    - The weights' training dtype (finetune.weights_dtype, resolved) enters only where it is not
+      model.dtype: the only case before the key existed (fp32 masters on a bf16 CPU are new).
     """
-    hashed = {k: v for k, v in finetune.items() if k not in ("effective_batch_size", "distributed")}
+    leave_out = ("effective_batch_size", "distributed")
+    if finetune.get("weights_dtype") == model_dtype:
+        leave_out += ("weights_dtype",)
+    hashed = {k: v for k, v in finetune.items() if k not in leave_out}
     hashed["gradient_accumulation_steps"] = accumulation
     if launch:
         hashed["distributed"] = launch
@@ -92,3 +97,15 @@ def hf_engine_params(device: str) -> dict:
     """The hf engine in the generate key: no engine name and no settings, as before engines
     existed (it was the only way to generate), and its device where not the CPU."""
     return device_params(device)
+
+
+def generate_params(params: dict, dtype: str, device: str) -> dict:
+    """The generate config as generate keys hash it: generate.batch_size only where it can
+    change an answer. In fp32 on a CPU an answer is the same alone and in any batch (left
+    padding masked and penalised nowhere: tests/test_gpu_path_batching.py), so the batch is a
+    speed setting and leaves the key (which it was part of before: those generate stages are
+    computed once more, with the same answers); in bf16, or on a GPU whose kernels change with
+    the shape, a product's rounding depends on the batch and so may a greedy token."""
+    if dtype == "float32" and device == "cpu":
+        return {k: v for k, v in params.items() if k != "batch_size"}
+    return params

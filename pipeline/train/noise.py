@@ -26,6 +26,8 @@ from pipeline.store.key_rules import noise_setting_params
 from pipeline.train.noise_kinds import (
     OFF,
     NoiseKind,
+    Pass,
+    Passes,
     check_kind,
     noise_kind,
     noise_settings,
@@ -34,6 +36,8 @@ from pipeline.train.noise_kinds import (
 )
 
 LENGTHS = tuple(m.value for m in NoiseLength)
+# What a kind not scaled by alpha (NoiseKind.scaled_by_alpha) hashes and records for them.
+UNSCALED = {"alpha": 0.0, "length": NoiseLength.per_example.value}
 
 
 def validate_noise(kind: str, alpha: float, length: str) -> None:
@@ -58,27 +62,37 @@ def noise_params(noise_cfg) -> dict:
     training process gets); every 'off' setting hashes alike."""
     validate_noise(noise_cfg.kind, noise_cfg.alpha, noise_cfg.length)
     settings = noise_settings(noise_cfg)  # its kind's own: keys and types (unknown: named)
-    if noise_cfg.kind == OFF or noise_cfg.alpha == 0:  # alpha 0 is the baseline, any kind
+    if noise_cfg.kind == OFF:
         return {"kind": OFF}
-    noise_kind(noise_cfg.kind).check(settings)
+    kind = noise_kind(noise_cfg.kind)
+    if kind.scaled_by_alpha and noise_cfg.alpha == 0:  # alpha 0 is the baseline, NEFTune's kinds
+        return {"kind": OFF}
+    kind.check(settings)
     # Plain str, never the schema's Enum member: these values are hashed into stage keys.
     length = noise_cfg.length
     length = length.value if isinstance(length, Enum) else str(length)
     shared = {"kind": str(noise_cfg.kind), "alpha": float(noise_cfg.alpha), "length": length}
+    if not kind.scaled_by_alpha:
+        # Its strength is a setting of its own: alpha and length change nothing it trains, so
+        # they hash (and are recorded) at their neutral values whatever the config says.
+        shared |= UNSCALED
     return noise_setting_params(shared, plain(settings))
 
 
 def noise_label(noise: dict) -> str:
     """An arm's name for a noise setting: base, neft-uniform5, neft-gaussian5-padded; a kind
-    with settings adds its label of them (NoiseKind.label)."""
+    with settings adds its label of them (NoiseKind.label); a kind not scaled by alpha is named
+    by its kind and its label alone (r3f-lambda1-sigma1e-05)."""
     if noise["kind"] == OFF:
         return "base"
+    kind = noise_kind(noise["kind"])
     alpha = noise["alpha"]
     alpha = int(alpha) if float(alpha).is_integer() else alpha
     suffix = "" if noise["length"] == "per_example" else "-padded"
     if "settings" in noise:
-        kind = noise_kind(noise["kind"])
         suffix = kind.label(settings_object(noise["kind"], noise["settings"])) + suffix
+    if not kind.scaled_by_alpha:
+        return f"{noise['kind']}{suffix}"
     return f"neft-{noise['kind']}{alpha}{suffix}"
 
 
@@ -154,25 +168,60 @@ class NEFTuneHandle:
     length: str
     settings: object = None  # the kind's Settings instance (None for the baseline)
     noised: bool = True  # the embedding hook adds noise; training_loss's loss(False) clears it
+    batches: int = 0  # training batches whose loss the kind computed (training_loss calls)
+    passes: int = 0  # forward passes they took, each backpropagated once (the cost)
     _kind: NoiseKind | None = None
     _batch: dict = field(default_factory=dict)
     _handles: list = field(default_factory=list)
+    _given: torch.Tensor | None = None  # the pass's perturbation, instead of a draw
+    _track: bool = False  # what the pass adds becomes a leaf requiring grad
+    _seen: dict = field(default_factory=dict)  # the pass's labels, tokens and what it added
 
-    def training_loss(self, forward: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """One training batch's loss as the noise kind computes it (NoiseKind.training_loss);
-        `forward()` runs the model on the batch and returns its loss. The baseline and every
-        kind that keeps the default: `forward()` once, noised."""
+    def training_loss(
+        self,
+        forward: Callable[..., object],
+        backward: Callable[[torch.Tensor], None] | None = None,
+        per_token: Callable | None = None,
+    ) -> torch.Tensor:
+        """One training batch's loss as the noise kind computes it (NoiseKind.training_loss).
+
+        `forward()` runs the model on the batch and returns its loss, `forward(True)` the loss
+        and the model's outputs (their logits); `backward(loss)` backpropagates an intermediate
+        loss as the trainer does its own, `per_token(total, labels)` normalises a sum over the
+        batch's label tokens as the trainer normalises its loss (None: a plain model's
+        loss.backward() and mean). The baseline: `forward()` once, untouched; every kind that
+        keeps the default: `forward()` once, noised."""
         if self._kind is None:
+            self.batches, self.passes = self.batches + 1, self.passes + 1
             return forward()
 
-        def loss(noised: bool) -> torch.Tensor:
-            before, self.noised = self.noised, noised
+        def run(noised: bool, logits: bool, perturbation, track: bool) -> Pass:
+            before = self.noised
+            self.noised, self._given, self._track = noised, perturbation, track
+            self._seen = {}
             try:
-                return forward()
+                got = forward(True) if logits else forward()
             finally:
-                self.noised = before
+                self.noised, self._given, self._track = before, None, False
+            loss, outputs = got if logits else (got, None)
+            seen = self._seen
+            return Pass(
+                loss=loss,
+                logits=getattr(outputs, "logits", None),
+                labels=seen.get("labels"),
+                delta=seen.get("delta"),
+                tokens=seen.get("tokens"),
+            )
 
-        return self._kind.training_loss(loss, self.settings)
+        passes = Passes(run, backward, per_token)
+        loss = self._kind.training_loss(passes, self.settings)
+        self.batches += 1
+        self.passes += passes.count
+        return loss
+
+    def passes_per_batch(self) -> float | None:
+        """Forward (+ backward) passes per training batch so far (None: no batch yet)."""
+        return self.passes / self.batches if self.batches else None
 
     def remove(self) -> None:
         for h in self._handles:
@@ -191,6 +240,14 @@ def rank_generator(seed: int, rank: int, device: torch.device | str = "cpu") -> 
     return gen
 
 
+def weights_generator(seed: int) -> torch.Generator:
+    """The generator of a kind's one-off draws at attach time (NoiseKind.before_training), seeded
+    from the finetune seed alone: every rank and every resumed run draws the same (a separate
+    stream: the noise generators and the Trainer's RNG are left where they are)."""
+    digest = hashlib.sha256(f"neftune-weights/{int(seed)}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
 def attach_neftune(
     model: torch.nn.Module,
     alpha: float,
@@ -198,14 +255,19 @@ def attach_neftune(
     length: str = "per_example",
     generator: torch.Generator | None = None,
     settings: dict | None = None,
+    seed: int = 0,
 ) -> NEFTuneHandle:
     """Add NEFTune noise to `model`'s input embeddings while the embedding module is training.
 
     `model` is the object whose forward receives the batch (a PreTrainedModel or a PeftModel):
-    a pre-hook captures attention_mask/position_ids so the embedding hook can use real lengths.
-    `generator` (e.g. rank_generator(seed, rank, device)) draws the noise; None: the global RNG.
-    `settings`: the kind's own (noise_params' dict carries them; None: the kind's defaults). The
-    kind's `before_training` hook runs here, once.
+    a pre-hook captures attention_mask/position_ids (and the labels, for the kinds that compare
+    passes) so the embedding hook can use real lengths. `generator` (e.g. rank_generator(seed,
+    rank, device)) draws the noise; None: the global RNG. `settings`: the kind's own
+    (noise_params' dict carries them; None: the kind's defaults). The kind's `before_training`
+    hook runs here, once, with weights_generator(`seed`) (the finetune seed): before a resumed
+    run loads its checkpoint, which then replaces every weight it holds, so nothing is
+    perturbed twice, and the weights it does not hold (a LoRA run's frozen base) are perturbed
+    exactly as the first time.
     """
     validate_noise(kind, alpha, length)
     handle = NEFTuneHandle(alpha=alpha, kind=kind, length=length)
@@ -225,12 +287,14 @@ def attach_neftune(
     def sample(like, mag, gen):
         return draw(like, mag, gen, typed)
 
-    handle._kind.before_training(model, typed, generator)
+    handle._kind.before_training(model, typed, weights_generator(seed))
     embedding = model.get_input_embeddings()
+    perturbation = handle._kind.perturbation
 
     def capture(_module, args, kwargs):
         handle._batch["attention_mask"] = kwargs.get("attention_mask")
         handle._batch["position_ids"] = kwargs.get("position_ids")
+        handle._seen["labels"] = kwargs.get("labels")
 
     def add_noise(module, _inputs, output):
         if not module.training:
@@ -238,6 +302,8 @@ def attach_neftune(
         # Taken, not peeked: a later direct call of the embedding must not reuse this batch's mask.
         mask = handle._batch.pop("attention_mask", None)
         pos = handle._batch.pop("position_ids", None)
+        if mask is not None and mask.shape == output.shape[:2]:
+            handle._seen["tokens"] = mask
         if not handle.noised:  # a clean pass of the kind's training_loss
             return output
         if pos is not None and pos.shape != output.shape[:2]:
@@ -248,7 +314,20 @@ def attach_neftune(
             mask = torch.ones(
                 output.shape[:2], dtype=torch.long, device=output.device
             )  # packed, no padding
-        return output + _scaled_noise(output, alpha, sample, length, mask, pos, generator)
+        if handle._given is not None:  # the kind's own (FreeLB's ascent)
+            added = handle._given
+        else:
+            added = perturbation(
+                output,
+                lambda: _scaled_noise(output, alpha, sample, length, mask, pos, generator),
+                mask,
+                generator,
+                typed,
+            )
+        if handle._track:  # a leaf: the kind reads its gradient after backward
+            added = added.detach().requires_grad_(True)
+            handle._seen["delta"] = added
+        return output + added
 
     handle._handles.append(model.register_forward_pre_hook(capture, with_kwargs=True))
     handle._handles.append(embedding.register_forward_hook(add_noise))

@@ -45,6 +45,11 @@ def has_bitsandbytes() -> bool:
 def check_training(train_cfg) -> None:
     """Fail before anything loads on settings the Trainer would reject late, or in its terms,
     or would train as something other than they say."""
+    if str(train_cfg.weights_dtype) == "float16":
+        raise ValueError(
+            "finetune.weights_dtype=float16: fp16 weights need a loss scaler the pipeline does "
+            "not run; use auto, float32 or bfloat16"
+        )
     for key in ("logging_steps", "save_steps", "per_device_batch_size", "effective_batch_size"):
         if int(train_cfg[key]) < 1:
             raise ValueError(f"finetune.{key}={train_cfg[key]}: must be >= 1")
@@ -159,8 +164,12 @@ def training_arguments(ft: FinetuneConfig, report_to: list, ckpt_root: Path, wor
     from pipeline.train.launch import accumulation_steps
 
     extra = {}
-    if (world > 1 or is_launched()) and not torch.cuda.is_available():
-        extra.update(use_cpu=True, ddp_backend="gloo")  # CPU ranks talk over gloo
+    if not torch.cuda.is_available():
+        # On a CPU the Trainer's bf16 is autocast only with use_cpu (else "Your setup doesn't
+        # support bf16/gpu"); CPU ranks talk over gloo.
+        extra.update(use_cpu=True)
+        if world > 1 or is_launched():
+            extra.update(ddp_backend="gloo")
     fsdp = uses_fsdp(ft)
     if fsdp:
         extra.update(fsdp=True, fsdp_config=fsdp_config(ft))

@@ -27,6 +27,7 @@ import torch
 
 from pipeline.config.finetune import FinetuneConfig, finetune_settings
 from pipeline.logs import configure_logging, get_logger
+from pipeline.models.devices import weights_dtype
 from pipeline.store.keys import readable_of
 from pipeline.store.store import write_json_atomic
 from pipeline.train.lora import merged, with_lora
@@ -232,6 +233,7 @@ class _Run:
     resume: Path | None = None
     tokens_before: int = 0
     wall_s: float = 0.0  # seconds in Trainer.train (or loading the final checkpoint)
+    passes_per_example: float | None = None  # forward+backward passes per batch (the noise kind)
 
 
 def rank0_loading(train_cfg: FinetuneConfig) -> bool:
@@ -259,12 +261,13 @@ def _load(req: TrainRequest, records: list[dict]) -> _Run:
         single_device(run.args)
     prepare_rank0_loading(run.args, cfg)  # before from_pretrained, which reads it
     run.quantized = cfg.lora is not None and use_4bit(cfg.lora.quantize_4bit)
-    # Loaded in model.dtype; under FSDP with fp32 masters accelerate upcasts what trains. With
-    # rank-0 loading, ranks other than 0 read no weights (transformers 5 would read them all on
-    # every rank): accelerate's prepare broadcasts rank 0's into every rank's shards.
+    # Loaded in the dtype the weights train in (finetune.weights_dtype: model.dtype, or fp32
+    # under bf16 autocast on a CPU); under FSDP with fp32 masters accelerate upcasts what
+    # trains. With rank-0 loading, ranks other than 0 read no weights (transformers 5 would read
+    # them all on every rank): accelerate's prepare broadcasts rank 0's into every rank's shards.
     run.model, run.tok = load_model_and_tokenizer(
         req.base_dir,
-        req.dtype,
+        weights_dtype(cfg, req.dtype),
         req.revision,
         load_in_4bit=run.quantized,
         weights=not skips_weights(cfg, rank),
@@ -295,6 +298,53 @@ def load_final_checkpoint(trainer, resume: Path, train_cfg: FinetuneConfig, rank
         load_sharded_model(trainer.model, resume)
 
 
+def noised_trainer(trainer_cls, handle):
+    """`trainer_cls` (transformers' Trainer) whose training batch loss the noise kind computes
+    (NoiseKind.training_loss, through `handle`): the baseline and NEFTune's kinds get the
+    Trainer's own compute_loss, called once as before (bit-identical); a kind of several passes
+    (R3F, FreeLB) runs them through the same compute_loss, backpropagates an intermediate pass as
+    training_step backpropagates the loss it returns, and normalises a sum over label tokens as
+    compute_loss normalises the loss (transformers 5.x, trainer.py: training_step,
+    compute_loss)."""
+    from accelerate.utils import DistributedType
+
+    class NoisedTrainer(trainer_cls):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            parent = super().compute_loss
+            if return_outputs or not model.training:
+                return parent(model, inputs, return_outputs, num_items_in_batch)
+
+            def forward(outputs: bool = False):
+                return parent(model, dict(inputs), outputs, num_items_in_batch)
+
+            def backward(loss):
+                if self.args.n_gpu > 1:
+                    loss = loss.mean()
+                scaled = getattr(self, "loss_is_scaled_for_ga", None)
+                if scaled is None:
+                    scaled = (
+                        self.model_accepts_loss_kwargs and num_items_in_batch is not None
+                    ) or self.compute_loss_func is not None
+                if not scaled:
+                    loss = loss / self.current_gradient_accumulation_steps
+                deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
+                self.accelerator.backward(loss, **({"scale_wrt_gas": False} if deepspeed else {}))
+
+            def per_token(total, labels):
+                if not (self.model_accepts_loss_kwargs and num_items_in_batch is not None):
+                    return total / labels[..., 1:].ne(-100).sum().clamp(min=1)
+                out = total / num_items_in_batch
+                if self.args.average_tokens_across_devices:
+                    tp = getattr(self, "get_tp_size", lambda: 1)()
+                    processes = self.accelerator.num_processes // tp
+                    out = out * (processes if self.args.n_gpu <= 1 else self.args.n_gpu)
+                return out
+
+            return handle.training_loss(forward, backward, per_token)
+
+    return NoisedTrainer
+
+
 def _fit(run: _Run, noise: dict):
     """Attach the noise, resume from the last checkpoint, train; returns the Trainer."""
     from transformers import Trainer, TrainerState
@@ -313,6 +363,7 @@ def _fit(run: _Run, noise: dict):
         noise.get("length", "per_example"),
         generator=generator,
         settings=noise.get("settings"),
+        seed=cfg.seed,  # a kind's one-off draws (NoisyTune's weights): the same on every rank
     )
     has_noise = generator is not None and noise["kind"] != "none"
     resume = last_checkpoint(ckpt_root, world, noise_rng=has_noise)
@@ -325,7 +376,7 @@ def _fit(run: _Run, noise: dict):
     finished = resumed is not None and resumed.global_step >= resumed.max_steps > 0
     tok = run.tok
     clean = clean_loss_callback(run, noise, resumed.global_step if resumed else 0)
-    trainer = Trainer(
+    trainer = noised_trainer(Trainer, handle)(
         model=run.model,
         args=run.args,
         train_dataset=run.examples,
@@ -352,6 +403,7 @@ def _fit(run: _Run, noise: dict):
     else:
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     run.wall_s = time.time() - started
+    run.passes_per_example = handle.passes_per_batch()
     handle.remove()
     if generator is not None:
         write_rank_record(run.work, rank, world, generator)
@@ -377,6 +429,10 @@ def _metrics(run: _Run, trainer, noise: dict) -> dict:
             (state.num_input_tokens_seen - run.tokens_before) / max(run.wall_s, 1e-9), 2
         ),
         "resumed_from_step": int(run.resume.name.split("-")[1]) if run.resume else 0,
+        # Forward+backward passes of the model per example and optimiser step (1: plain
+        # fine-tuning; R3F 2, FreeLB K + 1): what a noise kind costs beyond its steps. None
+        # when this process ran no batch (a resumed run that found the final checkpoint).
+        "train_passes_per_example": run.passes_per_example,
         "noise_kind": noise["kind"],
         "noise_alpha": float(noise.get("alpha", 0.0)),
         "noise_length": noise.get("length", "none"),

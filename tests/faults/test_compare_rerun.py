@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 RERUN = """
@@ -58,6 +60,7 @@ def _analysed(path: Path, seed: int) -> None:
     (path / "per_output.json").write_text(json.dumps(per_output))
 
 
+@pytest.mark.e2e  # the compare stage and a judge in a fresh interpreter: about 15 s on this CPU
 def test_compare_first_in_a_rerun_leaves_the_judges_their_alpaca_eval_version(tmp_path):
     for prefix, seed in (("base_", 1), ("", 2)):
         _judged(tmp_path / f"{prefix}alpaca_eval", seed)

@@ -87,6 +87,7 @@ print(json.dumps(result.metrics))
 """
 
 
+@pytest.mark.e2e  # a whole command in fresh interpreters: tens of seconds
 def test_openai_judge_key_is_used_but_never_written(tmp_path, fake_judge):
     # alpaca_eval fixes the key and the API base at import, from the environment: a fresh process.
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}

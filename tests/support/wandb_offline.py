@@ -7,6 +7,7 @@ and the records are wandb_internal_pb2.Record protobufs.
 
 import json
 import struct
+import time
 from pathlib import Path
 
 BLOCK = 32 * 1024
@@ -39,11 +40,27 @@ def records(path: Path):
             yield record
 
 
-def read_run(run_dir: Path) -> dict:
-    """name, group, job_type, config, summary and logged history rows of one offline run."""
+def _finished(path: Path, wait_s: float) -> list:
+    """The records of a run file once its `exit` record is there: wandb's service may still be
+    writing it for a moment after run.finish() returned in this process."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            found = list(records(path))
+        except Exception:  # noqa: BLE001  (a record cut off mid-write: read again)
+            found = []
+        if any(r.WhichOneof("record_type") == "exit" for r in found):
+            return found
+        assert time.monotonic() < deadline, f"{path}: no exit record after {wait_s} s"
+        time.sleep(0.2)
+
+
+def read_run(run_dir: Path, wait_s: float = 60.0) -> dict:
+    """name, group, job_type, config, summary and logged history rows of one finished offline
+    run (waiting up to wait_s for wandb to write its last record)."""
     (path,) = Path(run_dir).glob("run-*.wandb")
     out = {"config": {}, "summary": {}, "history": [], "artifacts": []}
-    for rec in records(path):
+    for rec in _finished(path, wait_s):
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             out.update(

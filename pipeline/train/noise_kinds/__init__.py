@@ -26,20 +26,31 @@ and the key); a kind's settings enter the finetune key, and its `label` its arm'
 Hook points. Training attaches every kind the same way (train/noise.attach_neftune) and calls
 each hook for every kind; the defaults are NEFTune's, so a kind overrides only what it changes:
 - `sample`: the noise entries the embedding hook adds, times NEFTune's alpha/sqrt(L*d) per token
-  (NEFTune uniform and gaussian, SymNoise's symmetric entries).
+  (NEFTune uniform and gaussian; FreeLB's initial perturbation).
+- `perturbation`: the whole tensor the embedding hook adds, given NEFTune's (`neftune()`: the
+  `sample` entries at alpha/sqrt(L*d) over each sequence's real tokens) and the real tokens'
+  mask; a kind whose noise has a scale of its own returns its own (R3F's sigma).
 - `before_training`: once, when the noise is attached to the freshly loaded model, before the
-  first step (NoisyTune's one-off perturbation of the pretrained weights; its own generator).
-- `training_loss`: the loss of one training batch, given `loss(noised)`, which runs the model's
-  forward pass with the embedding hook on or off (R3F/R4F: the clean loss plus lambda times the
-  symmetric KL between a clean and a noised pass; FreeLB: K ascent steps, each a noised pass
-  whose perturbation, kept by the kind from `before_training` on, `sample` returns and the
-  ascent updates within its norm bound). The default is NEFTune's: the loss of one noised pass.
-  The training loop reaches it through NEFTuneHandle.training_loss.
+  first step and before a resumed run loads its checkpoint, with a generator seeded from the
+  finetune seed alone (NoisyTune's one-off perturbation of the pretrained weights).
+- `training_loss`: the loss of one training batch, given `passes` (Passes): `passes(noised)`
+  runs the model's forward pass with the embedding hook on or off and returns its loss;
+  `passes.run(...)` returns the whole Pass (the logits, the labels, the perturbation as a leaf
+  tensor with its gradient, the real tokens), may add a given perturbation instead of drawing
+  one, and `passes.backward(loss)` backpropagates an intermediate loss as the trainer does its
+  own (R3F: the clean loss plus lambda times the symmetric KL between a clean and a noised
+  pass; FreeLB: K ascent steps on the perturbation, each pass backpropagated; NoisyTune: one
+  clean pass). The default is NEFTune's: the loss of one noised pass. The training loop reaches
+  it through NEFTuneHandle.training_loss, which counts the passes a batch took (the cost).
+- `scaled_by_alpha`: False for a kind whose strength is a setting of its own (R3F, NoisyTune):
+  noise.alpha and noise.length then enter neither its finetune key nor its arm's name, and
+  alpha 0 does not make it the baseline.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -48,11 +59,71 @@ from pipeline.registry import NoSettings, Registry
 OFF = "none"  # the baseline: no noise, whatever alpha says
 
 
+@dataclass
+class Pass:
+    """One forward pass of a training batch, as NoiseKind.training_loss ran it (Passes.run)."""
+
+    loss: torch.Tensor  # the batch's loss as the trainer computes it (its label tokens' mean)
+    logits: torch.Tensor | None = None  # (B, L, V), when asked for
+    labels: torch.Tensor | None = None  # (B, L) the targets the loss counts (-100: none)
+    delta: torch.Tensor | None = None  # what the embedding hook added, a leaf (`track`): .grad
+    tokens: torch.Tensor | None = None  # (B, L) 1 on real tokens, 0 on padding (None: no mask)
+
+
+class Passes:
+    """The forward passes one training batch may take, for NoiseKind.training_loss.
+
+    `run(noised, logits, perturbation, track)` runs the model's forward pass on the batch (the
+    trainer's `forward`); `backward(loss)` backpropagates an intermediate loss as the trainer
+    backpropagates the one training_loss returns (its scaling, its accelerator: the parameters'
+    gradients add up); `per_token(total)` normalises a sum over the batch's label tokens as the
+    trainer normalises its loss. Without a trainer (a plain model) backward is loss.backward()
+    and per_token divides by the batch's label tokens, as the model's own mean loss does.
+    """
+
+    def __init__(self, run: Callable, backward: Callable | None, per_token: Callable | None):
+        self._run, self._backward, self._per_token = run, backward, per_token
+        self.count = 0  # forward passes run; each is backpropagated once (here or by the trainer)
+        self.labels = None  # the last pass's labels (per_token's default normaliser)
+
+    def __call__(self, noised: bool = True) -> torch.Tensor:
+        """The loss of one forward pass, noised (the kind's perturbation) or clean."""
+        return self.run(noised).loss
+
+    def run(
+        self,
+        noised: bool = True,
+        *,
+        logits: bool = False,
+        perturbation: torch.Tensor | None = None,
+        track: bool = False,
+    ) -> Pass:
+        """One forward pass. `perturbation`: added to the embeddings instead of a fresh draw;
+        `track`: what is added becomes a leaf tensor requiring grad (Pass.delta, its gradient
+        there after backward); `logits`: keep the logits (they hold (B, L, V) in memory)."""
+        self.count += 1
+        done = self._run(noised, logits, perturbation, track)
+        self.labels = done.labels
+        return done
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self._backward is None:
+            loss.backward()
+        else:
+            self._backward(loss)
+
+    def per_token(self, total: torch.Tensor) -> torch.Tensor:
+        if self._per_token is not None:
+            return self._per_token(total, self.labels)
+        return total / self.labels[..., 1:].ne(-100).sum().clamp(min=1)
+
+
 class NoiseKind:
     """One kind of noise: its own settings, its sampler and its hook points (see the module)."""
 
     name = "?"  # set by @register
     Settings: type = NoSettings  # the dataclass of noise.settings for this kind
+    scaled_by_alpha = True  # noise.alpha/noise.length set its strength (see the module)
 
     def check(self, settings) -> None:
         """Fail (ValueError naming noise.settings.<key>) on a setting out of its range."""
@@ -66,11 +137,24 @@ class NoiseKind:
         broadcasts), drawn from `generator` (None: torch's global RNG)."""
         raise NotImplementedError
 
-    def before_training(self, model: torch.nn.Module, settings, generator) -> None:
-        """Once, when the noise is attached, before the first training step."""
+    def perturbation(
+        self,
+        embeds: torch.Tensor,
+        neftune: Callable[[], torch.Tensor],
+        tokens: torch.Tensor | None,
+        generator,
+        settings,
+    ) -> torch.Tensor:
+        """What the embedding hook adds to `embeds` (B, L, d) in training: NEFTune's noise
+        (`neftune()`) by default; `tokens` (B, L) is 1 on real tokens (None: all real)."""
+        return neftune()
 
-    def training_loss(self, loss: Callable[[bool], torch.Tensor], settings) -> torch.Tensor:
-        """One batch's training loss; `loss(noised)` runs the forward pass."""
+    def before_training(self, model: torch.nn.Module, settings, generator) -> None:
+        """Once, when the noise is attached, before the first training step; `generator` is
+        seeded from the finetune seed alone (the same draws on every rank and every resume)."""
+
+    def training_loss(self, loss: Passes, settings) -> torch.Tensor:
+        """One batch's training loss; `loss(noised)` runs the forward pass (Passes)."""
         return loss(True)
 
 
