@@ -380,7 +380,6 @@ def test_a_full_state_file_beside_the_shards_fails():
 
 @pytest.mark.e2e
 def test_generation_check_fails_empty_answers_and_the_wrong_device(tmp_path, monkeypatch):
-    import torch
 
     from pipeline.generation import batched
     from scripts.gpu_checks import judge_generation, measure_generation
@@ -391,9 +390,9 @@ def test_generation_check_fails_empty_answers_and_the_wrong_device(tmp_path, mon
     assert row.status is Status.FAIL and "generated on cpu, cuda asked" in row.why
 
     def only_eos(model, tok, texts, *args):
-        return torch.full((len(texts), 4), tok.eos_token_id)
+        return [[tok.eos_token_id] for _ in texts]
 
-    monkeypatch.setattr(batched, "_generate_batch", only_eos)
+    monkeypatch.setattr(batched, "_answer_batch", only_eos)
     row = judge_generation(measure_generation(tmp_path / "empty"), "cpu")
     assert row.status is Status.FAIL and "16 empty answers" in row.why
 

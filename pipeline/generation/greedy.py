@@ -62,10 +62,12 @@ def greedy_shrinking(
     eos_id: int,
     repetition_penalty: float = 1.0,
     min_new_tokens: int = 0,
+    answered=None,
 ) -> list[list[int]]:
     """The new tokens of each row of `batch` (a tokenizer's left-padded input_ids and
     attention_mask on the model's device), greedy, each list ending at its EOS (included) or at
-    `max_new_tokens`; `repetition_penalty` over each row's real tokens (1.0: none)."""
+    `max_new_tokens`; `repetition_penalty` over each row's real tokens (1.0: none).
+    `answered(n)`, if given, is told each time n answers end (a progress bar)."""
     from transformers import DynamicCache
 
     input_ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -92,6 +94,8 @@ def greedy_shrinking(
         for row, token in zip(rows.tolist(), chosen.tolist()):
             answers[row].append(token)
         going = chosen != eos_id
+        if answered is not None and (ended := int((~going).sum())):
+            answered(ended)
         if not bool(going.any()):
             break
         input_ids = torch.cat([input_ids, chosen[:, None]], dim=1)
@@ -106,4 +110,7 @@ def greedy_shrinking(
                 mask[keep],
                 step_ids[keep],
             )
+    else:  # max_new_tokens reached: the rows still going end here
+        if answered is not None:
+            answered(len(rows))
     return answers

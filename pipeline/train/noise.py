@@ -215,6 +215,7 @@ class NEFTuneHandle:
 
         passes = Passes(run, backward, per_token)
         loss = self._kind.training_loss(passes, self.settings)
+        self._seen = {}  # not kept past its batch (a tracked perturbation and its gradient)
         self.batches += 1
         self.passes += passes.count
         return loss
