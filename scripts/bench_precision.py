@@ -3,10 +3,12 @@
 In one run, on the default's own model (SmolLM2-135M) and shapes: GEMM throughput in fp32 and
 bf16 (the bound a training step can reach), training tokens/s and the loss after a few AdamW
 steps for fp32, bf16 autocast (fp32 weights) and pure bf16 (the paper's code), and generation
-tokens/s per batch size in fp32 and bf16 with whether the answers change with the batch. The
-ratios are what matter (same run, same machine). Writes results/bench/precision.json and .md.
+tokens/s in fp32 and bf16 for transformers' generate (the path before the pipeline's decoder)
+and the pipeline's decoder, beside the rate the GEMM throughput allows, with whether the answers
+are the same. The ratios are what matter (same run, same machine). Writes
+results/bench/precision.json and .md.
 
-Run: python scripts/bench_precision.py [--steps 6] [--prompts 20]
+Run: python scripts/bench_precision.py [--steps 6] [--prompts 50] [--max-new 160]
 """
 
 from __future__ import annotations
@@ -70,7 +72,44 @@ def train_tokens_per_s(location: str, load, mode: str, steps: int) -> dict:
     return {"mode": mode, "tokens_per_s": round(rate, 1), "losses": losses}
 
 
-def generation(location: str, load, dtype: str, batch_sizes: list[int], n: int) -> list[dict]:
+def _with_transformers_generate(model, tok, texts, batch: int, max_new: int):
+    """The path the pipeline took before its own decoder: transformers' generate per batch
+    (every row in every step until the batch's longest answer ends), the same penalty."""
+    from transformers import LogitsProcessorList
+
+    from pipeline.generation.greedy import PenaltyIgnoringPadding
+
+    tok.padding_side = "left"
+    lengths = [len(tok(t)["input_ids"]) for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    outputs, counts = [""] * len(texts), [0] * len(texts)
+    for start in range(0, len(order), batch):
+        idx = order[start : start + batch]
+        enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True)
+        pads = (enc["attention_mask"] == 0).sum(dim=1)
+        with torch.no_grad():
+            out = model.generate(
+                **enc,
+                do_sample=False,
+                max_new_tokens=max_new,
+                repetition_penalty=1.0,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+                logits_processor=LogitsProcessorList([PenaltyIgnoringPadding(1.2, pads)]),
+            )
+        for row, i in enumerate(idx):
+            new = out[row, enc["input_ids"].shape[1] :].tolist()
+            new = new[: new.index(tok.eos_token_id) + 1] if tok.eos_token_id in new else new
+            outputs[i] = tok.decode(new, skip_special_tokens=True).strip()
+            counts[i] = len(new)
+    return outputs, counts
+
+
+def generation(location: str, load, dtype: str, n: int, max_new: int, limit: float) -> list:
+    """New tokens/s on the default's prompts and decoding, for transformers' generate at the old
+    default batch (10) and the pipeline's decoder (answers leave their batch as they end) at 10
+    and at all prompts in one batch; beside `limit`, the rate the measured GEMM throughput
+    would allow (2 x params FLOPs per new token)."""
     from pipeline.data.loading import format_prompt, load_prompts
     from pipeline.generation.batched import generate_batched
 
@@ -78,18 +117,26 @@ def generation(location: str, load, dtype: str, batch_sizes: list[int], n: int) 
     prompts = load_prompts("pkg:default_eval.json", "alpaca_eval", n)
     texts = [format_prompt(p, for_training=False) for p in prompts]
     rows, first = [], None
-    for batch in batch_sizes:
+    for engine, batch in (("transformers generate", 10), ("pipeline decoder", 10),
+                          ("pipeline decoder", n)):  # fmt: skip
         started = time.perf_counter()
-        outputs, counts = generate_batched(model, tok, texts, batch, 60, 2048, 1.2)
-        rate = sum(counts) / (time.perf_counter() - started)
+        if engine == "transformers generate":
+            outputs, counts = _with_transformers_generate(model, tok, texts, batch, max_new)
+        else:
+            outputs, counts = generate_batched(model, tok, texts, batch, max_new, 2048, 1.2)
+        seconds = time.perf_counter() - started
         first = outputs if first is None else first
         rows.append(
             {
                 "dtype": dtype,
+                "engine": engine,
                 "batch": batch,
-                "new_tokens_per_s": round(rate, 1),
+                "prompts": n,
+                "seconds": round(seconds, 1),
+                "new_tokens_per_s": round(sum(counts) / seconds, 1),
+                "gemm_limit_tokens_per_s": round(limit, 1),
                 "mean_chars": round(sum(map(len, outputs)) / len(outputs), 1),
-                "same_answers_as_first_batch_size": outputs == first,
+                "same_answers_as_transformers_generate": outputs == first,
             }
         )
     return rows
@@ -98,7 +145,8 @@ def generation(location: str, load, dtype: str, batch_sizes: list[int], n: int) 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6, help="timed AdamW steps per mode")
-    parser.add_argument("--prompts", type=int, default=20, help="default prompts generated")
+    parser.add_argument("--prompts", type=int, default=50, help="default prompts generated")
+    parser.add_argument("--max-new", type=int, default=160, help="new tokens per answer at most")
     opts = parser.parse_args(argv)
     flags = cpu_flags()
     result = {
@@ -121,10 +169,14 @@ def main(argv: list[str]) -> int:
         train_tokens_per_s(location, load, mode, opts.steps)
         for mode in ("fp32", "autocast_bf16", "pure_bf16")
     ]
+    params = 134.5e6  # SmolLM2-135M
+    best = {d: max(g[d] for g in result["gemm_gflops"]) for d in ("fp32", "bf16")}
     result["generation"] = [
         row
-        for dtype in ("float32", "bfloat16")
-        for row in generation(location, load, dtype, [10, 20], opts.prompts)
+        for dtype, key in (("float32", "fp32"), ("bfloat16", "bf16"))
+        for row in generation(
+            location, load, dtype, opts.prompts, opts.max_new, best[key] * 1e9 / (2 * params)
+        )
     ]
     out = ROOT / "results" / "bench"
     out.mkdir(parents=True, exist_ok=True)
@@ -163,12 +215,15 @@ def render(r: dict) -> str:
     ]
     lines += [
         "",
-        "| generation | batch | new tokens/s | mean chars | same answers as batch 10 |",
-        "|---|---|---|---|---|",
+        f"| generation ({r['generation'][0]['prompts']} default prompts) | engine | batch "
+        "| seconds | new tokens/s | GEMM limit "
+        "| mean chars | same answers as transformers' generate |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {g['dtype']} | {g['batch']} | {g['new_tokens_per_s']} | {g['mean_chars']} | "
-        f"{g['same_answers_as_first_batch_size']} |"
+        f"| {g['dtype']} | {g['engine']} | {g['batch']} | {g['seconds']} | "
+        f"{g['new_tokens_per_s']} | {g['gemm_limit_tokens_per_s']} | {g['mean_chars']} | "
+        f"{g['same_answers_as_transformers_generate']} |"
         for g in r["generation"]
     ]
     return "\n".join(lines) + "\n"

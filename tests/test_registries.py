@@ -209,7 +209,10 @@ def test_an_unknown_noise_kind_fails_in_check_naming_the_registered_kinds():
     with pytest.raises(ValueError) as err:
         finetune.check(composed("noise.kind=laplace"))
     msg = str(err.value)
-    assert "noise.kind='laplace' is unknown; registered kinds: none, freelb, gaussian, noisytune, r3f, uniform" in msg
+    assert (
+        "noise.kind='laplace' is unknown; registered kinds: "
+        "none, freelb, gaussian, noisytune, r3f, uniform" in msg
+    )
     assert "pipeline/train/noise_kinds/laplace.py" in msg and "conf/noise/laplace.yaml" in msg
 
 
