@@ -135,14 +135,14 @@ def test_a_point_file_of_another_schema_is_refused_with_the_fix(tmp_path, caplog
 
 
 def test_a_point_file_of_the_schema_before_point_stages_is_read(tmp_path):
-    """Schema 1 called the point's own stages `extra`; its files (the committed studies among
-    them) are read as they are, not refused."""
+    """Schema 1 called the point's own stages `extra`; its files (results/default_all's among
+    them) are read as they are, not refused. The sample is results/default's point as schema 1
+    wrote it, kept in tests/support/ so that rebuilding the committed studies cannot remove it."""
     from pipeline.results.points import SCHEMA, read_points
 
-    committed = Path(__file__).resolve().parents[1] / "results" / "default" / "points"
-    old = next(committed.glob("*.json"))
+    old = Path(__file__).resolve().parent / "support" / "point_schema1.json"
     data = json.loads(old.read_text(encoding="utf-8"))
-    assert data["schema"] == 1 and "extra" in data  # as committed
+    assert data["schema"] == 1 and "extra" in data  # as schema 1 wrote it
     (tmp_path / old.name).write_text(json.dumps(data), encoding="utf-8")
     (point,) = read_points(tmp_path)
     assert point.schema == SCHEMA == 2
