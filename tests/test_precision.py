@@ -108,3 +108,35 @@ def test_the_batch_size_moves_no_fp32_generate_key_but_a_bf16_one():
     assert fp32[0] == fp32[1] and "batch_size" not in fp32[0]
     bf16 = [_generate_params(f"generate.batch_size={b}", native=True) for b in (10, 50)]
     assert bf16[0] != bf16[1] and bf16[0]["dtype"] == "bfloat16"
+
+
+def _as_hydra_composes(*overrides: str):
+    """The config as Hydra hands it to the app: each kind's settings not yet typed (a judge
+    model's dtype absent, left to the model schema's default)."""
+    from hydra import compose, initialize_config_dir
+
+    from tests.support.composed import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("gpus", [1, 0])
+def test_the_dry_run_resolves_the_default_judge_models_dtype_as_the_job_will(gpus):
+    """The dry run sizes a job before check_all has typed the kinds' settings: it read the local
+    judge's model dtype from the untyped settings and failed (Missing key dtype)."""
+    from pipeline.cluster.jobs import ClusterOptions, point_job
+
+    cfg = _as_hydra_composes()
+    assert "dtype" not in cfg.judge.settings.model  # as composed: the schema's default applies
+    job = point_job(0, [], cfg, ClusterOptions(gpus_per_node=gpus))
+    assert job.ok, job.problems
+    assert job.resources.gpus_per_node == gpus
+
+
+def test_the_dry_run_names_a_judge_setting_that_is_not_the_kinds():
+    from pipeline.cluster.jobs import ClusterOptions, point_job
+
+    cfg = _as_hydra_composes("judge.settings.batchsize=8")
+    with pytest.raises(ValueError, match="batchsize"):
+        point_job(0, [], cfg, ClusterOptions())

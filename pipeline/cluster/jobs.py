@@ -155,12 +155,17 @@ def plan_lines(plan) -> list[str]:
 
 def point_job(index: int, overrides: list[str], cfg, opts: ClusterOptions) -> PointJob:
     """Size `cfg`'s job, check that it can run, and say which of its stages are stored."""
+    from pipeline.stages.kind_settings import check_kind_settings
     from pipeline.train.launch import accumulation_steps, world_size
 
     job = PointJob(index, cfg.point_name or f"{cfg.model.name}_{cfg.data.name}", overrides)
     dist = cfg.finetune.distributed
     nproc = _processes(dist, opts)
     cfg = cfg.copy()  # the point as its job will run it: nproc_per_node resolved
+    # Typed as the job's check_all types them (precision reads the judge model's dtype, which
+    # the composed settings leave to the model schema's default); a bad setting raises here,
+    # naming its key, before anything is submitted.
+    check_kind_settings(cfg)
     cfg.finetune.distributed.nproc_per_node = str(nproc or dist.nproc_per_node)
     dist = cfg.finetune.distributed
     try:
