@@ -236,19 +236,21 @@ def measure_finetune(expect: str, work: Path) -> FinetuneRecord:
     cfg = composed(*FINETUNE_CPU, *FINETUNE_BF16[expect], *(FINETUNE_GPU if cuda else ()))
     stage.check(cfg)
     seen: dict = {"calls": 0, "where": set()}
-    original_train, original_noise = transformers.Trainer.train, noise_module.neftune_noise
+    # The hook draws through noise._scaled_noise (every kind's entries at NEFTune's scale),
+    # looked up at each call: wrapping it counts what the hook really noised.
+    original_train, original_noise = transformers.Trainer.train, noise_module._scaled_noise
 
     def train(self, *args, **kwargs):
         param = next(self.model.parameters())
         seen.update(device=param.device.type, dtype=str(param.dtype).removeprefix("torch."))
         return original_train(self, *args, **kwargs)
 
-    def neftune_noise(embeds, *args, **kwargs):
+    def scaled_noise(embeds, *args, **kwargs):
         seen["calls"] += 1
         seen["where"].add(f"{embeds.device.type}:{str(embeds.dtype).removeprefix('torch.')}")
         return original_noise(embeds, *args, **kwargs)
 
-    transformers.Trainer.train, noise_module.neftune_noise = train, neftune_noise
+    transformers.Trainer.train, noise_module._scaled_noise = train, scaled_noise
     try:
         if gpu:
             torch.cuda.reset_peak_memory_stats()
@@ -263,7 +265,7 @@ def measure_finetune(expect: str, work: Path) -> FinetuneRecord:
             [],
         )
     finally:
-        transformers.Trainer.train, noise_module.neftune_noise = original_train, original_noise
+        transformers.Trainer.train, noise_module._scaled_noise = original_train, original_noise
     log = json.loads((result.path / "loss_log.json").read_text(encoding="utf-8"))
     rec = FinetuneRecord(
         train_device=seen.get("device", "?"),

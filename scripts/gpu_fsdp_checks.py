@@ -157,7 +157,7 @@ def worker(request: str, kill_at: int = 0) -> int:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     callbacks = training._callbacks
-    training._callbacks = lambda rank, gen: callbacks(rank, gen) + [Record()]
+    training._callbacks = lambda *args, **kwargs: callbacks(*args, **kwargs) + [Record()]
     return training.main([request])
 
 

@@ -71,9 +71,11 @@ def composed(*overrides: str):
 
     import pipeline.config.schema  # noqa: F401  (registers the config schema)
     from pipeline.models.devices import resolve_precision
+    from pipeline.stages.kind_settings import check_kind_settings
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides))
+    check_kind_settings(cfg)  # as check_all: typed first (the judge model's dtype is the schema's)
     resolve_precision(cfg)
     return cfg
 

@@ -101,7 +101,10 @@ def test_stage_keys_are_the_ones_computed_before_kind_settings(name, monkeypatch
     from pipeline.store import key_rules
 
     monkeypatch.setattr(key_rules, "generate_params", lambda params, dtype, device: params)
-    keys = stage_keys(composed(*OVERRIDES[name]))
+    cfg = composed(*OVERRIDES[name])
+    if name != "smoke":  # generate=cpu generated 10 prompts per batch then (50 since issue 30)
+        cfg.generate.batch_size = 10
+    keys = stage_keys(cfg)
     assert keys == KEYS_BEFORE_KIND_SETTINGS[name]
 
 

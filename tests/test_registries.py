@@ -288,7 +288,9 @@ def test_params_that_stage_keys_hash_hold_plain_str_not_enum_members():
     from pipeline.config.schema import config_params
     from pipeline.stages.generate import generate_params
 
-    cfg = composed("noise.length=padded", "finetune.sampling=group_by_length")
+    cfg = composed(
+        "noise.length=padded", "finetune.sampling=group_by_length", "model.dtype=float32"
+    )
     assert type(cfg.model.dtype) is not str  # the schema's Enum member ...
     built = [
         noise_params(cfg.noise),

@@ -15,6 +15,8 @@ What `generate` is not asked for here is not done: no sampling, beam or stop str
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 
@@ -54,6 +56,14 @@ def eos_suppressed(scores: torch.Tensor, eos_id: int, new_tokens: int, min_new_t
     return scores
 
 
+def _cache_argument(model) -> str:
+    """The name under which this transformers' model forward takes the KV cache: `cache` since
+    transformers renamed it (5.25 has it; `past_key_values` warns there and goes in 5.40),
+    `past_key_values` before (the GPU image's 5.17). A PEFT wrapper is asked for its base."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 @torch.inference_mode()
 def greedy_shrinking(
     model,
@@ -75,6 +85,7 @@ def greedy_shrinking(
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)  # each live row's index
     answers: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
     cache = DynamicCache()
+    cache_kwarg = _cache_argument(model)
     step_ids = input_ids
     for step in range(max_new_tokens):
         # Positions over each row's real tokens (left padding counts none), as generate gives.
@@ -83,8 +94,8 @@ def greedy_shrinking(
             input_ids=step_ids,
             attention_mask=mask,
             position_ids=positions[:, -step_ids.shape[1] :],
-            past_key_values=cache,
             use_cache=True,
+            **{cache_kwarg: cache},
         )
         scores = out.logits[:, -1, :].to(torch.float32)
         scores = eos_suppressed(scores, eos_id, step, min_new_tokens)
