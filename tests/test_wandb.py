@@ -8,6 +8,8 @@ noise logs its loss without noise beside the noisy one. Read back from the recor
 import csv
 import json
 import re
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -35,7 +37,12 @@ def _computed(metrics: dict):
     return compute
 
 
-def test_every_run_holds_the_identity_declared_around_it_under_the_same_keys(tmp_path, capfd):
+def test_every_run_holds_the_identity_declared_around_it_under_the_same_keys(
+    tmp_path, capfd, monkeypatch
+):
+    # As after an API judge ran in this process: W&B then suggested Weave on the console.
+    monkeypatch.setitem(sys.modules, "openai", types.ModuleType("openai"))
+    monkeypatch.delenv("WANDB_DISABLE_WEAVE", raising=False)
     tracker = Tracker("offline", "p", "grid", str(tmp_path / "wandb"))
     store = Store(tmp_path / "store", tracker=tracker)
     with tracker.identity(**POINT):

@@ -65,6 +65,9 @@ class Tracker:
         import wandb
 
         Path(self.dir).mkdir(parents=True, exist_ok=True)
+        # W&B suggests its Weave tracer on the console whenever an LLM client library is
+        # imported (the API judges import openai); the pipeline traces no LLM calls with it.
+        os.environ.setdefault("WANDB_DISABLE_WEAVE", "true")
         run = wandb.init(
             mode=self.mode,
             project=self.project,
