@@ -65,17 +65,13 @@ def needs_cuda(check: str, expected: str, what: str) -> Row:
 
 
 def composed(*overrides: str):
-    """The config `python -m pipeline.run *overrides` runs (Hydra, from conf/), resolved
-    precision included: what a stage of the pipeline would be given."""
-    from hydra import compose, initialize_config_dir
-
-    import pipeline.config.schema  # noqa: F401  (registers the config schema)
+    """The config `python -m pipeline.run *overrides` runs (Hydra, from conf/, each kind's
+    settings typed as check_all types them first), resolved precision included: what a stage of
+    the pipeline would be given."""
     from pipeline.models.devices import resolve_precision
-    from pipeline.stages.kind_settings import check_kind_settings
+    from tests.support.composed import composed as composed_and_typed
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
-    check_kind_settings(cfg)  # as check_all: typed first (the judge model's dtype is the schema's)
+    cfg = composed_and_typed(*overrides)
     resolve_precision(cfg)
     return cfg
 
