@@ -140,3 +140,41 @@ def test_the_dry_run_names_a_judge_setting_that_is_not_the_kinds():
     cfg = _as_hydra_composes("judge.settings.batchsize=8")
     with pytest.raises(ValueError, match="batchsize"):
         point_job(0, [], cfg, ClusterOptions())
+
+
+@pytest.mark.parametrize(
+    "device,native,attention",
+    [("cpu", True, "eager"), ("cpu", False, "sdpa"), ("cuda", True, "sdpa")],
+)
+def test_the_local_judge_scores_with_eager_attention_on_a_bf16_cpu_only(device, native, attention):
+    """Eager attention scored the default's left-padded judge batches 1.2x faster than SDPA on
+    a bf16 CPU; elsewhere SDPA, and an fp32 judge's keys are the ones computed before."""
+    from pipeline.judging.judges import judge_key_params
+
+    cfg = composed()
+    assert cfg.judge.settings.attention == "auto"
+    resolve_precision(cfg, device, bf16=native)
+    assert cfg.judge.settings.attention == attention
+    keyed = judge_key_params(cfg.judge)["judge"]
+    assert ("attention" in keyed) == (attention == "eager")
+
+
+def test_an_fp32_judge_keeps_its_key_and_a_bf16_one_names_its_attention():
+    from pipeline.judging.judges import judge_key_params
+
+    def key(*overrides, native):
+        cfg = composed(*overrides)
+        resolve_precision(cfg, "cpu", bf16=native)
+        return judge_key_params(cfg.judge)
+
+    assert key(native=False) == key("judge.settings.attention=sdpa", native=False)
+    assert key(native=True) != key("judge.settings.attention=sdpa", native=True)
+
+
+def test_a_judge_attention_that_transformers_would_not_take_is_refused_by_name():
+    from pipeline.judging.alpaca_import import JudgeError
+    from pipeline.judging.judges import validate_judge
+
+    cfg = composed("judge.settings.attention=flash")
+    with pytest.raises(JudgeError, match=r"judge.settings.attention='flash'.*sdpa"):
+        validate_judge(cfg.judge)

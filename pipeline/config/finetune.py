@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from pipeline.config.choices import Dtype, Sampling, Strategy
+from pipeline.config.choices import Dtype, LossLogits, Sampling, Strategy
 
 # The linear layers of a Llama block: where the paper's (Q)LoRA puts its adapters.
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -67,6 +67,10 @@ class FinetuneConfig:
     weights_dtype: Dtype = Dtype.auto  # dtype the weights and AdamW states train in: auto =
     # model.dtype, except float32 on a CPU under bf16 mixed precision (pure bf16 loses updates
     # there) | float32 | bfloat16; resolved before any key; the result is saved in model.dtype
+    loss_logits: LossLogits = LossLogits.auto  # positions the training loss computes logits at:
+    # all (every token: transformers' own loss) | response (only where a label counts: the same
+    # loss without the output layer and softmax on prompt and padding, ~1.2x a CPU bf16 step)
+    # | auto = response on a CPU under bf16 mixed precision, all elsewhere (fp32 keeps its bits)
     gradient_checkpointing: bool = True  # trade compute for memory
     logging_steps: int = 10  # loss log interval in optimiser steps
     save_steps: int = 200  # checkpoint interval in optimiser steps (resume point after a kill)

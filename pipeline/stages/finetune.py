@@ -26,7 +26,7 @@ from pipeline.config.choices import plain
 from pipeline.config.finetune import finetune_settings
 from pipeline.config.schema import config_params
 from pipeline.data.loading import check_source, load_train, records_digest
-from pipeline.models.devices import release_accelerator_memory, weights_dtype
+from pipeline.models.devices import loss_logits, release_accelerator_memory, weights_dtype
 from pipeline.models.loading import base_model_dir, validate_model
 from pipeline.stages.contract import Call, Context
 from pipeline.store.key_rules import finetune_params
@@ -82,7 +82,11 @@ def run(cfg, ctx: Context, call: Call) -> StageResult:
 def _keyed(model_cfg, data_cfg, noise: dict, train_cfg, records: list[dict]):
     """(readable name, hashed params) of one fine-tune."""
     world = world_size(train_cfg.distributed)
-    resolved = plain(train_cfg) | {"weights_dtype": weights_dtype(train_cfg, str(model_cfg.dtype))}
+    model_dtype = str(model_cfg.dtype)
+    resolved = plain(train_cfg) | {
+        "weights_dtype": weights_dtype(train_cfg, model_dtype),
+        "loss_logits": loss_logits(train_cfg, model_dtype),
+    }
     params = {
         "model": config_params(model_cfg),
         "data": {
@@ -95,7 +99,7 @@ def _keyed(model_cfg, data_cfg, noise: dict, train_cfg, records: list[dict]):
             resolved,
             accumulation_steps(train_cfg, world),
             distributed_key_params(train_cfg.distributed, world),
-            str(model_cfg.dtype),
+            model_dtype,
         ),
     }
     return f"{model_cfg.name}_{data_cfg.name}_{noise_label(noise)}", params

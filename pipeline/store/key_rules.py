@@ -34,10 +34,14 @@ def finetune_params(finetune: dict, accumulation: int, launch: dict, model_dtype
       trains in the pipeline process whatever the strategy says, as before the launch existed.
     - The weights' training dtype (finetune.weights_dtype, resolved) enters only where it is not
       model.dtype: the only case before the key existed (fp32 masters on a bf16 CPU are new).
+    - Which logits the loss computes (finetune.loss_logits, resolved) enters only where it is
+      `response`: every key before it computed them all.
     """
     leave_out = ("effective_batch_size", "distributed")
     if finetune.get("weights_dtype") == model_dtype:
         leave_out += ("weights_dtype",)
+    if finetune.get("loss_logits", "all") == "all":
+        leave_out += ("loss_logits",)
     hashed = {k: v for k, v in finetune.items() if k not in leave_out}
     hashed["gradient_accumulation_steps"] = accumulation
     if launch:
@@ -71,11 +75,14 @@ def judge_params(shared: dict, settings: dict) -> dict:
     """A judge as its stage keys hash it, from its shared fields and its kind's typed settings:
     the kinds that existed before kinds had settings of their own (local, openai,
     openai_compatible) hash the flat JudgeConfig of then, every field of every kind at its value
-    or its default then, so that every judge stage stored before is still found. Any other kind
-    hashes its shared fields and its settings as they are."""
+    or its default then, so that every judge stage stored before is still found; the local
+    judge's attention enters only where it is not sdpa (every key before it ran SDPA). Any
+    other kind hashes its shared fields and its settings as they are."""
     then = FLAT_JUDGE_KINDS.get(shared["kind"])
     if then is None:
         return shared | {"settings": settings}
+    if settings.get("attention") == "sdpa":  # the local judge's attention before it was a setting
+        settings = {k: v for k, v in settings.items() if k != "attention"}
     return shared | FLAT_JUDGE_FIELDS | then | settings
 
 

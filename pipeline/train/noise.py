@@ -220,6 +220,11 @@ class NEFTuneHandle:
         self.passes += passes.count
         return loss
 
+    def batch_labels(self, labels: torch.Tensor) -> None:
+        """The pass's labels, from the trainer: a trainer whose own loss function computes the
+        loss (finetune.loss_logits=response) does not hand them to the model's forward."""
+        self._seen["labels"] = labels
+
     def passes_per_batch(self) -> float | None:
         """Forward (+ backward) passes per training batch so far (None: no batch yet)."""
         return self.passes / self.batches if self.batches else None
@@ -295,7 +300,8 @@ def attach_neftune(
     def capture(_module, args, kwargs):
         handle._batch["attention_mask"] = kwargs.get("attention_mask")
         handle._batch["position_ids"] = kwargs.get("position_ids")
-        handle._seen["labels"] = kwargs.get("labels")
+        if kwargs.get("labels") is not None:  # else the trainer gave them (batch_labels)
+            handle._seen["labels"] = kwargs["labels"]
 
     def add_noise(module, _inputs, output):
         if not module.training:

@@ -27,7 +27,7 @@ import torch
 
 from pipeline.config.finetune import FinetuneConfig, finetune_settings
 from pipeline.logs import configure_logging, get_logger
-from pipeline.models.devices import weights_dtype
+from pipeline.models.devices import loss_logits, weights_dtype
 from pipeline.store.keys import readable_of
 from pipeline.store.store import write_json_atomic
 from pipeline.train.lora import merged, with_lora
@@ -42,6 +42,7 @@ from pipeline.train.ranks import (
     save_consolidated,
     write_rank_record,
 )
+from pipeline.train.response_logits import ResponseLogits
 from pipeline.train.trainer_args import (
     prepare_rank0_loading,
     single_device,
@@ -155,13 +156,18 @@ def clean_loss_callback(run: _Run, noise: dict, resumed_step: int):
         def measure(self, model, args) -> float:
             was_training = model.training
             model.eval()
+            # In the precision the training loss is computed in (bf16 autocast under the
+            # Trainer's mixed precision, as accelerate runs its forward): the two are compared,
+            # and an fp32 forward of fp32 weights costs 2.5x a bf16 one on a bf16 CPU.
+            precision = torch.autocast(args.device.type, torch.bfloat16, enabled=bool(args.bf16))
             try:
                 total, tokens = 0.0, 0
                 for start in range(0, len(subset), args.per_device_train_batch_size):
                     chunk = subset[start : start + args.per_device_train_batch_size]
                     batch = {k: v.to(args.device) for k, v in pad_batch(chunk, pad_id).items()}
                     n = int((batch["labels"][:, 1:] != -100).sum())  # the tokens the loss counts
-                    total += float(model(**batch, use_cache=False).loss) * n
+                    with precision:
+                        total += float(model(**batch, use_cache=False).loss) * n
                     tokens += n
             finally:
                 model.train(was_training)
@@ -223,6 +229,7 @@ class _Run:
     work: Path
     rank: int
     world: int
+    model_dtype: str = "float32"  # model.dtype (resolved): what finetune's `auto`s resolve against
     args: Any = None
     model: Any = None
     tok: Any = None
@@ -254,7 +261,7 @@ def _load(req: TrainRequest, records: list[dict]) -> _Run:
     from pipeline.models.loading import load_model_and_tokenizer
 
     rank, _, world = rank_info()
-    run = _Run(req.train, Path(req.work), rank, world)
+    run = _Run(req.train, Path(req.work), rank, world, req.dtype)
     cfg, ckpt_root = run.cfg, run.work / "checkpoints"
     check_world_size(ckpt_root, world)
     run.args = training_arguments(cfg, req.report_to, ckpt_root, world)
@@ -299,14 +306,17 @@ def load_final_checkpoint(trainer, resume: Path, train_cfg: FinetuneConfig, rank
         load_sharded_model(trainer.model, resume)
 
 
-def noised_trainer(trainer_cls, handle):
+def noised_trainer(trainer_cls, handle, selector: ResponseLogits | None = None):
     """`trainer_cls` (transformers' Trainer) whose training batch loss the noise kind computes
     (NoiseKind.training_loss, through `handle`): the baseline and NEFTune's kinds get the
     Trainer's own compute_loss, called once as before (bit-identical); a kind of several passes
     (R3F, FreeLB) runs them through the same compute_loss, backpropagates an intermediate pass as
     training_step backpropagates the loss it returns, and normalises a sum over label tokens as
     compute_loss normalises the loss (transformers 5.x, trainer.py: training_step,
-    compute_loss)."""
+    compute_loss). `selector` (finetune.loss_logits=response): each training forward computes
+    the logits of counted positions only (the Trainer's compute_loss_func is its loss)."""
+    from contextlib import nullcontext
+
     from accelerate.utils import DistributedType
 
     class NoisedTrainer(trainer_cls):
@@ -316,7 +326,10 @@ def noised_trainer(trainer_cls, handle):
                 return parent(model, inputs, return_outputs, num_items_in_batch)
 
             def forward(outputs: bool = False):
-                return parent(model, dict(inputs), outputs, num_items_in_batch)
+                rows = selector.selecting(inputs["labels"]) if selector else nullcontext()
+                handle.batch_labels(inputs["labels"])
+                with rows:
+                    return parent(model, dict(inputs), outputs, num_items_in_batch)
 
             def backward(loss):
                 if self.args.n_gpu > 1:
@@ -377,13 +390,17 @@ def _fit(run: _Run, noise: dict):
     finished = resumed is not None and resumed.global_step >= resumed.max_steps > 0
     tok = run.tok
     clean = clean_loss_callback(run, noise, resumed.global_step if resumed else 0)
-    trainer = noised_trainer(Trainer, handle)(
+    selector = (
+        ResponseLogits(run.model) if loss_logits(cfg, run.model_dtype) == "response" else None
+    )
+    trainer = noised_trainer(Trainer, handle, selector)(
         model=run.model,
         args=run.args,
         train_dataset=run.examples,
         data_collator=lambda feats: pad_batch(feats, tok.pad_token_id),
         processing_class=tok,
         callbacks=_callbacks(rank, generator, clean),
+        compute_loss_func=selector.loss if selector else None,
     )
     _progress_bar(trainer, run, clean)
     if uses_fsdp(cfg) and not trainer.is_fsdp_enabled:
@@ -406,6 +423,8 @@ def _fit(run: _Run, noise: dict):
     run.wall_s = time.time() - started
     run.passes_per_example = handle.passes_per_batch()
     handle.remove()
+    if selector is not None:
+        selector.remove()
     if generator is not None:
         write_rank_record(run.work, rank, world, generator)
     return trainer

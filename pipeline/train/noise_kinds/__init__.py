@@ -64,7 +64,7 @@ class Pass:
     """One forward pass of a training batch, as NoiseKind.training_loss ran it (Passes.run)."""
 
     loss: torch.Tensor  # the batch's loss as the trainer computes it (its label tokens' mean)
-    logits: torch.Tensor | None = None  # (B, L, V), when asked for
+    logits: torch.Tensor | None = None  # (B, L, V) when asked for ((N, V): loss_logits=response)
     labels: torch.Tensor | None = None  # (B, L) the targets the loss counts (-100: none)
     delta: torch.Tensor | None = None  # what the embedding hook added, a leaf (`track`): .grad
     tokens: torch.Tensor | None = None  # (B, L) 1 on real tokens, 0 on padding (None: no mask)

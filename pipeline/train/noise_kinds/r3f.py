@@ -53,10 +53,13 @@ class R3FSettings:
 def symmetric_kl(clean: torch.Tensor, noised: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """KL(p || q) + KL(q || p) of the next-token distributions p (clean logits) and q (noised),
     summed over the vocabulary and over the positions whose target the loss counts (logits at t
-    predict labels at t + 1; labels -100 are not counted), in fp32."""
-    counted = labels[..., 1:].ne(-100)
-    p_log = F.log_softmax(clean[..., :-1, :][counted].float(), dim=-1)
-    q_log = F.log_softmax(noised[..., :-1, :][counted].float(), dim=-1)
+    predict labels at t + 1; labels -100 are not counted), in fp32. Logits of shape (N, V) are
+    those positions' already (finetune.loss_logits=response computed no others)."""
+    if clean.dim() == 3:
+        counted = labels[..., 1:].ne(-100)
+        clean, noised = clean[..., :-1, :][counted], noised[..., :-1, :][counted]
+    p_log = F.log_softmax(clean.float(), dim=-1)
+    q_log = F.log_softmax(noised.float(), dim=-1)
     return ((p_log.exp() - q_log.exp()) * (p_log - q_log)).sum()
 
 
