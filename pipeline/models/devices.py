@@ -82,21 +82,6 @@ def resolve_precision(cfg, device: str | None = None, bf16: bool | None = None) 
     judge_model = cfg.judge.settings.get("model") if "judge" in cfg else None
     if judge_model is not None:
         judge_model.dtype = resolve_dtype(judge_model.dtype, device, bf16)
-        if cfg.judge.settings.get("attention") == "auto":
-            cfg.judge.settings.attention = judge_attention(
-                judge_model.dtype, device or compute_device()
-            )
-
-
-ATTENTIONS = ("auto", "sdpa", "eager")  # a local judge's judge.settings.attention
-
-
-def judge_attention(dtype: str, device: str) -> str:
-    """A local judge's attention=auto resolved: eager for a bf16 judge on a CPU, where it scored
-    the default's judge prompts 1.2x faster than SDPA (left-padded batches of 4, whose mask
-    sends SDPA to a slow CPU kernel), sdpa elsewhere (fp32 keeps its bits and keys; GPUs are
-    SDPA's home). Only the judge: generation, mostly one token a step, ran 1.15x slower eager."""
-    return "eager" if dtype == "bfloat16" and device == "cpu" else "sdpa"
 
 
 def weights_dtype(finetune, model_dtype: str, device: str | None = None) -> str:

@@ -75,14 +75,11 @@ def judge_params(shared: dict, settings: dict) -> dict:
     """A judge as its stage keys hash it, from its shared fields and its kind's typed settings:
     the kinds that existed before kinds had settings of their own (local, openai,
     openai_compatible) hash the flat JudgeConfig of then, every field of every kind at its value
-    or its default then, so that every judge stage stored before is still found; the local
-    judge's attention enters only where it is not sdpa (every key before it ran SDPA). Any
-    other kind hashes its shared fields and its settings as they are."""
+    or its default then, so that every judge stage stored before is still found. Any other kind
+    hashes its shared fields and its settings as they are."""
     then = FLAT_JUDGE_KINDS.get(shared["kind"])
     if then is None:
         return shared | {"settings": settings}
-    if settings.get("attention") == "sdpa":  # the local judge's attention before it was a setting
-        settings = {k: v for k, v in settings.items() if k != "attention"}
     return shared | FLAT_JUDGE_FIELDS | then | settings
 
 

@@ -13,13 +13,7 @@ from pipeline.config.schema import ModelConfig
 from pipeline.data.loading import ASSETS
 from pipeline.judging.alpaca_import import JudgeError
 from pipeline.judging.kinds import JudgeKind, register
-from pipeline.models.devices import (
-    ATTENTIONS,
-    compute_device,
-    inference_placement,
-    judge_attention,
-    resolve_dtype,
-)
+from pipeline.models.devices import compute_device, inference_placement, resolve_dtype
 from pipeline.models.loading import DTYPES, base_model_dir, validate_model
 from pipeline.store.key_rules import device_params
 
@@ -33,9 +27,6 @@ class LocalSettings:
     model: ModelConfig = MISSING  # the judge model, a model config (YAML: /model@settings.model)
     batch_size: int = 4  # pairs per judge forward pass (>= 1)
     max_prompt_tokens: int = 1024  # judge prompts are cut from the left beyond this many tokens
-    attention: str = "auto"  # transformers' attention: sdpa | eager | auto = eager for a bf16
-    # judge on a CPU (1.2x SDPA there on its left-padded batches: SDPA's masked CPU kernel is
-    # slow), sdpa elsewhere; resolved before any key, which holds it only where not sdpa
 
 
 @register("local")
@@ -68,12 +59,6 @@ class LocalJudge(JudgeKind):
             # looks for the judge's model at judge.settings.model; a config it did not reach
             # resolves here, on this process's hardware, before any key is computed.
             settings.model.dtype = resolve_dtype(settings.model.dtype)
-        if settings.attention not in ATTENTIONS:
-            raise JudgeError(
-                f"judge.settings.attention={settings.attention!r}: use one of {ATTENTIONS}"
-            )
-        if settings.attention == "auto":
-            settings.attention = judge_attention(settings.model.dtype, compute_device())
 
     def annotator_args(self, judge_cfg, work: Path, cache, fn_completions) -> tuple[Path, dict]:
         if fn_completions is None:
@@ -83,7 +68,6 @@ class LocalJudge(JudgeKind):
                 settings.model.dtype,
                 settings.batch_size,
                 settings.max_prompt_tokens,
-                settings.attention,
             )
         config = ANNOTATORS_DIR / judge_cfg.annotator / "configs.yaml"
         return config, {"fn_completions": fn_completions}
@@ -96,9 +80,7 @@ class LocalJudge(JudgeKind):
         return device_params(compute_device())
 
 
-def local_judge_completions(
-    model_dir: str, dtype: str, batch_size: int, max_prompt_tokens: int, attention: str = "sdpa"
-):
+def local_judge_completions(model_dir: str, dtype: str, batch_size: int, max_prompt_tokens: int):
     """An alpaca_eval `fn_completions`: a local causal LM picks "Output (a)" or "(b)" by logits."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -109,7 +91,7 @@ def local_judge_completions(
         tok.pad_token = tok.eos_token
     device = compute_device()  # the one place that decides (pipeline/models/devices.py)
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=DTYPES[dtype], attn_implementation=attention, **inference_placement(device)
+        model_dir, dtype=DTYPES[dtype], **inference_placement(device)
     ).eval()
     ids = [tok.encode(c, add_special_tokens=False)[-1] for c in ("a", "b")]
     if ids[0] == ids[1]:
