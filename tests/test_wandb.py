@@ -174,7 +174,9 @@ def test_the_clean_loss_is_the_noise_free_loss_of_a_fixed_subset_and_draws_nothi
     handle = attach_neftune(model, 5.0, "uniform", "per_example")
     model.train()
     rng = torch.get_rng_state()
-    args = SimpleNamespace(per_device_train_batch_size=3, device=torch.device("cpu"), report_to=[])
+    args = SimpleNamespace(
+        per_device_train_batch_size=3, device=torch.device("cpu"), report_to=[], bf16=False
+    )
     state = SimpleNamespace(global_step=6, is_world_process_zero=True)
     clean.on_log(args, state, None, model=model, logs={"loss": 6.5})
     assert torch.equal(torch.get_rng_state(), rng) and model.training
