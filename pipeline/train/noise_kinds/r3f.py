@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.train.noise_kinds import NoiseKind, register
+from pipeline.train.response_logits import counted_positions
 
 DISTRIBUTIONS = ("normal", "uniform")
 
@@ -56,8 +57,8 @@ def symmetric_kl(clean: torch.Tensor, noised: torch.Tensor, labels: torch.Tensor
     predict labels at t + 1; labels -100 are not counted), in fp32. Logits of shape (N, V) are
     those positions' already (finetune.loss_logits=response computed no others)."""
     if clean.dim() == 3:
-        counted = labels[..., 1:].ne(-100)
-        clean, noised = clean[..., :-1, :][counted], noised[..., :-1, :][counted]
+        counted = counted_positions(labels)
+        clean, noised = clean[counted], noised[counted]
     p_log = F.log_softmax(clean.float(), dim=-1)
     q_log = F.log_softmax(noised.float(), dim=-1)
     return ((p_log.exp() - q_log.exp()) * (p_log - q_log)).sum()
